@@ -1,0 +1,85 @@
+"""Masked linear layers.
+
+A sparse layer is a dense weight tensor that holds exact zeros outside a binary mask.
+Training keeps the zeros exact (gradients, Adam moments, weights and target weights are
+all multiplied by the mask), so FLOPs and parameter savings are counted analytically
+from the mask and realised later by the export stage.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SparseLinear(nn.Module):
+    """`ensemble` independent linear layers computed as one batched matmul.
+
+    weight: [ensemble, out, in], bias: [ensemble, out], mask: buffer shaped like weight.
+    With ensemble=1 the layer behaves like `nn.Linear` on [batch, in] inputs; with
+    ensemble>1 it maps [ensemble, batch, in] (or a shared [batch, in]) to
+    [ensemble, batch, out]. The twin critics use ensemble=2 so that both Q heads run in
+    one `baddbmm` instead of two Python-level forward passes.
+    """
+
+    def __init__(self, in_features: int, out_features: int, ensemble: int = 1):
+        super().__init__()
+        self.in_features, self.out_features, self.ensemble = in_features, out_features, ensemble
+        self.weight = nn.Parameter(torch.empty(ensemble, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(ensemble, out_features))
+        self.register_buffer("mask", torch.ones(ensemble, out_features, in_features))
+        self.reset_parameters()
+
+    def reset_parameters(self, orthogonal: bool = False) -> None:
+        """PyTorch's nn.Linear init (or orthogonal weights with zero bias, as SAC uses).
+
+        Weights are scaled by 1/sqrt(density) so that each unit's pre-activation variance
+        matches the dense network's despite having only density*fan_in inputs.
+        """
+        bound = 1.0 / math.sqrt(self.in_features)
+        with torch.no_grad():
+            for member in range(self.ensemble):
+                if orthogonal:
+                    nn.init.orthogonal_(self.weight[member])
+                    self.bias[member].zero_()
+                else:
+                    nn.init.kaiming_uniform_(self.weight[member], a=math.sqrt(5))
+                    nn.init.uniform_(self.bias[member], -bound, bound)
+            density = self.mask.mean().clamp_min(1e-12)
+            self.weight.mul_(self.mask / density.sqrt())
+
+    @property
+    def density(self) -> float:
+        return float(self.mask.mean())
+
+    def forward(self, x: torch.Tensor, frozen: bool = False, member: int | None = None) -> torch.Tensor:
+        """`frozen` uses detached parameters: the actor loss differentiates through the
+        critic's input without paying for (and accumulating) the critic's weight gradients.
+        `member` runs a single ensemble member on a [batch, in] input."""
+        weight, bias = (self.weight.detach(), self.bias.detach()) if frozen else (self.weight, self.bias)
+        if member is not None or (self.ensemble == 1 and x.dim() == 2):
+            return F.linear(x, weight[member or 0], bias[member or 0])
+        if x.dim() == 2:
+            x = x.expand(self.ensemble, *x.shape)
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def sparse_layers(module: nn.Module) -> list[SparseLinear]:
+    return [m for m in module.modules() if isinstance(m, SparseLinear)]
+
+
+@torch.no_grad()
+def apply_masks(module: nn.Module) -> None:
+    """w <- w * m for every sparse layer of `module` (also used on target networks)."""
+    layers = sparse_layers(module)
+    torch._foreach_mul_([l.weight for l in layers], [l.mask for l in layers])
+
+
+def weight_sparsity(module: nn.Module) -> float:
+    """Fraction of zero mask entries over all sparse-layer weights (biases excluded)."""
+    layers = sparse_layers(module)
+    total = sum(l.mask.numel() for l in layers)
+    kept = sum(float(l.mask.sum()) for l in layers)
+    return 1.0 - kept / total

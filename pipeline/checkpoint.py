@@ -1,0 +1,80 @@
+"""The training checkpoint: the typed artefact between training and every later stage.
+
+One file, loadable with `torch.load(weights_only=True)`: the actor and critics (masks are
+module buffers), their targets, the env's spaces, the run config, the number of env steps
+done, and the optimiser and RNG state needed to resume.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import make_actor, sparse_layers
+from pipeline.errors import UserError
+
+FORMAT = "tinypolicy.checkpoint"
+VERSION = 1
+REQUIRED = ("format", "version", "config", "spaces", "actor", "critic", "steps_done")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.data["config"]
+
+    @property
+    def env_id(self) -> str:
+        return self.config["env_id"]
+
+    @property
+    def steps_done(self) -> int:
+        return int(self.data["steps_done"])
+
+    def build_actor(self) -> torch.nn.Module:
+        """The trained actor in eval mode, with its masks."""
+        spaces = self.data["spaces"]
+        actor = make_actor(self.config["algo"], spaces["obs_dim"], spaces["act_dim"],
+                           list(self.config["hidden"]), spaces["action_low"], spaces["action_high"])
+        try:
+            actor.load_state_dict(self.data["actor"])
+        except RuntimeError as exc:
+            raise UserError(f"{self.path}: actor weights do not fit the recorded architecture "
+                            f"({str(exc).splitlines()[0]})") from None
+        for layer in sparse_layers(actor):
+            if bool((layer.weight.detach() * (1 - layer.mask)).abs().max() > 0):
+                raise UserError(f"{self.path}: actor weights are nonzero outside their mask")
+        return actor.eval()
+
+
+def save_checkpoint(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    data = {"format": FORMAT, "version": VERSION, **data}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise UserError(f"cannot read checkpoint {path}: not a valid tinypolicy checkpoint "
+                        f"({type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{path} is not a tinypolicy checkpoint")
+    if data.get("version") != VERSION:
+        raise UserError(f"{path} has checkpoint version {data.get('version')}, expected {VERSION}")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise UserError(f"{path} is missing {', '.join(missing)}")
+    return Checkpoint(path, data)

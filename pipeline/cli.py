@@ -1,0 +1,187 @@
+"""`tinypolicy` command-line interface.
+
+A user's mistake (bad env id, bad sparsity, unreadable file) is reported on one line with
+exit status 2; Ctrl-C exits with 130 and the run resumes when the same command is re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+
+from pipeline import __version__
+from pipeline.errors import UserError
+
+DEFAULT_ENV = "Hopper-v5"
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hidden sizes look like 256,256, got {text!r}") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _add_train_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """Training flags. Without defaults (compress), unset flags leave the preset's value."""
+    d = (lambda v: v) if defaults else (lambda v: None)
+    p.add_argument("--algo", choices=["td3", "sac"], default=d("td3"))
+    p.add_argument("--method", choices=["dense", "static", "set", "rigl", "rlx2"], default=d("rlx2"),
+                   help="dense; static sparse (SS); SET (random grow); RigL (gradient grow); "
+                        "RLx2 (RigL + delayed n-step target + dynamic buffer)")
+    p.add_argument("--actor-sparsity", type=_sparsity, default=d(0.9), metavar="S")
+    p.add_argument("--critic-sparsity", type=_sparsity, default=d(0.85), metavar="S")
+    p.add_argument("--steps", dest="total_steps", type=_positive_int, default=d(300_000), metavar="N",
+                   help="env steps; every schedule scales with it")
+    p.add_argument("--seed", type=int, default=d(0), metavar="K")
+    p.add_argument("--hidden", type=_hidden, default=d((256, 256)), metavar="W,W")
+    p.add_argument("--eval-interval", type=_positive_int, default=d(5_000), metavar="N")
+    p.add_argument("--eval-episodes", type=_positive_int, default=d(10), metavar="N")
+    p.add_argument("--threads", type=_positive_int, default=d(1), metavar="N", help="torch threads")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinypolicy", description="Compress RL control policies for robots and microcontrollers.")
+    parser.add_argument("--version", action="version", version=f"tinypolicy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a sparse TD3/SAC agent (RLx2 and baselines)",
+                       description="Train a sparse TD3 or SAC agent from scratch. Re-running the same "
+                                   "command resumes from the last checkpoint in --out.")
+    p.add_argument("--env", dest="env_id", required=True, metavar="ENV", help="Gymnasium env id, e.g. Hopper-v5")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    _add_train_options(p, defaults=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint's deterministic policy",
+                       description="Print the mean and std return over N deterministic episodes as JSON.")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    p.add_argument("--env", dest="env_id", default=None, metavar="ENV",
+                   help="env id (default: the one the checkpoint was trained on)")
+    p.add_argument("--episodes", type=_positive_int, default=10, metavar="N")
+    p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
+
+    p = sub.add_parser("compress", help="run the whole pipeline on one env",
+                       description="Run every pipeline stage on ENV with a preset; re-running resumes. "
+                                   "Stages available now: sparse training (RLx2) and evaluation.")
+    p.add_argument("--env", dest="env_id", default=DEFAULT_ENV, metavar="ENV")
+    p.add_argument("--preset", default="quick", metavar="NAME", help="tiny, quick or full (default quick)")
+    p.add_argument("--presets", type=Path, default=None, metavar="FILE",
+                   help="a TOML file of presets (default: the packaged pipeline/presets.toml)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default artifacts/ENV")
+    _add_train_options(p, defaults=False)
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _train_config(args: argparse.Namespace, base: dict):
+    from pipeline.train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in base.items() if k in names}
+    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    return TrainConfig(**values)
+
+
+def load_presets(path: Path | None) -> dict:
+    try:
+        text = path.read_text() if path else resources.files("pipeline").joinpath("presets.toml").read_text()
+        return tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read presets {path}: {exc}") from None
+
+
+def cmd_train(args) -> int:
+    from pipeline.train import train
+
+    summary = train(_train_config(args, {}), args.out, progress=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("mean_return", "std_return", "actor_sparsity", "steps")}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.envs import evaluate_policy, make_env
+
+    ckpt = load_checkpoint(args.checkpoint)
+    actor = ckpt.build_actor()
+    env_id = args.env_id or ckpt.env_id
+    env = make_env(env_id)
+    spaces = ckpt.data["spaces"]
+    if env.observation_space.shape[0] != spaces["obs_dim"] or env.action_space.shape[0] != spaces["act_dim"]:
+        raise UserError(f"{env_id} has obs/action dims {env.observation_space.shape[0]}/"
+                        f"{env.action_space.shape[0]}, the checkpoint expects {spaces['obs_dim']}/{spaces['act_dim']}")
+    env.close()
+
+    @torch.no_grad()
+    def policy(obs):
+        return actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0].numpy()
+
+    returns = evaluate_policy(policy, env_id, args.episodes, args.seed)
+    print(json.dumps({"env_id": env_id, "episodes": args.episodes, "mean_return": float(returns.mean()),
+                      "std_return": float(returns.std())}))
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from pipeline.train import train
+
+    presets = load_presets(args.presets)
+    if args.preset not in presets:
+        raise UserError(f"unknown preset {args.preset!r}; available: {', '.join(presets)}")
+    out = args.out or Path("artifacts") / args.env_id
+    cfg = _train_config(args, presets[args.preset])
+    summary = train(cfg, out / "train", progress=not args.quiet)
+    print(f"\ntinypolicy compress: {args.env_id}, preset {args.preset}")
+    print(f"  train     {out / 'train' / 'checkpoint.pt'}")
+    print(f"  return    {summary['mean_return']:.1f} +- {summary['std_return']:.1f} "
+          f"over {summary['episodes']} episodes")
+    print(f"  sparsity  actor {summary['actor_sparsity']:.3f}, critic {summary['critic_sparsity']:.3f}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"tinypolicy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ntinypolicy: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,148 @@
+"""Replay buffer with multi-step windows and RLx2's dynamic capacity.
+
+Transitions live in a ring in collection order; `start` is the oldest and `size` the
+count. Dropping the oldest entries (the dynamic-capacity rule) just advances `start`,
+and new data grows the buffer back up to its allocated capacity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+
+@dataclass
+class Batch:
+    """A minibatch of n-step windows, as float32 tensors.
+
+    The TD target is `returns + discount * V(bootstrap_obs)` where `discount` is
+    gamma^(m+1) for a window of m+1 rewards, or 0 when the window ends in a terminal.
+    `inter_obs[k]` is s_{t+k+1} and `inter_weight[k]` is gamma^(k+1) when that state
+    lies inside the window (else 0): SAC's soft n-step adds an entropy term there.
+    """
+    obs: torch.Tensor
+    actions: torch.Tensor
+    returns: torch.Tensor
+    bootstrap_obs: torch.Tensor
+    discount: torch.Tensor
+    inter_obs: torch.Tensor
+    inter_weight: torch.Tensor
+
+
+class ReplayBuffer:
+    FIELDS = ("obs", "next_obs", "actions", "policy_actions", "rewards", "terminated", "episode_end")
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int):
+        self.capacity = capacity
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros((capacity, act_dim), np.float32)
+        self.policy_actions = np.zeros((capacity, act_dim), np.float32)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.terminated = np.zeros(capacity, bool)
+        self.episode_end = np.zeros(capacity, bool)
+        self.start = 0
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs, action, policy_action, reward, next_obs, terminated, truncated) -> None:
+        """Store one transition. Actions are squashed to [-1, 1]; `policy_action` is the
+        noise-free action the policy proposed (the dynamic-capacity rule compares it with
+        the current policy)."""
+        i = (self.start + self.size) % self.capacity
+        self.obs[i], self.next_obs[i] = obs, next_obs
+        self.actions[i], self.policy_actions[i] = action, policy_action
+        self.rewards[i] = reward
+        self.terminated[i] = terminated
+        self.episode_end[i] = terminated or truncated
+        if self.size < self.capacity:
+            self.size += 1
+        else:
+            self.start = (self.start + 1) % self.capacity
+
+    def _physical(self, logical: np.ndarray) -> np.ndarray:
+        return (self.start + logical) % self.capacity
+
+    def sample(self, batch_size: int, n_step: int, gamma: float, rng: np.random.Generator) -> Batch:
+        """Sample windows of up to `n_step` consecutive transitions.
+
+        A window stops after a transition that ends its episode: at a termination the
+        target does not bootstrap; at a time-limit truncation it bootstraps from that
+        transition's next observation. Windows touching the newest data are shortened.
+        """
+        first = rng.integers(0, self.size, batch_size)
+        returns = np.zeros(batch_size, np.float32)
+        last = self._physical(first)
+        steps = np.zeros(batch_size, np.int64)
+        alive = np.ones(batch_size, bool)
+        inter_idx, inter_weight = [], []
+        for k in range(n_step):
+            idx = self._physical(first + k)
+            valid = alive & (first + k < self.size)
+            if k > 0:
+                inter_idx.append(last)  # s_{t+k} = next_obs of transition t+k-1
+                inter_weight.append(np.where(valid, gamma ** k, 0.0))
+            returns += np.where(valid, gamma ** k * self.rewards[idx], 0.0).astype(np.float32)
+            last = np.where(valid, idx, last)
+            steps = np.where(valid, k + 1, steps)
+            alive = valid & ~self.episode_end[idx]
+        discount = np.where(self.terminated[last], 0.0, gamma ** steps)
+        obs_dim = self.obs.shape[1]
+        inter_obs = (self.next_obs[np.stack(inter_idx)] if inter_idx
+                     else np.zeros((0, batch_size, obs_dim), np.float32))
+        inter_w = np.stack(inter_weight) if inter_weight else np.zeros((0, batch_size))
+        first_idx = self._physical(first)
+        t = torch.from_numpy
+        return Batch(
+            obs=t(self.obs[first_idx]), actions=t(self.actions[first_idx]),
+            returns=t(returns), bootstrap_obs=t(self.next_obs[last]),
+            discount=t(discount.astype(np.float32)),
+            inter_obs=t(inter_obs), inter_weight=t(inter_w.astype(np.float32)))
+
+    def oldest(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Observations and stored policy actions of the `count` oldest transitions."""
+        idx = self._physical(np.arange(min(count, self.size)))
+        return self.obs[idx], self.policy_actions[idx]
+
+    def drop_oldest(self, count: int) -> None:
+        count = min(count, self.size)
+        self.start = (self.start + count) % self.capacity
+        self.size -= count
+
+    def shrink_if_stale(self, distance: float, threshold: float, min_size: int) -> int:
+        """RLx2's dynamic-capacity rule (as in the official code): if the policy distance
+        of the oldest data exceeds `threshold`, drop the oldest 10% of the current size,
+        never going below `min_size`. Returns how many transitions were dropped."""
+        if distance <= threshold or self.size <= min_size:
+            return 0
+        count = min(self.size // 10, self.size - min_size)
+        self.drop_oldest(count)
+        return count
+
+    def save(self, path: Path) -> None:
+        idx = self._physical(np.arange(self.size))
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, capacity=np.int64(self.capacity), **{f: getattr(self, f)[idx] for f in self.FIELDS})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, obs_dim: int, act_dim: int, capacity: int) -> "ReplayBuffer":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {f: data[f] for f in cls.FIELDS}
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise UserError(f"cannot read replay buffer {path}: {exc}") from None
+        size = len(arrays["rewards"])
+        if arrays["obs"].shape != (size, obs_dim) or arrays["actions"].shape != (size, act_dim) or size > capacity:
+            raise UserError(f"replay buffer {path} does not match this run's dimensions")
+        buffer = cls(obs_dim, act_dim, capacity)
+        for f in cls.FIELDS:
+            getattr(buffer, f)[:size] = arrays[f]
+        buffer.size = size
+        return buffer

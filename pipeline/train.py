@@ -1,0 +1,519 @@
+"""Sparse TD3 and SAC from scratch: RLx2 and its baselines in one implementation.
+
+The five methods differ only in four switches (see METHODS): whether the networks are
+sparse, how the topology evolves (not at all, SET's random growth or RigL's gradient
+growth), whether the TD target switches to n-step after a delay, and whether the replay
+buffer's capacity follows the policy-distance rule. Everything else is shared.
+
+Every schedule length of the paper's 3M-step runs is scaled by total_steps / 3M (see
+`Schedule`), so a short run evolves its topology as the paper's long one does.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models import (GaussianActor, TwinCritic, apply_masks, drop_fraction, make_actor,
+                    random_masks, rigl_update, sparse_layers, weight_sparsity)
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.envs import evaluate_policy, make_env
+from pipeline.errors import UserError
+from pipeline.replay import Batch, ReplayBuffer
+
+PAPER_STEPS = 3_000_000
+
+
+@dataclass(frozen=True)
+class Method:
+    sparse: bool
+    grow: str | None          # None (static topology), "random" (SET) or "gradient" (RigL)
+    multi_step: bool          # delayed n-step TD target
+    dynamic_buffer: bool      # policy-distance capacity rule
+
+
+METHODS = {
+    "dense": Method(sparse=False, grow=None, multi_step=False, dynamic_buffer=False),
+    "static": Method(sparse=True, grow=None, multi_step=False, dynamic_buffer=False),
+    "set": Method(sparse=True, grow="random", multi_step=False, dynamic_buffer=False),
+    "rigl": Method(sparse=True, grow="gradient", multi_step=False, dynamic_buffer=False),
+    "rlx2": Method(sparse=True, grow="gradient", multi_step=True, dynamic_buffer=True),
+}
+
+
+@dataclass
+class TrainConfig:
+    env_id: str = "Hopper-v5"
+    algo: str = "td3"
+    method: str = "rlx2"
+    actor_sparsity: float = 0.9
+    critic_sparsity: float = 0.85
+    total_steps: int = 300_000
+    seed: int = 0
+    hidden: tuple[int, ...] = (256, 256)
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005
+    lr: float = 3e-4
+    policy_noise: float = 0.2       # TD3 target smoothing noise, in [-1, 1] action units
+    noise_clip: float = 0.5
+    policy_freq: int = 2            # TD3 delayed actor updates
+    exploration_noise: float = 0.1  # TD3
+    n_step: int = 3
+    drop_fraction: float = 0.5      # RigL zeta_0
+    buffer_threshold: float = 0.2
+    policy_distance_samples: int = 2048
+    buffer_capacity: int = 1_000_000
+    eval_interval: int = 5_000
+    eval_episodes: int = 10
+    checkpoint_interval: int = 25_000
+    threads: int = 1
+    # None: scaled from total_steps with the paper's proportions (see Schedule).
+    learning_starts: int | None = None
+    topology_interval: int | None = None
+    nstep_start: int | None = None
+    buffer_min: int | None = None
+
+    def validate(self) -> None:
+        if self.algo not in ("td3", "sac"):
+            raise UserError(f"unknown algorithm {self.algo!r}; choose td3 or sac")
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("actor_sparsity", "critic_sparsity"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
+                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if self.total_steps <= 0:
+            raise UserError(f"--steps must be positive, got {self.total_steps}")
+        if not self.hidden or min(self.hidden) <= 0:
+            raise UserError(f"hidden sizes must be positive, got {self.hidden}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Interval lengths in env steps (topology intervals in updates of that network)."""
+    learning_starts: int
+    topology_end: int        # critic updates after which the topology is frozen
+    topology_interval: int   # updates of a network between two of its topology updates
+    nstep_start: int
+    buffer_check: int
+    buffer_min: int
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig) -> "Schedule":
+        scale = cfg.total_steps / PAPER_STEPS
+        starts = cfg.learning_starts if cfg.learning_starts is not None else \
+            min(max(1_000, round(25_000 * scale)), cfg.total_steps // 2)
+        end = max(1, cfg.total_steps - starts)
+        interval = cfg.topology_interval or max(1, round(10_000 * end / (PAPER_STEPS - 25_000)))
+        return cls(
+            learning_starts=starts,
+            topology_end=end,
+            topology_interval=interval,
+            nstep_start=cfg.nstep_start if cfg.nstep_start is not None else round(0.1 * cfg.total_steps),
+            buffer_check=interval,
+            buffer_min=cfg.buffer_min if cfg.buffer_min is not None else max(cfg.batch_size, round(100_000 * scale)),
+        )
+
+
+def sparsify(net: nn.Module, sparsity: float, orthogonal: bool, generator: torch.Generator) -> None:
+    """Give `net` an ER-distributed random topology and re-initialise its weights for it."""
+    layers = sparse_layers(net)
+    if sparsity > 0:
+        random_masks(layers, sparsity, generator)
+    for layer in layers:
+        layer.reset_parameters(orthogonal=orthogonal)
+
+
+class MaskedAdam:
+    """Adam over a network whose sparse weights stay exactly zero outside their masks.
+
+    Gradients are masked before the step, so Adam's moments stay zero at masked
+    positions; weights are re-masked after the step. Topology updates reset the moments
+    of every position whose membership changed (the official code never does).
+    """
+
+    def __init__(self, net: nn.Module, lr: float):
+        self.layers = sparse_layers(net)
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
+        self.weights = [l.weight for l in self.layers]
+        self.masks = [l.mask for l in self.layers]
+
+    def step(self) -> None:
+        torch._foreach_mul_([w.grad for w in self.weights], self.masks)
+        self.optimizer.step()
+        torch._foreach_mul_([w.data for w in self.weights], self.masks)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def evolve(self, fraction: float, grow: str, generator: torch.Generator) -> None:
+        """One drop-and-grow update of every sparse layer, from the gradients in .grad."""
+        for layer in self.layers:
+            if bool(layer.mask.all()):
+                continue
+            dense_grad = layer.weight.grad if grow == "gradient" else None
+            changed = rigl_update(layer, dense_grad, fraction, generator)
+            state = self.optimizer.state.get(layer.weight)
+            if state:
+                state["exp_avg"][changed] = 0.0
+                state["exp_avg_sq"][changed] = 0.0
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+    apply_masks(target)
+
+
+class Trainer:
+    """Holds the networks, optimisers, buffer and counters of one run."""
+
+    def __init__(self, cfg: TrainConfig, out: Path):
+        cfg.validate()
+        self.cfg, self.out, self.method = cfg, out, METHODS[cfg.method]
+        self.schedule = Schedule.for_config(cfg)
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+
+        self.env = make_env(cfg.env_id, seed=cfg.seed)
+        obs_space, act_space = self.env.observation_space, self.env.action_space
+        self.obs_dim, self.act_dim = obs_space.shape[0], act_space.shape[0]
+        self.spaces = {
+            "obs_dim": self.obs_dim, "act_dim": self.act_dim,
+            "obs_low": obs_space.low.tolist(), "obs_high": obs_space.high.tolist(),
+            "action_low": act_space.low.tolist(), "action_high": act_space.high.tolist(),
+        }
+        hidden = list(cfg.hidden)
+        self.actor = make_actor(cfg.algo, self.obs_dim, self.act_dim, hidden, act_space.low, act_space.high)
+        self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden)
+        orthogonal = cfg.algo == "sac"
+        actor_sparsity = cfg.actor_sparsity if self.method.sparse else 0.0
+        critic_sparsity = cfg.critic_sparsity if self.method.sparse else 0.0
+        sparsify(self.actor, actor_sparsity, orthogonal, self.generator)
+        sparsify(self.critic, critic_sparsity, orthogonal, self.generator)
+        # SAC bootstraps with the online actor; only TD3 keeps an actor target.
+        self.actor_target = self._frozen_copy(self.actor) if cfg.algo == "td3" else None
+        self.critic_target = self._frozen_copy(self.critic)
+        self.actor_opt = MaskedAdam(self.actor, cfg.lr)
+        self.critic_opt = MaskedAdam(self.critic, cfg.lr)
+        if cfg.algo == "sac":
+            self.log_alpha = torch.zeros(1, requires_grad=True)  # alpha_0 = 1
+            self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr, fused=True)
+            self.target_entropy = -float(self.act_dim)
+
+        self.buffer = ReplayBuffer(self.obs_dim, self.act_dim, min(cfg.buffer_capacity, cfg.total_steps))
+        self.step = 0
+        self.critic_updates = 0
+        self.actor_updates = 0
+        self.train_time = 0.0
+
+    @staticmethod
+    def _frozen_copy(net: nn.Module) -> nn.Module:
+        """A target network: a copy of the weights without gradients that shares the
+        online network's mask tensors, so topology updates apply to both at once."""
+        clone = copy.deepcopy(net)
+        for p in clone.parameters():
+            p.requires_grad_(False)
+        for target_layer, online_layer in zip(sparse_layers(clone), sparse_layers(net)):
+            target_layer.mask = online_layer.mask
+        return clone
+
+    # ---------------------------------------------------------------- acting
+    @torch.no_grad()
+    def explore(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(action to execute, noise-free policy action), both squashed to [-1, 1]."""
+        if self.step < self.schedule.learning_starts:
+            action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+            return action, action
+        obs_t = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
+        if isinstance(self.actor, GaussianActor):
+            mean, log_std = self.actor.distribution(obs_t)
+            sample = torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+            return sample[0].numpy(), torch.tanh(mean)[0].numpy()
+        policy = self.actor.squashed(obs_t)[0].numpy()
+        noise = self.rng.normal(0.0, self.cfg.exploration_noise, self.act_dim)
+        return np.clip(policy + noise, -1.0, 1.0).astype(np.float32), policy
+
+    def to_env_units(self, squashed: np.ndarray) -> np.ndarray:
+        return squashed * self.actor.action_scale.numpy() + self.actor.action_bias.numpy()
+
+    # ---------------------------------------------------------------- learning
+    def n_step(self) -> int:
+        multi = self.method.multi_step and self.step >= self.schedule.nstep_start
+        return self.cfg.n_step if multi else 1
+
+    def td_target(self, b: Batch) -> torch.Tensor:
+        cfg = self.cfg
+        with torch.no_grad():
+            if cfg.algo == "td3":
+                noise = (torch.randn_like(b.actions) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+                next_action = (self.actor_target.squashed(b.bootstrap_obs) + noise).clamp(-1.0, 1.0)
+                value = self.critic_target(b.bootstrap_obs, next_action).min(0).values
+                return b.returns + b.discount * value
+            alpha = self.log_alpha.exp()
+            next_action, next_log_prob = self.actor.sample(b.bootstrap_obs)
+            value = self.critic_target(b.bootstrap_obs, next_action).min(0).values - alpha * next_log_prob
+            target = b.returns + b.discount * value
+            if b.inter_obs.shape[0]:  # soft n-step: entropy bonus at every intermediate state
+                _, inter_log_prob = self.actor.sample(b.inter_obs.flatten(0, 1))
+                target -= alpha * (b.inter_weight * inter_log_prob.view_as(b.inter_weight)).sum(0)
+            return target
+
+    def topology_due(self, updates: int, horizon: int) -> float | None:
+        """The drop fraction if this update (the `updates`-th of a network that makes
+        `horizon` updates before the topology freezes) is a topology update, else None."""
+        if self.method.grow is None or updates == 0 or updates % self.schedule.topology_interval:
+            return None
+        fraction = drop_fraction(updates, horizon, self.cfg.drop_fraction)
+        return fraction if fraction > 0 else None
+
+    def update_critic(self, b: Batch) -> None:
+        target = self.td_target(b)
+        loss = (self.critic(b.obs, b.actions) - target).pow(2).mean(1).sum()
+        self.critic_opt.zero_grad()
+        loss.backward()
+        self.critic_updates += 1
+        fraction = self.topology_due(self.critic_updates, self.schedule.topology_end)
+        if fraction is not None:
+            self.critic_opt.evolve(fraction, self.method.grow, self.generator)
+            apply_masks(self.critic_target)
+        else:
+            self.critic_opt.step()
+
+
+    def update_actor(self, b: Batch) -> None:
+        if self.cfg.algo == "td3":
+            loss = -self.critic.q1_frozen(b.obs, self.actor.squashed(b.obs)).mean()
+            horizon = self.schedule.topology_end // self.cfg.policy_freq
+        else:
+            action, log_prob = self.actor.sample(b.obs)
+            alpha = self.log_alpha.exp().detach()
+            loss = (alpha * log_prob - self.critic(b.obs, action, frozen=True).min(0).values).mean()
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+            horizon = self.schedule.topology_end
+        self.actor_opt.zero_grad()
+        loss.backward()
+        self.actor_updates += 1
+        fraction = self.topology_due(self.actor_updates, horizon)
+        if fraction is not None:
+            self.actor_opt.evolve(fraction, self.method.grow, self.generator)
+            if self.actor_target is not None:
+                apply_masks(self.actor_target)
+        else:
+            self.actor_opt.step()
+
+    def train_step(self) -> None:
+        b = self.buffer.sample(self.cfg.batch_size, self.n_step(), self.cfg.gamma, self.rng)
+        self.update_critic(b)
+        if self.cfg.algo == "sac":
+            self.update_actor(b)
+            soft_update(self.critic_target, self.critic, self.cfg.tau)
+        elif self.critic_updates % self.cfg.policy_freq == 0:
+            self.update_actor(b)
+            soft_update(self.actor_target, self.actor, self.cfg.tau)
+            soft_update(self.critic_target, self.critic, self.cfg.tau)
+
+    @torch.no_grad()
+    def policy_distance(self) -> float:
+        """Half the mean squared gap, in [-1, 1] action units, between the current policy
+        and the policy that collected the oldest stored transitions."""
+        obs, stored = self.buffer.oldest(self.cfg.policy_distance_samples)
+        current = self.actor.squashed(torch.from_numpy(obs)).numpy()
+        return 0.5 * float(np.mean((current - stored) ** 2))
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, episodes: int) -> np.ndarray:
+        actor = self.actor
+
+        @torch.no_grad()
+        def policy(obs):
+            return actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0].numpy()
+
+        return evaluate_policy(policy, self.cfg.env_id, episodes, seed=self.cfg.seed + 100)
+
+    # ---------------------------------------------------------------- persistence
+    def state(self) -> dict:
+        data = {
+            "config": asdict(self.cfg) | {"hidden": list(self.cfg.hidden)},
+            "spaces": self.spaces,
+            "steps_done": self.step,
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "sparsity": {"actor": weight_sparsity(self.actor), "critic": weight_sparsity(self.critic)},
+            "train_state": {
+                "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(),
+                "critic_updates": self.critic_updates,
+                "actor_updates": self.actor_updates,
+                "train_time": self.train_time,
+                "numpy_rng": json.dumps(self.rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state(),
+                "generator": self.generator.get_state(),
+            },
+        }
+        if self.actor_target is not None:
+            data["actor_target"] = self.actor_target.state_dict()
+        if self.cfg.algo == "sac":
+            data["train_state"]["log_alpha"] = self.log_alpha.detach().clone()
+            data["train_state"]["alpha_opt"] = self.alpha_opt.state_dict()
+        return data
+
+    def save(self) -> None:
+        self.buffer.save(self.out / "replay.npz")
+        save_checkpoint(self.out / "checkpoint.pt", self.state())
+
+    def restore(self) -> None:
+        ckpt = load_checkpoint(self.out / "checkpoint.pt")
+        saved = dict(ckpt.config)
+        current = asdict(self.cfg) | {"hidden": list(self.cfg.hidden)}
+        if saved != current:
+            diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in current.items() if saved.get(k) != v)
+            raise UserError(f"{self.out} holds a run with other settings ({diff}); use another --out")
+        d, ts = ckpt.data, ckpt.data["train_state"]
+        self.actor.load_state_dict(d["actor"])
+        self.critic.load_state_dict(d["critic"])
+        if self.actor_target is not None:
+            self.actor_target.load_state_dict(d["actor_target"])
+        self.critic_target.load_state_dict(d["critic_target"])
+        self.actor_opt.load_state_dict(ts["actor_opt"])
+        self.critic_opt.load_state_dict(ts["critic_opt"])
+        self.step, self.critic_updates, self.actor_updates = ckpt.steps_done, ts["critic_updates"], ts["actor_updates"]
+        self.train_time = ts["train_time"]
+        self.rng.bit_generator.state = json.loads(ts["numpy_rng"])
+        torch.set_rng_state(ts["torch_rng"])
+        self.generator.set_state(ts["generator"])
+        if self.cfg.algo == "sac":
+            with torch.no_grad():
+                self.log_alpha.copy_(ts["log_alpha"])
+            self.alpha_opt.load_state_dict(ts["alpha_opt"])
+        self.buffer = ReplayBuffer.load(self.out / "replay.npz", self.obs_dim, self.act_dim, self.buffer.capacity)
+
+
+METRIC_FIELDS = ["step", "eval_return", "eval_return_std", "train_return", "actor_sparsity",
+                 "critic_sparsity", "buffer_size", "steps_per_s", "elapsed_s"]
+
+
+class MetricsLog:
+    """metrics.csv plus TensorBoard; on resume, rows past the checkpoint are discarded."""
+
+    def __init__(self, out: Path, resume_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = out / "metrics.csv"
+        rows = []
+        if resume_step and self.path.exists():
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step or None)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, METRIC_FIELDS).writerow(row)
+        for key, value in row.items():
+            if key != "step" and value != "":
+                self.tb.add_scalar(key, value, row["step"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train (or resume) a run in `out`; returns the final evaluation summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, out)
+    if (out / "checkpoint.pt").exists():
+        trainer.restore()
+    log = MetricsLog(out, trainer.step)
+    sched = trainer.schedule
+    env = trainer.env
+    obs, _ = env.reset(seed=cfg.seed + trainer.step)
+    episode_return, last_train_return = 0.0, float("nan")
+    eval_return = float("nan")
+    bar = tqdm(total=cfg.total_steps, initial=trainer.step, disable=not progress, unit="step",
+               desc=f"{cfg.method}-{cfg.algo} {cfg.env_id}", dynamic_ncols=True, mininterval=1.0)
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        while trainer.step < cfg.total_steps:
+            action, policy_action = trainer.explore(obs)
+            next_obs, reward, terminated, truncated, _ = env.step(trainer.to_env_units(action))
+            trainer.buffer.add(obs, action, policy_action, reward, next_obs, terminated, truncated)
+            episode_return += float(reward)
+            obs = next_obs
+            if terminated or truncated:
+                obs, _ = env.reset()
+                last_train_return, episode_return = episode_return, 0.0
+            trainer.step += 1
+            window_steps += 1
+            if trainer.step > sched.learning_starts:
+                trainer.train_step()
+            if trainer.method.dynamic_buffer and trainer.step % sched.buffer_check == 0:
+                trainer.buffer.shrink_if_stale(trainer.policy_distance(), cfg.buffer_threshold, sched.buffer_min)
+            bar.update(1)
+
+            at_eval = trainer.step % cfg.eval_interval == 0 or trainer.step == cfg.total_steps
+            at_checkpoint = trainer.step % cfg.checkpoint_interval == 0 or trainer.step == cfg.total_steps
+            if at_eval or at_checkpoint:
+                elapsed = time.perf_counter() - window_start
+                trainer.train_time += elapsed
+                steps_per_s = window_steps / elapsed
+                if at_eval:
+                    returns = trainer.evaluate(cfg.eval_episodes)
+                    eval_return = float(returns.mean())
+                    log.write({
+                        "step": trainer.step, "eval_return": eval_return, "eval_return_std": float(returns.std()),
+                        "train_return": last_train_return, "actor_sparsity": weight_sparsity(trainer.actor),
+                        "critic_sparsity": weight_sparsity(trainer.critic), "buffer_size": len(trainer.buffer),
+                        "steps_per_s": steps_per_s, "elapsed_s": trainer.train_time,
+                    })
+                if at_checkpoint:
+                    trainer.save()
+                bar.set_postfix(sps=f"{steps_per_s:.0f}", ret=f"{eval_return:.0f}",
+                                sparsity=f"{weight_sparsity(trainer.actor):.3f}", refresh=False)
+                window_start, window_steps = time.perf_counter(), 0
+    finally:
+        bar.close()
+        log.close()
+        env.close()
+
+    returns = trainer.evaluate(cfg.eval_episodes)
+    summary = {
+        "env_id": cfg.env_id, "algo": cfg.algo, "method": cfg.method, "seed": cfg.seed,
+        "steps": trainer.step, "episodes": cfg.eval_episodes,
+        "mean_return": float(returns.mean()), "std_return": float(returns.std()),
+        "returns": returns.tolist(),
+        "actor_sparsity": weight_sparsity(trainer.actor), "critic_sparsity": weight_sparsity(trainer.critic),
+        "train_time_s": trainer.train_time,
+        "steps_per_s": trainer.step / trainer.train_time if trainer.train_time else None,
+    }
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out / "eval.json")
+    return summary
