@@ -64,6 +64,9 @@ def _add_train_options(p: argparse.ArgumentParser, defaults: bool) -> None:
     p.add_argument("--hidden", type=_hidden, default=d((256, 256)), metavar="W,W")
     p.add_argument("--eval-interval", type=_positive_int, default=d(5_000), metavar="N")
     p.add_argument("--eval-episodes", type=_positive_int, default=d(10), metavar="N")
+    p.add_argument("--checkpoint-interval", type=_positive_int, default=d(25_000), metavar="N",
+                   help="env steps between checkpoints (a killed run resumes from the last one)")
+    p.add_argument("--lr", type=float, default=d(3e-4), metavar="X", help="Adam learning rate")
     p.add_argument("--threads", type=_positive_int, default=d(1), metavar="N", help="torch threads")
 
 

@@ -134,9 +134,12 @@ class ReplayBuffer:
     @classmethod
     def load(cls, path: Path, obs_dim: int, act_dim: int, capacity: int) -> "ReplayBuffer":
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with data:
                 arrays = {f: data[f] for f in cls.FIELDS}
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+        except Exception as exc:  # truncated zips raise BadZipFile, foreign files many others
             raise UserError(f"cannot read replay buffer {path}: {exc}") from None
         size = len(arrays["rewards"])
         if arrays["obs"].shape != (size, obs_dim) or arrays["actions"].shape != (size, act_dim) or size > capacity:

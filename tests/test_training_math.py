@@ -1,0 +1,391 @@
+"""Masks stay exact through Adam steps, topology updates and Polyak updates; TD targets.
+
+No training runs here: a handful of optimiser steps on tiny (32-unit) networks.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models import DeterministicActor, TwinCritic, apply_masks, sparse_layers, weight_sparsity
+from models.topology import drop_fraction, layer_nnz
+from pipeline.replay import Batch
+from pipeline.train import MaskedAdam, Schedule, TrainConfig, Trainer, soft_update, sparsify
+
+
+# --------------------------------------------------------------------------- helpers
+
+def assert_weights_masked(net: torch.nn.Module) -> None:
+    layers = sparse_layers(net)
+    assert layers
+    for layer in layers:
+        outside = layer.weight.detach()[layer.mask == 0]
+        assert int(torch.count_nonzero(outside)) == 0
+        assert set(layer.mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def assert_moments_masked(opt: MaskedAdam, require_state: bool = True) -> None:
+    seen = 0
+    for layer in opt.layers:
+        state = opt.optimizer.state.get(layer.weight)
+        if not state:
+            continue
+        seen += 1
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert int(torch.count_nonzero(state[key][layer.mask == 0])) == 0, key
+    assert seen == (len(opt.layers) if require_state else 0)
+
+
+def assert_masks_shared(target: torch.nn.Module, online: torch.nn.Module) -> None:
+    pairs = list(zip(sparse_layers(target), sparse_layers(online)))
+    assert pairs
+    for t, o in pairs:
+        assert t.mask.data_ptr() == o.mask.data_ptr()
+        assert torch.equal(t.mask, o.mask)
+
+
+def nnz_per_member(net: torch.nn.Module) -> list[list[int]]:
+    return [[int(m.sum()) for m in layer.mask] for layer in sparse_layers(net)]
+
+
+def masks_of(net):
+    return [layer.mask.clone() for layer in sparse_layers(net)]
+
+
+def weights_of(net):
+    return [layer.weight.detach().clone() for layer in sparse_layers(net)]
+
+
+def biases_of(net):
+    return [layer.bias.detach().clone() for layer in sparse_layers(net)]
+
+
+def critic_loss(critic, gen, batch=16):
+    obs = torch.randn(batch, 3, generator=gen)
+    act = torch.rand(batch, 1, generator=gen) * 2 - 1
+    target = torch.randn(batch, generator=gen)
+    return (critic(obs, act) - target).pow(2).mean(1).sum()
+
+
+def actor_loss(actor, critic, gen, batch=16):
+    obs = torch.randn(batch, 3, generator=gen)
+    return -critic.q1_frozen(obs, actor.squashed(obs)).mean()
+
+
+# --------------------------------------------------------------------------- MaskedAdam, no Trainer
+
+@pytest.mark.parametrize("grow", ["gradient", "random"])
+def test_masked_adam_evolve_and_soft_update_keep_masks_exact(grow):
+    gen = torch.Generator().manual_seed(0)
+    data = torch.Generator().manual_seed(1)
+    actor = DeterministicActor(3, 1, [32, 32], [-2.0], [2.0])
+    critic = TwinCritic(3, 1, [32, 32])
+    sparsify(actor, 0.9, False, gen)
+    sparsify(critic, 0.8, False, gen)
+    assert nnz_per_member(actor) == [[n] for n in layer_nnz([(32, 3), (32, 32), (1, 32)], 0.9)]
+    assert nnz_per_member(critic) == [[n, n] for n in layer_nnz([(32, 4), (32, 32), (1, 32)], 0.8)]
+    actor_t, critic_t = Trainer._frozen_copy(actor), Trainer._frozen_copy(critic)
+    a_opt, c_opt = MaskedAdam(actor, 1e-2), MaskedAdam(critic, 1e-2)
+    pairs = [(actor_t, actor, a_opt), (critic_t, critic, c_opt)]
+
+    def check(stepped=True):
+        for target, online, opt in pairs:
+            assert_weights_masked(online)
+            assert_weights_masked(target)
+            assert_masks_shared(target, online)
+            assert_moments_masked(opt, stepped)
+
+    def train(steps):
+        for _ in range(steps):
+            c_opt.zero_grad()
+            critic_loss(critic, data).backward()
+            c_opt.step()
+            a_opt.zero_grad()
+            actor_loss(actor, critic, data).backward()
+            a_opt.step()
+            for target, online, _ in pairs:
+                before = [p.detach().clone() for p in target.parameters()]
+                soft_update(target, online, 0.1)
+                for p_t, p_o, p_b, (name, _) in zip(target.parameters(), online.parameters(), before,
+                                                     target.named_parameters()):
+                    expected = p_b + 0.1 * (p_o.detach() - p_b)
+                    if name.endswith("weight"):
+                        mod = target.get_submodule(name.rsplit(".", 1)[0])
+                        expected = expected * mod.mask
+                    torch.testing.assert_close(p_t, expected, rtol=1e-6, atol=1e-7)
+
+    check(stepped=False)
+    train(5)
+    check()
+    # all active weights moved (the test is not vacuous), inactive ones did not
+    for layer in sparse_layers(critic):
+        assert int(torch.count_nonzero(layer.weight.detach() * layer.mask)) == int(layer.mask.sum())
+
+    # --- topology update from the gradient of one minibatch, as the Trainer does
+    nnz_a, nnz_c = nnz_per_member(actor), nnz_per_member(critic)
+    old_masks = {id(net): masks_of(net) for net in (actor, critic)}
+    old_weights = {id(net): weights_of(net) for net in (actor, critic)}
+    c_opt.zero_grad()
+    critic_loss(critic, data).backward()
+    a_opt.zero_grad()
+    actor_loss(actor, critic, data).backward()
+    c_opt.evolve(0.4, grow, gen)
+    a_opt.evolve(0.4, grow, gen)
+    apply_masks(critic_t)
+    apply_masks(actor_t)
+    check()
+    assert nnz_per_member(actor) == nnz_a and nnz_per_member(critic) == nnz_c
+    n_changed = 0
+    for net, opt in ((actor, a_opt), (critic, c_opt)):
+        for layer, m_old, w_old in zip(sparse_layers(net), old_masks[id(net)], old_weights[id(net)]):
+            m_new = layer.mask
+            grown = (m_new == 1) & (m_old == 0)
+            n_changed += int(grown.sum())
+            if bool(m_old.all()):
+                assert torch.equal(m_new, m_old)  # dense layers are never evolved
+            else:
+                active = int(m_old[0].sum())
+                assert int(grown.sum()) <= m_old.shape[0] * math.floor(0.4 * active)
+            # no optimiser step: surviving weights unchanged, grown ones zero
+            assert torch.equal(layer.weight.detach(), w_old * m_new)
+            state = opt.optimizer.state[layer.weight]
+            assert int(torch.count_nonzero(state["exp_avg"][grown])) == 0
+            assert int(torch.count_nonzero(state["exp_avg_sq"][grown])) == 0
+    assert n_changed > 0
+
+    train(5)
+    check()
+    assert nnz_per_member(actor) == nnz_a and nnz_per_member(critic) == nnz_c
+
+
+def test_soft_update_masks_stale_target_weights():
+    gen = torch.Generator().manual_seed(4)
+    critic = TwinCritic(3, 1, [16, 16])
+    sparsify(critic, 0.7, False, gen)
+    target = Trainer._frozen_copy(critic)
+    with torch.no_grad():
+        for layer in sparse_layers(target):
+            layer.weight.fill_(1.0)  # stale values outside the mask (e.g. just-dropped weights)
+    soft_update(target, critic, 0.25)
+    for t_layer, o_layer in zip(sparse_layers(target), sparse_layers(critic)):
+        expected = (0.75 + 0.25 * o_layer.weight.detach()) * o_layer.mask
+        torch.testing.assert_close(t_layer.weight, expected, rtol=1e-6, atol=1e-7)
+    assert_weights_masked(target)
+
+
+# --------------------------------------------------------------------------- Trainer
+
+def make_trainer(tmp_path, **overrides) -> Trainer:
+    cfg = dict(env_id="Pendulum-v1", method="rlx2", total_steps=5000, hidden=(32, 32),
+               actor_sparsity=0.9, critic_sparsity=0.8, batch_size=32)
+    cfg.update(overrides)
+    return Trainer(TrainConfig(**cfg), tmp_path)
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    t = make_trainer(tmp_path)
+    yield t
+    t.env.close()
+
+
+def test_schedule_scaled_from_total_steps():
+    s = Schedule.for_config(TrainConfig(env_id="Pendulum-v1", total_steps=5000))
+    assert s == Schedule(learning_starts=1000, topology_end=4000, topology_interval=13,
+                         nstep_start=500, buffer_check=13, buffer_min=256)
+    s = Schedule.for_config(TrainConfig(total_steps=3_000_000))
+    assert (s.learning_starts, s.topology_end, s.topology_interval, s.nstep_start, s.buffer_min) == \
+        (25_000, 2_975_000, 10_000, 300_000, 100_000)
+
+
+def test_trainer_initial_sparsity_and_targets(trainer):
+    t = trainer
+    assert t.obs_dim == 3 and t.act_dim == 1
+    actor_shapes, critic_shapes = [(32, 3), (32, 32), (1, 32)], [(32, 4), (32, 32), (1, 32)]
+    assert nnz_per_member(t.actor) == [[n] for n in layer_nnz(actor_shapes, 0.9)]
+    assert nnz_per_member(t.critic) == [[n, n] for n in layer_nnz(critic_shapes, 0.8)]
+    assert weight_sparsity(t.actor) == pytest.approx(1 - round(0.1 * 1152) / 1152, abs=1e-9)
+    for online, target in ((t.actor, t.actor_target), (t.critic, t.critic_target)):
+        assert_weights_masked(online)
+        assert_weights_masked(target)
+        assert_masks_shared(target, online)
+        for p_t, p_o in zip(target.parameters(), online.parameters()):
+            assert torch.equal(p_t, p_o.detach()) and not p_t.requires_grad
+
+
+def test_topology_due_and_n_step_switch(trainer):
+    t = trainer
+    assert t.schedule.topology_interval == 13
+    assert t.topology_due(0, 4000) is None
+    assert t.topology_due(12, 4000) is None
+    assert t.topology_due(14, 4000) is None
+    assert t.topology_due(13, 4000) == drop_fraction(13, 4000, 0.5)
+    assert t.topology_due(26, 2000) == drop_fraction(26, 2000, 0.5)
+    assert t.topology_due(4004, 4000) is None  # past T_end the fraction is 0
+    t.step = 499
+    assert t.n_step() == 1
+    t.step = 500
+    assert t.n_step() == 3
+
+
+def _fill(t: Trainer, count: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        obs, nxt = rng.normal(size=3), rng.normal(size=3)
+        a = rng.uniform(-1, 1, 1)
+        t.buffer.add(obs, a, a, float(rng.normal()), nxt, i % 17 == 16, i % 23 == 22)
+
+
+def test_trainer_masks_exact_through_steps_topology_and_polyak(trainer):
+    t = trainer
+    _fill(t, 64)
+    nets = ((t.actor, t.actor_target, t.actor_opt), (t.critic, t.critic_target, t.critic_opt))
+
+    def check():
+        for online, target, opt in nets:
+            assert_weights_masked(online)
+            assert_weights_masked(target)
+            assert_masks_shared(target, online)
+            assert_moments_masked(opt)
+
+    nnz_a, nnz_c = nnz_per_member(t.actor), nnz_per_member(t.critic)
+    for _ in range(4):
+        t.train_step()
+    assert (t.critic_updates, t.actor_updates) == (4, 2)
+    check()
+
+    def check_evolved(online, opt, before):
+        masks, weights, biases = before
+        any_changed = False
+        for layer, m_old, w_old, b_old in zip(sparse_layers(online), masks, weights, biases):
+            grown = (layer.mask == 1) & (m_old == 0)
+            any_changed |= bool(grown.any())
+            # the topology update replaces that iteration's optimiser step
+            assert torch.equal(layer.weight.detach(), w_old * layer.mask)
+            assert torch.equal(layer.bias.detach(), b_old)
+            state = opt.optimizer.state[layer.weight]
+            assert int(torch.count_nonzero(state["exp_avg"][grown])) == 0
+            assert int(torch.count_nonzero(state["exp_avg_sq"][grown])) == 0
+        assert any_changed
+
+    def snapshot(net):
+        return masks_of(net), weights_of(net), biases_of(net)
+
+    # The 13th critic update evolves the critic. It is odd, so this train_step makes no
+    # actor update and no Polyak update: the critic target must be re-masked by itself.
+    t.critic_updates = 12
+    before_actor, before_critic = snapshot(t.actor), snapshot(t.critic)
+    t.train_step()
+    assert (t.critic_updates, t.actor_updates) == (13, 2)
+    check()
+    check_evolved(t.critic, t.critic_opt, before_critic)
+    assert all(torch.equal(a, b) for a, b in zip(masks_of(t.actor), before_actor[0]))
+    assert nnz_per_member(t.critic) == nnz_c
+
+    # The 13th actor update evolves the actor; check before any Polyak update.
+    t.actor_updates = 12
+    before_actor = snapshot(t.actor)
+    t.update_actor(t.buffer.sample(32, 1, 0.99, t.rng))
+    assert t.actor_updates == 13
+    check()
+    check_evolved(t.actor, t.actor_opt, before_actor)
+    assert nnz_per_member(t.actor) == nnz_a
+
+    # Both at once inside one train_step (26th critic update, 26th actor update).
+    t.critic_updates, t.actor_updates = 25, 25
+    before_actor, before_critic = snapshot(t.actor), snapshot(t.critic)
+    t.train_step()
+    assert (t.critic_updates, t.actor_updates) == (26, 26)
+    check()
+    check_evolved(t.critic, t.critic_opt, before_critic)
+    check_evolved(t.actor, t.actor_opt, before_actor)
+    assert nnz_per_member(t.actor) == nnz_a and nnz_per_member(t.critic) == nnz_c
+
+    for _ in range(4):
+        t.train_step()
+    check()
+    assert nnz_per_member(t.actor) == nnz_a and nnz_per_member(t.critic) == nnz_c
+
+
+# --------------------------------------------------------------------------- TD targets
+
+def _batch(gen, batch=8, obs_dim=3, act_dim=1, n_inter=0, discount=0.0, weight=0.0) -> Batch:
+    return Batch(
+        obs=torch.randn(batch, obs_dim, generator=gen),
+        actions=torch.rand(batch, act_dim, generator=gen) * 2 - 1,
+        returns=torch.randn(batch, generator=gen) * 5,
+        bootstrap_obs=torch.randn(batch, obs_dim, generator=gen),
+        discount=torch.full((batch,), discount),
+        inter_obs=torch.randn(n_inter, batch, obs_dim, generator=gen),
+        inter_weight=torch.full((n_inter, batch), weight),
+    )
+
+
+def test_td3_target_without_bootstrap_is_returns(trainer):
+    b = _batch(torch.Generator().manual_seed(0))
+    target = trainer.td_target(b)
+    assert torch.equal(target, b.returns)
+
+
+def test_td3_target_bootstraps_from_target_networks(tmp_path):
+    t = make_trainer(tmp_path, policy_noise=0.0)
+    try:
+        gen = torch.Generator().manual_seed(1)
+        b = _batch(gen, discount=0.9)
+        with torch.no_grad():
+            next_action = t.actor_target.squashed(b.bootstrap_obs)
+            q = t.critic_target(b.bootstrap_obs, next_action)
+            expected = b.returns + 0.9 * torch.minimum(q[0], q[1])
+        assert not torch.allclose(expected, b.returns)
+        torch.testing.assert_close(t.td_target(b), expected, rtol=1e-6, atol=1e-6)
+        # perturbing the online networks must not change the target
+        with torch.no_grad():
+            for layer in sparse_layers(t.critic) + sparse_layers(t.actor):
+                layer.weight.mul_(3.0)
+        torch.testing.assert_close(t.td_target(b), expected, rtol=1e-6, atol=1e-6)
+        # one-step terminal rows are unaffected by the value
+        b.discount[:4] = 0.0
+        target = t.td_target(b)
+        assert torch.equal(target[:4], b.returns[:4])
+    finally:
+        t.env.close()
+
+
+def test_sac_target_without_bootstrap_or_entropy_is_returns(tmp_path):
+    t = make_trainer(tmp_path, algo="sac")
+    try:
+        b = _batch(torch.Generator().manual_seed(2), n_inter=2)
+        assert torch.equal(t.td_target(b), b.returns)
+    finally:
+        t.env.close()
+
+
+def test_sac_soft_n_step_target(tmp_path):
+    t = make_trainer(tmp_path, algo="sac")
+    try:
+        with torch.no_grad():
+            t.log_alpha.fill_(math.log(0.3))
+        gen = torch.Generator().manual_seed(3)
+        b = _batch(gen, n_inter=2, discount=0.9 ** 3)
+        b.inter_weight[0] = 0.9
+        b.inter_weight[1, :4] = 0.81
+        b.inter_weight[1, 4:] = 0.0
+        torch.manual_seed(123)
+        got = t.td_target(b)
+        torch.manual_seed(123)
+        with torch.no_grad():
+            a, logp = t.actor.sample(b.bootstrap_obs)
+            q = t.critic_target(b.bootstrap_obs, a)
+            expected = b.returns + 0.9 ** 3 * (torch.minimum(q[0], q[1]) - 0.3 * logp)
+            _, inter_logp = t.actor.sample(b.inter_obs.reshape(-1, 3))
+            inter_logp = inter_logp.view(2, -1)
+            for r in range(8):
+                expected[r] -= 0.3 * 0.9 * inter_logp[0, r]
+                if r < 4:
+                    expected[r] -= 0.3 * 0.81 * inter_logp[1, r]
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    finally:
+        t.env.close()
