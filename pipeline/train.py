@@ -255,6 +255,27 @@ class Trainer:
     def to_env_units(self, squashed: np.ndarray) -> np.ndarray:
         return squashed * self.actor.action_scale.numpy() + self.actor.action_bias.numpy()
 
+    def reset_env(self) -> None:
+        self.obs, _ = self.env.reset(seed=self.cfg.seed + self.step)
+        self.episode_return, self.last_episode_return = 0.0, float("nan")
+
+    def env_step(self) -> None:
+        """One env step, its transition stored, then one update (after warm-up) and the
+        dynamic-capacity check when due. `reset_env` must have been called once."""
+        action, policy_action = self.explore(self.obs)
+        next_obs, reward, terminated, truncated, _ = self.env.step(self.to_env_units(action))
+        self.buffer.add(self.obs, action, policy_action, reward, next_obs, terminated, truncated)
+        self.episode_return += float(reward)
+        self.obs = next_obs
+        if terminated or truncated:
+            self.obs, _ = self.env.reset()
+            self.last_episode_return, self.episode_return = self.episode_return, 0.0
+        self.step += 1
+        if self.step > self.schedule.learning_starts:
+            self.train_step()
+        if self.method.dynamic_buffer and self.step % self.schedule.buffer_check == 0:
+            self.buffer.shrink_if_stale(self.policy_distance(), self.cfg.buffer_threshold, self.schedule.buffer_min)
+
     # ---------------------------------------------------------------- learning
     def n_step(self) -> int:
         multi = self.method.multi_step and self.step >= self.schedule.nstep_start
@@ -452,30 +473,15 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     if (out / "checkpoint.pt").exists():
         trainer.restore()
     log = MetricsLog(out, trainer.step)
-    sched = trainer.schedule
-    env = trainer.env
-    obs, _ = env.reset(seed=cfg.seed + trainer.step)
-    episode_return, last_train_return = 0.0, float("nan")
+    trainer.reset_env()
     eval_return = float("nan")
     bar = tqdm(total=cfg.total_steps, initial=trainer.step, disable=not progress, unit="step",
                desc=f"{cfg.method}-{cfg.algo} {cfg.env_id}", dynamic_ncols=True, mininterval=1.0)
     window_start, window_steps = time.perf_counter(), 0
     try:
         while trainer.step < cfg.total_steps:
-            action, policy_action = trainer.explore(obs)
-            next_obs, reward, terminated, truncated, _ = env.step(trainer.to_env_units(action))
-            trainer.buffer.add(obs, action, policy_action, reward, next_obs, terminated, truncated)
-            episode_return += float(reward)
-            obs = next_obs
-            if terminated or truncated:
-                obs, _ = env.reset()
-                last_train_return, episode_return = episode_return, 0.0
-            trainer.step += 1
+            trainer.env_step()
             window_steps += 1
-            if trainer.step > sched.learning_starts:
-                trainer.train_step()
-            if trainer.method.dynamic_buffer and trainer.step % sched.buffer_check == 0:
-                trainer.buffer.shrink_if_stale(trainer.policy_distance(), cfg.buffer_threshold, sched.buffer_min)
             bar.update(1)
 
             at_eval = trainer.step % cfg.eval_interval == 0 or trainer.step == cfg.total_steps
@@ -489,7 +495,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
                     eval_return = float(returns.mean())
                     log.write({
                         "step": trainer.step, "eval_return": eval_return, "eval_return_std": float(returns.std()),
-                        "train_return": last_train_return, "actor_sparsity": weight_sparsity(trainer.actor),
+                        "train_return": trainer.last_episode_return, "actor_sparsity": weight_sparsity(trainer.actor),
                         "critic_sparsity": weight_sparsity(trainer.critic), "buffer_size": len(trainer.buffer),
                         "steps_per_s": steps_per_s, "elapsed_s": trainer.train_time,
                     })
@@ -501,7 +507,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     finally:
         bar.close()
         log.close()
-        env.close()
+        trainer.env.close()
 
     returns = trainer.evaluate(cfg.eval_episodes)
     summary = {
