@@ -6,7 +6,6 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
-export MUJOCO_GL ?= egl
 
 .PHONY: install test test-fast compress bench-train clean
 
