@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from models import make_actor, sparse_layers
+from models import TwinCritic, make_actor, sparse_layers
 from pipeline.errors import UserError
 
 FORMAT = "tinypolicy.checkpoint"
@@ -51,6 +51,17 @@ class Checkpoint:
             if bool((layer.weight.detach() * (1 - layer.mask)).abs().max() > 0):
                 raise UserError(f"{self.path}: actor weights are nonzero outside their mask")
         return actor.eval()
+
+    def build_critic(self) -> torch.nn.Module:
+        """The trained twin critic (online weights), with its masks."""
+        spaces = self.data["spaces"]
+        critic = TwinCritic(spaces["obs_dim"], spaces["act_dim"], list(self.config["hidden"]))
+        try:
+            critic.load_state_dict(self.data["critic"])
+        except RuntimeError as exc:
+            raise UserError(f"{self.path}: critic weights do not fit the recorded architecture "
+                            f"({str(exc).splitlines()[0]})") from None
+        return critic.eval()
 
 
 def save_checkpoint(path: Path, data: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ from pipeline.errors import UserError
 from pipeline.replay import Batch, ReplayBuffer
 
 PAPER_STEPS = 3_000_000
+PAPER_BUFFER_MIN = {"td3": 100_000, "sac": 200_000}  # the dynamic buffer's floor at 3M steps
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ class Schedule:
             topology_interval=interval,
             nstep_start=cfg.nstep_start if cfg.nstep_start is not None else round(0.1 * cfg.total_steps),
             buffer_check=interval,
-            buffer_min=cfg.buffer_min if cfg.buffer_min is not None else max(cfg.batch_size, round(100_000 * scale)),
+            buffer_min=cfg.buffer_min if cfg.buffer_min is not None else
+            max(cfg.batch_size, round(PAPER_BUFFER_MIN[cfg.algo] * scale)),
         )
 
 
