@@ -159,19 +159,27 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from pipeline.train import train
+    from pipeline.compress import compress
 
     presets = load_presets(args.presets)
     if args.preset not in presets:
         raise UserError(f"unknown preset {args.preset!r}; available: {', '.join(presets)}")
     out = args.out or Path("artifacts") / args.env_id
     cfg = _train_config(args, presets[args.preset])
-    summary = train(cfg, out / "train", progress=not args.quiet)
-    print(f"\ntinypolicy compress: {args.env_id}, preset {args.preset}")
-    print(f"  train     {out / 'train' / 'checkpoint.pt'}")
-    print(f"  return    {summary['mean_return']:.1f} +- {summary['std_return']:.1f} "
-          f"over {summary['episodes']} episodes")
-    print(f"  sparsity  actor {summary['actor_sparsity']:.3f}, critic {summary['critic_sparsity']:.3f}")
+    records = compress(cfg, out, eval_episodes=cfg.eval_episodes, progress=not args.quiet)
+
+    print(f"\ntinypolicy compress: {args.env_id}, preset {args.preset}, artefacts in {out}")
+    print(f"  {'stage':10} {'status':11} {'time':>8}  result")
+    for r in records:
+        s = r["summary"]
+        if r["stage"] == "train":
+            result = f"actor sparsity {s['actor_sparsity']:.3f}, critic {s['critic_sparsity']:.3f}"
+        elif r["stage"] == "evaluate":
+            result = (f"return {s['mean_return']:.1f} +- {s['std_return']:.1f} "
+                      f"(random {s['random_mean_return']:.1f})")
+        else:
+            result = s["report"]
+        print(f"  {r['stage']:10} {r['status']:11} {r['seconds']:7.1f}s  {result}")
     return 0
 
 
