@@ -133,10 +133,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
     from pipeline.checkpoint import load_checkpoint
-    from pipeline.envs import evaluate_policy, make_env
+    from pipeline.envs import actor_policy, evaluate_policy, make_env
 
     ckpt = load_checkpoint(args.checkpoint)
     actor = ckpt.build_actor()
@@ -147,12 +145,7 @@ def cmd_evaluate(args) -> int:
         raise UserError(f"{env_id} has obs/action dims {env.observation_space.shape[0]}/"
                         f"{env.action_space.shape[0]}, the checkpoint expects {spaces['obs_dim']}/{spaces['act_dim']}")
     env.close()
-
-    @torch.no_grad()
-    def policy(obs):
-        return actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0].numpy()
-
-    returns = evaluate_policy(policy, env_id, args.episodes, args.seed)
+    returns = evaluate_policy(actor_policy(actor), env_id, args.episodes, args.seed)
     print(json.dumps({"env_id": env_id, "episodes": args.episodes, "mean_return": float(returns.mean()),
                       "std_return": float(returns.std())}))
     return 0

@@ -57,15 +57,22 @@ class Stage:
     def expected_stamp(self) -> dict:
         return {"params": params_hash(self.params), "inputs": {str(p): file_hash(p) for p in self.inputs}}
 
-    def is_done(self, out: Path) -> bool:
-        stamp_path = self.folder(out) / STAMP
-        if not stamp_path.exists():
-            return False
+    def _stamp(self, out: Path) -> dict | None:
+        """The folder's stamp; an unreadable one reads as empty (never trusted)."""
+        path = self.folder(out) / STAMP
+        if not path.exists():
+            return None
         try:
-            stamp = json.loads(stamp_path.read_text())
+            return json.loads(path.read_text())
         except json.JSONDecodeError:
-            return False
-        if {k: stamp.get(k) for k in ("params", "inputs")} != self.expected_stamp():
+            return {}
+
+    def _matches(self, stamp: dict) -> bool:
+        return {k: stamp.get(k) for k in ("params", "inputs")} == self.expected_stamp()
+
+    def is_done(self, out: Path) -> bool:
+        stamp = self._stamp(out)
+        if not stamp or not self._matches(stamp):
             return False
         outputs = stamp.get("outputs", {})
         return all((self.folder(out) / name).exists() and file_hash(self.folder(out) / name) == outputs.get(name)
@@ -73,14 +80,8 @@ class Stage:
 
     def params_changed(self, out: Path) -> bool:
         """True when the folder holds work done with other parameters or inputs."""
-        stamp_path = self.folder(out) / STAMP
-        if not stamp_path.exists():
-            return False
-        try:
-            stamp = json.loads(stamp_path.read_text())
-        except json.JSONDecodeError:
-            return True
-        return {k: stamp.get(k) for k in ("params", "inputs")} != self.expected_stamp()
+        stamp = self._stamp(out)
+        return stamp is not None and not self._matches(stamp)
 
 
 def random_policy_return(env_id: str, episodes: int, seed: int) -> np.ndarray:
@@ -97,19 +98,12 @@ def build_stages(cfg: TrainConfig, out: Path, eval_episodes: int, progress: bool
         return train(cfg, folder, progress=progress)
 
     def run_evaluate(folder: Path) -> dict:
-        import torch
-
         from pipeline.checkpoint import load_checkpoint
-        from pipeline.envs import evaluate_policy
+        from pipeline.envs import actor_policy, evaluate_policy
 
         actor = load_checkpoint(train_dir / "checkpoint.pt").build_actor()
-
-        @torch.no_grad()
-        def policy(obs):
-            return actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0].numpy()
-
         seed = 10_000  # episodes never seen during training's evaluations
-        returns = evaluate_policy(policy, cfg.env_id, eval_episodes, seed)
+        returns = evaluate_policy(actor_policy(actor), cfg.env_id, eval_episodes, seed)
         random = random_policy_return(cfg.env_id, eval_episodes, seed)
         summary = {"env_id": cfg.env_id, "episodes": eval_episodes, "seed": seed,
                    "mean_return": float(returns.mean()), "std_return": float(returns.std()),

@@ -1,6 +1,8 @@
 """Gymnasium environment construction with clear errors for ids we cannot train on."""
 from __future__ import annotations
 
+from typing import Callable
+
 import gymnasium as gym
 import numpy as np
 
@@ -29,6 +31,17 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
     if seed is not None:
         env.action_space.seed(seed)
     return env
+
+
+def actor_policy(actor) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a torch actor (obs batch -> action batch in env units) as obs -> action."""
+    import torch
+
+    @torch.no_grad()
+    def policy(obs: np.ndarray) -> np.ndarray:
+        return actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0].numpy()
+
+    return policy
 
 
 def evaluate_policy(policy, env_id: str, episodes: int, seed: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from models import (GaussianActor, TwinCritic, apply_masks, drop_fraction, make_actor,
                     random_masks, rigl_update, sparse_layers, weight_sparsity)
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.envs import evaluate_policy, make_env
+from pipeline.envs import actor_policy, evaluate_policy, make_env
 from pipeline.errors import UserError
 from pipeline.replay import Batch, ReplayBuffer
 
@@ -367,13 +367,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, episodes: int) -> np.ndarray:
-        actor = self.actor
-
-        @torch.no_grad()
-        def policy(obs):
-            return actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0].numpy()
-
-        return evaluate_policy(policy, self.cfg.env_id, episodes, seed=self.cfg.seed + 100)
+        return evaluate_policy(actor_policy(self.actor), self.cfg.env_id, episodes, seed=self.cfg.seed + 100)
 
     # ---------------------------------------------------------------- persistence
     def state(self) -> dict:
