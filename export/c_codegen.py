@@ -56,6 +56,17 @@ def _index_type(limit: int) -> str:
     return "uint8_t" if limit <= 256 else "uint16_t" if limit <= 65536 else "uint32_t"
 
 
+def csr_table_bytes(policy: MLPPolicy) -> int:
+    """Bytes of actor.c's weight tables: fp32 values, column indices, row pointers, biases."""
+    sizes = {"uint8_t": 1, "uint16_t": 2, "uint32_t": 4}
+    total = 0
+    for w, b in zip(policy.weights, policy.biases):
+        nnz = int(np.count_nonzero(w))
+        total += (4 + sizes[_index_type(w.shape[1])]) * nnz
+        total += sizes[_index_type(nnz + 1)] * (w.shape[0] + 1) + 4 * b.size
+    return total
+
+
 def _io_tables(policy: MLPPolicy) -> tuple[str, bool]:
     normalise = not (np.all(policy.obs_mean == 0) and np.all(policy.obs_std == 1))
     parts = []
@@ -63,13 +74,9 @@ def _io_tables(policy: MLPPolicy) -> tuple[str, bool]:
         parts.append(_array("float", "OBS_MEAN", policy.obs_mean))
         parts.append(_array("float", "OBS_STD", policy.obs_std))
     low, high = policy.action_low.astype(np.float32), policy.action_high.astype(np.float32)
-    if policy.output == "tanh":
-        # The same float32 arithmetic as the ONNX graph and the PyTorch reference.
-        parts.append(_array("float", "ACTION_SCALE", (high - low) / np.float32(2)))
-        parts.append(_array("float", "ACTION_OFFSET", (high + low) / np.float32(2)))
-    else:
-        parts.append(_array("float", "ACTION_LOW", low))
-        parts.append(_array("float", "ACTION_HIGH", high))
+    # The same float32 arithmetic as the ONNX graph and the PyTorch reference.
+    parts.append(_array("float", "ACTION_SCALE", (high - low) / np.float32(2)))
+    parts.append(_array("float", "ACTION_OFFSET", (high + low) / np.float32(2)))
     return "".join(parts), normalise
 
 
@@ -86,10 +93,8 @@ def _prologue(normalise: bool, scratch: str) -> str:
 
 def _activation(policy: MLPPolicy, last: bool, target: str) -> str:
     if last:
-        if policy.output == "tanh":
-            return "actions[i] = tanhf(acc) * ACTION_SCALE[i] + ACTION_OFFSET[i];"
-        return ("actions[i] = acc < ACTION_LOW[i] ? ACTION_LOW[i] : "
-                "(acc > ACTION_HIGH[i] ? ACTION_HIGH[i] : acc);")
+        squashed = "tanhf(acc)" if policy.output == "tanh" else "(acc < -1.0f ? -1.0f : (acc > 1.0f ? 1.0f : acc))"
+        return f"actions[i] = {squashed} * ACTION_SCALE[i] + ACTION_OFFSET[i];"
     if policy.hidden_activation == "relu":
         return f"{target}[i] = acc > 0.0f ? acc : 0.0f;"
     return f"{target}[i] = tanhf(acc);"

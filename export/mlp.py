@@ -7,20 +7,20 @@ once, here. The policy maps observations in env units to actions in env units:
     x = (obs - obs_mean) / obs_std
     x = act(W_k x + b_k)            for every hidden layer (act = relu or tanh)
     z = W_L x + b_L
-    actions = tanh(z) * (high - low) / 2 + (high + low) / 2     (output "tanh")
-    actions = clip(z, low, high)                                 (output "clip")
+    actions = squash(z) * (high - low) / 2 + (high + low) / 2
+
+with squash = tanh or clip(-1, 1), exactly as `export.onnx_mlp.policy_onnx` writes it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 import numpy as np
+import onnx
 import torch
 
+from export.onnx_mlp import HIDDEN_ACTIVATIONS, OUTPUTS, policy_onnx
 from models import DeterministicActor, GaussianActor, sparse_layers
-
-HIDDEN_ACTIVATIONS = ("relu", "tanh")
-OUTPUTS = ("tanh", "clip")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class MLPPolicy:
 
     def __post_init__(self):
         if self.hidden_activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(f"hidden_activation must be one of {HIDDEN_ACTIVATIONS}")
+            raise ValueError(f"hidden_activation must be one of {sorted(HIDDEN_ACTIVATIONS)}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}")
         if len(self.weights) != len(self.biases) or not self.weights:
@@ -76,6 +76,10 @@ class MLPPolicy:
     def with_layers(self, weights, biases) -> "MLPPolicy":
         return replace(self, weights=tuple(weights), biases=tuple(biases))
 
+    def onnx(self, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+        return policy_onnx(list(self.weights), list(self.biases), self.hidden_activation, self.output,
+                           self.obs_mean, self.obs_std, self.action_low, self.action_high, metadata)
+
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x) if self.hidden_activation == "relu" else torch.tanh(x)
 
@@ -90,9 +94,8 @@ class MLPPolicy:
             if k < len(self.weights) - 1:
                 x = self.hidden(x)
         low, high = torch.from_numpy(self.action_low), torch.from_numpy(self.action_high)
-        if self.output == "tanh":
-            return (torch.tanh(x) * ((high - low) / 2.0) + (high + low) / 2.0).numpy()
-        return torch.clamp(x, low, high).numpy()
+        squashed = torch.tanh(x) if self.output == "tanh" else torch.clamp(x, -1.0, 1.0)
+        return (squashed * ((high - low) / 2.0) + (high + low) / 2.0).numpy()
 
 
 def policy_from_actor(actor: torch.nn.Module) -> MLPPolicy:
