@@ -17,6 +17,7 @@ from pipeline import __version__
 from pipeline.errors import UserError
 
 DEFAULT_ENV = "Hopper-v5"
+EMBEDDED_TARGETS = ("cortex-m4", "cortex-m7", "aarch64")  # export.embedded.TARGETS, without importing it
 
 
 def _sparsity(text: str) -> float:
@@ -102,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default artifacts/ENV")
     _add_train_options(p, defaults=False)
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("embedded", help="build the exported C actor as Cortex-M firmware and for aarch64, and measure it",
+                       description="Cross-compile an export bundle's C actor (sparse and dense) for each target, "
+                                   "report the model's flash and RAM, run it under QEMU, check its actions against "
+                                   "ONNX Runtime and count instructions per inference. Writes DIR/embedded.json "
+                                   "and keeps the firmware in DIR/embedded/TARGET/. Needs Debian's "
+                                   "gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm, qemu-user, "
+                                   "gcc-aarch64-linux-gnu (make embedded-deps).")
+    p.add_argument("bundle", type=Path, metavar="DIR", help="an export bundle (tinypolicy export)")
+    p.add_argument("--target", dest="targets", nargs="+", choices=EMBEDDED_TARGETS, default=list(EMBEDDED_TARGETS),
+                   metavar="TARGET", help=f"one or more of {', '.join(EMBEDDED_TARGETS)} (default: all): "
+                                          "cortex-m4 = STM32F405 on mps2-an386, cortex-m7 = STM32F746 on "
+                                          "mps2-an500, aarch64 = Raspberry Pi 4 class Linux on qemu-aarch64")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -176,7 +191,23 @@ def cmd_compress(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress}
+def cmd_embedded(args) -> int:
+    from export.embedded import embedded_report, summary_lines, write_embedded_json
+
+    failed = []
+    for target in args.targets:
+        report = embedded_report(args.bundle, target, progress=not args.quiet)
+        path = write_embedded_json(args.bundle, [report])
+        print("\n".join(summary_lines(report)))
+        failed += [f"{target} {name}" for name, k in report["kernels"].items() if k["fits"] and not k["parity"]["ok"]]
+    print(f"wrote {path}")
+    if failed:
+        print(f"tinypolicy: firmware actions differ from ONNX Runtime: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "embedded": cmd_embedded}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,9 @@
  *
  * Each kernel call sits between tp_window_begin() and tp_window_end(), whose entry
  * addresses the instruction-counting QEMU plugin watches; one empty window first
- * measures the markers' own instructions. The stack below the caller is painted before
- * each call and scanned after it, giving the call's stack high-water mark.
+ * measures the markers' own instructions. The stack below main's frame is painted before
+ * each call and scanned after it, giving the call's stack high-water mark (neither Arm
+ * ABI has a red zone, so nothing of main's lives below its stack pointer).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -17,7 +18,6 @@
 #include "actor.h"
 
 #define STACK_PAINT 0x5AA5C33Cu
-#define STACK_GUARD 64 /* bytes right below the caller's frame left unpainted */
 
 volatile uint32_t tp_marker;
 
@@ -31,8 +31,10 @@ static inline uintptr_t stack_pointer(void)
     return sp;
 }
 
-__attribute__((noinline, noipa)) static void paint(volatile uint32_t *lo, volatile uint32_t *hi)
+/* Paints up to its own stack pointer: a leaf with no frame, so everything the next call can use. */
+__attribute__((noinline, noipa)) static void paint(volatile uint32_t *lo)
 {
+    volatile uint32_t *hi = (volatile uint32_t *)(stack_pointer() & ~(uintptr_t)3);
     while (lo < hi) *lo++ = STACK_PAINT;
 }
 
@@ -57,7 +59,7 @@ int main(void)
     }
     uintptr_t top = stack_pointer() & ~(uintptr_t)7;
     volatile uint32_t *lo = (volatile uint32_t *)(top - TP_STACK_WINDOW);
-    volatile uint32_t *hi = (volatile uint32_t *)(top - STACK_GUARD);
+    volatile uint32_t *hi = (volatile uint32_t *)top;
 
     tp_window_begin();
     tp_window_end();
@@ -65,7 +67,7 @@ int main(void)
     long stack_bytes = 0;
     int count = 0;
     while (fread(obs, sizeof obs, 1, in) == 1) {
-        paint(lo, hi);
+        paint(lo);
         tp_window_begin();
 #ifdef TP_KERNEL
         TP_KERNEL(obs, actions);
