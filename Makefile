@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
 
-.PHONY: install test test-fast compress bench-train clean
+.PHONY: install test test-fast compress bench-train clean embedded-deps
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Cross compilers and QEMU for `tinypolicy embedded` and its tests (Debian packages, as root).
+EMBEDDED_APT := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm qemu-user \
+                gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+embedded-deps:
+	@dpkg -s $(EMBEDDED_APT) >/dev/null 2>&1 || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(EMBEDDED_APT); }
 
 test: $(STAMP)
 	$(PY) -m pytest -q

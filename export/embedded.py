@@ -42,8 +42,8 @@ from pipeline.errors import UserError
 KERNELS = {"sparse": ("actor.c", "tp_actor"), "dense": ("actor_dense.c", "tp_actor_dense")}
 PARITY_OBSERVATIONS = 16
 QEMU_TIMEOUT_S = 300
-APT_PACKAGES = ("gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm qemu-user "
-                "gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc")
+APT_PACKAGES = ("gcc gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm qemu-user "
+                "gcc-aarch64-linux-gnu libc6-dev-arm64-cross")
 
 
 @dataclass(frozen=True)
@@ -304,8 +304,8 @@ def embedded_report(bundle_dir: str | Path, target: str, observations: np.ndarra
     t = TARGETS[target]
     missing = missing_tools(target)
     if missing:
-        raise UserError(f"{', '.join(missing)} not found; install the Debian packages: "
-                        f"apt-get install --no-install-recommends {APT_PACKAGES}")
+        raise UserError(f"{', '.join(missing)} not found; install the Debian packages with `make embedded-deps` "
+                        f"(as root) or apt-get install --no-install-recommends {APT_PACKAGES}")
     sources, recorded = read_bundle(Path(bundle_dir))
     source = ("given by the caller" if observations is not None
               else f"{len(recorded)} rows evenly spaced through the bundle's observations.npy")
