@@ -1,0 +1,151 @@
+"""Embedded-target benchmark: flash, RAM, instructions per inference and ORT parity of
+exported actors on Cortex-M4 (STM32F405), Cortex-M7 (STM32F746) and aarch64 (Pi 4 class).
+
+Actors of the benchmark's real shapes: HalfCheetah-v5 (17-256-256-6) at 90% and 95% and
+Hopper-v5 (11-256-256-3) at 98% actor sparsity, with training's ER random topology and
+initial weights (`pipeline.train.sparsify`), untrained: footprint and instruction counts
+depend only on the sizes of the sparsity pattern, and parity is checked all the same.
+Trained checkpoints are added with --checkpoint NAME=PATH (copied first, since training
+may still be writing them). Each actor goes through `tinypolicy export`'s code, then
+`embedded_report` for every target. Re-running reuses finished export bundles.
+
+    python -m export.bench_embedded --out docs/results/embedded.json \\
+        --checkpoint hopper-rlx2=/work/main/runs/hopper-td3-rlx2-s0/checkpoint.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from export.embedded import TARGETS, embedded_report
+from pipeline.errors import UserError
+
+UNTRAINED = (("halfcheetah-90", "HalfCheetah-v5", 0.90), ("halfcheetah-95", "HalfCheetah-v5", 0.95),
+             ("hopper-98", "Hopper-v5", 0.98))
+HIDDEN = [256, 256]
+
+
+def untrained_checkpoint(path: Path, env_id: str, sparsity: float, seed: int) -> Path:
+    """A TD3 actor as training initialises it (ER random masks, re-scaled init), saved as a checkpoint."""
+    from models import TwinCritic, make_actor
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.envs import make_env
+    from pipeline.train import sparsify
+
+    env = make_env(env_id)
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    torch.manual_seed(seed)
+    actor = make_actor("td3", obs_space.shape[0], act_space.shape[0], HIDDEN, act_space.low, act_space.high)
+    sparsify(actor, sparsity, orthogonal=False, generator=torch.Generator().manual_seed(seed))
+    spaces = {"obs_dim": obs_space.shape[0], "act_dim": act_space.shape[0],
+              "obs_low": obs_space.low.tolist(), "obs_high": obs_space.high.tolist(),
+              "action_low": act_space.low.tolist(), "action_high": act_space.high.tolist()}
+    config = {"env_id": env_id, "algo": "td3", "method": "untrained", "hidden": HIDDEN,
+              "actor_sparsity": sparsity, "seed": seed}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"config": config, "spaces": spaces, "steps_done": 0, "actor": actor.state_dict(),
+                           "critic": TwinCritic(spaces["obs_dim"], spaces["act_dim"], HIDDEN).state_dict()})
+    return path
+
+
+def exported(checkpoint: Path, bundle: Path, parity_samples: int, progress: bool) -> dict:
+    from export.bundle import export_bundle, load_bundle
+
+    try:
+        return load_bundle(bundle)
+    except UserError:  # not exported yet, or interrupted: export (again)
+        export_bundle(checkpoint, bundle, parity_samples=parity_samples, episodes=1, progress=progress)
+        return load_bundle(bundle)
+
+
+def _kernel_row(kernel: dict) -> dict:
+    if not kernel["fits"]:
+        return {"fits": False, "message": kernel["message"]}
+    return {"fits": True, "flash_bytes": kernel["flash_bytes"], "ram_bytes": kernel["ram_bytes"],
+            "static_ram_bytes": kernel["static_ram_bytes"], "stack_bytes": kernel["stack_bytes"],
+            "instructions_median": kernel["instructions"]["median"],
+            "instructions_min": kernel["instructions"]["min"], "instructions_max": kernel["instructions"]["max"],
+            "estimate_us": kernel["estimate"]["microseconds"], "estimate_assumption": kernel["estimate"]["assumption"],
+            "parity_max_abs_diff": kernel["parity"]["max_abs_diff"], "parity_ok": kernel["parity"]["ok"]}
+
+
+def markdown(results: dict) -> str:
+    lines = ["| actor | target | kernel | flash KiB | RAM KiB | instructions / inference (exact) | "
+             "dense/sparse instr. | est. µs (see assumption) | parity max abs diff |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, actor in results["actors"].items():
+        for target, report in actor["targets"].items():
+            for kernel, k in report["kernels"].items():
+                if not k["fits"]:
+                    lines.append(f"| {name} | {target} | {kernel} | does not fit | | | | | |")
+                    continue
+                ratio = report.get("dense_over_sparse", {}).get("instructions") if kernel == "sparse" else None
+                lines.append(
+                    f"| {name} | {target} | {kernel} | {k['flash_bytes'] / 1024:.1f} | {k['ram_bytes'] / 1024:.2f} | "
+                    f"{k['instructions_median']:,} | {f'{ratio:.1f}x' if ratio else ''} | "
+                    f"{k['estimate_us'][0]:.0f}-{k['estimate_us'][1]:.0f} | {k['parity_max_abs_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/embedded.json"))
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-embedded"), help="bundles and firmware")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="a trained checkpoint to include (repeatable)")
+    parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
+    parser.add_argument("--parity-samples", type=int, default=2000, help="export's parity observations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    jobs = []
+    for name, env_id, sparsity in UNTRAINED:
+        ckpt = args.work / name / "actor.pt"
+        if not ckpt.exists():
+            untrained_checkpoint(ckpt, env_id, sparsity, args.seed)
+        jobs.append((name, ckpt, False))
+    for spec in args.checkpoint:
+        name, _, path = spec.partition("=")
+        copy = args.work / name / "checkpoint.pt"
+        if not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+        jobs.append((name, copy, True))
+
+    results = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": platform.processor() or
+               platform.machine(), "seed": args.seed, "actors": {}}
+    for name, ckpt, trained in jobs:
+        manifest = exported(ckpt, args.work / name / "bundle", args.parity_samples, not args.quiet)
+        actor = {"env_id": manifest["env_id"], "trained": trained, "checkpoint_steps": manifest["checkpoint"]["steps_done"],
+                 "layer_sparsity": [round(l["sparsity"], 4) for l in manifest["layers"]],
+                 "widths": manifest["widths"], "macs": manifest["macs"], "parameter_bytes": manifest["parameter_bytes"],
+                 "targets": {}}
+        for target in args.targets:
+            report = embedded_report(manifest["dir"], target, progress=not args.quiet)
+            actor["targets"][target] = {
+                "part": report["part"], "compiler": report["compiler"], "cflags": report["cflags"],
+                "emulator": report["emulator"], "harness_only": report["harness_only"],
+                "dense_over_sparse": report.get("dense_over_sparse"),
+                "kernels": {k: _kernel_row(v) for k, v in report["kernels"].items()}}
+        results["actors"][name] = actor
+        print(f"{name}: done", flush=True)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
