@@ -26,7 +26,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from export.c_codegen import DENSE, HEADER, SPARSE, csr_table_bytes, write_c_sources
+from export.c_codegen import DENSE, HEADER, SPARSE, sparse_table_bytes, write_c_sources
 from export.mlp import MLPPolicy, policy_from_actor
 from export.onnx_mlp import save_onnx
 from export.prune import PruneResult, remove_dead_neurons
@@ -242,7 +242,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, parity_sampl
         "macs": macs,
         "parameter_bytes": {"dense_fp32": 4 * (dense.macs() + sum(b.size for b in dense.biases)),
                             "pruned_fp32": 4 * (pruned.policy.macs() + sum(b.size for b in pruned.policy.biases)),
-                            "csr_fp32": csr_table_bytes(pruned.policy)},
+                            "sparse_fp32": sparse_table_bytes(pruned.policy)},
         "parity": parity,
         "int8": {**int8, "episodes": episodes, "seed": eval_seed,
                  "fp32_return_mean": float(fp32_returns.mean()), "fp32_return_std": float(fp32_returns.std()),

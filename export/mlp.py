@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 import torch
+from torch import nn
 
 from export.onnx_mlp import HIDDEN_ACTIVATIONS, OUTPUTS, policy_onnx
 from models import DeterministicActor, GaussianActor, sparse_layers
@@ -80,22 +81,46 @@ class MLPPolicy:
         return policy_onnx(list(self.weights), list(self.biases), self.hidden_activation, self.output,
                            self.obs_mean, self.obs_std, self.action_low, self.action_high, metadata)
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x) if self.hidden_activation == "relu" else torch.tanh(x)
+    def trunk(self) -> nn.Sequential:
+        """The layers as nn.Linear and activation modules (what torch-pruning operates on)."""
+        modules: list[nn.Module] = []
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            linear = nn.Linear(w.shape[1], w.shape[0])
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(w))
+                linear.bias.copy_(torch.from_numpy(b))
+            modules.append(linear)
+            if k < len(self.weights) - 1:
+                modules.append(nn.ReLU() if self.hidden_activation == "relu" else nn.Tanh())
+        return nn.Sequential(*modules).float().eval()
 
-    @torch.no_grad()
+    def torch_module(self) -> "TorchPolicy":
+        return TorchPolicy(self)
+
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """Float32 PyTorch forward pass of an observation batch [n, obs_dim] (the reference
         the exported files are checked against)."""
-        x = (torch.as_tensor(obs, dtype=torch.float32) - torch.from_numpy(self.obs_mean)) \
-            / torch.from_numpy(self.obs_std)
-        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.nn.functional.linear(x, torch.from_numpy(w), torch.from_numpy(b))
-            if k < len(self.weights) - 1:
-                x = self.hidden(x)
-        low, high = torch.from_numpy(self.action_low), torch.from_numpy(self.action_high)
-        squashed = torch.tanh(x) if self.output == "tanh" else torch.clamp(x, -1.0, 1.0)
-        return (squashed * ((high - low) / 2.0) + (high + low) / 2.0).numpy()
+        with torch.no_grad():
+            return self.torch_module()(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+
+
+class TorchPolicy(nn.Module):
+    """An `MLPPolicy` as a PyTorch module: obs [batch, obs_dim] -> actions, env units."""
+
+    def __init__(self, policy: MLPPolicy):
+        super().__init__()
+        self.trunk = policy.trunk()
+        self.squash = torch.tanh if policy.output == "tanh" else (lambda z: torch.clamp(z, -1.0, 1.0))
+        low, high = torch.from_numpy(policy.action_low), torch.from_numpy(policy.action_high)
+        self.register_buffer("obs_mean", torch.from_numpy(policy.obs_mean).float())
+        self.register_buffer("obs_std", torch.from_numpy(policy.obs_std).float())
+        self.register_buffer("action_scale", ((high - low) / 2.0).float())
+        self.register_buffer("action_offset", ((high + low) / 2.0).float())
+        self.eval()
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        z = self.trunk((obs - self.obs_mean) / self.obs_std)
+        return self.squash(z) * self.action_scale + self.action_offset
 
 
 def policy_from_actor(actor: torch.nn.Module) -> MLPPolicy:

@@ -30,20 +30,7 @@ class PruneResult:
     folded: list[int]                 # per hidden layer: constant neurons folded into the next bias
 
 
-def _as_sequential(policy: MLPPolicy) -> nn.Sequential:
-    modules: list[nn.Module] = []
-    for k, (w, b) in enumerate(zip(policy.weights, policy.biases)):
-        linear = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(w))
-            linear.bias.copy_(torch.from_numpy(b))
-        modules.append(linear)
-        if k < len(policy.weights) - 1:
-            modules.append(nn.ReLU() if policy.hidden_activation == "relu" else nn.Tanh())
-    return nn.Sequential(*modules).float().eval()
-
-
-def _dead_neurons(linears: list[nn.Linear], policy: MLPPolicy) -> list[tuple[int, list[int], int]]:
+def _dead_neurons(linears: list[nn.Linear], activation: nn.Module) -> list[tuple[int, list[int], int]]:
     """(hidden layer, neuron indices to remove now, how many of them were folded), after
     folding the constant neurons' outputs into the next layer's bias."""
     plan = []
@@ -54,7 +41,7 @@ def _dead_neurons(linears: list[nn.Linear], policy: MLPPolicy) -> list[tuple[int
             constant = (layer.weight == 0).all(dim=1)         # it reads nothing
             to_fold = torch.nonzero(constant & ~silent).flatten().tolist()
             for j in to_fold:
-                value = policy.hidden(layer.bias[j:j + 1])
+                value = activation(layer.bias[j:j + 1])
                 reader.bias += reader.weight[:, j] * value
                 reader.weight[:, j] = 0.0
             dead = torch.nonzero(silent | constant).flatten().tolist()
@@ -74,7 +61,9 @@ def _dead_neurons(linears: list[nn.Linear], policy: MLPPolicy) -> list[tuple[int
 def remove_dead_neurons(policy: MLPPolicy) -> PruneResult:
     """Remove every dead hidden neuron of `policy`; the result computes the same function
     up to float32 round-off in the folded biases."""
-    net = _as_sequential(policy)
+    if len(policy.weights) == 1:  # no hidden neurons
+        return PruneResult(policy, [], [])
+    net = policy.trunk()
     linears = [m for m in net if isinstance(m, nn.Linear)]
     # The dependency graph traces with autograd: never build it under no_grad.
     with torch.enable_grad():
@@ -82,7 +71,7 @@ def remove_dead_neurons(policy: MLPPolicy) -> PruneResult:
     kept = [list(range(l.out_features)) for l in linears[:-1]]
     folded = [0] * len(kept)
     while True:
-        plan = _dead_neurons(linears, policy)
+        plan = _dead_neurons(linears, net[1])
         if not plan:
             break
         for k, dead, n_folded in plan:

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from export.c_codegen import compile_shared
 
-_FLOAT_P = ctypes.POINTER(ctypes.c_float)
+FLOAT_P = ctypes.POINTER(ctypes.c_float)
 TIMER_SOURCE = Path(__file__).with_name("c_timer.c")
 
 
@@ -41,13 +41,14 @@ class CKernels:
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.lib = ctypes.CDLL(str(compile_shared(src_dir, Path(build_dir) / "libtpactor.so", (TIMER_SOURCE,))))
         for name in ("tp_actor", "tp_actor_dense"):
-            getattr(self.lib, name).argtypes = [_FLOAT_P, _FLOAT_P]
+            getattr(self.lib, name).argtypes = [FLOAT_P, FLOAT_P]
             getattr(self.lib, name).restype = None
-        self.lib.tp_time_calls.argtypes = [ctypes.c_int, _FLOAT_P, ctypes.c_int, ctypes.c_int,
+        self.lib.tp_time_calls.argtypes = [ctypes.c_int, FLOAT_P, ctypes.c_int, ctypes.c_int,
                                            ctypes.POINTER(ctypes.c_double)]
         self.lib.tp_time_calls.restype = ctypes.c_double
+        self.float_p = FLOAT_P
         self._out = np.zeros(act_dim, np.float32)
-        self._out_p = self._out.ctypes.data_as(_FLOAT_P)
+        self._out_p = self._out.ctypes.data_as(FLOAT_P)
 
     def function(self, dense: bool):
         return self.lib.tp_actor_dense if dense else self.lib.tp_actor
@@ -58,7 +59,7 @@ class CKernels:
         out = np.empty((len(obs), self.act_dim), np.float32)
         fn = self.function(dense)
         for row, target in zip(obs, out):
-            fn(row.ctypes.data_as(_FLOAT_P), target.ctypes.data_as(_FLOAT_P))
+            fn(row.ctypes.data_as(FLOAT_P), target.ctypes.data_as(FLOAT_P))
         return out
 
     def policy(self, dense: bool = False):
@@ -67,7 +68,7 @@ class CKernels:
 
         def act(obs: np.ndarray) -> np.ndarray:
             x = np.ascontiguousarray(obs, dtype=np.float32)
-            fn(x.ctypes.data_as(_FLOAT_P), self._out_p)
+            fn(x.ctypes.data_as(FLOAT_P), self._out_p)
             return self._out.copy()
 
         return act
@@ -77,6 +78,6 @@ class CKernels:
         the mean nanoseconds per call of an untimed loop of as many calls."""
         obs = np.ascontiguousarray(obs, dtype=np.float32).reshape(-1, self.obs_dim)
         per_call = np.empty(calls, np.float64)
-        loop_mean = self.lib.tp_time_calls(int(dense), obs.ctypes.data_as(_FLOAT_P), len(obs), calls,
+        loop_mean = self.lib.tp_time_calls(int(dense), obs.ctypes.data_as(FLOAT_P), len(obs), calls,
                                            per_call.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
         return per_call, float(loop_mean)
