@@ -71,7 +71,7 @@ def test_firmware_actions_match_onnx_runtime(bundle):
             assert kernel["instructions"]["exact"]
         # The harness is subtracted: what is left holds the weight tables plus a few KiB of code.
         tables = manifest["parameter_bytes"]
-        assert tables["csr_fp32"] <= sparse["flash_bytes"] < tables["csr_fp32"] + 8192
+        assert tables["sparse_fp32"] <= sparse["flash_bytes"] < tables["sparse_fp32"] + 8192
         assert tables["dense_fp32"] <= dense["flash_bytes"] < tables["dense_fp32"] + 8192
         # Each multiply-accumulate is at least one instruction: the counts see the real work.
         assert sparse["instructions"]["min"] >= manifest["macs"]["nonzero"]
