@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
 
-.PHONY: install test test-fast compress bench-train clean embedded-deps
+.PHONY: install test test-fast compress bench-train bench-embedded clean embedded-deps
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +36,9 @@ compress: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) -m export.bench_train
+
+bench-embedded: $(STAMP) embedded-deps
+	$(PY) -m export.bench_embedded --out docs/results/embedded.json $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 clean:
 	rm -rf $(VENV) artifacts runs
