@@ -2,8 +2,9 @@
  * QEMU TCG plugin: exact guest instruction counts between two marker addresses.
  *
  * Debian's QEMU is built with plugin support but ships neither the contrib plugins
- * nor qemu-plugin.h, so the few API entry points used here (plugin API version 1,
- * QEMU 6.0-8.1) are declared below.
+ * nor qemu-plugin.h, so the few API entry points used here are declared below. They are
+ * plugin API version 1, as in Debian 12's QEMU 7.2 (QEMU 6.0-8.1); QEMU 9 replaced the
+ * inline counter API, so a newer QEMU needs this file ported.
  *
  * Arguments: begin=ADDR,end=ADDR,out=FILE. Every executed instruction adds one to a
  * counter (an inline op per instruction, so a block left early is still exact);
