@@ -175,7 +175,8 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
         "settings": {"calls": calls, "c_calls": c_calls, "rounds": rounds, "warmup_fraction": 0.1,
                      "observations": n,
                      "episodes": episodes, "seed": seed},
-        "sparsity": 1.0 - manifest["macs"]["nonzero"] / manifest["macs"]["dense"],
+        "sparsity": 1.0 - sum(l["nnz"] for l in manifest["layers"]) / manifest["macs"]["dense"],
+        "sparsity_after_removal": 1.0 - manifest["macs"]["nonzero"] / manifest["macs"]["dense"],
         "latency": latency,
         "speedup": {"c_sparse_vs_ort_dense": ort_dense / c_sparse, "c_sparse_vs_c_dense": c_dense / c_sparse,
                     "ort_pruned_vs_ort_dense": ort_dense / latency["ort_pruned"]["p50_us"]},
@@ -193,7 +194,8 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
 def _write_markdown(path: Path, r: dict[str, Any]) -> None:
     lines = [f"# Export benchmark: {r['env_id']}", "",
              f"Checkpoint `{r['checkpoint']['path']}` ({r['checkpoint']['steps_done']} env steps), "
-             f"nonzero-weight sparsity {r['sparsity']:.3f}. {r['machine']['cpu']}, 1 thread, "
+             f"weight sparsity {r['sparsity']:.3f} "
+             f"({r['sparsity_after_removal']:.3f} after dead-neuron removal). {r['machine']['cpu']}, 1 thread, "
              f"{r['date_utc']}; batch 1, {r['settings']['calls']} calls per Python-timed variant, "
              f"{r['settings']['c_calls']} timed inside C; returns over {r['settings']['episodes']} "
              f"episodes from seed {r['settings']['seed']}.", "",

@@ -5,6 +5,9 @@
 For each checkpoint (a missing one is skipped with a note): copy it (training may be
 rewriting it), `export_bundle` into artifacts/export/NAME, `bench_bundle`, and copy
 bench.json/.md/.png to docs/results/export_NAME.*; then print one markdown table over all.
+`--untrained ENV:SPARSITY` adds an actor at RLx2's initialisation (ER random masks,
+re-initialised weights, no training): latency and size at a chosen sparsity, returns
+meaningless.
 """
 from __future__ import annotations
 
@@ -37,14 +40,44 @@ def table(results: dict[str, tuple[dict, dict]]) -> str:
     return "\n".join(lines)
 
 
+def untrained_checkpoint(env_id: str, sparsity: float, path: Path, seed: int = 0) -> Path:
+    """A checkpoint of a TD3 actor (256-256) with RLx2's initial topology, never trained."""
+    import torch
+
+    from models import TwinCritic, make_actor
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.envs import make_env
+    from pipeline.train import sparsify
+
+    env = make_env(env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low, env.action_space.high
+    env.close()
+    actor = make_actor("td3", obs_dim, act_dim, [256, 256], low, high)
+    sparsify(actor, sparsity, False, torch.Generator().manual_seed(seed))
+    spaces = {"obs_dim": obs_dim, "act_dim": act_dim, "action_low": low.tolist(), "action_high": high.tolist()}
+    config = {"env_id": env_id, "algo": "td3", "method": f"untrained ER masks, sparsity {sparsity}",
+              "hidden": [256, 256], "seed": seed}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"config": config, "spaces": spaces, "steps_done": 0, "actor": actor.state_dict(),
+                           "critic": TwinCritic(obs_dim, act_dim, [256, 256]).state_dict()})
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT")
+    parser.add_argument("checkpoints", nargs="*", type=Path, metavar="CHECKPOINT")
     parser.add_argument("--work", type=Path, default=Path("artifacts/export"), metavar="DIR")
     parser.add_argument("--results", type=Path, default=Path("docs/results"), metavar="DIR")
     parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--untrained", action="append", default=[], metavar="ENV:SPARSITY",
+                        help="also an untrained actor with RLx2's initial masks, e.g. Hopper-v5:0.95")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    for spec in args.untrained:
+        env_id, sparsity = spec.rsplit(":", 1)
+        name = f"{env_id.lower()}-untrained-{sparsity}"
+        args.checkpoints.append(untrained_checkpoint(env_id, float(sparsity), args.work / "untrained" / name / "checkpoint.pt"))
 
     results = {}
     for ckpt in args.checkpoints:
