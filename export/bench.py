@@ -33,7 +33,7 @@ from tqdm import tqdm
 from export.bundle import FILES, load_bundle
 from export.mlp import MLPPolicy
 from export.onnx_mlp import read_policy_onnx, save_onnx
-from export.runtimes import CKernels, ort_actions, ort_session
+from export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
 from pipeline.compress import write_json
 from pipeline.envs import evaluate_policy
 
@@ -122,8 +122,8 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
         sessions["ort_identity"] = ort_session(identity_path)
         kernels = CKernels(folder, build, manifest["obs_dim"], manifest["act_dim"])
 
-        pointers = [r.ctypes.data_as(kernels.float_p) for r in rows]
-        out_p = np.zeros(manifest["act_dim"], np.float32).ctypes.data_as(kernels.float_p)
+        pointers = [r.ctypes.data_as(FLOAT_P) for r in rows]
+        out_p = np.zeros(manifest["act_dim"], np.float32).ctypes.data_as(FLOAT_P)
         python_timed: dict[str, Callable[[int], Any]] = {
             "pytorch_eager": lambda i: torch_policy(tensors[i % n]),
             **{name: (lambda i, s=session: s.run(None, {"obs": rows[i % n]})) for name, session in sessions.items()},

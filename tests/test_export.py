@@ -44,10 +44,6 @@ def tinypolicy(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def all_layers_exact(dense, pruned, obs):
-    return float(np.abs(dense(obs) - pruned(obs)).max())
-
-
 # ---------------------------------------------------------------- dead-neuron removal
 
 
