@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default artifacts/ENV")
     _add_train_options(p, defaults=False)
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("sweep", help="run many training jobs (envs x methods x sparsities x seeds)",
+                       description="Run every job of a sweep config (TOML, see pipeline/sweep.py), locally or as "
+                                   "Ray tasks, then write sweep.csv, sweep.md and sweep.png with the ultimate "
+                                   "compression ratio per env. Re-running resumes unfinished jobs.")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: one job after another in this process; ray: one Ray task per job")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -176,7 +187,16 @@ def cmd_compress(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress}
+def cmd_sweep(args) -> int:
+    from pipeline.sweep import load_sweep_config, run_sweep
+
+    config = load_sweep_config(args.config)
+    run_sweep(config, args.backend, args.ray_address, progress=not args.quiet)
+    print((config.out / "sweep.md").read_text(), end="")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
