@@ -127,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_positive_int, default=5, metavar="N")
     p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("sweep", help="run many training jobs (envs x methods x sparsities x seeds)",
+                       description="Run every job of a sweep config (TOML, see pipeline/sweep.py), locally or as "
+                                   "Ray tasks, then write sweep.csv, sweep.md and sweep.png with the ultimate "
+                                   "compression ratio per env. Re-running resumes unfinished jobs.")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: one job after another in this process; ray: one Ray task per job")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -221,7 +232,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress,
+def cmd_sweep(args) -> int:
+    from pipeline.sweep import load_sweep_config, run_sweep
+
+    config = load_sweep_config(args.config)
+    run_sweep(config, args.backend, args.ray_address, progress=not args.quiet)
+    print((config.out / "sweep.md").read_text(), end="")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "sweep": cmd_sweep,
             "export": cmd_export, "bench": cmd_bench}
 
 
