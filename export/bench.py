@@ -33,7 +33,7 @@ from tqdm import tqdm
 from export.bundle import FILES, load_bundle
 from export.mlp import MLPPolicy
 from export.onnx_mlp import read_policy_onnx, save_onnx
-from export.runtimes import CKernels, ort_actions, ort_session
+from export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
 from pipeline.compress import write_json
 from pipeline.envs import evaluate_policy
 
@@ -98,7 +98,7 @@ def _cpu_model() -> str:
 
 
 def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, calls: int = 5_000,
-                 c_calls: int = 100_000, episodes: int = 5, seed: int = 1000,
+                 c_calls: int = 100_000, rounds: int = 5, episodes: int = 5, seed: int = 1000,
                  progress: bool = True) -> dict[str, Any]:
     """Measure every variant of the bundle; writes bench.json, bench.md and bench.png into
     `out_dir` (default the bundle) and returns the bench.json content."""
@@ -112,7 +112,7 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
     rows = [np.ascontiguousarray(o[None]) for o in observations]
     tensors = [torch.from_numpy(r) for r in rows]
     n = len(rows)
-    bar = tqdm(total=len(VARIANTS) * 2 + 1, desc="bench", disable=not progress, unit="variant")
+    bar = tqdm(total=rounds + len(VARIANTS), desc="bench", disable=not progress)
 
     torch_policy = _policy_from_onnx(folder / FILES["onnx_dense"], manifest).torch_module()
     sessions = {name: ort_session(folder / FILES[key])
@@ -122,22 +122,32 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
         sessions["ort_identity"] = ort_session(identity_path)
         kernels = CKernels(folder, build, manifest["obs_dim"], manifest["act_dim"])
 
-        latency: dict[str, dict[str, Any]] = {}
+        pointers = [r.ctypes.data_as(FLOAT_P) for r in rows]
+        out_p = np.zeros(manifest["act_dim"], np.float32).ctypes.data_as(FLOAT_P)
+        python_timed: dict[str, Callable[[int], Any]] = {
+            "pytorch_eager": lambda i: torch_policy(tensors[i % n]),
+            **{name: (lambda i, s=session: s.run(None, {"obs": rows[i % n]})) for name, session in sessions.items()},
+            "c_sparse_ctypes": lambda i, f=kernels.function(False): f(pointers[i % n], out_p),
+            "c_dense_ctypes": lambda i, f=kernels.function(True): f(pointers[i % n], out_p),
+        }
+        # Rounds interleave the variants, so that a burst of load from other processes on
+        # this shared machine falls on all of them rather than on one.
+        samples: dict[str, list[np.ndarray]] = {name: [] for name in [*python_timed, "c_sparse", "c_dense"]}
+        loop_means: dict[str, list[float]] = {"c_sparse": [], "c_dense": []}
         with torch.inference_mode():
-            latency["pytorch_eager"] = _stats(_time_python(lambda i: torch_policy(tensors[i % n]), calls))
-        bar.update()
-        for name, session in sessions.items():
-            latency[name] = _stats(_time_python(lambda i: session.run(None, {"obs": rows[i % n]}), calls))
-            bar.update(name != "ort_identity")
-        for name, dense in (("c_sparse", False), ("c_dense", True)):
-            per_call, loop_mean = kernels.time_calls(observations, c_calls, dense)
-            fn, out_buf = kernels.function(dense), np.zeros(manifest["act_dim"], np.float32)
-            pointers = [r.ctypes.data_as(kernels.float_p) for r in rows]
-            out_p = out_buf.ctypes.data_as(kernels.float_p)
-            via_ctypes = _time_python(lambda i: fn(pointers[i % n], out_p), calls)
-            latency[name] = {**_stats(per_call), "loop_mean_us": loop_mean / 1000.0,
-                             "ctypes": _stats(via_ctypes)}
-            bar.update()
+            for _ in range(rounds):
+                for name, call in python_timed.items():
+                    samples[name].append(_time_python(call, max(1, calls // rounds)))
+                for name in ("c_sparse", "c_dense"):
+                    per_call, loop_mean = kernels.time_calls(observations, max(1, c_calls // rounds),
+                                                             dense=name == "c_dense")
+                    samples[name].append(per_call)
+                    loop_means[name].append(loop_mean)
+                bar.update()
+        latency = {name: _stats(np.concatenate(samples[name])) for name in (*VARIANTS, "ort_identity")}
+        for name in ("c_sparse", "c_dense"):
+            latency[name]["loop_mean_us"] = float(np.median(loop_means[name])) / 1000.0
+            latency[name]["ctypes"] = _stats(np.concatenate(samples[f"{name}_ctypes"]))
 
         policies = {
             "pytorch_eager": lambda o: torch_policy(torch.as_tensor(o, dtype=torch.float32)[None])[0].numpy(),
@@ -162,9 +172,11 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
         "machine": {"cpu": _cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
                     "onnxruntime": ort.__version__, "numpy": np.__version__, "gcc": _gcc_version(),
                     "threads": 1, "c_flags": "-std=c99 -O2 (shared library, -fPIC)"},
-        "settings": {"calls": calls, "c_calls": c_calls, "warmup_fraction": 0.1, "observations": n,
+        "settings": {"calls": calls, "c_calls": c_calls, "rounds": rounds, "warmup_fraction": 0.1,
+                     "observations": n,
                      "episodes": episodes, "seed": seed},
-        "sparsity": 1.0 - manifest["macs"]["nonzero"] / manifest["macs"]["dense"],
+        "sparsity": 1.0 - sum(l["nnz"] for l in manifest["layers"]) / manifest["macs"]["dense"],
+        "sparsity_after_removal": 1.0 - manifest["macs"]["nonzero"] / manifest["macs"]["dense"],
         "latency": latency,
         "speedup": {"c_sparse_vs_ort_dense": ort_dense / c_sparse, "c_sparse_vs_c_dense": c_dense / c_sparse,
                     "ort_pruned_vs_ort_dense": ort_dense / latency["ort_pruned"]["p50_us"]},
@@ -182,7 +194,8 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
 def _write_markdown(path: Path, r: dict[str, Any]) -> None:
     lines = [f"# Export benchmark: {r['env_id']}", "",
              f"Checkpoint `{r['checkpoint']['path']}` ({r['checkpoint']['steps_done']} env steps), "
-             f"nonzero-weight sparsity {r['sparsity']:.3f}. {r['machine']['cpu']}, 1 thread, "
+             f"weight sparsity {r['sparsity']:.3f} "
+             f"({r['sparsity_after_removal']:.3f} after dead-neuron removal). {r['machine']['cpu']}, 1 thread, "
              f"{r['date_utc']}; batch 1, {r['settings']['calls']} calls per Python-timed variant, "
              f"{r['settings']['c_calls']} timed inside C; returns over {r['settings']['episodes']} "
              f"episodes from seed {r['settings']['seed']}.", "",

@@ -118,7 +118,7 @@ def read_bundle(bundle_dir: Path) -> tuple[ActorSources, np.ndarray]:
     rows evenly spaced through observations.npy, so both rollout and extreme observations
     (export puts the extremes last) are covered."""
     manifest = load_bundle(bundle_dir)  # refuses incomplete or modified bundles
-    folder = Path(manifest["dir"])
+    folder = Path(manifest["dir"]).resolve()  # the tools run in build directories
     recorded = np.load(folder / FILES["observations"], allow_pickle=False)
     rows = np.unique(np.linspace(0, len(recorded) - 1, PARITY_OBSERVATIONS).round().astype(int))
     return ActorSources(folder, int(manifest["obs_dim"]), int(manifest["act_dim"])), recorded[rows]

@@ -46,7 +46,6 @@ class CKernels:
         self.lib.tp_time_calls.argtypes = [ctypes.c_int, FLOAT_P, ctypes.c_int, ctypes.c_int,
                                            ctypes.POINTER(ctypes.c_double)]
         self.lib.tp_time_calls.restype = ctypes.c_double
-        self.float_p = FLOAT_P
         self._out = np.zeros(act_dim, np.float32)
         self._out_p = self._out.ctypes.data_as(FLOAT_P)
 

@@ -117,6 +117,42 @@ def build_parser() -> argparse.ArgumentParser:
                                           "cortex-m4 = STM32F405 on mps2-an386, cortex-m7 = STM32F746 on "
                                           "mps2-an500, aarch64 = Raspberry Pi 4 class Linux on qemu-aarch64")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export", help="export a checkpoint's actor to ONNX (fp32, int8) and C",
+                       description="Write an export bundle: actor.onnx (dead neurons removed), actor.dense.onnx, "
+                                   "actor.int8.onnx, actor.c/actor.h (sparse) and actor_dense.c, export.json "
+                                   "with parity against PyTorch on rollout and extreme observations.")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--parity-samples", type=_positive_int, default=10_000, metavar="N",
+                   help="observations for the parity check (80%% rollouts, 20%% extremes)")
+    p.add_argument("--episodes", type=_positive_int, default=5, metavar="N", help="episodes for the int8 return")
+    p.add_argument("--seed", type=int, default=0, metavar="K")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("bench", help="latency, size and return of every variant of an export bundle",
+                       description="Measure batch-1 latency (p50/p99) of PyTorch, ONNX Runtime (dense, pruned, "
+                                   "int8) and the C kernels, MACs, sizes and returns; writes bench.json, "
+                                   "bench.md and bench.png.")
+    p.add_argument("bundle", type=Path, metavar="DIR", help="an export bundle (from tinypolicy export)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default: the bundle")
+    p.add_argument("--calls", type=_positive_int, default=5_000, metavar="N", help="timed calls per Python variant")
+    p.add_argument("--c-calls", type=_positive_int, default=100_000, metavar="N", help="calls timed inside C")
+    p.add_argument("--rounds", type=_positive_int, default=5, metavar="N", help="interleaved timing rounds")
+    p.add_argument("--episodes", type=_positive_int, default=5, metavar="N")
+    p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("sweep", help="run many training jobs (envs x methods x sparsities x seeds)",
+                       description="Run every job of a sweep config (TOML, see pipeline/sweep.py), locally or as "
+                                   "Ray tasks, then write sweep.csv, sweep.md and sweep.png with the ultimate "
+                                   "compression ratio per env. Re-running resumes unfinished jobs.")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: one job after another in this process; ray: one Ray task per job")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -207,7 +243,37 @@ def cmd_embedded(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "embedded": cmd_embedded}
+def cmd_export(args) -> int:
+    from export.bundle import export_bundle
+
+    m = export_bundle(args.checkpoint, args.out, parity_samples=args.parity_samples, episodes=args.episodes,
+                      seed=args.seed, progress=not args.quiet)
+    print(json.dumps({"out": str(args.out), "widths": m["widths"], "macs": m["macs"],
+                      "parity_max_abs_error": max(m["parity"]["max_abs_error"].values()),
+                      "int8_max_abs_error_rollouts": m["int8"]["max_abs_error_rollouts"]}))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from export.bench import BENCH_MD, bench_bundle
+
+    bench_bundle(args.bundle, args.out, calls=args.calls, c_calls=args.c_calls, rounds=args.rounds,
+                 episodes=args.episodes, seed=args.seed, progress=not args.quiet)
+    print((Path(args.out or args.bundle) / BENCH_MD).read_text())
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from pipeline.sweep import load_sweep_config, run_sweep
+
+    config = load_sweep_config(args.config)
+    run_sweep(config, args.backend, args.ray_address, progress=not args.quiet)
+    print((config.out / "sweep.md").read_text(), end="")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "sweep": cmd_sweep,
+            "export": cmd_export, "bench": cmd_bench, "embedded": cmd_embedded}
 
 
 def main(argv: list[str] | None = None) -> int:
