@@ -3,7 +3,7 @@ exported actors on Cortex-M4 (STM32F405), Cortex-M7 (STM32F746) and aarch64 (Pi 
 
 Actors of the benchmark's real shapes: HalfCheetah-v5 (17-256-256-6) at 90% and 95% and
 Hopper-v5 (11-256-256-3) at 98% actor sparsity, with training's ER random topology and
-initial weights (`pipeline.train.sparsify`), untrained: footprint and instruction counts
+initial weights (`export.bench_docs.untrained_checkpoint`), untrained: footprint and instruction counts
 depend only on the sizes of the sparsity pattern, and parity is checked all the same.
 Trained checkpoints are added with --checkpoint NAME=PATH (copied first, since training
 may still be writing them). Each actor goes through `tinypolicy export`'s code, then
@@ -23,36 +23,12 @@ from pathlib import Path
 
 import torch
 
+from export.bench_docs import untrained_checkpoint
 from export.embedded import TARGETS, embedded_report
 from pipeline.errors import UserError
 
 UNTRAINED = (("halfcheetah-90", "HalfCheetah-v5", 0.90), ("halfcheetah-95", "HalfCheetah-v5", 0.95),
              ("hopper-98", "Hopper-v5", 0.98))
-HIDDEN = [256, 256]
-
-
-def untrained_checkpoint(path: Path, env_id: str, sparsity: float, seed: int) -> Path:
-    """A TD3 actor as training initialises it (ER random masks, re-scaled init), saved as a checkpoint."""
-    from models import TwinCritic, make_actor
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.envs import make_env
-    from pipeline.train import sparsify
-
-    env = make_env(env_id)
-    obs_space, act_space = env.observation_space, env.action_space
-    env.close()
-    torch.manual_seed(seed)
-    actor = make_actor("td3", obs_space.shape[0], act_space.shape[0], HIDDEN, act_space.low, act_space.high)
-    sparsify(actor, sparsity, orthogonal=False, generator=torch.Generator().manual_seed(seed))
-    spaces = {"obs_dim": obs_space.shape[0], "act_dim": act_space.shape[0],
-              "obs_low": obs_space.low.tolist(), "obs_high": obs_space.high.tolist(),
-              "action_low": act_space.low.tolist(), "action_high": act_space.high.tolist()}
-    config = {"env_id": env_id, "algo": "td3", "method": "untrained", "hidden": HIDDEN,
-              "actor_sparsity": sparsity, "seed": seed}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"config": config, "spaces": spaces, "steps_done": 0, "actor": actor.state_dict(),
-                           "critic": TwinCritic(spaces["obs_dim"], spaces["act_dim"], HIDDEN).state_dict()})
-    return path
 
 
 def exported(checkpoint: Path, bundle: Path, parity_samples: int, progress: bool) -> dict:
@@ -114,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, env_id, sparsity in UNTRAINED:
         ckpt = args.work / name / "actor.pt"
         if not ckpt.exists():
-            untrained_checkpoint(ckpt, env_id, sparsity, args.seed)
+            torch.manual_seed(args.seed)  # the initial weights (the masks are seeded inside)
+            untrained_checkpoint(env_id, sparsity, ckpt, args.seed)
         jobs.append((name, ckpt, False))
     for spec in args.checkpoint:
         name, _, path = spec.partition("=")
