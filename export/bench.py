@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from export.bundle import FILES, load_bundle
+from export.embedded import update_bench_report
 from export.mlp import MLPPolicy
 from export.onnx_mlp import read_policy_onnx, save_onnx
 from export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
@@ -187,6 +188,7 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
     }
     write_json(out / BENCH_JSON, result)
     _write_markdown(out / BENCH_MD, result)
+    update_bench_report(out / BENCH_MD, bundle_dir)  # embedded targets' section, if measured
     _plot(out / BENCH_PNG, result)
     return result
 

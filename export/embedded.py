@@ -371,6 +371,44 @@ def write_embedded_json(bundle_dir: str | Path, reports: list[dict]) -> Path:
     return path
 
 
+EMBEDDED_HEADING = "## Embedded targets"
+
+
+def markdown_section(reports: dict) -> str:
+    """The bench report's section for `reports` (embedded.json's content: target -> report)."""
+    lines = [EMBEDDED_HEADING, "",
+             "Flash and RAM are the model's share (firmware minus the harness alone, plus the call's stack); "
+             "instructions per inference are exact counts under QEMU (median over the parity observations); "
+             "µs are estimates from an assumed cycles per instruction, see embedded.json.", "",
+             "| target | kernel | flash KiB | RAM KiB | instructions / inference | µs (estimate) | max abs diff vs ORT |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for target, report in reports.items():
+        for name, k in report["kernels"].items():
+            if not k["fits"]:
+                lines.append(f"| {target} | {name} | does not fit | | | | |")
+                continue
+            est = k["estimate"]["microseconds"]
+            lines.append(f"| {target} ({report['part'].split(' (')[0]}) | {name} | {k['flash_bytes'] / 1024:.1f} | "
+                         f"{k['ram_bytes'] / 1024:.2f} | {k['instructions']['median']:,} | {est[0]:.0f}-{est[1]:.0f} | "
+                         f"{k['parity']['max_abs_diff']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_bench_report(markdown_path: str | Path, bundle_dir: str | Path) -> None:
+    """Replace (or add) the embedded section of a bench report with BUNDLE/embedded.json's
+    results; does nothing when either file is missing."""
+    path, results = Path(markdown_path), Path(bundle_dir) / "embedded.json"
+    if not (path.is_file() and results.is_file()):
+        return
+    text = path.read_text()
+    if EMBEDDED_HEADING in text:
+        text = text[:text.index(EMBEDDED_HEADING)]
+    text = text.rstrip("\n") + "\n\n" + markdown_section(json.loads(results.read_text()))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def summary_lines(report: dict) -> list[str]:
     """A few human-readable lines per target for the CLI."""
     lines = [f"{report['target']}: {report['part']}"]

@@ -228,7 +228,8 @@ def cmd_compress(args) -> int:
 
 
 def cmd_embedded(args) -> int:
-    from export.embedded import embedded_report, summary_lines, write_embedded_json
+    from export.bench import BENCH_MD
+    from export.embedded import embedded_report, summary_lines, update_bench_report, write_embedded_json
 
     failed = []
     for target in args.targets:
@@ -236,6 +237,7 @@ def cmd_embedded(args) -> int:
         path = write_embedded_json(args.bundle, [report])
         print("\n".join(summary_lines(report)))
         failed += [f"{target} {name}" for name, k in report["kernels"].items() if k["fits"] and not k["parity"]["ok"]]
+    update_bench_report(args.bundle / BENCH_MD, args.bundle)
     print(f"wrote {path}")
     if failed:
         print(f"tinypolicy: firmware actions differ from ONNX Runtime: {', '.join(failed)}", file=sys.stderr)

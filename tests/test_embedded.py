@@ -57,6 +57,7 @@ def test_missing_toolchain_is_a_one_line_error(tmp_path):
 @pytest.mark.integration
 @needs_toolchains
 def test_firmware_actions_match_onnx_runtime(bundle):
+    (bundle / "bench.md").write_text("# Export benchmark\n")  # as `tinypolicy bench` leaves it, abridged
     proc = tinypolicy("embedded", str(bundle), "--quiet")
     assert proc.returncode == 0, proc.stderr
     reports = json.loads((bundle / "embedded.json").read_text())
@@ -80,6 +81,8 @@ def test_firmware_actions_match_onnx_runtime(bundle):
         assert 0 < sparse["stack_bytes"] < 1024 and sparse["ram_bytes"] == sparse["static_ram_bytes"] + sparse["stack_bytes"]
         assert "ESTIMATE" in sparse["estimate"]["assumption"]
     assert "parity ok" in proc.stdout and "does not fit" not in proc.stdout
+    section = (bundle / "bench.md").read_text().split("## Embedded targets")[1]
+    assert sum(line.startswith(f"| {target} ") for target in TARGETS for line in section.splitlines()) == 6
 
 
 @pytest.mark.integration
