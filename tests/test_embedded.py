@@ -6,6 +6,7 @@ CI they are skipped when those are absent, in CI (CI=true) they run and fail ins
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -101,3 +102,15 @@ def test_actor_too_big_for_the_part_fails_to_link(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert "the sparse actor does not fit the STM32F405 (cortex-m4): FLASH overflowed by" in proc.stderr
+
+
+@pytest.mark.integration
+@needs_toolchains
+def test_dense_baseline_too_big_is_reported_not_fatal(bundle, monkeypatch):
+    # A 24 KiB part: the harness (~12 KiB) and the sparse kernel fit, the dense one (~21 KiB) does not.
+    monkeypatch.setitem(TARGETS, "cortex-m4", dataclasses.replace(TARGETS["cortex-m4"], flash_kib=24))
+    report = embedded_report(bundle, "cortex-m4")
+    assert report["kernels"]["sparse"]["fits"] and report["kernels"]["sparse"]["parity"]["ok"]
+    dense = report["kernels"]["dense"]
+    assert not dense["fits"] and "the dense actor does not fit" in dense["message"] and "FLASH overflowed" in dense["message"]
+    assert "dense_over_sparse" not in report
