@@ -43,6 +43,10 @@ MANIFEST = "export.json"
 FILES = {"onnx": "actor.onnx", "onnx_dense": "actor.dense.onnx", "onnx_int8": "actor.int8.onnx",
          "c_header": HEADER, "c_sparse": SPARSE, "c_dense": DENSE, "observations": "observations.npy"}
 PARITY_TOLERANCE = 1e-5
+# A wrong export (bad scaling, a mis-folded bias, a transposed table) is off by 1e-3 or
+# more; float32 round-off grows with the weights' magnitude. Export fails when a runtime
+# is further from PyTorch than this many times PyTorch's own distance from float64.
+ROUNDOFF_FACTOR = 4.0
 EXTREME_FRACTION = 0.2
 QUANTIZATION = ("int8 static QDQ calibrated on rollouts: U8 activations, S8 per-channel weights; "
                 "first layer float")
@@ -167,7 +171,10 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, parity_sampl
     """Export a checkpoint's actor to `out_dir`; returns the manifest (export.json).
 
     Raises UserError for an unusable checkpoint and for a failed parity check (the
-    manifest is still written, with `parity.passed` false, for diagnosis).
+    manifest is still written, with `parity.passed` false, for diagnosis). Parity against
+    PyTorch within 1e-5 is reported as `parity.within_tolerance`; it fails only beyond
+    what float32 round-off explains (`parity.failure_threshold`), since a large trained
+    actor on extreme observations is itself 1e-5 away from exact arithmetic in PyTorch.
     """
     start = time.time()
     out = Path(out_dir)
@@ -234,7 +241,10 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, parity_sampl
                                          for name, y in outputs.items()},
               "max_abs_error_vs_float64": {name: _max_error(y, exact)
                                            for name, y in {"pytorch": reference, **outputs}.items()},
-              "passed": all(e <= PARITY_TOLERANCE for e in errors.values())}
+              "within_tolerance": all(e <= PARITY_TOLERANCE for e in errors.values())}
+    parity["roundoff_scale"] = parity["max_abs_error_vs_float64"]["pytorch"]
+    parity["failure_threshold"] = max(PARITY_TOLERANCE, ROUNDOFF_FACTOR * parity["roundoff_scale"])
+    parity["passed"] = all(e <= parity["failure_threshold"] for e in errors.values())
     onnx.checker.check_model(str(out / FILES["onnx"]), full_check=True)
 
     manifest = {
@@ -267,8 +277,8 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, parity_sampl
     steps.close()
     if not parity["passed"]:
         worst = max(errors, key=errors.get)
-        raise UserError(f"parity check failed: {worst} differs from PyTorch by {errors[worst]:.2e} "
-                        f"(tolerance {PARITY_TOLERANCE:g}); see {out / MANIFEST}")
+        raise UserError(f"parity check failed: {worst} differs from PyTorch by {errors[worst]:.2e}, "
+                        f"beyond float32 round-off ({parity['failure_threshold']:.1e}); see {out / MANIFEST}")
     return manifest
 
 

@@ -252,6 +252,7 @@ def cmd_export(args) -> int:
                       seed=args.seed, progress=not args.quiet)
     print(json.dumps({"out": str(args.out), "widths": m["widths"], "macs": m["macs"],
                       "parity_max_abs_error": max(m["parity"]["max_abs_error"].values()),
+                      "parity_within_1e-5": m["parity"]["within_tolerance"],
                       "int8_max_abs_error_rollouts": m["int8"]["max_abs_error_rollouts"]}))
     return 0
 

@@ -179,7 +179,7 @@ def test_export_parity_files_and_metadata(bundle):
     manifest = load_bundle(bundle)
     parity = manifest["parity"]
     assert parity["observations"] == 10_000 and parity["extreme_observations"] == 2_000
-    assert parity["passed"]
+    assert parity["passed"] and parity["within_tolerance"]
     assert set(parity["max_abs_error"]) == {"torch_pruned", "onnx", "onnx_dense", "c_sparse", "c_dense"}
     assert max(parity["max_abs_error"].values()) <= 1e-5
     for name in ("actor.onnx", "actor.dense.onnx", "actor.int8.onnx"):
@@ -294,3 +294,25 @@ def test_changed_bundle_file_is_refused(bundle, tmp_path):
     (copy / "export.json").unlink()
     result = tinypolicy("bench", str(copy))
     assert result.returncode == 2 and "not an export bundle" in result.stderr
+
+
+@pytest.mark.integration
+def test_parity_catches_a_wrong_kernel(tmp_path, monkeypatch):
+    """A C kernel whose bias is off by 1e-3 fails the export; the manifest says why."""
+    import export.bundle as bundle_module
+    from export.bundle import export_bundle
+    from pipeline.errors import UserError
+
+    real = bundle_module.write_c_sources
+
+    def off_by_a_bit(policy, out_dir, dense=None):
+        biases = list(policy.biases)
+        biases[-1] = biases[-1] + np.float32(1e-3)
+        return real(policy.with_layers(policy.weights, biases), out_dir, dense=dense)
+
+    monkeypatch.setattr(bundle_module, "write_c_sources", off_by_a_bit)
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", sparse_actor("td3", 0.95, hidden=(64, 64)), hidden=(64, 64))
+    with pytest.raises(UserError, match="parity check failed: c_sparse"):
+        export_bundle(ckpt, tmp_path / "out", parity_samples=200, episodes=1, progress=False)
+    parity = json.loads((tmp_path / "out" / "export.json").read_text())["parity"]
+    assert not parity["passed"] and parity["max_abs_error"]["c_dense"] < 1e-5
