@@ -185,7 +185,7 @@ def section_sizes(target: Target, elf: Path) -> dict[str, int]:
     return {"flash_bytes": text + data, "static_ram_bytes": data + bss}
 
 
-def _symbol_address(target: Target, elf: Path, symbol: str) -> int:
+def symbol_address(target: Target, elf: Path, symbol: str) -> int:
     proc = _run([f"{target.prefix}nm", str(elf)], elf.parent)
     for line in proc.stdout.splitlines():
         parts = line.split()
@@ -219,7 +219,7 @@ def run_firmware(target: Target, elf: Path, plugin: Path, observations: np.ndarr
     work.mkdir()
     observations.astype("<f4").tofile(work / "obs.bin")
     counts = work / "instructions.txt"
-    begin, end = (_symbol_address(target, elf, s) for s in ("tp_window_begin", "tp_window_end"))
+    begin, end = (symbol_address(target, elf, s) for s in ("tp_window_begin", "tp_window_end"))
     cmd = [*target.qemu, "-plugin", f"{plugin},begin={begin:#x},end={end:#x},out={counts}"]
     if target.bare_metal:
         cmd += ["-nographic", "-monitor", "none", "-serial", "none",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from export.bundle import export_bundle
-from export.embedded import TARGETS, embedded_report, missing_tools
+from export.embedded import (TARGETS, build_firmware, build_plugin, embedded_report, missing_tools, read_bundle,
+                              run_firmware, symbol_address)
 from pipeline.cli import EMBEDDED_TARGETS
 from test_export import sparse_actor, write_checkpoint
 
@@ -91,6 +93,34 @@ def test_firmware_actions_match_onnx_runtime(bundle):
 def test_instruction_counts_are_deterministic(bundle):
     first, second = (embedded_report(bundle, "cortex-m4")["kernels"]["sparse"]["instructions"] for _ in range(2))
     assert first["per_observation"] == second["per_observation"]
+
+
+@pytest.mark.integration
+@needs_toolchains
+def test_plugin_counts_match_a_single_step_trace(bundle, tmp_path):
+    """QEMU's own execution log, one instruction per translation block, counts the same."""
+    target = TARGETS["cortex-m4"]
+    sources, observations = read_bundle(bundle)
+    elf, _ = build_firmware(target, sources, "sparse", tmp_path)
+    run = run_firmware(target, elf, build_plugin(tmp_path), observations[:2], sources.act_dim)
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    observations[:2].astype("<f4").tofile(trace / "obs.bin")
+    subprocess.run([*target.qemu, "-nographic", "-monitor", "none", "-serial", "none", "-semihosting-config",
+                    "enable=on,target=native", "-singlestep", "-d", "exec,nochain", "-D", str(trace / "exec.log"),
+                    "-kernel", str(elf)], cwd=trace, check=True, capture_output=True, timeout=300)
+    begin, end = (symbol_address(target, elf, s) for s in ("tp_window_begin", "tp_window_end"))
+    windows, executed, start = [], 0, None
+    for line in (trace / "exec.log").read_text().splitlines():
+        match = re.match(r"Trace \d+: \S+ \[[0-9a-f]+/([0-9a-f]+)/", line)
+        if match:
+            executed += 1
+            pc = int(match.group(1), 16)
+            if pc == begin:
+                start = executed
+            elif pc == end:
+                windows.append(executed - start)
+    assert windows == run.window_instructions and len(windows) == 3 and windows[1] > 1000
 
 
 @pytest.mark.integration
