@@ -279,7 +279,7 @@ def random_policy_return(env_id: str, episodes: int, seed: int = 1000) -> float:
     return float(np.mean(returns))
 
 
-def write_fitness(out: Path, history: np.ndarray, title: str) -> None:
+def write_fitness_csv(out: Path, history: np.ndarray) -> None:
     tmp = out / "fitness.csv.tmp"
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -288,6 +288,8 @@ def write_fitness(out: Path, history: np.ndarray, title: str) -> None:
             writer.writerow([int(row[0]), *(f"{v:.3f}" for v in row[1:5]), int(row[5]), *(f"{v:.3f}" for v in row[6:])])
     os.replace(tmp, out / "fitness.csv")
 
+
+def plot_fitness(out: Path, history: np.ndarray, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -328,7 +330,7 @@ def _render_worker(env_id: str, observations: np.ndarray, path: str, queue) -> N
             data.qvel[:] = obs[model.nq - excluded:model.nq - excluded + model.nv]
             mujoco.mj_forward(model, data)
             mujoco.mjv_defaultFreeCamera(model, camera)
-            camera.lookat[:] = data.qpos[:3] if model.nq >= 3 and excluded else camera.lookat
+            camera.lookat[:] = data.subtree_com[1]  # the robot's centre of mass
             camera.distance, camera.elevation, camera.azimuth = 3.0, -10.0, 90.0
             renderer.update_scene(data, camera)
             images.append(renderer.render())
@@ -409,6 +411,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
             history.append([generation, fitness.mean(), fitness.max(), fitness.min(), result["mean_dataset_return"],
                             env_steps, time.perf_counter() - start, result["bc_seconds"], result["rollout_seconds"]])
             _save_state(state_path, cfg, mu, adam, obs_mean, obs_std, history, info)
+            write_fitness_csv(out, np.asarray(history))
             bar.set_postfix(best=f"{fitness.max():.0f}", mean=f"{fitness.mean():.0f}",
                             data=f"{result['mean_dataset_return']:.0f}",
                             steps_gen=result["env_steps"], s_gen=f"{history[-1][6]:.1f}")
@@ -443,7 +446,8 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
     evaluation["random_policy_return"] = round(random_policy_return(cfg.env_id, 10), 2)
     dataset.meta["evaluation"] = evaluation
     save_dataset(dataset, out)
-    write_fitness(out, history_array, f"HaDES-{cfg.mode.upper()} {cfg.env_id}, D={cfg.size}, N={cfg.population}")
+    write_fitness_csv(out, history_array)
+    plot_fitness(out, history_array, f"HaDES-{cfg.mode.upper()} {cfg.env_id}, D={cfg.size}, N={cfg.population}")
     render_error = render_states(dataset, out / "states.png")
     if render_error:
         print(f"tinypolicy: warning: could not render the states ({render_error}); "
