@@ -435,6 +435,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
         dataset = Dataset(cfg.env_id, states[0], actions[0], obs_mean, obs_std, action_low, action_high,
                           recipe=cfg.recipe, meta=meta)
 
+        final_start = time.perf_counter()
         seeds = list(range(100, 100 + cfg.final_seeds))
         fresh = retrain_and_evaluate(dataset, evaluator, seeds, cfg.final_episodes)
         evaluation = {"fresh_init_seeds": seeds, "fresh_init_returns": [round(float(r), 2) for r in fresh],
@@ -443,6 +444,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
             fixed = retrain_and_evaluate(dataset, evaluator, [], cfg.final_episodes,
                                          fixed_init=policy_inits(cfg, 1, obs_dim, act_dim, 0))
             evaluation["fixed_init_return"] = round(float(fixed[0]), 2)
+        evaluation["evaluation_seconds"] = round(time.perf_counter() - final_start, 1)
     evaluation["random_policy_return"] = round(random_policy_return(cfg.env_id, 10), 2)
     dataset.meta["evaluation"] = evaluation
     save_dataset(dataset, out)
