@@ -448,6 +448,10 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
     evaluation["random_policy_return"] = round(random_policy_return(cfg.env_id, 10), 2)
     dataset.meta["evaluation"] = evaluation
     save_dataset(dataset, out)
+    if cfg.mode == "f":  # HaDES-F datasets are tuned to this init: ship it so a robot can start from it
+        init_arrays = policy_inits(cfg, 1, obs_dim, act_dim, 0).numpy()
+        np.savez(out / "policy_init.tmp.npz", **{k: v[0] for k, v in init_arrays.items()})
+        os.replace(out / "policy_init.tmp.npz", out / "policy_init.npz")
     write_fitness_csv(out, history_array)
     plot_fitness(out, history_array, f"HaDES-{cfg.mode.upper()} {cfg.env_id}, D={cfg.size}, N={cfg.population}")
     render_error = render_states(dataset, out / "states.png")
