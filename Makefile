@@ -7,7 +7,10 @@ STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
 
-.PHONY: install test test-fast compress bench-train bench-embedded clean embedded-deps
+.PHONY: install test test-fast compress bench-train bench-embedded clean embedded-deps render-deps distill
+
+# MuJoCo renders offscreen through EGL (Mesa's software driver when there is no GPU)
+export MUJOCO_GL ?= egl
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -39,6 +42,16 @@ bench-train: $(STAMP)
 
 bench-embedded: $(STAMP) embedded-deps
 	$(PY) -m export.bench_embedded --out docs/results/embedded.json $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+# Mesa's EGL, for MuJoCo's offscreen rendering of distilled states (Debian packages, as root).
+RENDER_APT := libegl1 libegl-mesa0 libgl1-mesa-dri
+render-deps:
+	@dpkg -s $(RENDER_APT) >/dev/null 2>&1 || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(RENDER_APT); }
+
+distill: $(STAMP)
+	$(VENV)/bin/tinypolicy distill --env $(ENV) --size 64 --mode f --population 64 --generations 200 \
+		--out artifacts/$(ENV)/distill
 
 clean:
 	rm -rf $(VENV) artifacts runs
