@@ -122,7 +122,7 @@ def build_stages(cfg: TrainConfig, out: Path, eval_episodes: int, progress: bool
               run_train),
         Stage("evaluate", {"episodes": eval_episodes}, [train_dir / "checkpoint.pt"], ["eval.json"], run_evaluate),
         Stage("report", {}, [train_dir / "checkpoint.pt", train_dir / "metrics.csv", out / "evaluate" / "eval.json"],
-              ["report.md", "learning_curve.png"], run_report),
+              ["report.md", "report.html", "learning_curve.png"], run_report),
     ]
 
 

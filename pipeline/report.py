@@ -1,4 +1,4 @@
-"""The `compress` report: what the pipeline produced, as Markdown with a learning-curve plot."""
+"""The `compress` report: what the pipeline produced, as Markdown and self-contained HTML."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +8,7 @@ from pathlib import Path
 from export.flops import inference_flops, weight_count
 from models import sparse_layers
 from pipeline.checkpoint import load_checkpoint
+from pipeline.document import Document
 
 
 def _plot_learning_curve(rows: list[dict], title: str, path: Path) -> None:
@@ -38,35 +39,18 @@ def write_report(out: Path, folder: Path) -> None:
     title = f"{cfg['env_id']}: {cfg['method']}-{cfg['algo']}, actor {1 - weight_count(actor) / weight_count(actor, False):.0%} sparse"
     _plot_learning_curve(rows, title, folder / "learning_curve.png")
 
-    lines = [
-        f"# tinypolicy report: {cfg['env_id']}",
-        "",
-        f"Training: {cfg['method']} {cfg['algo'].upper()}, {ckpt.steps_done:,} env steps, seed {cfg['seed']}, "
-        f"hidden {cfg['hidden']}.",
-        "",
-        "## Return",
-        "",
-        f"| policy | mean return over {evaluation['episodes']} episodes | std |",
-        "|---|---:|---:|",
-        f"| sparse actor (deterministic) | {evaluation['mean_return']:.1f} | {evaluation['std_return']:.1f} |",
-        f"| random actions | {evaluation['random_mean_return']:.1f} | {evaluation['random_std_return']:.1f} |",
-        "",
-        "![learning curve](learning_curve.png)",
-        "",
-        "## Actor sparsity per layer",
-        "",
-        "| layer | shape (out x in) | nonzero weights | density |",
-        "|---|---|---:|---:|",
-    ]
-    for index, layer in enumerate(sparse_layers(actor)):
-        lines.append(f"| {index} | {layer.out_features} x {layer.in_features} | {int(layer.mask.sum()):,} | "
-                     f"{layer.density:.1%} |")
-    lines += [
-        "",
-        f"Actor: {weight_count(actor):,} of {weight_count(actor, False):,} weights nonzero; "
-        f"{inference_flops(actor):,} FLOPs per action vs {inference_flops(actor, False):,} dense.",
-        "",
-    ]
-    tmp = folder / "report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    tmp.replace(folder / "report.md")
+    doc = Document(f"tinypolicy report: {cfg['env_id']}")
+    doc.paragraph(f"Training: {cfg['method']} {cfg['algo'].upper()}, {ckpt.steps_done:,} env steps, "
+                  f"seed {cfg['seed']}, hidden {cfg['hidden']}.")
+    doc.heading("Return")
+    doc.table(["policy", f"mean return over {evaluation['episodes']} episodes", "std"], [
+        ["sparse actor (deterministic)", f"{evaluation['mean_return']:.1f}", f"{evaluation['std_return']:.1f}"],
+        ["random actions", f"{evaluation['random_mean_return']:.1f}", f"{evaluation['random_std_return']:.1f}"]])
+    doc.image(folder / "learning_curve.png", "learning curve (evaluation return during training)")
+    doc.heading("Actor sparsity per layer")
+    doc.table(["layer", "shape (out x in)", "nonzero weights", "density"], [
+        [index, f"{layer.out_features} x {layer.in_features}", f"{int(layer.mask.sum()):,}", f"{layer.density:.1%}"]
+        for index, layer in enumerate(sparse_layers(actor))], align_right_from=2)
+    doc.paragraph(f"Actor: {weight_count(actor):,} of {weight_count(actor, False):,} weights nonzero; "
+                  f"{inference_flops(actor):,} FLOPs per action vs {inference_flops(actor, False):,} dense.")
+    doc.write(folder)
