@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import UserError
+from pipeline.retrain import add_arguments as add_retrain_arguments
 
 DEFAULT_ENV = "Hopper-v5"
 
@@ -102,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default artifacts/ENV")
     _add_train_options(p, defaults=False)
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("retrain", help="retrain a policy from a distilled dataset (NumPy + onnx only)",
+                       description="Behaviour-clone an MLP on a distilled dataset with its recipe and write an "
+                                   "ONNX actor (env units in and out). Needs no torch; a robot runs the same "
+                                   "as `python -m pipeline.retrain`.")
+    add_retrain_arguments(p)
     return parser
 
 
@@ -176,7 +183,13 @@ def cmd_compress(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress}
+def cmd_retrain(args) -> int:
+    from pipeline.retrain import run
+
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "retrain": cmd_retrain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ holds them. On the development side the same is `tinypolicy retrain ...`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -202,3 +203,163 @@ def train_bc(states: np.ndarray, actions: np.ndarray, recipe: BCRecipe, init: ML
         flat -= step_dir
     trained = layout.views(flat.copy())
     return trained, losses
+
+
+def read_mask(path: str | Path, dataset: Dataset) -> list[np.ndarray]:
+    """The fixed topology (weight != 0, [out, in] per layer) of an exported actor that fits
+    `dataset`: same env id and observation/action dims."""
+    from export.onnx_mlp import read_policy_onnx
+
+    weights, _, metadata = read_policy_onnx(path)
+    if "env_id" not in metadata:
+        raise UserError(f"mask {path} has no env_id metadata: not an actor exported by tinypolicy")
+    if metadata["env_id"] != dataset.env_id:
+        raise UserError(f"mask {path} is an actor for {metadata['env_id']}, the dataset is for {dataset.env_id}")
+    obs_dim, act_dim = weights[0].shape[1], weights[-1].shape[0]
+    if (obs_dim, act_dim) != (dataset.obs_dim, dataset.act_dim):
+        raise UserError(f"mask {path} maps {obs_dim} observations to {act_dim} actions, the dataset "
+                        f"has {dataset.obs_dim} and {dataset.act_dim}")
+    return [w != 0 for w in weights]
+
+
+def _sparsity(weights: list[np.ndarray]) -> tuple[float, int]:
+    nnz = int(sum(np.count_nonzero(w) for w in weights))
+    return 1.0 - nnz / sum(w.size for w in weights), nnz
+
+
+def _onnx_check(path: Path, params: MLPParams, recipe: BCRecipe, dataset: Dataset) -> float | None:
+    """Max |ONNX Runtime - NumPy| over the dataset's states, in env units (None without ORT)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    obs = dataset.states * dataset.obs_std + dataset.obs_mean
+    (onnx_actions,) = session.run(None, {"obs": obs.astype(np.float32)})
+    numpy_actions = dataset.to_env_units(policy_mean(params, recipe.activation, dataset.normalise(obs)))
+    return float(np.abs(onnx_actions - numpy_actions).max())
+
+
+def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, ...] | None = None,
+            activation: str | None = None, steps: int | None = None, lr: float | None = None,
+            mask_path: str | Path | None = None, seed: int = 0) -> dict:
+    """Train a policy on a distilled dataset and write it as an ONNX actor; returns a summary.
+
+    Unset options keep the dataset recipe's values; with `mask_path` the hidden sizes are the
+    mask's (a different `hidden` is refused). Raises `UserError` for a dataset or mask that
+    does not fit, and if the ONNX file's outputs differ from the NumPy forward pass.
+    """
+    from export.onnx_mlp import policy_onnx, save_onnx
+
+    started = time.perf_counter()
+    dataset = load_dataset(dataset_path)
+    overrides = {"hidden": hidden, "activation": activation, "steps": steps, "lr": lr}
+    recipe = replace(dataset.recipe, **{k: v for k, v in overrides.items() if v is not None})
+    masks = None
+    if mask_path is not None:
+        masks = read_mask(mask_path, dataset)
+        mask_hidden = tuple(m.shape[0] for m in masks[:-1])
+        if hidden is not None and tuple(hidden) != mask_hidden:
+            raise UserError(f"--hidden {','.join(map(str, hidden))} differs from the mask's hidden sizes "
+                            f"{','.join(map(str, mask_hidden))}; leave --hidden out with --mask")
+        recipe = replace(recipe, hidden=mask_hidden)
+    sizes = [dataset.obs_dim, *recipe.hidden, dataset.act_dim]
+
+    train_started = time.perf_counter()
+    params, losses = train_bc(dataset.states, dataset.actions, recipe, init_params(sizes, seed, masks), masks)
+    train_seconds = time.perf_counter() - train_started
+    final_loss = loss_and_grad(params, recipe.activation, dataset.states, dataset.actions)
+    if not math.isfinite(final_loss):
+        raise UserError(f"training diverged (loss {final_loss}); try a smaller --lr than {recipe.lr}")
+
+    sparsity, nnz = _sparsity(params.weights)
+    metadata = {
+        "env_id": dataset.env_id, "stage": "retrain", "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
+        "action_low": json.dumps(dataset.action_low.tolist()), "action_high": json.dumps(dataset.action_high.tolist()),
+        "hidden": ",".join(map(str, recipe.hidden)), "hidden_activation": recipe.activation, "output": "clip",
+        "sparsity": f"{sparsity:.6f}", "nnz": nnz, "dataset_sha256": dataset.sha256, "dataset_size": dataset.size,
+        "bc_recipe": json.dumps({"steps": recipe.steps, "lr": recipe.lr, "adam_eps": recipe.adam_eps,
+                                 "grad_clip": recipe.grad_clip}),
+        "seed": seed, "final_loss": f"{final_loss:.6g}",
+    }
+    if mask_path is not None:
+        metadata["mask_sha256"] = hashlib.sha256(Path(mask_path).read_bytes()).hexdigest()
+    model = policy_onnx(params.weights, params.biases, recipe.activation, "clip", dataset.obs_mean,
+                        dataset.obs_std, dataset.action_low, dataset.action_high, metadata)
+    out_path = save_onnx(model, out_path)
+
+    max_diff = _onnx_check(out_path, params, recipe, dataset)
+    if max_diff is not None and max_diff > 1e-4 * float(np.max(dataset.action_high - dataset.action_low)):
+        raise UserError(f"{out_path}: ONNX Runtime's actions differ from the NumPy policy by {max_diff:.3g}")
+    return {
+        "out": str(out_path), "env_id": dataset.env_id, "dataset_sha256": dataset.sha256,
+        "dataset_size": dataset.size, "hidden": list(recipe.hidden), "activation": recipe.activation,
+        "steps": recipe.steps, "lr": recipe.lr, "seed": seed, "sparsity": sparsity, "nnz": nnz,
+        "initial_loss": float(losses[0]), "final_loss": final_loss, "train_seconds": train_seconds,
+        "total_seconds": time.perf_counter() - started, "onnx_max_abs_diff": max_diff,
+    }
+
+
+def _hidden_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hidden sizes look like 64,64, got {text!r}") from None
+    if min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+        return value
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The retrain options, shared by `tinypolicy retrain` and `python -m pipeline.retrain`."""
+    parser.add_argument("dataset", type=Path, metavar="DATASET", help="a dataset directory (or its dataset.npz)")
+    parser.add_argument("--out", required=True, type=Path, metavar="POLICY.onnx")
+    parser.add_argument("--hidden", type=_hidden_sizes, default=None, metavar="W,W",
+                        help="hidden sizes (default: the dataset recipe's; with --mask: the mask's)")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                        help="hidden activation (default: the dataset recipe's, also with --mask)")
+    parser.add_argument("--steps", type=_positive(int), default=None, metavar="N", help="full-batch Adam steps (default: recipe)")
+    parser.add_argument("--lr", type=_positive(float), default=None, metavar="X", help="Adam learning rate (default: recipe)")
+    parser.add_argument("--mask", type=Path, default=None, metavar="ACTOR.onnx",
+                        help="keep the sparse topology of this exported actor (same env and dims)")
+    parser.add_argument("--seed", type=int, default=0, metavar="K", help="init seed")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = retrain(args.dataset, args.out, hidden=args.hidden, activation=args.activation, steps=args.steps,
+                      lr=args.lr, mask_path=args.mask, seed=args.seed)
+    print(f"retrained {'-'.join(map(str, summary['hidden']))} {summary['activation']} policy "
+          f"(sparsity {summary['sparsity']:.3f}) on {summary['dataset_size']} pairs: {summary['steps']} steps "
+          f"in {summary['train_seconds']:.3f} s, loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f}; "
+          f"wrote {summary['out']}", file=sys.stderr)
+    print(json.dumps(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.retrain",
+                                     description="Retrain a policy from a distilled dataset (NumPy + onnx only).")
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except UserError as exc:
+        print(f"retrain: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
