@@ -2,6 +2,7 @@
 and that the retrain path runs with torch, gymnasium and mujoco impossible to import."""
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import statistics
@@ -198,6 +199,27 @@ def test_robot_copy_runs_without_torch_gymnasium_or_mujoco(tmp_path, dataset_dir
                   "--steps", "50", block=tmp_path / "block")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 50
+
+
+def test_robot_files_import_nothing_else_from_the_project_nor_heavy_packages():
+    """Statically, lazy imports included: the robot's files import only each other,
+    the standard library, numpy, onnx and (optionally) onnxruntime."""
+    robot_modules = {name[:-3].replace("/", ".").removesuffix(".__init__") for name in ROBOT_FILES}
+    for name in ROBOT_FILES:
+        for node in ast.walk(ast.parse((ROOT / name).read_text())):
+            if isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported = [node.module]
+            else:
+                continue
+            for module in imported:
+                top = module.split(".")[0]
+                assert top not in BLOCKED, (name, module)
+                if top in ("pipeline", "export", "models", "tests"):
+                    assert module in robot_modules, (name, module)
+                else:
+                    assert top in sys.stdlib_module_names or top in ("numpy", "onnx", "onnxruntime"), (name, module)
 
 
 def test_blocker_really_blocks(tmp_path):
