@@ -7,7 +7,10 @@ STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
 
-.PHONY: install test test-fast compress bench-train clean
+.PHONY: install test test-fast compress bench-train clean render-deps distill
+
+# MuJoCo renders offscreen through EGL (Mesa's software driver when there is no GPU)
+export MUJOCO_GL ?= egl
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +32,13 @@ compress: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) -m export.bench_train
+
+render-deps:
+	apt-get install -y --no-install-recommends libegl1 libegl-mesa0 libgl1-mesa-dri
+
+distill: $(STAMP)
+	$(VENV)/bin/tinypolicy distill --env $(ENV) --size 64 --mode f --population 64 --generations 200 \
+		--out artifacts/$(ENV)/distill
 
 clean:
 	rm -rf $(VENV) artifacts runs

@@ -104,6 +104,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p, defaults=False)
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("distill", help="distil a tiny synthetic dataset with HaDES",
+                       description="Behaviour distillation (HaDES): evolve D state-action pairs with OpenAI-ES so that "
+                                   "a policy trained on them by behaviour cloning does well in ENV. Writes "
+                                   "dataset.npz/.json, fitness.csv/.png and states.png into --out; re-running the "
+                                   "same command resumes (a larger --generations extends the run).")
+    p.add_argument("--env", dest="env_id", required=True, metavar="ENV", help="Gymnasium env id, e.g. Hopper-v5")
+    p.add_argument("--size", type=_positive_int, default=64, metavar="D", help="state-action pairs (default 64)")
+    p.add_argument("--mode", choices=["r", "f"], default="f",
+                   help="f: one fixed policy init (HaDES-F); r: a random init per member (HaDES-R)")
+    p.add_argument("--population", type=_positive_int, default=64, metavar="P", help="even ES population")
+    p.add_argument("--generations", type=_positive_int, default=200, metavar="G")
+    p.add_argument("--init", choices=["zeros", "expert"], default="zeros",
+                   help="zeros: the paper's start; expert: states and actions from an expert's rollouts")
+    p.add_argument("--expert", default=None, metavar="CHECKPOINT", help="expert checkpoint for --init expert")
+    p.add_argument("--sigma", type=float, default=0.03, metavar="X", help="ES noise scale (fixed)")
+    p.add_argument("--lr", type=float, default=0.05, metavar="X", help="Adam lr on the ES mean")
+    p.add_argument("--shaping", choices=["raw", "centred-rank"], default="raw", help="fitness shaping")
+    p.add_argument("--hidden", type=_hidden, default=(64, 64), metavar="W,W", help="BC policy hidden sizes")
+    p.add_argument("--bc-steps", type=_positive_int, default=200, metavar="N")
+    p.add_argument("--bc-lr", type=float, default=5e-3, metavar="X")
+    p.add_argument("--seed", type=int, default=0, metavar="K")
+    p.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="rollout processes")
+    p.add_argument("--final-seeds", type=_positive_int, default=5, metavar="N",
+                   help="fresh policies retrained and evaluated on the final dataset")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("generalise", help="retrain a distilled dataset with other architectures",
+                       description="Retrain policies on DATASET with widths 32-512, depths 1-3, tanh/relu, "
+                                   "lr x1/4..x4 and BC steps x1/2..x2; writes a table and a plot.")
+    p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset directory or its dataset.npz")
+    p.add_argument("--env", dest="env_id", required=True, metavar="ENV")
+    p.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="policies per variant")
+    p.add_argument("--episodes", type=_positive_int, default=2, metavar="N", help="episodes per policy")
+    p.add_argument("--workers", type=_positive_int, default=2, metavar="N")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default DATASET_DIR/generalise")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("retrain", help="retrain a policy from a distilled dataset (NumPy + onnx only)",
                        description="Behaviour-clone an MLP on a distilled dataset with its recipe and write an "
                                    "ONNX actor (env units in and out). Needs no torch; a robot runs the same "
@@ -183,13 +221,31 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from pipeline.distill import config_from_args, distill
+
+    summary = distill(config_from_args(vars(args)), args.out, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_generalise(args) -> int:
+    from pipeline.generalise import generalise
+
+    summary = generalise(args.dataset, args.env_id, args.out, seeds=args.seeds, episodes=args.episodes,
+                         workers=args.workers, progress=not args.quiet)
+    print(summary["table"])
+    return 0
+
+
 def cmd_retrain(args) -> int:
     from pipeline.retrain import run
 
     return run(args)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "retrain": cmd_retrain}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress,
+            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": cmd_retrain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,470 @@
+"""Behaviour distillation (HaDES): evolve D synthetic state-action pairs that train good policies.
+
+Read top to bottom, one generation is:
+  1. antithetic perturbations of the search mean mu = [states (D x obs), actions (D x act)];
+  2. behaviour cloning of a fresh policy on every perturbed dataset, the whole population
+     as one batched torch computation (models.bc; HaDES-F: one fixed init for all,
+     HaDES-R: a new random init per member and generation);
+  3. fitness = the MuJoCo return of each trained policy (one episode, <= 1000 steps), all
+     members rolled out together in worker processes (pipeline.rollouts); an antithetic
+     pair shares its start state;
+  4. Adam (beta1 0.99) on mu with the OpenAI-ES gradient of raw (or centred-rank) fitness.
+The search mean itself is trained and rolled out alongside every generation (not used in
+the gradient) because it, not the best member, is the result.
+
+Everything is checkpointed each generation in `es_state.npz`; re-running resumes. The
+random draws of generation g depend only on (seed, g), so a resumed run is identical to
+an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.bc import BCParams, init_params, train_bc
+from pipeline.dataset import BCRecipe, Dataset, save_dataset
+from pipeline.envs import make_env
+from pipeline.errors import UserError
+from pipeline.es import SHAPINGS, Adam, antithetic_noise, es_gradient, shape_fitness
+from pipeline.rollouts import PopulationEvaluator
+
+STATE_FILE = "es_state.npz"
+FIXED_INIT_OFFSET = 420  # HaDES-F's init seed is 420 + run seed, as in the official code
+HISTORY_COLUMNS = ("generation", "mean_fitness", "best_fitness", "worst_fitness", "mean_dataset_return",
+                   "env_steps", "seconds", "bc_seconds", "rollout_seconds")
+STD_FLOOR = 1e-2  # constant observation dims must not blow up the normalised states
+
+
+@dataclass
+class DistillConfig:
+    env_id: str
+    size: int = 64
+    mode: str = "f"                  # "f": fixed policy init, "r": random init per member
+    population: int = 64
+    generations: int = 200
+    init: str = "zeros"              # "zeros" (paper) or "expert" (RLx2 rollouts)
+    expert: str | None = None
+    sigma: float = 0.03
+    lr: float = 0.05
+    shaping: str = "raw"
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    bc_steps: int = 200
+    bc_lr: float = 5e-3
+    seed: int = 0
+    workers: int = 2
+    max_episode_steps: int = 1000
+    stats_steps: int = 10_000        # env steps of rollouts for the fixed observation statistics
+    final_seeds: int = 5             # fresh-init retrainings evaluated on the final dataset
+    final_episodes: int = 3
+
+    # fields that may change between a run and its resumption
+    RESUMABLE = ("generations", "workers", "final_seeds", "final_episodes")
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if self.mode not in ("r", "f"):
+            raise UserError(f"--mode must be r or f, got {self.mode!r}")
+        if self.init not in ("zeros", "expert"):
+            raise UserError(f"--init must be zeros or expert, got {self.init!r}")
+        if self.init == "expert" and not self.expert:
+            raise UserError("--init expert needs --expert CHECKPOINT")
+        if self.population < 2 or self.population % 2:
+            raise UserError(f"--population must be even and >= 2 (antithetic pairs), got {self.population}")
+        if self.shaping not in SHAPINGS:
+            raise UserError(f"--shaping must be one of {', '.join(SHAPINGS)}, got {self.shaping!r}")
+        if min(self.size, self.generations, self.bc_steps, self.workers, self.final_seeds) <= 0:
+            raise UserError("size, generations, BC steps, workers and final seeds must be positive")
+        if not (self.sigma > 0 and self.lr > 0 and self.bc_lr > 0):
+            raise UserError("sigma and learning rates must be positive")
+
+    @property
+    def recipe(self) -> BCRecipe:
+        return BCRecipe(hidden=self.hidden, activation=self.activation, steps=self.bc_steps, lr=self.bc_lr)
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE}
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting point: fixed observation statistics and the initial search mean
+
+def _random_rollout_states(env_id: str, steps: int, seed: int) -> np.ndarray:
+    env = make_env(env_id, seed=seed)
+    states, episode = [], 0
+    obs, _ = env.reset(seed=seed)
+    while len(states) < steps:
+        states.append(obs)
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            episode += 1
+            obs, _ = env.reset(seed=seed + episode)
+    env.close()
+    return np.asarray(states, dtype=np.float64)
+
+
+def _expert_rollouts(actor, env_id: str, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """States visited by the expert's deterministic policy and its actions in policy units."""
+    env = make_env(env_id, seed=seed)
+    states, actions, returns, episode, total = [], [], [], 0, 0.0
+    obs, _ = env.reset(seed=seed)
+    with torch.no_grad():
+        while len(states) < steps:
+            squashed = actor.squashed(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+            states.append(obs)
+            actions.append(squashed)
+            obs, reward, terminated, truncated, _ = env.step(actor.to_env_units(torch.as_tensor(squashed)).numpy())
+            total += float(reward)
+            if terminated or truncated:
+                returns.append(total)
+                episode, total = episode + 1, 0.0
+                obs, _ = env.reset(seed=seed + episode)
+    env.close()
+    return np.asarray(states), np.asarray(actions), returns
+
+
+def _load_expert(cfg: DistillConfig, out: Path):
+    """Copy the expert checkpoint into the run folder (training may still rewrite the original)."""
+    from pipeline.checkpoint import load_checkpoint
+
+    copy = out / "expert.pt"
+    if not copy.exists():
+        source = Path(cfg.expert)
+        if not source.is_file():
+            raise UserError(f"expert checkpoint {source} does not exist")
+        tmp = copy.with_name(copy.name + ".tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, copy)
+    ckpt = load_checkpoint(copy)
+    if ckpt.env_id != cfg.env_id:
+        raise UserError(f"expert {cfg.expert} was trained on {ckpt.env_id}, not {cfg.env_id}")
+    return ckpt
+
+
+def initial_state(cfg: DistillConfig, out: Path, obs_dim: int, act_dim: int) -> dict:
+    """obs_mean, obs_std and the initial mean vector; plus what the expert was, if used."""
+    rng = np.random.default_rng([cfg.seed, 7])
+    info: dict = {}
+    if cfg.init == "zeros":
+        visited = _random_rollout_states(cfg.env_id, cfg.stats_steps, seed=cfg.seed * 1000 + 10_000_000)
+        mean, std = visited.mean(0), np.maximum(visited.std(0), STD_FLOOR)
+        states = np.zeros((cfg.size, obs_dim))  # every state = the mean observation
+        actions = np.zeros((cfg.size, act_dim))
+    else:
+        ckpt = _load_expert(cfg, out)
+        actor = ckpt.build_actor()
+        if not hasattr(actor, "squashed"):
+            raise UserError(f"expert {cfg.expert} has no squashed-action actor")
+        visited, labels, returns = _expert_rollouts(actor, cfg.env_id, cfg.stats_steps,
+                                                    seed=cfg.seed * 1000 + 10_000_000)
+        if visited.shape[1] != obs_dim or labels.shape[1] != act_dim:
+            raise UserError(f"expert {cfg.expert} has dims {visited.shape[1]}/{labels.shape[1]}, "
+                            f"{cfg.env_id} has {obs_dim}/{act_dim}")
+        mean, std = visited.mean(0), np.maximum(visited.std(0), STD_FLOOR)
+        pick = rng.choice(len(visited), size=cfg.size, replace=len(visited) < cfg.size)
+        states, actions = (visited[pick] - mean) / std, labels[pick]
+        info = {"expert_steps_done": ckpt.steps_done, "expert_rollout_returns": [round(r, 2) for r in returns],
+                "expert_config": {k: ckpt.config.get(k) for k in ("algo", "method", "actor_sparsity", "hidden")}}
+    mu = np.concatenate([states.ravel(), actions.ravel()])
+    return {"obs_mean": mean, "obs_std": std, "mu": mu, "info": info}
+
+
+# ---------------------------------------------------------------------------------------------
+# One generation
+
+def split_candidates(x: np.ndarray, size: int, obs_dim: int, act_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """[P, D*obs + D*act] -> states [P, D, obs], actions [P, D, act]."""
+    cut = size * obs_dim
+    return x[:, :cut].reshape(-1, size, obs_dim), x[:, cut:].reshape(-1, size, act_dim)
+
+
+def policy_inits(cfg: DistillConfig, count: int, obs_dim: int, act_dim: int, generation: int) -> BCParams:
+    if cfg.mode == "f":
+        fixed = init_params(1, obs_dim, act_dim, cfg.hidden, FIXED_INIT_OFFSET + cfg.seed)
+        return BCParams([w.expand(count, -1, -1) for w in fixed.weights],
+                        [b.expand(count, -1) for b in fixed.biases], fixed.log_std.expand(count, -1))
+    return init_params(count, obs_dim, act_dim, cfg.hidden, seed=int(1e6) * (cfg.seed + 1) + generation)
+
+
+def run_generation(cfg: DistillConfig, mu: np.ndarray, generation: int, evaluator: PopulationEvaluator,
+                   obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: int, act_dim: int) -> dict:
+    rng = np.random.default_rng([cfg.seed, generation])
+    noise = antithetic_noise(rng, cfg.population, mu.size)
+    candidates = np.concatenate([mu[None] + cfg.sigma * noise, mu[None]])  # last row: the mean itself
+    states, actions = split_candidates(candidates, cfg.size, obs_dim, act_dim)
+
+    start = time.perf_counter()
+    params, _ = train_bc(torch.as_tensor(states, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.float32),
+                         policy_inits(cfg, len(candidates), obs_dim, act_dim, generation),
+                         cfg.bc_steps, cfg.bc_lr, cfg.activation)
+    bc_seconds = time.perf_counter() - start
+
+    half = cfg.population // 2
+    pair_seeds = rng.integers(0, 2**31 - 1, size=half + 1)  # a mirrored pair starts from the same state
+    env_seeds = np.concatenate([pair_seeds[:half], pair_seeds[:half], pair_seeds[half:]])
+    result = evaluator.evaluate(params.numpy(), cfg.activation, obs_mean.astype(np.float32),
+                                obs_std.astype(np.float32), env_seeds)
+    fitness, mean_return = result.returns[:-1], float(result.returns[-1])
+    gradient = es_gradient(noise, shape_fitness(fitness, cfg.shaping), cfg.sigma)
+    return {"gradient": gradient, "fitness": fitness, "mean_dataset_return": mean_return,
+            "env_steps": int(result.lengths.sum()), "bc_seconds": bc_seconds,
+            "rollout_seconds": time.perf_counter() - start - bc_seconds}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint
+
+def _save_state(path: Path, cfg: DistillConfig, mu, adam: Adam, obs_mean, obs_std, history, info) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, mu=mu, adam_m=adam.m, adam_v=adam.v, adam_t=np.int64(adam.t), obs_mean=obs_mean,
+             obs_std=obs_std, history=np.asarray(history, dtype=np.float64).reshape(-1, len(HISTORY_COLUMNS)),
+             identity=np.array(json.dumps(cfg.identity(), sort_keys=True)), info=np.array(json.dumps(info)))
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, cfg: DistillConfig) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"cannot read {path} to resume ({exc}); delete it to start over") from None
+    saved = json.loads(str(state["identity"]))
+    if saved != json.loads(json.dumps(cfg.identity(), sort_keys=True)):
+        changed = sorted(k for k in saved if saved.get(k) != json.loads(json.dumps(cfg.identity())).get(k))
+        raise UserError(f"{path.parent} holds a distillation run with other settings ({', '.join(changed)}); "
+                        "use another --out or the same settings to resume")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Final dataset evaluation, reports
+
+def retrain_and_evaluate(dataset: Dataset, evaluator: PopulationEvaluator, seeds: list[int], episodes: int,
+                         recipe: BCRecipe | None = None, fixed_init: BCParams | None = None,
+                         eval_seed: int = 1000) -> np.ndarray:
+    """Train one policy per init seed (batched) on the dataset; mean return of each over `episodes`."""
+    recipe = recipe or dataset.recipe
+    inits = fixed_init if fixed_init is not None else BCParams.stack(
+        [init_params(1, dataset.obs_dim, dataset.act_dim, recipe.hidden, s) for s in seeds])
+    params, _ = train_bc(torch.as_tensor(dataset.states), torch.as_tensor(dataset.actions), inits,
+                         recipe.steps, recipe.lr, recipe.activation, recipe.adam_eps, recipe.grad_clip)
+    count = params.population
+    arrays = {k: np.repeat(v, episodes, axis=0) for k, v in params.numpy().items()}
+    env_seeds = np.tile(eval_seed + np.arange(episodes), count)
+    result = evaluator.evaluate(arrays, recipe.activation, dataset.obs_mean, dataset.obs_std, env_seeds)
+    return result.returns.reshape(count, episodes).mean(1)
+
+
+def random_policy_return(env_id: str, episodes: int, seed: int = 1000) -> float:
+    env = make_env(env_id, seed=seed)
+    returns = []
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+def write_fitness_csv(out: Path, history: np.ndarray) -> None:
+    tmp = out / "fitness.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(HISTORY_COLUMNS)
+        for row in history:
+            writer.writerow([int(row[0]), *(f"{v:.3f}" for v in row[1:5]), int(row[5]), *(f"{v:.3f}" for v in row[6:])])
+    os.replace(tmp, out / "fitness.csv")
+
+
+def plot_fitness(out: Path, history: np.ndarray, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    gen = history[:, 0]
+    ax.fill_between(gen, history[:, 3], history[:, 2], alpha=0.2, label="population min-max")
+    ax.plot(gen, history[:, 1], label="population mean")
+    ax.plot(gen, history[:, 4], label="search-mean dataset", lw=1)
+    ax.set_xlabel("generation")
+    ax.set_ylabel("return (1 episode)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "fitness.png.tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(out / "fitness.png.tmp.png", out / "fitness.png")
+
+
+def _render_worker(env_id: str, observations: np.ndarray, path: str, queue) -> None:
+    try:
+        import mujoco
+        import gymnasium as gym
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        env = gym.make(env_id).unwrapped
+        model, data = env.model, env.data
+        excluded = model.nq + model.nv - observations.shape[1]
+        if not 0 <= excluded <= 2 or excluded > model.nq:
+            raise ValueError(f"cannot map {env_id} observations onto qpos/qvel")
+        renderer = mujoco.Renderer(model, 240, 240)
+        camera = mujoco.MjvCamera()
+        images = []
+        for obs in observations:
+            data.qpos[:] = np.concatenate([np.zeros(excluded), obs[:model.nq - excluded]])
+            data.qvel[:] = obs[model.nq - excluded:model.nq - excluded + model.nv]
+            mujoco.mj_forward(model, data)
+            mujoco.mjv_defaultFreeCamera(model, camera)
+            camera.lookat[:] = data.subtree_com[1]  # the robot's centre of mass
+            camera.distance, camera.elevation, camera.azimuth = 3.0, -10.0, 90.0
+            renderer.update_scene(data, camera)
+            images.append(renderer.render())
+        columns = min(8, len(images))
+        rows = -(-len(images) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.6 * rows), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for k, (ax, image) in enumerate(zip(axes.ravel(), images)):
+            ax.imshow(image)
+            ax.set_title(str(k), fontsize=7)
+        fig.suptitle(f"{env_id}: the {len(images)} synthetic states", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path + ".tmp.png", dpi=100)
+        plt.close(fig)
+        os.replace(path + ".tmp.png", path)
+        queue.put(None)
+    except Exception as exc:  # rendering is a picture for people; a missing GL must not lose the run
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def render_states(dataset: Dataset, path: Path, limit: int = 64) -> str | None:
+    """Render the dataset's states with MuJoCo offscreen (MUJOCO_GL, default egl); returns an error or None."""
+    import multiprocessing as mp
+
+    os.environ.setdefault("MUJOCO_GL", "egl")  # read by mujoco at import, in the fresh process
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    observations = dataset.states[:limit] * dataset.obs_std + dataset.obs_mean
+    process = context.Process(target=_render_worker, args=(dataset.env_id, observations, str(path), queue))
+    process.start()
+    process.join(timeout=300)
+    if process.is_alive():
+        process.terminate()
+        return "rendering timed out"
+    return queue.get() if not queue.empty() else f"renderer exited with status {process.exitcode}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) HaDES and write the dataset and its reports into `out_dir`; returns a summary."""
+    from tqdm import tqdm
+
+    cfg, out = config, Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = make_env(cfg.env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    action_low, action_high = env.action_space.low.copy(), env.action_space.high.copy()
+    env.close()
+    torch.set_num_threads(1)
+
+    state_path = out / STATE_FILE
+    adam = Adam(cfg.size * (obs_dim + act_dim), cfg.lr)
+    if state_path.exists():
+        state = _load_state(state_path, cfg)
+        mu, obs_mean, obs_std = state["mu"], state["obs_mean"], state["obs_std"]
+        adam.m, adam.v, adam.t = state["adam_m"], state["adam_v"], int(state["adam_t"])
+        history = [list(row) for row in state["history"]]
+        info = json.loads(str(state["info"]))
+    else:
+        start = initial_state(cfg, out, obs_dim, act_dim)
+        mu, obs_mean, obs_std, info, history = start["mu"], start["obs_mean"], start["obs_std"], start["info"], []
+        _save_state(state_path, cfg, mu, adam, obs_mean, obs_std, history, info)
+
+    done = len(history)
+    with PopulationEvaluator(cfg.env_id, workers=cfg.workers, max_steps=cfg.max_episode_steps) as evaluator:
+        bar = tqdm(total=cfg.generations, initial=min(done, cfg.generations), disable=not progress,
+                   desc=f"HaDES-{cfg.mode.upper()} {cfg.env_id} D={cfg.size}", unit="gen", dynamic_ncols=True)
+        env_steps = int(history[-1][5]) if history else 0
+        for generation in range(done, cfg.generations):
+            start = time.perf_counter()
+            result = run_generation(cfg, mu, generation, evaluator, obs_mean, obs_std, obs_dim, act_dim)
+            mu = adam.step(mu, result["gradient"])
+            env_steps += result["env_steps"]
+            fitness = result["fitness"]
+            history.append([generation, fitness.mean(), fitness.max(), fitness.min(), result["mean_dataset_return"],
+                            env_steps, time.perf_counter() - start, result["bc_seconds"], result["rollout_seconds"]])
+            _save_state(state_path, cfg, mu, adam, obs_mean, obs_std, history, info)
+            write_fitness_csv(out, np.asarray(history))
+            bar.set_postfix(best=f"{fitness.max():.0f}", mean=f"{fitness.mean():.0f}",
+                            data=f"{result['mean_dataset_return']:.0f}",
+                            steps_gen=result["env_steps"], s_gen=f"{history[-1][6]:.1f}")
+            bar.update(1)
+        bar.close()
+
+        history_array = np.asarray(history, dtype=np.float64).reshape(-1, len(HISTORY_COLUMNS))
+        states, actions = split_candidates(mu[None], cfg.size, obs_dim, act_dim)
+        seconds = float(history_array[:, 6].sum())
+        meta = {"mode": cfg.mode, "init": cfg.init, "config": {k: v for k, v in asdict(cfg).items()},
+                "generations": len(history), "env_steps": env_steps, "distill_seconds": round(seconds, 1),
+                "fitness_history": {"mean": [round(v, 2) for v in history_array[:, 1]],
+                                    "best": [round(v, 2) for v in history_array[:, 2]],
+                                    "dataset": [round(v, 2) for v in history_array[:, 4]]},
+                "es": {"algorithm": "OpenAI-ES, antithetic", "sigma": cfg.sigma, "adam_lr": cfg.lr,
+                       "adam_betas": [0.99, 0.999], "shaping": cfg.shaping, "population": cfg.population},
+                "obs_stats_from": "random-policy rollouts" if cfg.init == "zeros" else "expert rollouts",
+                **info}
+        if cfg.mode == "f":
+            meta["fixed_init_seed"] = FIXED_INIT_OFFSET + cfg.seed
+        dataset = Dataset(cfg.env_id, states[0], actions[0], obs_mean, obs_std, action_low, action_high,
+                          recipe=cfg.recipe, meta=meta)
+
+        seeds = list(range(100, 100 + cfg.final_seeds))
+        fresh = retrain_and_evaluate(dataset, evaluator, seeds, cfg.final_episodes)
+        evaluation = {"fresh_init_seeds": seeds, "fresh_init_returns": [round(float(r), 2) for r in fresh],
+                      "fresh_init_mean": round(float(fresh.mean()), 2), "episodes": cfg.final_episodes}
+        if cfg.mode == "f":
+            fixed = retrain_and_evaluate(dataset, evaluator, [], cfg.final_episodes,
+                                         fixed_init=policy_inits(cfg, 1, obs_dim, act_dim, 0))
+            evaluation["fixed_init_return"] = round(float(fixed[0]), 2)
+    evaluation["random_policy_return"] = round(random_policy_return(cfg.env_id, 10), 2)
+    dataset.meta["evaluation"] = evaluation
+    save_dataset(dataset, out)
+    write_fitness_csv(out, history_array)
+    plot_fitness(out, history_array, f"HaDES-{cfg.mode.upper()} {cfg.env_id}, D={cfg.size}, N={cfg.population}")
+    render_error = render_states(dataset, out / "states.png")
+    if render_error:
+        print(f"tinypolicy: warning: could not render the states ({render_error}); "
+              "set MUJOCO_GL=egl or osmesa", file=sys.stderr)
+    summary = {"env_id": cfg.env_id, "mode": cfg.mode, "init": cfg.init, "size": cfg.size,
+               "population": cfg.population, "generations": len(history), "env_steps": env_steps,
+               "distill_seconds": round(seconds, 1),
+               "seconds_per_generation": round(seconds / max(len(history), 1), 2),
+               "final_population_mean_fitness": round(float(history_array[-1, 1]), 2) if len(history) else None,
+               **evaluation, "dataset": str(out / "dataset.npz"),
+               "states_image": None if render_error else str(out / "states.png")}
+    if "expert_steps_done" in info:
+        summary["expert_steps_done"] = info["expert_steps_done"]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def config_from_args(values: dict) -> DistillConfig:
+    names = {f.name for f in fields(DistillConfig)}
+    return DistillConfig(**{k: v for k, v in values.items() if k in names and v is not None})
