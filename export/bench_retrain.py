@@ -5,7 +5,8 @@
    (taskset); the median of the trainer's own clock and of the whole command's wall time.
 2. Returns: for each seed, the NumPy retrained ONNX actor run under ONNX Runtime and the
    torch inner loop's policy trained on the same dataset with the same seed, each
-   evaluated deterministically in MuJoCo (pipeline.envs.evaluate_policy).
+   evaluated deterministically in MuJoCo (pipeline.envs.evaluate_policy); in-process
+   training times of both side by side (one thread each).
 3. With `--mask ACTOR.onnx`: retraining at the exported actor's sparsity, per seed, and
    the mask actor's own return for reference.
 
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,25 +49,47 @@ def onnx_policy(path: Path):
 
 
 def time_cli(dataset: Path, runs: int, workdir: Path) -> dict:
-    """Median train time (the trainer's clock) and command wall time, one thread on one core."""
+    """Median train time (the trainer's wall and CPU clocks: the machine is shared, so CPU time
+    is the steadier figure) and command wall time, one thread on one core."""
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     env = {**os.environ, **ONE_THREAD}
-    train, wall = [], []
+    train, cpu, wall = [], [], []
     for run in range(runs):
         command = [*pin, sys.executable, "-m", "pipeline.retrain", str(dataset), "--out",
                    str(workdir / "timing.onnx"), "--hidden", "64,64", "--activation", "tanh", "--seed", str(run)]
         started = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
         wall.append(time.perf_counter() - started)
-        train.append(json.loads(result.stdout.strip().splitlines()[-1])["train_seconds"])
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        train.append(summary["train_seconds"])
+        cpu.append(summary["train_cpu_seconds"])
     return {"command": " ".join(command[len(pin):]), "pinned": bool(pin), "runs": runs,
             "train_seconds_median": statistics.median(train), "train_seconds": train,
+            "train_cpu_seconds_median": statistics.median(cpu), "train_cpu_seconds": cpu,
             "wall_seconds_median": statistics.median(wall), "wall_seconds": wall}
 
 
-def torch_inner_loop_policy(dataset: Dataset, seed: int):
-    """The HaDES inner loop (torch) trained on `dataset` from its own init with `seed`."""
-    raise NotImplementedError("waiting for the HaDES trainer (models/bc.py)")
+def torch_inner_loop(dataset: Dataset, seed: int):
+    """The HaDES inner loop (models/bc.py, torch, one thread) trained on `dataset` as a 64-64
+    tanh policy from its own init with `seed`: (obs -> env-unit action, training seconds)."""
+    import torch
+
+    from models.bc import init_params, policy_mean, train_bc
+
+    torch.set_num_threads(1)
+    recipe = replace(dataset.recipe, hidden=(64, 64), activation="tanh")
+    init = init_params(1, dataset.obs_dim, dataset.act_dim, recipe.hidden, seed)
+    started = time.perf_counter()
+    params, _ = train_bc(torch.as_tensor(dataset.states), torch.as_tensor(dataset.actions), init, recipe.steps,
+                         recipe.lr, recipe.activation, recipe.adam_eps, recipe.grad_clip)
+    seconds = time.perf_counter() - started
+
+    @torch.no_grad()
+    def policy(obs: np.ndarray) -> np.ndarray:
+        mu = policy_mean(params, torch.as_tensor(dataset.normalise(obs))[None, None], recipe.activation)
+        return dataset.to_env_units(mu[0, 0].numpy())
+
+    return policy, seconds
 
 
 def _stats(returns: list[float]) -> dict:
@@ -90,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         timing = time_cli(args.dataset, args.timing_runs, workdir)
-        print(f"64-64 tanh, D={dataset.size}: train {timing['train_seconds_median']:.3f} s, "
+        print(f"64-64 tanh, D={dataset.size}: train {timing['train_seconds_median']:.3f} s "
+              f"(CPU {timing['train_cpu_seconds_median']:.3f} s), "
               f"command {timing['wall_seconds_median']:.3f} s (median of {args.timing_runs})", flush=True)
         variants: dict[str, list[float]] = {"numpy-64-64-tanh": [], "torch-64-64-tanh": []}
         summaries: dict[str, list[dict]] = {"numpy-64-64-tanh": []}
+        torch_seconds: list[float] = []
         if args.mask:
             variants["numpy-mask"], summaries["numpy-mask"] = [], []
         for seed in seeds:
@@ -101,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             summaries["numpy-64-64-tanh"].append(retrain(args.dataset, out, hidden=(64, 64), activation="tanh",
                                                          seed=seed))
             variants["numpy-64-64-tanh"].append(evaluate(onnx_policy(out)))
-            variants["torch-64-64-tanh"].append(evaluate(torch_inner_loop_policy(dataset, seed)))
+            torch_policy, seconds = torch_inner_loop(dataset, seed)
+            torch_seconds.append(seconds)
+            variants["torch-64-64-tanh"].append(evaluate(torch_policy))
             if args.mask:
                 out = workdir / f"mask-{seed}.onnx"
                 summaries["numpy-mask"].append(retrain(args.dataset, out, mask_path=args.mask, seed=seed))
@@ -116,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "dataset_size": dataset.size, "recipe": asdict(dataset.recipe),
         "seeds": seeds, "episodes": args.episodes, "eval_seed": args.eval_seed, "timing": timing,
         "returns": {k: _stats(v) for k, v in variants.items()},
-        "train_seconds": {k: statistics.median(s["train_seconds"] for s in v) for k, v in summaries.items()},
+        "train_seconds": {**{k: statistics.median(s["train_seconds"] for s in v) for k, v in summaries.items()},
+                          "torch-64-64-tanh": statistics.median(torch_seconds)},
         "final_loss": {k: statistics.median(s["final_loss"] for s in v) for k, v in summaries.items()},
         "mask": {"path": str(args.mask), "sparsity": summaries["numpy-mask"][0]["sparsity"],
                  "hidden": summaries["numpy-mask"][0]["hidden"], "mask_actor_return": mask_return}
@@ -124,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, stats in results["returns"].items():
         print(f"{name:18} return {stats['mean']:8.1f} +- {stats['std']:6.1f} over seeds {seeds}")
+    times = results["train_seconds"]
+    print(f"in-process training, median over seeds: NumPy {times['numpy-64-64-tanh']:.3f} s, torch inner loop "
+          f"{times['torch-64-64-tanh']:.3f} s ({times['torch-64-64-tanh'] / times['numpy-64-64-tanh']:.1f}x)")
     if args.mask:
         print(f"mask actor itself: {mask_return:.1f}, sparsity {results['mask']['sparsity']:.3f}")
     if args.out:

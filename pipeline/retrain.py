@@ -267,9 +267,10 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
         recipe = replace(recipe, hidden=mask_hidden)
     sizes = [dataset.obs_dim, *recipe.hidden, dataset.act_dim]
 
-    train_started = time.perf_counter()
-    params, losses = train_bc(dataset.states, dataset.actions, recipe, init_params(sizes, seed, masks), masks)
-    train_seconds = time.perf_counter() - train_started
+    init = init_params(sizes, seed, masks)
+    train_started, cpu_started = time.perf_counter(), time.process_time()
+    params, losses = train_bc(dataset.states, dataset.actions, recipe, init, masks)
+    train_seconds, train_cpu_seconds = time.perf_counter() - train_started, time.process_time() - cpu_started
     final_loss = loss_and_grad(params, recipe.activation, dataset.states, dataset.actions)
     if not math.isfinite(final_loss):
         raise UserError(f"training diverged (loss {final_loss}); try a smaller --lr than {recipe.lr}")
@@ -298,6 +299,7 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
         "dataset_size": dataset.size, "hidden": list(recipe.hidden), "activation": recipe.activation,
         "steps": recipe.steps, "lr": recipe.lr, "seed": seed, "sparsity": sparsity, "nnz": nnz,
         "initial_loss": float(losses[0]), "final_loss": final_loss, "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
         "total_seconds": time.perf_counter() - started, "onnx_max_abs_diff": max_diff,
     }
 

@@ -97,14 +97,41 @@ def test_gradient_matches_finite_differences(activation):
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("activation,masked", [("tanh", False), ("relu", True)])
-def test_loss_curve_matches_torch_adam_and_clipping(activation, masked):
-    """Against torch.optim.Adam, clip_grad_norm_ and Normal.log_prob: the recipe as PyTorch runs it."""
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_loss_curve_matches_the_torch_inner_loop(activation):
+    """The HaDES trainer (models/bc.py) and the NumPy one, from the same init on the same data."""
+    from models.bc import BCParams
+    from models.bc import policy_mean as torch_policy_mean
+    from models.bc import train_bc as torch_train_bc
+
+    data = _dataset(np.random.default_rng(0))
+    recipe = BCRecipe(hidden=(64, 64), activation=activation)
+    init = init_params([11, 64, 64, 3], seed=1)
+    trained, losses = train_bc(data.states, data.actions, recipe, init)
+
+    as_population = lambda arrays: [torch.tensor(a)[None] for a in arrays]  # noqa: E731
+    torch_init = BCParams(as_population(init.weights), as_population(init.biases), torch.tensor(init.log_std)[None])
+    torch_trained, torch_losses = torch_train_bc(torch.tensor(data.states), torch.tensor(data.actions), torch_init,
+                                                 recipe.steps, recipe.lr, activation, recipe.adam_eps,
+                                                 recipe.grad_clip)
+    # The NLL crosses zero while training, so relative to the curve's scale, not pointwise.
+    np.testing.assert_allclose(losses, torch_losses[0].numpy(), rtol=1e-4, atol=1e-4 * np.abs(losses).max())
+    assert losses[-1] < 0.5 * losses[0]
+    # Float rounding differs (a ReLU unit near its kink, Adam on tiny second moments), so
+    # the trained policies are compared by their outputs rather than weight by weight.
+    torch_mu = torch_policy_mean(torch_trained, torch.tensor(data.states)[None], activation)[0].numpy()
+    np.testing.assert_allclose(policy_mean(trained, activation, data.states), torch_mu, atol=1e-3)
+    np.testing.assert_allclose(trained.log_std, torch_trained.log_std[0].numpy(), atol=1e-4)
+
+
+def test_masked_training_matches_torch_adam_on_masked_gradients():
+    """With a fixed mask: torch.optim.Adam and clip_grad_norm_ on gradients zeroed outside
+    the mask (as models.sparse trains) give the same curve, and the zeros stay exact."""
     rng = np.random.default_rng(0)
     data = _dataset(rng)
-    recipe = BCRecipe(hidden=(32, 32), activation=activation, steps=100)
+    recipe = BCRecipe(hidden=(32, 32), activation="relu", steps=100)
     sizes = [11, 32, 32, 3]
-    masks = [rng.random((o, i)) < 0.3 for i, o in zip(sizes[:-1], sizes[1:])] if masked else None
+    masks = [rng.random((o, i)) < 0.3 for i, o in zip(sizes[:-1], sizes[1:])]
     init = init_params(sizes, seed=1, masks=masks)
     trained, losses = train_bc(data.states, data.actions, recipe, init, masks)
 
@@ -114,27 +141,24 @@ def test_loss_curve_matches_torch_adam_and_clipping(activation, masked):
     params = weights + biases + [log_std]
     optimiser = torch.optim.Adam(params, lr=recipe.lr, eps=recipe.adam_eps)
     states, actions = torch.tensor(data.states), torch.tensor(data.actions)
-    act = torch.tanh if activation == "tanh" else torch.relu
     torch_losses = []
     for _ in range(recipe.steps):
         h = states
         for w, b in zip(weights[:-1], biases[:-1]):
-            h = act(h @ w.T + b)
+            h = torch.relu(h @ w.T + b)
         mu = h @ weights[-1].T + biases[-1]
         loss = -torch.distributions.Normal(mu, log_std.exp()).log_prob(actions).sum(-1).mean()
         optimiser.zero_grad()
         loss.backward()
-        for w, m in zip(weights, masks or []):
+        for w, m in zip(weights, masks):
             w.grad *= torch.tensor(m)
         torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
         optimiser.step()
         torch_losses.append(loss.item())
-    np.testing.assert_allclose(losses, torch_losses, rtol=1e-4)
-    assert losses[-1] < 0.5 * losses[0]
-    for ours, theirs in zip(trained.weights, weights):
+    np.testing.assert_allclose(losses, torch_losses, rtol=1e-4, atol=1e-4 * np.abs(losses).max())
+    for ours, theirs, mask in zip(trained.weights, weights, masks):
         np.testing.assert_allclose(ours, theirs.detach().numpy(), atol=1e-4)
-    if masked:
-        assert all(np.all(w[~m] == 0) for w, m in zip(trained.weights, masks))
+        assert np.all(ours[~mask] == 0) and np.all(ours[mask] != 0)
 
 
 def test_onnx_policy_equals_numpy_forward_pass(tmp_path, dataset_dir):
