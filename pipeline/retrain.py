@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import __version__
 from pipeline.dataset import ACTIVATIONS, BCRecipe, Dataset, load_dataset
 from pipeline.errors import UserError
 
@@ -222,12 +223,7 @@ def read_mask(path: str | Path, dataset: Dataset) -> list[np.ndarray]:
     return [w != 0 for w in weights]
 
 
-def _sparsity(weights: list[np.ndarray]) -> tuple[float, int]:
-    nnz = int(sum(np.count_nonzero(w) for w in weights))
-    return 1.0 - nnz / sum(w.size for w in weights), nnz
-
-
-def _onnx_check(path: Path, params: MLPParams, recipe: BCRecipe, dataset: Dataset) -> float | None:
+def _onnx_check(model, params: MLPParams, recipe: BCRecipe, dataset: Dataset) -> float | None:
     """Max |ONNX Runtime - NumPy| over the dataset's states, in env units (None without ORT)."""
     try:
         import onnxruntime as ort
@@ -235,7 +231,7 @@ def _onnx_check(path: Path, params: MLPParams, recipe: BCRecipe, dataset: Datase
         return None
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     obs = dataset.states * dataset.obs_std + dataset.obs_mean
     (onnx_actions,) = session.run(None, {"obs": obs.astype(np.float32)})
     numpy_actions = dataset.to_env_units(policy_mean(params, recipe.activation, dataset.normalise(obs)))
@@ -275,29 +271,36 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
     if not math.isfinite(final_loss):
         raise UserError(f"training diverged (loss {final_loss}); try a smaller --lr than {recipe.lr}")
 
-    sparsity, nnz = _sparsity(params.weights)
+    layer_nnz = [int(np.count_nonzero(w)) for w in params.weights]
+    nnz = sum(layer_nnz)
+    sparsity = 1.0 - nnz / sum(w.size for w in params.weights)
+    # The export bundle's metadata keys where they mean the same; the dataset's hash stands
+    # where an exported actor has its checkpoint's.
     metadata = {
         "env_id": dataset.env_id, "stage": "retrain", "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
         "action_low": json.dumps(dataset.action_low.tolist()), "action_high": json.dumps(dataset.action_high.tolist()),
+        "obs_mean": json.dumps(dataset.obs_mean.tolist()), "obs_std": json.dumps(dataset.obs_std.tolist()),
         "hidden": ",".join(map(str, recipe.hidden)), "hidden_activation": recipe.activation, "output": "clip",
-        "sparsity": f"{sparsity:.6f}", "nnz": nnz, "dataset_sha256": dataset.sha256, "dataset_size": dataset.size,
+        "sparsity": f"{sparsity:.6f}", "nnz": nnz, "layer_nnz": json.dumps(layer_nnz),
+        "layer_sparsity": json.dumps([round(1.0 - n / w.size, 6) for n, w in zip(layer_nnz, params.weights)]),
+        "dataset_sha256": dataset.sha256, "dataset_size": dataset.size,
         "bc_recipe": json.dumps({"steps": recipe.steps, "lr": recipe.lr, "adam_eps": recipe.adam_eps,
                                  "grad_clip": recipe.grad_clip}),
-        "seed": seed, "final_loss": f"{final_loss:.6g}",
+        "seed": seed, "final_loss": f"{final_loss:.6g}", "tinypolicy_version": __version__,
     }
     if mask_path is not None:
         metadata["mask_sha256"] = hashlib.sha256(Path(mask_path).read_bytes()).hexdigest()
     model = policy_onnx(params.weights, params.biases, recipe.activation, "clip", dataset.obs_mean,
                         dataset.obs_std, dataset.action_low, dataset.action_high, metadata)
-    out_path = save_onnx(model, out_path)
-
-    max_diff = _onnx_check(out_path, params, recipe, dataset)
+    max_diff = _onnx_check(model, params, recipe, dataset)
     if max_diff is not None and max_diff > 1e-4 * float(np.max(dataset.action_high - dataset.action_low)):
-        raise UserError(f"{out_path}: ONNX Runtime's actions differ from the NumPy policy by {max_diff:.3g}")
+        raise UserError(f"ONNX Runtime's actions differ from the NumPy policy by {max_diff:.3g}; {out_path} not written")
+    out_path = save_onnx(model, out_path)
     return {
         "out": str(out_path), "env_id": dataset.env_id, "dataset_sha256": dataset.sha256,
         "dataset_size": dataset.size, "hidden": list(recipe.hidden), "activation": recipe.activation,
-        "steps": recipe.steps, "lr": recipe.lr, "seed": seed, "sparsity": sparsity, "nnz": nnz,
+        "steps": recipe.steps, "lr": recipe.lr, "seed": seed, "mask": None if mask_path is None else str(mask_path),
+        "sparsity": sparsity, "nnz": nnz,
         "initial_loss": float(losses[0]), "final_loss": final_loss, "train_seconds": train_seconds,
         "train_cpu_seconds": train_cpu_seconds,
         "total_seconds": time.perf_counter() - started, "onnx_max_abs_diff": max_diff,
