@@ -6,11 +6,11 @@
 2. Returns: for each seed, the NumPy retrained ONNX actor run under ONNX Runtime and the
    torch inner loop's policy trained on the same dataset with the same seed, each
    evaluated deterministically in MuJoCo (pipeline.envs.evaluate_policy); in-process
-   training times of both side by side (one thread each).
-3. With `--mask ACTOR.onnx`: retraining at the exported actor's sparsity, per seed, and
-   the mask actor's own return for reference.
+   training times (wall and CPU) of both side by side, one thread each.
+3. With `--mask ACTOR.onnx`: retraining with the exported actor's topology, hidden tanh
+   (the recipe's) and relu (the mask actor's), per seed, and the mask actor's own return.
 
-    python -m export.bench_retrain --dataset DIR [--mask ACTOR.onnx] --seeds 0,1,2,3,4 \
+    python -m export.bench_retrain --dataset DIR [--mask ACTOR.onnx] --seeds 0,1,2,3,4,5,6,7,8,9 \
         --episodes 10 --out docs/results/bench_retrain_hopper.json
 """
 from __future__ import annotations
@@ -69,38 +69,53 @@ def time_cli(dataset: Path, runs: int, workdir: Path) -> dict:
             "wall_seconds_median": statistics.median(wall), "wall_seconds": wall}
 
 
-def torch_inner_loop(dataset: Dataset, seed: int):
-    """The HaDES inner loop (models/bc.py, torch, one thread) trained on `dataset` as a 64-64
-    tanh policy from its own init with `seed`: (obs -> env-unit action, training seconds)."""
+def numpy_retrain(dataset_path: Path, workdir: Path, **options):
+    """pipeline.retrain to an ONNX file, run under ONNX Runtime: seed -> (policy, summary)."""
+    def train(seed: int):
+        out = workdir / f"policy-{seed}.onnx"
+        summary = retrain(dataset_path, out, seed=seed, **options)
+        return onnx_policy(out), summary
+    return train
+
+
+def torch_inner_loop(dataset: Dataset):
+    """The HaDES inner loop (models/bc.py, torch, one thread) as a 64-64 tanh policy from its
+    own init: seed -> (obs -> env-unit action, summary)."""
     import torch
 
-    from models.bc import init_params, policy_mean, train_bc
+    from models.bc import gaussian_nll, init_params, policy_mean, train_bc
 
     torch.set_num_threads(1)
     recipe = replace(dataset.recipe, hidden=(64, 64), activation="tanh")
-    init = init_params(1, dataset.obs_dim, dataset.act_dim, recipe.hidden, seed)
-    started = time.perf_counter()
-    params, _ = train_bc(torch.as_tensor(dataset.states), torch.as_tensor(dataset.actions), init, recipe.steps,
-                         recipe.lr, recipe.activation, recipe.adam_eps, recipe.grad_clip)
-    seconds = time.perf_counter() - started
+    states, actions = torch.as_tensor(dataset.states), torch.as_tensor(dataset.actions)
 
-    @torch.no_grad()
-    def policy(obs: np.ndarray) -> np.ndarray:
-        mu = policy_mean(params, torch.as_tensor(dataset.normalise(obs))[None, None], recipe.activation)
-        return dataset.to_env_units(mu[0, 0].numpy())
+    def train(seed: int):
+        init = init_params(1, dataset.obs_dim, dataset.act_dim, recipe.hidden, seed)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        params, _ = train_bc(states, actions, init, recipe.steps, recipe.lr, recipe.activation, recipe.adam_eps,
+                             recipe.grad_clip)
+        summary = {"train_seconds": time.perf_counter() - started,
+                   "train_cpu_seconds": time.process_time() - cpu_started,
+                   "final_loss": float(gaussian_nll(params, states[None], actions[None], recipe.activation)[0])}
 
-    return policy, seconds
+        @torch.no_grad()
+        def policy(obs: np.ndarray) -> np.ndarray:
+            mu = policy_mean(params, torch.as_tensor(dataset.normalise(obs))[None, None], recipe.activation)
+            return dataset.to_env_units(mu[0, 0].numpy())
+
+        return policy, summary
+    return train
 
 
-def _stats(returns: list[float]) -> dict:
-    return {"mean": float(np.mean(returns)), "std": float(np.std(returns)), "per_seed": returns}
+def _median(summaries: list[dict], key: str) -> float:
+    return statistics.median(s[key] for s in summaries)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
-    parser.add_argument("--mask", type=Path, default=None, help="an exported actor.onnx (its sparsity is kept)")
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--mask", type=Path, default=None, help="an exported actor.onnx (its topology is kept)")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per policy")
     parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the first evaluation episode")
     parser.add_argument("--timing-runs", type=int, default=7)
@@ -108,55 +123,61 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     dataset = load_dataset(args.dataset)
-    evaluate = lambda policy: float(evaluate_policy(policy, dataset.env_id, args.episodes, args.eval_seed).mean())  # noqa: E731
+
+    def evaluate(policy) -> float:
+        return float(evaluate_policy(policy, dataset.env_id, args.episodes, args.eval_seed).mean())
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         timing = time_cli(args.dataset, args.timing_runs, workdir)
-        print(f"64-64 tanh, D={dataset.size}: train {timing['train_seconds_median']:.3f} s "
-              f"(CPU {timing['train_cpu_seconds_median']:.3f} s), "
-              f"command {timing['wall_seconds_median']:.3f} s (median of {args.timing_runs})", flush=True)
-        variants: dict[str, list[float]] = {"numpy-64-64-tanh": [], "torch-64-64-tanh": []}
-        summaries: dict[str, list[dict]] = {"numpy-64-64-tanh": []}
-        torch_seconds: list[float] = []
+        print(f"CLI, 64-64 tanh, D={dataset.size}, median of {args.timing_runs}: train "
+              f"{timing['train_seconds_median']:.3f} s wall, {timing['train_cpu_seconds_median']:.3f} s CPU; "
+              f"whole command {timing['wall_seconds_median']:.3f} s", flush=True)
+        variants = {"numpy 64-64 tanh": numpy_retrain(args.dataset, workdir, hidden=(64, 64), activation="tanh"),
+                    "torch 64-64 tanh": torch_inner_loop(dataset)}
         if args.mask:
-            variants["numpy-mask"], summaries["numpy-mask"] = [], []
+            for activation in ("tanh", "relu"):
+                variants[f"numpy mask {activation}"] = numpy_retrain(args.dataset, workdir, mask_path=args.mask,
+                                                                     activation=activation)
+        returns: dict[str, list[float]] = {name: [] for name in variants}
+        summaries: dict[str, list[dict]] = {name: [] for name in variants}
         for seed in seeds:
-            out = workdir / f"dense-{seed}.onnx"
-            summaries["numpy-64-64-tanh"].append(retrain(args.dataset, out, hidden=(64, 64), activation="tanh",
-                                                         seed=seed))
-            variants["numpy-64-64-tanh"].append(evaluate(onnx_policy(out)))
-            torch_policy, seconds = torch_inner_loop(dataset, seed)
-            torch_seconds.append(seconds)
-            variants["torch-64-64-tanh"].append(evaluate(torch_policy))
-            if args.mask:
-                out = workdir / f"mask-{seed}.onnx"
-                summaries["numpy-mask"].append(retrain(args.dataset, out, mask_path=args.mask, seed=seed))
-                variants["numpy-mask"].append(evaluate(onnx_policy(out)))
-            print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in variants.items()), flush=True)
+            for name, train in variants.items():
+                policy, summary = train(seed)
+                summaries[name].append(summary)
+                returns[name].append(evaluate(policy))
+            print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in returns.items()), flush=True)
         mask_return = evaluate(onnx_policy(args.mask)) if args.mask else None
 
+    n = len(seeds)
+    numpy_returns, torch_returns = np.array(returns["numpy 64-64 tanh"]), np.array(returns["torch 64-64 tanh"])
+    difference_se = float(np.sqrt(numpy_returns.var(ddof=1) / n + torch_returns.var(ddof=1) / n)) if n > 1 else None
     results = {
         "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
         "numpy": np.__version__, "date": time.strftime("%Y-%m-%d"), "dataset": str(args.dataset),
         "dataset_sha256": dataset.sha256, "dataset_meta": dataset.meta, "env_id": dataset.env_id,
         "dataset_size": dataset.size, "recipe": asdict(dataset.recipe),
         "seeds": seeds, "episodes": args.episodes, "eval_seed": args.eval_seed, "timing": timing,
-        "returns": {k: _stats(v) for k, v in variants.items()},
-        "train_seconds": {**{k: statistics.median(s["train_seconds"] for s in v) for k, v in summaries.items()},
-                          "torch-64-64-tanh": statistics.median(torch_seconds)},
-        "final_loss": {k: statistics.median(s["final_loss"] for s in v) for k, v in summaries.items()},
-        "mask": {"path": str(args.mask), "sparsity": summaries["numpy-mask"][0]["sparsity"],
-                 "hidden": summaries["numpy-mask"][0]["hidden"], "mask_actor_return": mask_return}
-        if args.mask else None,
+        "variants": {name: {"return_mean": float(np.mean(returns[name])), "return_std": float(np.std(returns[name])),
+                            "returns": returns[name],
+                            "train_seconds_median": _median(summaries[name], "train_seconds"),
+                            "train_cpu_seconds_median": _median(summaries[name], "train_cpu_seconds"),
+                            "final_loss_median": _median(summaries[name], "final_loss"),
+                            **({"sparsity": summaries[name][0]["sparsity"], "nnz": summaries[name][0]["nnz"],
+                                "hidden": summaries[name][0]["hidden"]} if "nnz" in summaries[name][0] else {})}
+                     for name in variants},
+        "numpy_minus_torch_return": {"mean": float(numpy_returns.mean() - torch_returns.mean()),
+                                     "standard_error": difference_se},
+        "mask": {"path": str(args.mask), "mask_actor_return": mask_return} if args.mask else None,
     }
-    for name, stats in results["returns"].items():
-        print(f"{name:18} return {stats['mean']:8.1f} +- {stats['std']:6.1f} over seeds {seeds}")
-    times = results["train_seconds"]
-    print(f"in-process training, median over seeds: NumPy {times['numpy-64-64-tanh']:.3f} s, torch inner loop "
-          f"{times['torch-64-64-tanh']:.3f} s ({times['torch-64-64-tanh'] / times['numpy-64-64-tanh']:.1f}x)")
+    print(f"{'variant':18} {'return':>16} {'train s (CPU)':>14} {'final loss':>10}")
+    for name, v in results["variants"].items():
+        print(f"{name:18} {v['return_mean']:8.1f} +- {v['return_std']:5.1f} {v['train_cpu_seconds_median']:14.3f} "
+              f"{v['final_loss_median']:10.3f}" + (f"  sparsity {v['sparsity']:.3f}" if "sparsity" in v else ""))
+    diff = results["numpy_minus_torch_return"]
+    print(f"numpy - torch return: {diff['mean']:.1f} (standard error {diff['standard_error'] or float('nan'):.1f})")
     if args.mask:
-        print(f"mask actor itself: {mask_return:.1f}, sparsity {results['mask']['sparsity']:.3f}")
+        print(f"mask actor itself: return {mask_return:.1f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
