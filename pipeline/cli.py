@@ -147,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ONNX actor (env units in and out). Needs no torch; a robot runs the same "
                                    "as `python -m pipeline.retrain`.")
     add_retrain_arguments(p)
+    p = sub.add_parser("sweep", help="run many training jobs (envs x methods x sparsities x seeds)",
+                       description="Run every job of a sweep config (TOML, see pipeline/sweep.py), locally or as "
+                                   "Ray tasks, then write sweep.csv, sweep.md and sweep.png with the ultimate "
+                                   "compression ratio per env. Re-running resumes unfinished jobs.")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: one job after another in this process; ray: one Ray task per job")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -244,8 +254,17 @@ def cmd_retrain(args) -> int:
     return run(args)
 
 
+def cmd_sweep(args) -> int:
+    from pipeline.sweep import load_sweep_config, run_sweep
+
+    config = load_sweep_config(args.config)
+    run_sweep(config, args.backend, args.ray_address, progress=not args.quiet)
+    print((config.out / "sweep.md").read_text(), end="")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress,
-            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": cmd_retrain}
+            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": cmd_retrain, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,234 @@
+"""`tinypolicy sweep CONFIG`: many training runs (envs x methods x sparsities x seeds) as
+one job list, run locally one after another or as Ray tasks across a cluster.
+
+Each job is an ordinary `train` run in its own folder, so it checkpoints and resumes on
+its own: a killed job (or a whole killed sweep) is picked up by re-running the command,
+and Ray retries a task whose worker died, which resumes from the job's last checkpoint.
+A finished job is never run again. When all jobs are done the results are collected into
+`sweep.csv`, `sweep.md` and `sweep.png`, with RLx2's ultimate compression ratio per env:
+the highest actor sparsity whose mean score stays within 3% of the dense baseline's.
+
+Config (TOML):
+
+    out = "runs/sweep-hopper"          # where job folders and results go
+    envs = ["Hopper-v5"]
+    methods = ["dense", "rlx2"]
+    sparsities = [[0.9, 0.85], [0.98, 0.95]]   # (actor, critic) pairs; dense runs once
+    seeds = [0, 1]
+    [train]                            # any other TrainConfig field, shared by all jobs
+    total_steps = 300000
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tomllib
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.train import METHODS, TrainConfig
+
+WITHIN_DENSE = 0.97  # "within 3% of dense", RLx2's definition of the ultimate compression ratio
+RESULT_FIELDS = ["env", "method", "actor_sparsity", "critic_sparsity", "seed", "steps", "score", "final_return",
+                 "actor_nnz", "actor_weights", "critic_nnz", "critic_weights", "infer_flops", "steps_per_s", "run"]
+
+
+@dataclass
+class SweepConfig:
+    out: Path
+    envs: list[str]
+    methods: list[str]
+    sparsities: list[tuple[float, float]]
+    seeds: list[int]
+    train: dict = field(default_factory=dict)
+
+    def jobs(self) -> list[tuple[str, TrainConfig]]:
+        """(folder name, config) of every run; the dense baseline once per env and seed."""
+        jobs = []
+        for env in self.envs:
+            for method in self.methods:
+                pairs = [self.sparsities[0]] if method == "dense" else self.sparsities
+                for actor_sparsity, critic_sparsity in pairs:
+                    for seed in self.seeds:
+                        cfg = TrainConfig(**{**self.train, "env_id": env, "method": method, "seed": seed,
+                                             "actor_sparsity": actor_sparsity, "critic_sparsity": critic_sparsity})
+                        name = (f"{env}-{cfg.algo}-dense-s{seed}" if method == "dense" else
+                                f"{env}-{cfg.algo}-{method}-a{actor_sparsity:g}-c{critic_sparsity:g}-s{seed}")
+                        jobs.append((name, cfg))
+        return jobs
+
+
+def load_sweep_config(path: Path) -> SweepConfig:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read sweep config {path}: {exc}") from None
+    missing = [k for k in ("out", "envs", "methods", "seeds") if k not in raw]
+    if missing:
+        raise UserError(f"sweep config {path} lacks {', '.join(missing)}")
+    unknown = [m for m in raw["methods"] if m not in METHODS]
+    if unknown:
+        raise UserError(f"sweep config {path}: unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    train = dict(raw.get("train", {}))
+    names = {f.name for f in fields(TrainConfig)} - {"env_id", "method", "seed", "actor_sparsity", "critic_sparsity"}
+    bad = sorted(set(train) - names)
+    if bad:
+        raise UserError(f"sweep config {path}: [train] has unknown keys {bad}")
+    if "hidden" in train:
+        train["hidden"] = tuple(train["hidden"])
+    pairs = [tuple(float(x) for x in pair) for pair in raw.get("sparsities", [[0.9, 0.85]])]
+    if any(len(p) != 2 or not all(0 <= x < 1 for x in p) for p in pairs):
+        raise UserError(f"sweep config {path}: sparsities must be [actor, critic] pairs in [0, 1)")
+    config = SweepConfig(Path(raw["out"]), list(raw["envs"]), list(raw["methods"]), pairs,
+                         [int(s) for s in raw["seeds"]], train)
+    for _, cfg in config.jobs():
+        cfg.validate()
+    return config
+
+
+def is_finished(folder: Path, cfg: TrainConfig) -> bool:
+    path = folder / "eval.json"
+    return path.exists() and json.loads(path.read_text()).get("steps") == cfg.total_steps
+
+
+def run_job(config: dict, folder: str) -> dict:
+    """One training run, resumed from its checkpoint when one exists; returns its summary."""
+    import torch
+
+    from export.train_report import summarise
+    from pipeline.train import train
+
+    cfg = TrainConfig(**{**config, "hidden": tuple(config["hidden"])})
+    torch.set_num_threads(cfg.threads)
+    (Path(folder) / "job.pid").write_text(str(os.getpid()))  # lets a user (or a test) find and stop one job
+    if not is_finished(Path(folder), cfg):
+        train(cfg, folder, progress=False)
+    result = summarise(Path(folder))
+    result.pop("curve")
+    return result | {"actor_sparsity": cfg.actor_sparsity if cfg.method != "dense" else 0.0,
+                     "critic_sparsity": cfg.critic_sparsity if cfg.method != "dense" else 0.0}
+
+
+def run_sweep(config: SweepConfig, backend: str = "local", ray_address: str | None = None,
+              progress: bool = True) -> list[dict]:
+    """Run every unfinished job, then collect and write the results; returns one row per job."""
+    from tqdm import tqdm
+
+    jobs = config.jobs()
+    config.out.mkdir(parents=True, exist_ok=True)
+    for name, _ in jobs:
+        (config.out / name).mkdir(exist_ok=True)
+    payload = [(asdict(cfg) | {"hidden": list(cfg.hidden)}, str(config.out / name)) for name, cfg in jobs]
+    bar = tqdm(total=len(jobs), disable=not progress, unit="job", desc=f"sweep {config.out.name}")
+    if backend == "local":
+        results = []
+        for job in payload:
+            results.append(run_job(*job))
+            bar.update(1)
+    elif backend == "ray":
+        results = _run_on_ray(payload, ray_address, bar)
+    else:
+        raise UserError(f"unknown backend {backend!r}; use local or ray")
+    bar.close()
+    write_results(config.out, results)
+    return results
+
+
+def _run_on_ray(payload: list[tuple[dict, str]], address: str | None, bar) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray backend needs Ray: pip install -e '.[ray]'") from None
+    options = {} if address else {"include_dashboard": False, "logging_level": "ERROR"}
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **options)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(run_job)
+        refs = [task.remote(*job) for job in payload]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[dict | None] = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results[index[done[0]]] = ray.get(done[0])
+            bar.update(1)
+        return results
+    finally:
+        ray.shutdown()
+
+
+def ultimate_compression(rows: list[dict]) -> dict[str, dict]:
+    """Per env: the highest actor sparsity whose mean score is >= 97% of dense's."""
+    by_env = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = "dense" if r["method"] == "dense" else (r["method"], r["actor_sparsity"], r["critic_sparsity"])
+        by_env[r["env"]][key].append(r["score"])
+    out = {}
+    for env, groups in by_env.items():
+        if "dense" not in groups:
+            continue
+        dense = sum(groups["dense"]) / len(groups["dense"])
+        passing = [(key[1], key[2], sum(s) / len(s)) for key, s in groups.items()
+                   if key != "dense" and key[0] == "rlx2" and sum(s) / len(s) >= dense - (1 - WITHIN_DENSE) * abs(dense)]
+        best = max(passing, default=None)
+        out[env] = {"dense_score": dense, "actor_sparsity": best[0] if best else None,
+                    "critic_sparsity": best[1] if best else None, "score": best[2] if best else None,
+                    "compression_ratio": 1 / (1 - best[0]) if best else None}
+    return out
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    """sweep.csv (one row per job), sweep.md (per-config means and the ultimate ratio), sweep.png."""
+    def atomic(path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+    with (out / "sweep.csv.tmp").open("w", newline="") as f:
+        writer = csv.DictWriter(f, RESULT_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "sweep.csv.tmp").replace(out / "sweep.csv")
+
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["env"], r["method"], r["actor_sparsity"], r["critic_sparsity"])].append(r)
+    ultimate = ultimate_compression(rows)
+    lines = ["| env | method | actor / critic sparsity | seeds | steps | mean score | % of dense |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for (env, method, a, c), group in sorted(groups.items()):
+        score = sum(r["score"] for r in group) / len(group)
+        dense = ultimate.get(env, {}).get("dense_score")
+        pct = f"{100 * score / dense:.1f}" if dense and dense > 0 else "n/a"
+        lines.append(f"| {env} | {method} | {a:g} / {c:g} | {len(group)} | {group[0]['steps']:,} | {score:.1f} | {pct} |")
+    lines += ["", "| env | ultimate compression (RLx2 actor within 3% of dense) |", "|---|---|"]
+    for env, u in ultimate.items():
+        text = (f"{u['compression_ratio']:.0f}x (actor {u['actor_sparsity']:g}, critic {u['critic_sparsity']:g})"
+                if u["actor_sparsity"] is not None else "no sparse run within 3% of dense")
+        lines.append(f"| {env} | {text} |")
+    atomic(out / "sweep.md", "\n".join(lines) + "\n")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({r["env"] for r in rows})
+    fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for method in sorted({m for (e, m, _, _) in groups if e == env}):
+            points = sorted((a, sum(r["score"] for r in g) / len(g)) for (e, m, a, _), g in groups.items()
+                            if e == env and m == method)
+            if method == "dense":
+                ax.axhline(points[0][1], color="k", linestyle="--", label="dense")
+                ax.axhline(WITHIN_DENSE * points[0][1], color="k", linestyle=":", label="97% of dense")
+            else:
+                ax.plot(*zip(*points), marker="o", label=method)
+        ax.set(title=env, xlabel="actor sparsity", ylabel="score (mean of last 10% evals)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png.tmp.png", dpi=110)
+    plt.close(fig)
+    (out / "sweep.png.tmp.png").replace(out / "sweep.png")
