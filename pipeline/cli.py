@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ONNX actor (env units in and out). Needs no torch; a robot runs the same "
                                    "as `python -m pipeline.retrain`.")
     add_retrain_arguments(p)
+
     p = sub.add_parser("sweep", help="run many training jobs (envs x methods x sparsities x seeds)",
                        description="Run every job of a sweep config (TOML, see pipeline/sweep.py), locally or as "
                                    "Ray tasks, then write sweep.csv, sweep.md and sweep.png with the ultimate "
