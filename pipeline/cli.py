@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import UserError
+from pipeline.retrain import add_arguments as add_retrain_arguments
 
 DEFAULT_ENV = "Hopper-v5"
 EMBEDDED_TARGETS = ("cortex-m4", "cortex-m7", "aarch64")  # export.embedded.TARGETS, without importing it
@@ -191,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=2, metavar="N")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default DATASET_DIR/generalise")
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("retrain", help="retrain a policy from a distilled dataset (NumPy + onnx only)",
+                       description="Behaviour-clone an MLP on a distilled dataset with its recipe and write an "
+                                   "ONNX actor (env units in and out). Needs no torch; a robot runs the same "
+                                   "as `python -m pipeline.retrain`.")
+    add_retrain_arguments(p)
     return parser
 
 
@@ -330,9 +337,15 @@ def cmd_generalise(args) -> int:
     return 0
 
 
+def cmd_retrain(args) -> int:
+    from pipeline.retrain import run
+
+    return run(args)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "sweep": cmd_sweep,
             "export": cmd_export, "bench": cmd_bench, "embedded": cmd_embedded,
-            "distill": cmd_distill, "generalise": cmd_generalise}
+            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": cmd_retrain}
 
 
 def main(argv: list[str] | None = None) -> int:

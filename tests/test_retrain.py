@@ -1,0 +1,302 @@
+"""On-device retraining: the NumPy BC trainer's math, its ONNX output, masks, bad inputs,
+and that the retrain path runs with torch, gymnasium and mujoco impossible to import."""
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
+from pipeline.dataset import BCRecipe, Dataset, load_dataset, save_dataset
+from pipeline.retrain import (MLPParams, _FlatLayout, init_params, loss_and_grad, policy_mean, retrain,
+                              train_bc)
+from tests.conftest import ROOT
+
+# What a robot copies (pipeline/retrain.py's docstring says the same).
+ROBOT_FILES = ["pipeline/__init__.py", "pipeline/errors.py", "pipeline/dataset.py", "pipeline/retrain.py",
+               "export/__init__.py", "export/onnx_mlp.py"]
+BLOCKED = ("torch", "gymnasium", "mujoco")
+BLOCKER = f"""
+import importlib.abc, sys
+
+class _Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {BLOCKED!r}:
+            raise ImportError(f"{{name}} is not installed on this robot")
+
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def _dataset(rng, env_id="Hopper-v5", obs_dim=11, act_dim=3, size=64) -> Dataset:
+    """A learnable synthetic dataset with HaDES-like labels (some beyond [-1, 1]) and
+    non-trivial normalisation and action bounds."""
+    states = rng.normal(size=(size, obs_dim))
+    actions = 1.5 * np.tanh(states @ rng.normal(size=(obs_dim, act_dim)) / np.sqrt(obs_dim))
+    return Dataset(env_id, states, actions, obs_mean=rng.normal(size=obs_dim),
+                   obs_std=rng.uniform(0.5, 2.0, obs_dim), action_low=-rng.uniform(0.5, 2.0, act_dim),
+                   action_high=rng.uniform(0.5, 2.0, act_dim))
+
+
+@pytest.fixture
+def dataset_dir(tmp_path) -> Path:
+    save_dataset(_dataset(np.random.default_rng(0)), tmp_path / "dataset")
+    return tmp_path / "dataset"
+
+
+def _mask_onnx(path: Path, sizes, env_id="Hopper-v5", density=0.2, seed=1) -> list[np.ndarray]:
+    """An exported-actor-like mask: ReLU hidden layers, tanh head, exact zeros in the weights."""
+    rng = np.random.default_rng(seed)
+    weights = [(rng.normal(size=(o, i)) * (rng.random((o, i)) < density)).astype(np.float32)
+               for i, o in zip(sizes[:-1], sizes[1:])]
+    biases = [rng.normal(size=o).astype(np.float32) for o in sizes[1:]]
+    model = policy_onnx(weights, biases, "relu", "tanh", np.zeros(sizes[0]), np.ones(sizes[0]),
+                        -np.ones(sizes[-1]), np.ones(sizes[-1]), {"env_id": env_id})
+    save_onnx(model, path)
+    return [w != 0 for w in weights]
+
+
+def _run(*args, cwd=ROOT, block=None) -> subprocess.CompletedProcess:
+    env = None
+    if block is not None:
+        block.mkdir(exist_ok=True)
+        (block / "sitecustomize.py").write_text(BLOCKER)
+        env = {"PYTHONPATH": str(block), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_gradient_matches_finite_differences(activation):
+    rng = np.random.default_rng(0)
+    data = _dataset(rng, size=16)
+    sizes = [11, 12, 8, 3]
+    init = init_params(sizes, seed=0)
+    layout = _FlatLayout(sizes, 3)
+    flat = layout.pack(MLPParams([3 * w for w in init.weights], [rng.normal(size=b.shape) for b in init.biases],
+                                 rng.normal(size=3) * 0.3), np.float64)
+    states, actions = data.states.astype(np.float64), data.actions.astype(np.float64)
+    grad = np.zeros_like(flat)
+    loss_and_grad(layout.views(flat), activation, states, actions, layout.views(grad))
+    numeric = np.empty_like(flat)
+    for i in range(len(flat)):
+        up, down = flat.copy(), flat.copy()
+        up[i] += 1e-6
+        down[i] -= 1e-6
+        numeric[i] = (loss_and_grad(layout.views(up), activation, states, actions)
+                      - loss_and_grad(layout.views(down), activation, states, actions)) / 2e-6
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_loss_curve_matches_the_torch_inner_loop(activation):
+    """The HaDES trainer (models/bc.py) and the NumPy one, from the same init on the same data."""
+    from models.bc import BCParams
+    from models.bc import policy_mean as torch_policy_mean
+    from models.bc import train_bc as torch_train_bc
+
+    data = _dataset(np.random.default_rng(0))
+    recipe = BCRecipe(hidden=(64, 64), activation=activation, steps=100)
+    init = init_params([11, 64, 64, 3], seed=1)
+    trained, losses = train_bc(data.states, data.actions, recipe, init)
+
+    as_population = lambda arrays: [torch.tensor(a)[None] for a in arrays]  # noqa: E731
+    torch_init = BCParams(as_population(init.weights), as_population(init.biases), torch.tensor(init.log_std)[None])
+    torch_trained, torch_losses = torch_train_bc(torch.tensor(data.states), torch.tensor(data.actions), torch_init,
+                                                 recipe.steps, recipe.lr, activation, recipe.adam_eps,
+                                                 recipe.grad_clip)
+    # The NLL crosses zero while training, so relative to the curve's scale, not pointwise.
+    np.testing.assert_allclose(losses, torch_losses[0].numpy(), rtol=1e-4, atol=1e-4 * np.abs(losses).max())
+    assert losses[-1] < 0.5 * losses[0]
+    # Float rounding differs (a ReLU unit near its kink, Adam on tiny second moments), so
+    # the trained policies are compared by their outputs rather than weight by weight.
+    torch_mu = torch_policy_mean(torch_trained, torch.tensor(data.states)[None], activation)[0].numpy()
+    np.testing.assert_allclose(policy_mean(trained, activation, data.states), torch_mu, atol=1e-3)
+    np.testing.assert_allclose(trained.log_std, torch_trained.log_std[0].numpy(), atol=1e-4)
+
+
+def test_masked_training_matches_torch_adam_on_masked_gradients():
+    """With a fixed mask: torch.optim.Adam and clip_grad_norm_ on gradients zeroed outside
+    the mask (as models.sparse trains) give the same curve, and the zeros stay exact."""
+    rng = np.random.default_rng(0)
+    data = _dataset(rng)
+    recipe = BCRecipe(hidden=(32, 32), activation="relu", steps=100)
+    sizes = [11, 32, 32, 3]
+    masks = [rng.random((o, i)) < 0.3 for i, o in zip(sizes[:-1], sizes[1:])]
+    init = init_params(sizes, seed=1, masks=masks)
+    trained, losses = train_bc(data.states, data.actions, recipe, init, masks)
+
+    weights = [torch.tensor(w, requires_grad=True) for w in init.weights]
+    biases = [torch.tensor(b, requires_grad=True) for b in init.biases]
+    log_std = torch.zeros(3, requires_grad=True)
+    params = weights + biases + [log_std]
+    optimiser = torch.optim.Adam(params, lr=recipe.lr, eps=recipe.adam_eps)
+    states, actions = torch.tensor(data.states), torch.tensor(data.actions)
+    torch_losses = []
+    for _ in range(recipe.steps):
+        h = states
+        for w, b in zip(weights[:-1], biases[:-1]):
+            h = torch.relu(h @ w.T + b)
+        mu = h @ weights[-1].T + biases[-1]
+        loss = -torch.distributions.Normal(mu, log_std.exp()).log_prob(actions).sum(-1).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        for w, m in zip(weights, masks):
+            w.grad *= torch.tensor(m)
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+        optimiser.step()
+        torch_losses.append(loss.item())
+    np.testing.assert_allclose(losses, torch_losses, rtol=1e-4, atol=1e-4 * np.abs(losses).max())
+    for ours, theirs, mask in zip(trained.weights, weights, masks):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), atol=1e-4)
+        assert np.all(ours[~mask] == 0) and np.all(ours[mask] != 0)
+
+
+def test_onnx_policy_equals_numpy_forward_pass(tmp_path, dataset_dir):
+    summary = retrain(dataset_dir, tmp_path / "policy.onnx", hidden=(64, 64), activation="tanh", seed=3)
+    dataset = load_dataset(dataset_dir)
+    recipe = BCRecipe(hidden=(64, 64), activation="tanh")
+    sizes = [dataset.obs_dim, 64, 64, dataset.act_dim]
+    params, losses = train_bc(dataset.states, dataset.actions, recipe, init_params(sizes, seed=3))
+    assert summary["final_loss"] < summary["initial_loss"] == pytest.approx(losses[0])
+
+    obs = np.random.default_rng(1).normal(size=(256, dataset.obs_dim)).astype(np.float32) * 3
+    session = ort.InferenceSession(str(tmp_path / "policy.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_actions,) = session.run(None, {"obs": obs})
+    numpy_actions = dataset.to_env_units(policy_mean(params, "tanh", dataset.normalise(obs)))
+    np.testing.assert_allclose(onnx_actions, numpy_actions, atol=2e-5)
+    assert np.all((onnx_actions >= dataset.action_low - 1e-6) & (onnx_actions <= dataset.action_high + 1e-6))
+
+    _, _, metadata = read_policy_onnx(tmp_path / "policy.onnx")
+    assert metadata["env_id"] == "Hopper-v5" and metadata["dataset_sha256"] == dataset.sha256
+    assert (metadata["obs_dim"], metadata["act_dim"], metadata["hidden"]) == ("11", "3", "64,64")
+    np.testing.assert_allclose(json.loads(metadata["action_high"]), dataset.action_high, rtol=1e-6)
+
+
+def test_mask_keeps_the_exported_actors_topology(tmp_path, dataset_dir):
+    masks = _mask_onnx(tmp_path / "actor.onnx", [11, 48, 24, 3])
+    summary = retrain(dataset_dir, tmp_path / "policy.onnx", mask_path=tmp_path / "actor.onnx")
+    weights, _, metadata = read_policy_onnx(tmp_path / "policy.onnx")
+    assert summary["hidden"] == [48, 24] and summary["activation"] == "tanh"
+    for w, m in zip(weights, masks):
+        assert w.shape == m.shape
+        assert np.all(w[~m] == 0) and np.count_nonzero(w) == np.count_nonzero(m)
+    expected = 1 - sum(m.sum() for m in masks) / sum(m.size for m in masks)
+    assert float(metadata["sparsity"]) == pytest.approx(expected, abs=1e-6)
+    assert summary["final_loss"] < summary["initial_loss"]
+
+
+def test_robot_copy_runs_without_torch_gymnasium_or_mujoco(tmp_path, dataset_dir):
+    """The listed files alone, in a directory of their own, with the heavy packages unimportable."""
+    robot = tmp_path / "robot"
+    for name in ROBOT_FILES:
+        (robot / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, robot / name)
+    _mask_onnx(tmp_path / "actor.onnx", [11, 64, 64, 3])
+    probe = ("import runpy, sys; sys.argv = ['retrain', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('pipeline.retrain', run_name='__main__')\n"
+             "except SystemExit as exit:\n    code = exit.code\n"
+             "print(sorted(f'{m}={getattr(sys.modules[m], \"__file__\", None)}' for m in sys.modules "
+             "if m.split('.')[0] in ('pipeline', 'export', 'models', *" + repr(BLOCKED) + ")), file=sys.stderr)\n"
+             "sys.exit(code)")
+    result = _run("-c", probe, str(dataset_dir), "--out", str(tmp_path / "policy.onnx"),
+                  "--mask", str(tmp_path / "actor.onnx"), cwd=robot, block=tmp_path / "block")
+    assert result.returncode == 0, result.stderr
+    loaded = result.stderr.strip().splitlines()[-1]
+    assert all(blocked not in loaded for blocked in BLOCKED), loaded
+    # pipeline.retrain itself runs as __main__; every other module comes from the copy.
+    assert str(ROOT) not in loaded and loaded.count(str(robot)) == len(ROBOT_FILES) - 1, loaded
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["onnx_max_abs_diff"] < 1e-4 and summary["sparsity"] > 0.5
+
+    # The development-side CLI takes the same path.
+    result = _run("-m", "pipeline", "retrain", str(dataset_dir), "--out", str(tmp_path / "cli.onnx"),
+                  "--steps", "50", block=tmp_path / "block")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 50
+
+
+def test_robot_files_import_nothing_else_from_the_project_nor_heavy_packages():
+    """Statically, lazy imports included: the robot's files import only each other,
+    the standard library, numpy, onnx and (optionally) onnxruntime."""
+    robot_modules = {name[:-3].replace("/", ".").removesuffix(".__init__") for name in ROBOT_FILES}
+    for name in ROBOT_FILES:
+        for node in ast.walk(ast.parse((ROOT / name).read_text())):
+            if isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported = [node.module]
+            else:
+                continue
+            for module in imported:
+                top = module.split(".")[0]
+                assert top not in BLOCKED, (name, module)
+                if top in ("pipeline", "export", "models", "tests"):
+                    assert module in robot_modules, (name, module)
+                else:
+                    assert top in sys.stdlib_module_names or top in ("numpy", "onnx", "onnxruntime"), (name, module)
+
+
+def test_blocker_really_blocks(tmp_path):
+    result = _run("-c", "import torch", block=tmp_path / "block")
+    assert result.returncode != 0 and "not installed on this robot" in result.stderr
+
+
+def _bad_inputs(tmp_path, dataset_dir):
+    other_dims = tmp_path / "dims"
+    save_dataset(_dataset(np.random.default_rng(2), obs_dim=17, act_dim=6), other_dims)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(dataset_dir, truncated)
+    npz = truncated / "dataset.npz"
+    npz.write_bytes(npz.read_bytes()[:-100])
+    _mask_onnx(tmp_path / "walker.onnx", [17, 32, 6], env_id="Walker2d-v5")
+    _mask_onnx(tmp_path / "cheetah.onnx", [17, 32, 6], env_id="HalfCheetah-v5")
+    _mask_onnx(tmp_path / "hopper.onnx", [11, 32, 3])
+    (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07garbage")
+    return {
+        "missing dataset": [str(tmp_path / "nowhere")],
+        "truncated dataset": [str(truncated)],
+        "mask for another env, same dims": [str(other_dims), "--mask", str(tmp_path / "cheetah.onnx")],
+        "mask with other dims": [str(other_dims), "--mask", str(tmp_path / "hopper.onnx")],
+        "mask for another env, other dims": [str(dataset_dir), "--mask", str(tmp_path / "walker.onnx")],
+        "corrupt mask": [str(dataset_dir), "--mask", str(tmp_path / "garbage.onnx")],
+        "missing mask": [str(dataset_dir), "--mask", str(tmp_path / "none.onnx")],
+        "hidden differs from mask": [str(dataset_dir), "--mask", str(tmp_path / "hopper.onnx"), "--hidden", "64,64"],
+    }
+
+
+def test_bad_datasets_and_masks_are_refused_on_one_line(tmp_path, dataset_dir, capsys):
+    from pipeline.cli import main
+
+    cases = _bad_inputs(tmp_path, dataset_dir)
+    for case, args in cases.items():
+        assert main(["retrain", *args, "--out", str(tmp_path / "out.onnx")]) == 2, case
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("tinypolicy: error: "), (case, err)
+        assert not (tmp_path / "out.onnx").exists(), case
+    # The real exit status, from a process; and a bad flag value.
+    result = _run("-m", "pipeline.retrain", *cases["truncated dataset"], "--out", str(tmp_path / "out.onnx"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "truncated" in result.stderr
+    result = _run("-m", "pipeline", "retrain", str(dataset_dir), "--out", str(tmp_path / "x.onnx"), "--lr", "nan")
+    assert result.returncode == 2 and "positive" in result.stderr
+
+
+def test_64_64_tanh_on_64_pairs_trains_in_well_under_a_second():
+    data = _dataset(np.random.default_rng(0))
+    recipe = BCRecipe(hidden=(64, 64), activation="tanh")
+    init = init_params([11, 64, 64, 3], seed=0)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        train_bc(data.states, data.actions, recipe, init)
+        times.append(time.perf_counter() - started)
+    assert statistics.median(times) < 1.0, times
