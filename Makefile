@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
 
-.PHONY: install test test-fast compress bench-train clean
+.PHONY: install test test-fast compress bench-train ad clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,15 @@ compress: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) -m export.bench_train
+
+# Algorithm Distillation on Dark Room: ~1 h of training on one core; re-running resumes.
+AD_OUT ?= artifacts/ad
+ad: $(STAMP)
+	$(PY) -m pipeline ad collect --out $(AD_OUT)/data
+	$(PY) -m pipeline ad train --data $(AD_OUT)/data --out $(AD_OUT)/ad
+	$(PY) -m pipeline ad train --data $(AD_OUT)/data --out $(AD_OUT)/ed --source expert --steps 1500
+	$(PY) -m pipeline ad evaluate $(AD_OUT)/ad/checkpoint.pt --ed $(AD_OUT)/ed/checkpoint.pt --out $(AD_OUT)/eval
+	$(PY) -m pipeline ad export $(AD_OUT)/ad/checkpoint.pt --out $(AD_OUT)/export
 
 clean:
 	rm -rf $(VENV) artifacts runs

@@ -50,13 +50,18 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("future", torch.ones(cfg.window, cfg.window, dtype=torch.bool).triu(1),
                              persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Attention outputs for every token, or (last_only) for the last token alone,
+        which may attend to all tokens: the rollout needs no other output of the top block."""
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(self.future[:length, :length], float("-inf"))
+        if last_only:
+            q = q[:, :, -1:]
+        scores = (q / math.sqrt(self.head_dim)) @ k.transpose(-2, -1)
+        if not last_only:
+            scores = scores.masked_fill(self.future[:length, :length], float("-inf"))
         weights = self.attn_dropout(torch.softmax(scores, dim=-1))
-        out = (weights @ v).transpose(1, 2).reshape(batch, length, dim)
+        out = (weights @ v).transpose(1, 2).reshape(batch, q.shape[2], dim)
         return self.proj(out)
 
 
@@ -70,8 +75,8 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(cfg.dim, cfg.ff_dim), nn.GELU(), nn.Linear(cfg.ff_dim, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        x = (x[:, -1:] if last_only else x) + self.drop(self.attn(self.norm1(x), last_only))
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -102,13 +107,15 @@ class ADTransformer(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, states: torch.Tensor, prev_actions: torch.Tensor, prev_rewards: torch.Tensor) -> torch.Tensor:
+    def forward(self, states: torch.Tensor, prev_actions: torch.Tensor, prev_rewards: torch.Tensor,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [B, L, A]; with last_only, [B, 1, A] for the last token (a third cheaper at 3 layers)."""
         length = states.shape[1]
         x = (self.state_emb(states) + self.action_emb(prev_actions)
              + self.reward_emb(prev_rewards.unsqueeze(-1)) + self.pos_emb[:length])
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, last_only and i == len(self.blocks) - 1)
         return self.head(self.norm(x))
 
 

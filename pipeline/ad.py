@@ -329,22 +329,30 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     model = ADTransformer(cfg.model_config())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
-    step, seconds = 0, 0.0
+    step, seconds, resumed_from = 0, 0.0, []
     if ckpt_path.exists():
         ckpt = load_ad_checkpoint(ckpt_path)
-        if ckpt["train_config"] != asdict(cfg) or ckpt["histories_sha256"] != sha:
+        # --steps (and how often to checkpoint) may change between runs: a run can be extended or
+        # cut short, its cosine schedule then follows the new length from the current step on.
+        resumable = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every")}
+        if ({k: ckpt["train_config"].get(k) for k in resumable} != resumable
+                or ckpt["histories_sha256"] != sha):
             raise UserError(f"{ckpt_path} was trained with another config or data; use a new --out")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         generator.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         step, seconds = int(ckpt["step"]), float(ckpt["train_seconds"])
+        resumed_from = list(ckpt.get("resumed_from", []))
+        if ckpt["train_config"]["steps"] != cfg.steps:
+            resumed_from.append({"step": step, "steps_before": ckpt["train_config"]["steps"]})
 
     def checkpoint() -> None:
         save_ad_checkpoint(ckpt_path, {
             "model_config": cfg.model_config().to_dict(), "model": model.state_dict(), "train_config": asdict(cfg),
             "step": step, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "histories_sha256": sha,
+            "resumed_from": resumed_from,
             "test_goals": torch.as_tensor(histories.test_goals), "train_goals": torch.as_tensor(histories.train_goals)})
 
     tokens = history_tokens(data["states"], data["actions"], data["rewards"])
@@ -379,7 +387,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
             losses, hits = [], []
             checkpoint()
     bar.close()
-    summary = {"source": cfg.source, "steps": step, "train_seconds": round(seconds, 1),
+    summary = {"source": cfg.source, "steps": step, "train_seconds": round(seconds, 1), "resumed_from": resumed_from,
                "parameters": sum(p.numel() for p in model.parameters()), "checkpoint": str(ckpt_path)}
     _atomic_write(out_dir / "train.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
@@ -396,7 +404,7 @@ def torch_step_function(model: ADTransformer) -> StepFunction:
     @torch.inference_mode()
     def step(states, prev_actions, prev_rewards):
         logits = model(torch.as_tensor(states, dtype=torch.long), torch.as_tensor(prev_actions, dtype=torch.long),
-                       torch.as_tensor(prev_rewards, dtype=torch.float32))
+                       torch.as_tensor(prev_rewards, dtype=torch.float32), last_only=True)
         return logits[:, -1].numpy()
 
     return step

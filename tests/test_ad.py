@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -167,11 +168,12 @@ def test_training_windows_and_loss_decrease(histories_dir, tmp_path):
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
     assert len(losses) == 3 and losses[-1] < losses[0] < 1.7
-    # Resuming a finished run does no more steps; another config in the same directory is refused.
+    # Resuming a finished run does no more steps; a longer --steps extends it; another config is refused.
     assert ad.train(histories_dir, tmp_path / "run", cfg, progress=False)["steps"] == 30
+    longer = ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40), progress=False)
+    assert longer["steps"] == 40 and longer["resumed_from"] == [{"step": 30, "steps_before": 30}]
     with pytest.raises(UserError, match="another config"):
-        ad.train(histories_dir, tmp_path / "run", ad.TrainConfig(steps=31, batch=16, window=40, dim=32, layers=1,
-                                                                  heads=2, ff_dim=64), progress=False)
+        ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40, lr=3e-4), progress=False)
     # Tokens: (s_t, a_{t-1}, r_{t-1}) with "no action" first, target a_t.
     data = ad.load_histories(histories_dir).source("learning")
     states, prev_actions, prev_rewards, targets = ad.history_tokens(data["states"], data["actions"], data["rewards"])
@@ -236,3 +238,14 @@ def test_cli_ad_stages_end_to_end(histories_dir, tmp_path):
     result = tinypolicy("ad", "evaluate", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "cannot read AD checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_last_only_forward_equals_full_forward():
+    torch.manual_seed(2)
+    model = ADTransformer(ADConfig(window=30, dim=32, layers=3, heads=4, ff_dim=64)).eval()
+    states, actions = torch.randint(0, 81, (4, 30)), torch.randint(0, 6, (4, 30))
+    rewards = torch.randint(0, 2, (4, 30)).float()
+    for n in (1, 12, 30):
+        full = model(states[:, :n], actions[:, :n], rewards[:, :n])[:, -1]
+        last = model(states[:, :n], actions[:, :n], rewards[:, :n], last_only=True)[:, -1]
+        torch.testing.assert_close(last, full, rtol=0, atol=1e-5)
