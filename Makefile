@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
 
-.PHONY: install test test-fast compress bench-train bench-embedded clean embedded-deps render-deps distill
+.PHONY: install test test-fast compress bench-train bench-embedded clean embedded-deps render-deps distill ad
 
 # MuJoCo renders offscreen through EGL (Mesa's software driver when there is no GPU)
 export MUJOCO_GL ?= egl
@@ -52,6 +52,14 @@ render-deps:
 distill: $(STAMP)
 	$(VENV)/bin/tinypolicy distill --env $(ENV) --size 64 --mode f --population 64 --generations 200 \
 		--out artifacts/$(ENV)/distill
+# Algorithm Distillation on Dark Room: ~1 h of training on one core; re-running resumes.
+AD_OUT ?= artifacts/ad
+ad: $(STAMP)
+	$(PY) -m pipeline ad collect --out $(AD_OUT)/data
+	$(PY) -m pipeline ad train --data $(AD_OUT)/data --out $(AD_OUT)/ad
+	$(PY) -m pipeline ad train --data $(AD_OUT)/data --out $(AD_OUT)/ed --source expert --steps 1500
+	$(PY) -m pipeline ad evaluate $(AD_OUT)/ad/checkpoint.pt --ed $(AD_OUT)/ed/checkpoint.pt --out $(AD_OUT)/eval
+	$(PY) -m pipeline ad export $(AD_OUT)/ad/checkpoint.pt --out $(AD_OUT)/export
 
 clean:
 	rm -rf $(VENV) artifacts runs

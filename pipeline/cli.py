@@ -198,7 +198,69 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ONNX actor (env units in and out). Needs no torch; a robot runs the same "
                                    "as `python -m pipeline.retrain`.")
     add_retrain_arguments(p)
+    _add_ad_parser(sub)
     return parser
+
+
+def _add_ad_parser(sub) -> None:
+    """`tinypolicy ad collect | train | evaluate | export`: Algorithm Distillation on Dark Room."""
+    p = sub.add_parser("ad", help="Algorithm Distillation: in-context RL on Dark Room",
+                       description="Algorithm Distillation on Dark Room (tinypolicy/DarkRoom-v0): collect "
+                                   "Q-learning histories, train the causal transformer, evaluate it in context "
+                                   "on held-out goals with frozen weights, export its step function to ONNX.")
+    stages = p.add_subparsers(dest="ad_command", required=True, metavar="STAGE")
+
+    s = stages.add_parser("collect", help="learning histories of tabular Q-learning, and expert data",
+                          description="Split the 81 goals into train / held-out, run Q-learning on every "
+                                      "training goal with several seeds and keep every k-th episode; also roll "
+                                      "out the optimal policy (data for the ED baseline). Writes histories.npz.")
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--test-goals", type=_positive_int, default=16, metavar="N", help="held-out goals (default 16)")
+    s.add_argument("--seeds-per-goal", type=_positive_int, default=10, metavar="N")
+    s.add_argument("--episodes", type=_positive_int, default=200, metavar="N", help="source episodes per history")
+    s.add_argument("--keep-every", type=_positive_int, default=4, metavar="K", help="keep every K-th episode")
+    s.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the goal split and the learners")
+
+    s = stages.add_parser("train", help="train the AD (or ED) transformer; re-running resumes",
+                          description="Train the causal transformer to predict the source's actions on random "
+                                      "across-episode windows. --source expert trains the ED baseline. "
+                                      "Checkpoints every --checkpoint-every steps; re-running resumes.")
+    s.add_argument("--data", required=True, type=Path, metavar="DIR", help="the directory `ad collect` wrote")
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--source", choices=["learning", "expert"], default="learning",
+                   help="learning histories (AD, default) or expert episodes (ED)")
+    for name, kind, help_text in (("steps", _positive_int, "gradient steps"), ("batch", _positive_int, "windows per step"),
+                                  ("lr", float, "peak AdamW learning rate"),
+                                  ("window", _positive_int, "context length T in transitions"),
+                                  ("dim", _positive_int, None), ("layers", _positive_int, None),
+                                  ("heads", _positive_int, None), ("ff-dim", _positive_int, None),
+                                  ("checkpoint-every", _positive_int, None), ("seed", int, None)):
+        s.add_argument(f"--{name}", type=kind, default=None, metavar="X", help=help_text)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = stages.add_parser("evaluate", help="in-context curves on held-out goals (frozen weights)",
+                          description="From an empty context: return per episode of AD, ED, the source, random and "
+                                      "optimal on the held-out goals, AD on training goals and the context "
+                                      "ablations. Writes curves.json, curves.csv and curves.png.")
+    s.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="the AD checkpoint.pt")
+    s.add_argument("--ed", type=Path, default=None, metavar="CHECKPOINT", help="the ED checkpoint.pt (optional)")
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--episodes", type=_positive_int, default=500, metavar="N", help="AD, source, random (default 500)")
+    s.add_argument("--short-episodes", type=_positive_int, default=150, metavar="N",
+                   help="ED, AD on training goals and the ablations (default 150)")
+    s.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="evaluation seeds per goal")
+    s.add_argument("--seed", type=int, default=1000, metavar="K")
+    s.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
+    s.add_argument("--quiet", action="store_true")
+
+    s = stages.add_parser("export", help="ONNX step function, checked under ONNX Runtime",
+                          description="Export the [1, T] step function to ONNX and re-run the held-out in-context "
+                                      "curve under ONNX Runtime next to PyTorch. Writes ad.onnx and export.json.")
+    s.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--episodes", type=_positive_int, default=100, metavar="N")
+    s.add_argument("--seed", type=int, default=1000, metavar="K")
+    s.add_argument("--quiet", action="store_true")
 
 
 def _train_config(args: argparse.Namespace, base: dict):
@@ -328,6 +390,32 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_ad(args) -> int:
+    import torch
+
+    from pipeline import ad
+
+    torch.set_num_threads(1)
+    if args.ad_command == "collect":
+        summary = ad.collect(args.out, test_goals=args.test_goals, seeds_per_goal=args.seeds_per_goal,
+                             episodes=args.episodes, keep_every=args.keep_every, seed=args.seed)
+    elif args.ad_command == "train":
+        cfg = ad.train_config_from({k.replace("-", "_"): v for k, v in vars(args).items()})
+        summary = ad.train(args.data, args.out, cfg, progress=not args.quiet)
+    elif args.ad_command == "evaluate":
+        cfg = ad.EvalConfig(episodes=args.episodes, seeds=args.seeds, short_episodes=args.short_episodes,
+                            seed=args.seed, greedy=args.greedy)
+        result = ad.evaluate(args.checkpoint, args.out, cfg, ed_checkpoint=args.ed, progress=not args.quiet)
+        summary = {k: result[k] for k in ("return_at_episode", "mean_last_50", "eval_seconds")}
+    else:
+        from export.ad_onnx import export_ad
+
+        result = export_ad(args.checkpoint, args.out, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
+        summary = {k: v for k, v in result.items() if k != "curves"}
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_generalise(args) -> int:
     from pipeline.generalise import generalise
 
@@ -345,7 +433,7 @@ def cmd_retrain(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "sweep": cmd_sweep,
             "export": cmd_export, "bench": cmd_bench, "embedded": cmd_embedded,
-            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": cmd_retrain}
+            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": cmd_retrain, "ad": cmd_ad}
 
 
 def main(argv: list[str] | None = None) -> int:
