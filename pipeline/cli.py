@@ -51,6 +51,18 @@ def _hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _override(text: str) -> tuple[str, str, object]:
+    key, sep, raw = text.partition("=")
+    stage, dot, name = key.strip().partition(".")
+    if not sep or not dot or not stage or not name:
+        raise argparse.ArgumentTypeError(f"expected STAGE.KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string: --set distill.init=zeros
+    return stage, name, value
+
+
 def _add_train_options(p: argparse.ArgumentParser, defaults: bool) -> None:
     """Training flags. Without defaults (compress), unset flags leave the preset's value."""
     d = (lambda v: v) if defaults else (lambda v: None)
@@ -95,14 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
 
     p = sub.add_parser("compress", help="run the whole pipeline on one env",
-                       description="Run every pipeline stage on ENV with a preset; re-running resumes. "
-                                   "Stages available now: sparse training (RLx2) and evaluation.")
+                       description="Run every pipeline stage on ENV with a preset: train (RLx2) -> evaluate -> "
+                                   "export -> bench -> embedded -> distill (HaDES) -> retrain -> report. Each stage "
+                                   "leaves a stamp; re-running skips finished stages, resumes an interrupted one "
+                                   "and reruns one whose parameters or inputs changed.")
     p.add_argument("--env", dest="env_id", default=DEFAULT_ENV, metavar="ENV")
     p.add_argument("--preset", default="quick", metavar="NAME", help="tiny, quick or full (default quick)")
     p.add_argument("--presets", type=Path, default=None, metavar="FILE",
                    help="a TOML file of presets (default: the packaged pipeline/presets.toml)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default artifacts/ENV")
     _add_train_options(p, defaults=False)
+    p.add_argument("--set", dest="overrides", action="append", default=[], type=_override, metavar="STAGE.KEY=VALUE",
+                   help="override one stage parameter, e.g. --set distill.generations=50 (repeatable; VALUE is "
+                        "TOML: 64, 0.5, \"expert\", [64,64])")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("embedded", help="build the exported C actor as Cortex-M firmware and for aarch64, and measure it",
@@ -263,12 +280,11 @@ def _add_ad_parser(sub) -> None:
     s.add_argument("--quiet", action="store_true")
 
 
-def _train_config(args: argparse.Namespace, base: dict):
+def _train_config(args: argparse.Namespace):
     from pipeline.train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in base.items() if k in names}
-    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "hidden" in values:
         values["hidden"] = tuple(values["hidden"])
     return TrainConfig(**values)
@@ -285,7 +301,7 @@ def load_presets(path: Path | None) -> dict:
 def cmd_train(args) -> int:
     from pipeline.train import train
 
-    summary = train(_train_config(args, {}), args.out, progress=not args.quiet)
+    summary = train(_train_config(args), args.out, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("mean_return", "std_return", "actor_sparsity", "steps")}))
     return 0
 
@@ -310,28 +326,51 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from pipeline.compress import compress
+    from pipeline.compress import PipelineConfig, compress
+    from pipeline.train import TrainConfig
 
     presets = load_presets(args.presets)
     if args.preset not in presets:
         raise UserError(f"unknown preset {args.preset!r}; available: {', '.join(presets)}")
+    train_flags = {f.name for f in fields(TrainConfig)} - {"env_id"}
+    overrides: dict[str, dict] = {"train": {k: v for k, v in vars(args).items() if k in train_flags and v is not None}}
+    for stage, key, value in args.overrides:
+        overrides.setdefault(stage, {})[key] = value
+    config = PipelineConfig.from_preset(args.env_id, presets[args.preset], overrides)
     out = args.out or Path("artifacts") / args.env_id
-    cfg = _train_config(args, presets[args.preset])
-    records = compress(cfg, out, eval_episodes=cfg.eval_episodes, progress=not args.quiet)
+    records = compress(config, out, progress=not args.quiet)
 
     print(f"\ntinypolicy compress: {args.env_id}, preset {args.preset}, artefacts in {out}")
-    print(f"  {'stage':10} {'status':11} {'time':>8}  result")
+    print(f"  {'stage':9} {'status':11} {'time':>8}  result")
     for r in records:
-        s = r["summary"]
-        if r["stage"] == "train":
-            result = f"actor sparsity {s['actor_sparsity']:.3f}, critic {s['critic_sparsity']:.3f}"
-        elif r["stage"] == "evaluate":
-            result = (f"return {s['mean_return']:.1f} +- {s['std_return']:.1f} "
-                      f"(random {s['random_mean_return']:.1f})")
-        else:
-            result = s["report"]
-        print(f"  {r['stage']:10} {r['status']:11} {r['seconds']:7.1f}s  {result}")
+        print(f"  {r['stage']:9} {r['status']:11} {r['seconds']:7.1f}s  {_stage_result(r['stage'], r['summary'])}")
     return 0
+
+
+def _stage_result(stage: str, s: dict) -> str:
+    """One line of the compress summary table."""
+    if stage == "train":
+        return f"actor sparsity {s['actor_sparsity']:.3f}, critic {s['critic_sparsity']:.3f}, {s['steps']:,} steps"
+    if stage == "evaluate":
+        return f"return {s['mean_return']:.1f} +- {s['std_return']:.1f} (random {s['random_mean_return']:.1f})"
+    if stage == "export":
+        return (f"widths {s['widths']}, nonzero MACs {s['macs']['nonzero']:,} of {s['macs']['dense']:,}, "
+                f"parity {'ok' if s['parity_within_1e-5'] else 'beyond 1e-5'}")
+    if stage == "bench":
+        return (f"C sparse {s['latency_p50_us']['c_sparse']:.2f} us: {s['speedup']['c_sparse_vs_ort_dense']:.1f}x "
+                f"ORT dense, {s['speedup']['c_sparse_vs_c_dense']:.1f}x C dense")
+    if stage == "embedded":
+        parts = [f"{t} sparse {s[t]['sparse']['flash_bytes'] / 1024:.1f} KiB flash" for t in s["targets"]
+                 if s[t].get("sparse", {}).get("flash_bytes")]
+        parts += [f"{t} skipped" for t in s["skipped"]]
+        return ", ".join(parts) or "no target"
+    if stage == "distill":
+        return (f"D={s['size']} HaDES-{s['mode'].upper()}, retrained return "
+                f"{s['fresh_init_mean']:.1f} (random {s['random_policy_return']:.1f})")
+    if stage == "retrain":
+        return (f"return dense {s['dense']['mean_return']:.1f}, sparse-mask {s['sparse']['mean_return']:.1f} "
+                f"({s['sparse']['sparsity']:.0%} sparse)")
+    return s["report"]
 
 
 def cmd_embedded(args) -> int:
