@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,20 +55,23 @@ def time_cli(dataset: Path, runs: int, workdir: Path) -> dict:
     is the steadier figure) and command wall time, one thread on one core."""
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     env = {**os.environ, **ONE_THREAD}
-    train, cpu, wall = [], [], []
+    train, cpu, wall, command_cpu = [], [], [], []
     for run in range(runs):
         command = [*pin, sys.executable, "-m", "pipeline.retrain", str(dataset), "--out",
                    str(workdir / "timing.onnx"), "--hidden", "64,64", "--activation", "tanh", "--seed", str(run)]
-        started = time.perf_counter()
+        started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
         wall.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        command_cpu.append(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         train.append(summary["train_seconds"])
         cpu.append(summary["train_cpu_seconds"])
     return {"command": " ".join(command[len(pin):]), "pinned": bool(pin), "runs": runs,
             "train_seconds_median": statistics.median(train), "train_seconds": train,
             "train_cpu_seconds_median": statistics.median(cpu), "train_cpu_seconds": cpu,
-            "wall_seconds_median": statistics.median(wall), "wall_seconds": wall}
+            "wall_seconds_median": statistics.median(wall), "wall_seconds": wall,
+            "command_cpu_seconds_median": statistics.median(command_cpu), "command_cpu_seconds": command_cpu}
 
 
 def numpy_retrain(dataset_path: Path, workdir: Path, **options):
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         timing = time_cli(args.dataset, args.timing_runs, workdir)
         print(f"CLI, 64-64 tanh, D={dataset.size}, median of {args.timing_runs}: train "
               f"{timing['train_seconds_median']:.3f} s wall, {timing['train_cpu_seconds_median']:.3f} s CPU; "
-              f"whole command {timing['wall_seconds_median']:.3f} s", flush=True)
+              f"whole command {timing['wall_seconds_median']:.3f} s wall, {timing['command_cpu_seconds_median']:.3f} s CPU",
+              flush=True)
         variants = {"numpy 64-64 tanh": numpy_retrain(args.dataset, workdir, hidden=(64, 64), activation="tanh"),
                     "torch 64-64 tanh": torch_inner_loop(dataset)}
         if args.mask:
