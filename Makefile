@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
 
-.PHONY: install test test-fast compress bench-train clean render-deps distill
+.PHONY: install test test-fast compress bench-train bench-embedded clean embedded-deps render-deps distill ad
 
 # MuJoCo renders offscreen through EGL (Mesa's software driver when there is no GPU)
 export MUJOCO_GL ?= egl
@@ -21,24 +21,48 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Cross compilers and QEMU for `tinypolicy embedded` and its tests (Debian packages, as root).
+EMBEDDED_APT := gcc gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm qemu-user \
+                gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+embedded-deps:
+	@dpkg -s $(EMBEDDED_APT) >/dev/null 2>&1 || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(EMBEDDED_APT); }
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
 
+# The embedded and rendering stages need Debian packages; without root they are skipped
+# (the report says so) rather than failing the whole pipeline.
 compress: $(STAMP)
+	-@$(MAKE) --no-print-directory embedded-deps render-deps
 	$(VENV)/bin/tinypolicy compress --env $(ENV) --preset $(PRESET) --out artifacts/$(ENV)
 
 bench-train: $(STAMP)
 	$(PY) -m export.bench_train
 
+bench-embedded: $(STAMP) embedded-deps
+	$(PY) -m export.bench_embedded --out docs/results/embedded.json $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+# Mesa's EGL, for MuJoCo's offscreen rendering of distilled states (Debian packages, as root).
+RENDER_APT := libegl1 libegl-mesa0 libgl1-mesa-dri
 render-deps:
-	apt-get install -y --no-install-recommends libegl1 libegl-mesa0 libgl1-mesa-dri
+	@dpkg -s $(RENDER_APT) >/dev/null 2>&1 || { apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(RENDER_APT); }
 
 distill: $(STAMP)
 	$(VENV)/bin/tinypolicy distill --env $(ENV) --size 64 --mode f --population 64 --generations 200 \
 		--out artifacts/$(ENV)/distill
+# Algorithm Distillation on Dark Room: ~1 h of training on one core; re-running resumes.
+AD_OUT ?= artifacts/ad
+ad: $(STAMP)
+	$(PY) -m pipeline ad collect --out $(AD_OUT)/data
+	$(PY) -m pipeline ad train --data $(AD_OUT)/data --out $(AD_OUT)/ad
+	$(PY) -m pipeline ad train --data $(AD_OUT)/data --out $(AD_OUT)/ed --source expert --steps 1500
+	$(PY) -m pipeline ad evaluate $(AD_OUT)/ad/checkpoint.pt --ed $(AD_OUT)/ed/checkpoint.pt --out $(AD_OUT)/eval
+	$(PY) -m pipeline ad export $(AD_OUT)/ad/checkpoint.pt --out $(AD_OUT)/export
 
 clean:
 	rm -rf $(VENV) artifacts runs

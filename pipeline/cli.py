@@ -18,6 +18,7 @@ from pipeline.errors import UserError
 from pipeline.retrain import add_arguments as add_retrain_arguments
 
 DEFAULT_ENV = "Hopper-v5"
+EMBEDDED_TARGETS = ("cortex-m4", "cortex-m7", "aarch64")  # export.embedded.TARGETS, without importing it
 
 
 def _sparsity(text: str) -> float:
@@ -48,6 +49,18 @@ def _hidden(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) <= 0:
         raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
     return sizes
+
+
+def _override(text: str) -> tuple[str, str, object]:
+    key, sep, raw = text.partition("=")
+    stage, dot, name = key.strip().partition(".")
+    if not sep or not dot or not stage or not name:
+        raise argparse.ArgumentTypeError(f"expected STAGE.KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string: --set distill.init=zeros
+    return stage, name, value
 
 
 def _add_train_options(p: argparse.ArgumentParser, defaults: bool) -> None:
@@ -94,14 +107,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
 
     p = sub.add_parser("compress", help="run the whole pipeline on one env",
-                       description="Run every pipeline stage on ENV with a preset; re-running resumes. "
-                                   "Stages available now: sparse training (RLx2) and evaluation.")
+                       description="Run every pipeline stage on ENV with a preset: train (RLx2) -> evaluate -> "
+                                   "export -> bench -> embedded -> distill (HaDES) -> retrain -> report. Each stage "
+                                   "leaves a stamp; re-running skips finished stages, resumes an interrupted one "
+                                   "and reruns one whose parameters or inputs changed.")
     p.add_argument("--env", dest="env_id", default=DEFAULT_ENV, metavar="ENV")
     p.add_argument("--preset", default="quick", metavar="NAME", help="tiny, quick or full (default quick)")
     p.add_argument("--presets", type=Path, default=None, metavar="FILE",
                    help="a TOML file of presets (default: the packaged pipeline/presets.toml)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default artifacts/ENV")
     _add_train_options(p, defaults=False)
+    p.add_argument("--set", dest="overrides", action="append", default=[], type=_override, metavar="STAGE.KEY=VALUE",
+                   help="override one stage parameter, e.g. --set distill.generations=50 (repeatable; VALUE is "
+                        "TOML: 64, 0.5, \"expert\", [64,64])")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("embedded", help="build the exported C actor as Cortex-M firmware and for aarch64, and measure it",
+                       description="Cross-compile an export bundle's C actor (sparse and dense) for each target, "
+                                   "report the model's flash and RAM, run it under QEMU, check its actions against "
+                                   "ONNX Runtime and count instructions per inference. Writes DIR/embedded.json "
+                                   "and keeps the firmware in DIR/embedded/TARGET/. Needs Debian's "
+                                   "gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm, qemu-user, "
+                                   "gcc-aarch64-linux-gnu (make embedded-deps).")
+    p.add_argument("bundle", type=Path, metavar="DIR", help="an export bundle (tinypolicy export)")
+    p.add_argument("--target", dest="targets", nargs="+", choices=EMBEDDED_TARGETS, default=list(EMBEDDED_TARGETS),
+                   metavar="TARGET", help=f"one or more of {', '.join(EMBEDDED_TARGETS)} (default: all): "
+                                          "cortex-m4 = STM32F405 on mps2-an386, cortex-m7 = STM32F746 on "
+                                          "mps2-an500, aarch64 = Raspberry Pi 4 class Linux on qemu-aarch64")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export", help="export a checkpoint's actor to ONNX (fp32, int8) and C",
+                       description="Write an export bundle: actor.onnx (dead neurons removed), actor.dense.onnx, "
+                                   "actor.int8.onnx, actor.c/actor.h (sparse) and actor_dense.c, export.json "
+                                   "with parity against PyTorch on rollout and extreme observations.")
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--parity-samples", type=_positive_int, default=10_000, metavar="N",
+                   help="observations for the parity check (80%% rollouts, 20%% extremes)")
+    p.add_argument("--episodes", type=_positive_int, default=5, metavar="N", help="episodes for the int8 return")
+    p.add_argument("--seed", type=int, default=0, metavar="K")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("bench", help="latency, size and return of every variant of an export bundle",
+                       description="Measure batch-1 latency (p50/p99) of PyTorch, ONNX Runtime (dense, pruned, "
+                                   "int8) and the C kernels, MACs, sizes and returns; writes bench.json, "
+                                   "bench.md and bench.png.")
+    p.add_argument("bundle", type=Path, metavar="DIR", help="an export bundle (from tinypolicy export)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default: the bundle")
+    p.add_argument("--calls", type=_positive_int, default=5_000, metavar="N", help="timed calls per Python variant")
+    p.add_argument("--c-calls", type=_positive_int, default=100_000, metavar="N", help="calls timed inside C")
+    p.add_argument("--rounds", type=_positive_int, default=5, metavar="N", help="interleaved timing rounds")
+    p.add_argument("--episodes", type=_positive_int, default=5, metavar="N")
+    p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("sweep", help="run many training jobs (envs x methods x sparsities x seeds)",
+                       description="Run every job of a sweep config (TOML, see pipeline/sweep.py), locally or as "
+                                   "Ray tasks, then write sweep.csv, sweep.md and sweep.png with the ultimate "
+                                   "compression ratio per env. Re-running resumes unfinished jobs.")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: one job after another in this process; ray: one Ray task per job")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="an existing Ray cluster (default: start a local one)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("distill", help="distil a tiny synthetic dataset with HaDES",
@@ -147,26 +215,76 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ONNX actor (env units in and out). Needs no torch; a robot runs the same "
                                    "as `python -m pipeline.retrain`.")
     add_retrain_arguments(p)
-
-    p = sub.add_parser("sweep", help="run many training jobs (envs x methods x sparsities x seeds)",
-                       description="Run every job of a sweep config (TOML, see pipeline/sweep.py), locally or as "
-                                   "Ray tasks, then write sweep.csv, sweep.md and sweep.png with the ultimate "
-                                   "compression ratio per env. Re-running resumes unfinished jobs.")
-    p.add_argument("config", type=Path, metavar="CONFIG")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: one job after another in this process; ray: one Ray task per job")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="an existing Ray cluster (default: start a local one)")
-    p.add_argument("--quiet", action="store_true")
+    _add_ad_parser(sub)
     return parser
 
 
-def _train_config(args: argparse.Namespace, base: dict):
+def _add_ad_parser(sub) -> None:
+    """`tinypolicy ad collect | train | evaluate | export`: Algorithm Distillation on Dark Room."""
+    p = sub.add_parser("ad", help="Algorithm Distillation: in-context RL on Dark Room",
+                       description="Algorithm Distillation on Dark Room (tinypolicy/DarkRoom-v0): collect "
+                                   "Q-learning histories, train the causal transformer, evaluate it in context "
+                                   "on held-out goals with frozen weights, export its step function to ONNX.")
+    stages = p.add_subparsers(dest="ad_command", required=True, metavar="STAGE")
+
+    s = stages.add_parser("collect", help="learning histories of tabular Q-learning, and expert data",
+                          description="Split the 81 goals into train / held-out, run Q-learning on every "
+                                      "training goal with several seeds and keep every k-th episode; also roll "
+                                      "out the optimal policy (data for the ED baseline). Writes histories.npz.")
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--test-goals", type=_positive_int, default=16, metavar="N", help="held-out goals (default 16)")
+    s.add_argument("--seeds-per-goal", type=_positive_int, default=10, metavar="N")
+    s.add_argument("--episodes", type=_positive_int, default=200, metavar="N", help="source episodes per history")
+    s.add_argument("--keep-every", type=_positive_int, default=4, metavar="K", help="keep every K-th episode")
+    s.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the goal split and the learners")
+
+    s = stages.add_parser("train", help="train the AD (or ED) transformer; re-running resumes",
+                          description="Train the causal transformer to predict the source's actions on random "
+                                      "across-episode windows. --source expert trains the ED baseline. "
+                                      "Checkpoints every --checkpoint-every steps; re-running resumes.")
+    s.add_argument("--data", required=True, type=Path, metavar="DIR", help="the directory `ad collect` wrote")
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--source", choices=["learning", "expert"], default="learning",
+                   help="learning histories (AD, default) or expert episodes (ED)")
+    for name, kind, help_text in (("steps", _positive_int, "gradient steps"), ("batch", _positive_int, "windows per step"),
+                                  ("lr", float, "peak AdamW learning rate"),
+                                  ("window", _positive_int, "context length T in transitions"),
+                                  ("dim", _positive_int, None), ("layers", _positive_int, None),
+                                  ("heads", _positive_int, None), ("ff-dim", _positive_int, None),
+                                  ("checkpoint-every", _positive_int, None), ("seed", int, None)):
+        s.add_argument(f"--{name}", type=kind, default=None, metavar="X", help=help_text)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = stages.add_parser("evaluate", help="in-context curves on held-out goals (frozen weights)",
+                          description="From an empty context: return per episode of AD, ED, the source, random and "
+                                      "optimal on the held-out goals, AD on training goals and the context "
+                                      "ablations. Writes curves.json, curves.csv and curves.png.")
+    s.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="the AD checkpoint.pt")
+    s.add_argument("--ed", type=Path, default=None, metavar="CHECKPOINT", help="the ED checkpoint.pt (optional)")
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--episodes", type=_positive_int, default=500, metavar="N", help="AD, source, random (default 500)")
+    s.add_argument("--short-episodes", type=_positive_int, default=150, metavar="N",
+                   help="ED, AD on training goals and the ablations (default 150)")
+    s.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="evaluation seeds per goal")
+    s.add_argument("--seed", type=int, default=1000, metavar="K")
+    s.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
+    s.add_argument("--quiet", action="store_true")
+
+    s = stages.add_parser("export", help="ONNX step function, checked under ONNX Runtime",
+                          description="Export the [1, T] step function to ONNX and re-run the held-out in-context "
+                                      "curve under ONNX Runtime next to PyTorch. Writes ad.onnx and export.json.")
+    s.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    s.add_argument("--out", required=True, type=Path, metavar="DIR")
+    s.add_argument("--episodes", type=_positive_int, default=100, metavar="N")
+    s.add_argument("--seed", type=int, default=1000, metavar="K")
+    s.add_argument("--quiet", action="store_true")
+
+
+def _train_config(args: argparse.Namespace):
     from pipeline.train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in base.items() if k in names}
-    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "hidden" in values:
         values["hidden"] = tuple(values["hidden"])
     return TrainConfig(**values)
@@ -183,7 +301,7 @@ def load_presets(path: Path | None) -> dict:
 def cmd_train(args) -> int:
     from pipeline.train import train
 
-    summary = train(_train_config(args, {}), args.out, progress=not args.quiet)
+    summary = train(_train_config(args), args.out, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("mean_return", "std_return", "actor_sparsity", "steps")}))
     return 0
 
@@ -208,27 +326,98 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from pipeline.compress import compress
+    from pipeline.compress import PipelineConfig, compress
+    from pipeline.train import TrainConfig
 
     presets = load_presets(args.presets)
     if args.preset not in presets:
         raise UserError(f"unknown preset {args.preset!r}; available: {', '.join(presets)}")
+    train_flags = {f.name for f in fields(TrainConfig)} - {"env_id"}
+    overrides: dict[str, dict] = {"train": {k: v for k, v in vars(args).items() if k in train_flags and v is not None}}
+    for stage, key, value in args.overrides:
+        overrides.setdefault(stage, {})[key] = value
+    config = PipelineConfig.from_preset(args.env_id, presets[args.preset], overrides)
     out = args.out or Path("artifacts") / args.env_id
-    cfg = _train_config(args, presets[args.preset])
-    records = compress(cfg, out, eval_episodes=cfg.eval_episodes, progress=not args.quiet)
+    records = compress(config, out, progress=not args.quiet)
 
     print(f"\ntinypolicy compress: {args.env_id}, preset {args.preset}, artefacts in {out}")
-    print(f"  {'stage':10} {'status':11} {'time':>8}  result")
+    print(f"  {'stage':9} {'status':11} {'time':>8}  result")
     for r in records:
-        s = r["summary"]
-        if r["stage"] == "train":
-            result = f"actor sparsity {s['actor_sparsity']:.3f}, critic {s['critic_sparsity']:.3f}"
-        elif r["stage"] == "evaluate":
-            result = (f"return {s['mean_return']:.1f} +- {s['std_return']:.1f} "
-                      f"(random {s['random_mean_return']:.1f})")
-        else:
-            result = s["report"]
-        print(f"  {r['stage']:10} {r['status']:11} {r['seconds']:7.1f}s  {result}")
+        print(f"  {r['stage']:9} {r['status']:11} {r['seconds']:7.1f}s  {_stage_result(r['stage'], r['summary'])}")
+    return 0
+
+
+def _stage_result(stage: str, s: dict) -> str:
+    """One line of the compress summary table."""
+    if stage == "train":
+        return f"actor sparsity {s['actor_sparsity']:.3f}, critic {s['critic_sparsity']:.3f}, {s['steps']:,} steps"
+    if stage == "evaluate":
+        return f"return {s['mean_return']:.1f} +- {s['std_return']:.1f} (random {s['random_mean_return']:.1f})"
+    if stage == "export":
+        return (f"widths {s['widths']}, nonzero MACs {s['macs']['nonzero']:,} of {s['macs']['dense']:,}, "
+                f"parity {'ok' if s['parity_within_1e-5'] else 'beyond 1e-5'}")
+    if stage == "bench":
+        return (f"C sparse {s['latency_p50_us']['c_sparse']:.2f} us: {s['speedup']['c_sparse_vs_ort_dense']:.1f}x "
+                f"ORT dense, {s['speedup']['c_sparse_vs_c_dense']:.1f}x C dense")
+    if stage == "embedded":
+        parts = [f"{t} sparse {s[t]['sparse']['flash_bytes'] / 1024:.1f} KiB flash" for t in s["targets"]
+                 if s[t].get("sparse", {}).get("flash_bytes")]
+        parts += [f"{t} skipped" for t in s["skipped"]]
+        return ", ".join(parts) or "no target"
+    if stage == "distill":
+        return (f"D={s['size']} HaDES-{s['mode'].upper()}, retrained return "
+                f"{s['fresh_init_mean']:.1f} (random {s['random_policy_return']:.1f})")
+    if stage == "retrain":
+        return (f"return dense {s['dense']['mean_return']:.1f}, sparse-mask {s['sparse']['mean_return']:.1f} "
+                f"({s['sparse']['sparsity']:.0%} sparse)")
+    return s["report"]
+
+
+def cmd_embedded(args) -> int:
+    from export.bench import BENCH_MD
+    from export.embedded import embedded_report, summary_lines, update_bench_report, write_embedded_json
+
+    failed = []
+    for target in args.targets:
+        report = embedded_report(args.bundle, target, progress=not args.quiet)
+        path = write_embedded_json(args.bundle, [report])
+        print("\n".join(summary_lines(report)))
+        failed += [f"{target} {name}" for name, k in report["kernels"].items() if k["fits"] and not k["parity"]["ok"]]
+    update_bench_report(args.bundle / BENCH_MD, args.bundle)
+    print(f"wrote {path}")
+    if failed:
+        print(f"tinypolicy: firmware actions differ from ONNX Runtime: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_export(args) -> int:
+    from export.bundle import export_bundle
+
+    m = export_bundle(args.checkpoint, args.out, parity_samples=args.parity_samples, episodes=args.episodes,
+                      seed=args.seed, progress=not args.quiet)
+    print(json.dumps({"out": str(args.out), "widths": m["widths"], "macs": m["macs"],
+                      "parity_max_abs_error": max(m["parity"]["max_abs_error"].values()),
+                      "parity_within_1e-5": m["parity"]["within_tolerance"],
+                      "int8_max_abs_error_rollouts": m["int8"]["max_abs_error_rollouts"]}))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from export.bench import BENCH_MD, bench_bundle
+
+    bench_bundle(args.bundle, args.out, calls=args.calls, c_calls=args.c_calls, rounds=args.rounds,
+                 episodes=args.episodes, seed=args.seed, progress=not args.quiet)
+    print((Path(args.out or args.bundle) / BENCH_MD).read_text())
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from pipeline.sweep import load_sweep_config, run_sweep
+
+    config = load_sweep_config(args.config)
+    run_sweep(config, args.backend, args.ray_address, progress=not args.quiet)
+    print((config.out / "sweep.md").read_text(), end="")
     return 0
 
 
@@ -236,6 +425,32 @@ def cmd_distill(args) -> int:
     from pipeline.distill import config_from_args, distill
 
     summary = distill(config_from_args(vars(args)), args.out, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_ad(args) -> int:
+    import torch
+
+    from pipeline import ad
+
+    torch.set_num_threads(1)
+    if args.ad_command == "collect":
+        summary = ad.collect(args.out, test_goals=args.test_goals, seeds_per_goal=args.seeds_per_goal,
+                             episodes=args.episodes, keep_every=args.keep_every, seed=args.seed)
+    elif args.ad_command == "train":
+        cfg = ad.train_config_from({k.replace("-", "_"): v for k, v in vars(args).items()})
+        summary = ad.train(args.data, args.out, cfg, progress=not args.quiet)
+    elif args.ad_command == "evaluate":
+        cfg = ad.EvalConfig(episodes=args.episodes, seeds=args.seeds, short_episodes=args.short_episodes,
+                            seed=args.seed, greedy=args.greedy)
+        result = ad.evaluate(args.checkpoint, args.out, cfg, ed_checkpoint=args.ed, progress=not args.quiet)
+        summary = {k: result[k] for k in ("return_at_episode", "mean_last_50", "eval_seconds")}
+    else:
+        from export.ad_onnx import export_ad
+
+        result = export_ad(args.checkpoint, args.out, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
+        summary = {k: v for k, v in result.items() if k != "curves"}
     print(json.dumps(summary))
     return 0
 
@@ -255,17 +470,9 @@ def cmd_retrain(args) -> int:
     return run(args)
 
 
-def cmd_sweep(args) -> int:
-    from pipeline.sweep import load_sweep_config, run_sweep
-
-    config = load_sweep_config(args.config)
-    run_sweep(config, args.backend, args.ray_address, progress=not args.quiet)
-    print((config.out / "sweep.md").read_text(), end="")
-    return 0
-
-
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress,
-            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": cmd_retrain, "sweep": cmd_sweep}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "sweep": cmd_sweep,
+            "export": cmd_export, "bench": cmd_bench, "embedded": cmd_embedded,
+            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": cmd_retrain, "ad": cmd_ad}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,16 @@
 """`tinypolicy compress`: run the pipeline's stages in order, each one resumable.
 
+    train -> evaluate -> export -> bench -> embedded -> distill -> retrain -> report
+
 Every stage writes its artefacts into its own folder under the output directory and,
 when it finishes, a `stamp.json` with the hash of its parameters and of every input and
 output file. Re-running skips a stage whose stamp still matches, reruns a stage whose
 parameters or inputs changed (its folder is cleared first), and resumes an interrupted
-stage (training picks up its last checkpoint). Stages available now: train -> evaluate
--> report; distillation, retraining, export and benchmarks slot in as they land.
+stage (training and distillation pick up their last checkpoint). A kill at any moment
+loses nothing that a finished stage wrote.
+
+A preset (pipeline/presets.toml) holds one table of parameters per stage; `overrides`
+(`--set stage.key=value` on the command line) change single values.
 """
 from __future__ import annotations
 
@@ -13,16 +18,26 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
-
-import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.train import TrainConfig, train
 
 STAMP = "stamp.json"
+STAGES = ("train", "evaluate", "export", "bench", "embedded", "distill", "retrain", "report")
+
+# Parameters of the stages that have no config class of their own; a preset may set any of them.
+STAGE_DEFAULTS = {
+    "evaluate": {"episodes": 10, "seed": 10_000},
+    "export": {"parity_samples": 10_000, "episodes": 5, "seed": 0},
+    "bench": {"calls": 5_000, "c_calls": 100_000, "rounds": 5, "episodes": 5, "seed": 1000},
+    "embedded": {"targets": ["cortex-m4", "cortex-m7", "aarch64"]},
+    "distill": {"init": "expert"},
+    "retrain": {"episodes": 5, "seed": 0},
+    "report": {},
+}
 
 
 def file_hash(path: Path) -> str:
@@ -57,7 +72,7 @@ class Stage:
     def expected_stamp(self) -> dict:
         return {"params": params_hash(self.params), "inputs": {str(p): file_hash(p) for p in self.inputs}}
 
-    def _stamp(self, out: Path) -> dict | None:
+    def stamp(self, out: Path) -> dict | None:
         """The folder's stamp; an unreadable one reads as empty (never trusted)."""
         path = self.folder(out) / STAMP
         if not path.exists():
@@ -71,7 +86,7 @@ class Stage:
         return {k: stamp.get(k) for k in ("params", "inputs")} == self.expected_stamp()
 
     def is_done(self, out: Path) -> bool:
-        stamp = self._stamp(out)
+        stamp = self.stamp(out)
         if not stamp or not self._matches(stamp):
             return False
         outputs = stamp.get("outputs", {})
@@ -80,35 +95,130 @@ class Stage:
 
     def params_changed(self, out: Path) -> bool:
         """True when the folder holds work done with other parameters or inputs."""
-        stamp = self._stamp(out)
+        stamp = self.stamp(out)
         return stamp is not None and not self._matches(stamp)
 
 
-def random_policy_return(env_id: str, episodes: int, seed: int) -> np.ndarray:
-    from pipeline.envs import evaluate_policy, make_env
+@dataclass
+class PipelineConfig:
+    """Everything `compress` needs: the env and one parameter table per stage."""
+    env_id: str
+    stages: dict[str, dict]
 
-    space = make_env(env_id, seed=seed).action_space
-    return evaluate_policy(lambda obs: space.sample(), env_id, episodes, seed)
+    @classmethod
+    def from_preset(cls, env_id: str, preset: dict, overrides: dict[str, dict] | None = None) -> "PipelineConfig":
+        unknown = sorted(set(preset) - set(STAGES))
+        if unknown:
+            raise UserError(f"preset has tables for unknown stages {unknown}; stages are {', '.join(STAGES)}")
+        stages = {}
+        for name in STAGES:
+            values = dict(STAGE_DEFAULTS.get(name, {})) | dict(preset.get(name, {})) | dict((overrides or {}).get(name, {}))
+            stages[name] = values
+        config = cls(env_id, stages)
+        config.train_config()  # fail early, before any work, on a bad training or distillation key
+        config.distill_config(Path("checkpoint.pt"))
+        return config
+
+    def train_config(self) -> TrainConfig:
+        values = _known(TrainConfig, self.stages["train"], "train") | {"env_id": self.env_id}
+        if "hidden" in values:
+            values["hidden"] = tuple(values["hidden"])
+        cfg = TrainConfig(**values)
+        cfg.validate()
+        return cfg
+
+    def distill_config(self, expert: Path):
+        from pipeline.distill import DistillConfig
+
+        values = _known(DistillConfig, self.stages["distill"], "distill") | {"env_id": self.env_id}
+        if values.get("init", "zeros") == "expert":
+            values["expert"] = str(expert)
+        return DistillConfig(**values)
 
 
-def build_stages(cfg: TrainConfig, out: Path, eval_episodes: int, progress: bool) -> list[Stage]:
-    train_dir = out / "train"
+def _known(cls, values: dict, stage: str) -> dict:
+    names = {f.name for f in fields(cls)} - {"env_id"}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"unknown {stage} parameters {unknown}; known: {', '.join(sorted(names))}")
+    return dict(values)
+
+
+def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stage]:
+    p = config.stages
+    train_cfg = config.train_config()
+    checkpoint = out / "train" / "checkpoint.pt"
+    bundle = out / "export"
+    dataset = out / "distill"
 
     def run_train(folder: Path) -> dict:
-        return train(cfg, folder, progress=progress)
+        return train(train_cfg, folder, progress=progress)
 
     def run_evaluate(folder: Path) -> dict:
         from pipeline.checkpoint import load_checkpoint
-        from pipeline.envs import actor_policy, evaluate_policy
+        from pipeline.envs import actor_policy, evaluate_policy, random_policy_returns
 
-        actor = load_checkpoint(train_dir / "checkpoint.pt").build_actor()
-        seed = 10_000  # episodes never seen during training's evaluations
-        returns = evaluate_policy(actor_policy(actor), cfg.env_id, eval_episodes, seed)
-        random = random_policy_return(cfg.env_id, eval_episodes, seed)
-        summary = {"env_id": cfg.env_id, "episodes": eval_episodes, "seed": seed,
+        actor = load_checkpoint(checkpoint).build_actor()
+        episodes, seed = p["evaluate"]["episodes"], p["evaluate"]["seed"]  # seeds never seen in training
+        returns = evaluate_policy(actor_policy(actor), config.env_id, episodes, seed)
+        random = random_policy_returns(config.env_id, episodes, seed)
+        summary = {"env_id": config.env_id, "episodes": episodes, "seed": seed,
                    "mean_return": float(returns.mean()), "std_return": float(returns.std()),
                    "random_mean_return": float(random.mean()), "random_std_return": float(random.std())}
         write_json(folder / "eval.json", summary)
+        return summary
+
+    def run_export(folder: Path) -> dict:
+        from export.bundle import export_bundle
+
+        manifest = export_bundle(checkpoint, folder, progress=progress, **p["export"])
+        return {"widths": manifest["widths"], "macs": manifest["macs"],
+                "parity_within_1e-5": manifest["parity"]["within_tolerance"]}
+
+    def run_bench(folder: Path) -> dict:
+        from export.bench import bench_bundle
+
+        result = bench_bundle(bundle, folder, progress=progress, **p["bench"])
+        return {"latency_p50_us": {name: v["p50_us"] for name, v in result["latency"].items()},
+                "speedup": result["speedup"]}
+
+    def run_embedded(folder: Path) -> dict:
+        from export.embedded import embedded_report, missing_tools, write_embedded_json
+
+        reports, skipped = [], {}
+        for target in p["embedded"]["targets"]:
+            missing = missing_tools(target)
+            if missing:
+                skipped[target] = f"not installed: {', '.join(missing)} (make embedded-deps)"
+                continue
+            reports.append(embedded_report(bundle, target, progress=progress))
+        write_embedded_json(folder, reports)
+        summary = {"targets": [r["target"] for r in reports], "skipped": skipped}
+        for r in reports:
+            summary[r["target"]] = {name: {"flash_bytes": k.get("flash_bytes"), "fits": k["fits"]}
+                                    for name, k in r["kernels"].items()}
+        return summary
+
+    def run_distill(folder: Path) -> dict:
+        from pipeline.distill import distill
+
+        return distill(config.distill_config(checkpoint), folder, progress=progress)
+
+    def run_retrain(folder: Path) -> dict:
+        from export.runtimes import ort_actions, ort_session
+        from pipeline.envs import evaluate_policy
+        from pipeline.retrain import retrain
+
+        summary = {}
+        for name, mask in (("dense", None), ("sparse", bundle / "actor.onnx")):
+            result = retrain(dataset, folder / f"policy.{name}.onnx", mask_path=mask, seed=p["retrain"]["seed"])
+            session = ort_session(folder / f"policy.{name}.onnx")
+            returns = evaluate_policy(lambda obs: ort_actions(session, obs[None])[0], config.env_id,
+                                      p["retrain"]["episodes"], seed=1000)
+            summary[name] = {k: result[k] for k in ("hidden", "activation", "sparsity", "nnz", "final_loss",
+                                                    "train_seconds")} | {
+                "mean_return": float(returns.mean()), "std_return": float(returns.std())}
+        write_json(folder / "retrain.json", summary)
         return summary
 
     def run_report(folder: Path) -> dict:
@@ -118,25 +228,39 @@ def build_stages(cfg: TrainConfig, out: Path, eval_episodes: int, progress: bool
         return {"report": str(folder / "report.md")}
 
     return [
-        Stage("train", asdict(cfg) | {"hidden": list(cfg.hidden)}, [], ["checkpoint.pt", "metrics.csv", "eval.json"],
-              run_train),
-        Stage("evaluate", {"episodes": eval_episodes}, [train_dir / "checkpoint.pt"], ["eval.json"], run_evaluate),
-        Stage("report", {}, [train_dir / "checkpoint.pt", train_dir / "metrics.csv", out / "evaluate" / "eval.json"],
+        Stage("train", asdict(train_cfg) | {"hidden": list(train_cfg.hidden)}, [],
+              ["checkpoint.pt", "metrics.csv", "eval.json"], run_train),
+        Stage("evaluate", p["evaluate"], [checkpoint], ["eval.json"], run_evaluate),
+        Stage("export", p["export"], [checkpoint],
+              ["actor.onnx", "actor.dense.onnx", "actor.int8.onnx", "actor.c", "actor.h", "actor_dense.c",
+               "export.json"], run_export),
+        Stage("bench", p["bench"], [bundle / "export.json", bundle / "actor.onnx"],
+              ["bench.json", "bench.md", "bench.png"], run_bench),
+        Stage("embedded", p["embedded"], [bundle / "actor.c", bundle / "actor_dense.c"], ["embedded.json"],
+              run_embedded),
+        Stage("distill", p["distill"], [checkpoint] if p["distill"].get("init") == "expert" else [],
+              ["dataset.npz", "dataset.json", "fitness.csv", "fitness.png"], run_distill),
+        Stage("retrain", p["retrain"], [dataset / "dataset.npz", bundle / "actor.onnx"],
+              ["policy.dense.onnx", "policy.sparse.onnx", "retrain.json"], run_retrain),
+        Stage("report", {}, [checkpoint, out / "train" / "metrics.csv", out / "evaluate" / "eval.json",
+                             bundle / "export.json", out / "bench" / "bench.json", out / "embedded" / "embedded.json",
+                             dataset / "dataset.npz", out / "retrain" / "retrain.json"],
               ["report.md", "report.html", "learning_curve.png"], run_report),
     ]
 
 
-def compress(cfg: TrainConfig, out: Path, eval_episodes: int = 10, progress: bool = True) -> list[dict]:
+def compress(config: PipelineConfig, out: Path, progress: bool = True) -> list[dict]:
     """Run (or resume) every stage; returns one record per stage for the summary table."""
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    stages = build_stages(cfg, out, eval_episodes, progress)
+    stages = build_stages(config, out, progress)
     for index, stage in enumerate(stages, 1):
         folder = stage.folder(out)
         header = f"[{index}/{len(stages)}] {stage.name}"
         if stage.is_done(out):
-            summary = json.loads((folder / STAMP).read_text())["summary"]
-            records.append({"stage": stage.name, "status": "up to date", "seconds": 0.0, "summary": summary})
+            stamp = stage.stamp(out)
+            records.append({"stage": stage.name, "status": "up to date", "seconds": stamp["seconds"],
+                            "summary": stamp["summary"]})
             print(f"{header}: up to date", flush=True)
             continue
         if stage.params_changed(out):

@@ -32,7 +32,7 @@ import torch
 
 from models.bc import BCParams, init_params, train_bc
 from pipeline.dataset import BCRecipe, Dataset, save_dataset
-from pipeline.envs import make_env
+from pipeline.envs import make_env, random_policy_returns
 from pipeline.errors import UserError
 from pipeline.es import SHAPINGS, Adam, antithetic_noise, es_gradient, shape_fitness
 from pipeline.rollouts import PopulationEvaluator
@@ -265,20 +265,6 @@ def retrain_and_evaluate(dataset: Dataset, evaluator: PopulationEvaluator, seeds
     return result.returns.reshape(count, episodes).mean(1)
 
 
-def random_policy_return(env_id: str, episodes: int, seed: int = 1000) -> float:
-    env = make_env(env_id, seed=seed)
-    returns = []
-    for episode in range(episodes):
-        env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns))
-
-
 def write_fitness_csv(out: Path, history: np.ndarray) -> None:
     tmp = out / "fitness.csv.tmp"
     with tmp.open("w", newline="") as f:
@@ -435,6 +421,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
         dataset = Dataset(cfg.env_id, states[0], actions[0], obs_mean, obs_std, action_low, action_high,
                           recipe=cfg.recipe, meta=meta)
 
+        final_start = time.perf_counter()
         seeds = list(range(100, 100 + cfg.final_seeds))
         fresh = retrain_and_evaluate(dataset, evaluator, seeds, cfg.final_episodes)
         evaluation = {"fresh_init_seeds": seeds, "fresh_init_returns": [round(float(r), 2) for r in fresh],
@@ -443,9 +430,14 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
             fixed = retrain_and_evaluate(dataset, evaluator, [], cfg.final_episodes,
                                          fixed_init=policy_inits(cfg, 1, obs_dim, act_dim, 0))
             evaluation["fixed_init_return"] = round(float(fixed[0]), 2)
-    evaluation["random_policy_return"] = round(random_policy_return(cfg.env_id, 10), 2)
+        evaluation["evaluation_seconds"] = round(time.perf_counter() - final_start, 1)
+    evaluation["random_policy_return"] = round(float(random_policy_returns(cfg.env_id, 10, 1000).mean()), 2)
     dataset.meta["evaluation"] = evaluation
     save_dataset(dataset, out)
+    if cfg.mode == "f":  # HaDES-F datasets are tuned to this init: ship it so a robot can start from it
+        init_arrays = policy_inits(cfg, 1, obs_dim, act_dim, 0).numpy()
+        np.savez(out / "policy_init.tmp.npz", **{k: v[0] for k, v in init_arrays.items()})
+        os.replace(out / "policy_init.tmp.npz", out / "policy_init.npz")
     write_fitness_csv(out, history_array)
     plot_fitness(out, history_array, f"HaDES-{cfg.mode.upper()} {cfg.env_id}, D={cfg.size}, N={cfg.population}")
     render_error = render_states(dataset, out / "states.png")

@@ -58,3 +58,9 @@ def evaluate_policy(policy, env_id: str, episodes: int, seed: int) -> np.ndarray
         returns.append(total)
     env.close()
     return np.asarray(returns)
+
+
+def random_policy_returns(env_id: str, episodes: int, seed: int) -> np.ndarray:
+    """Returns of `episodes` episodes of uniformly random actions: the floor every policy must beat."""
+    space = make_env(env_id, seed=seed).action_space
+    return evaluate_policy(lambda obs: space.sample(), env_id, episodes, seed)

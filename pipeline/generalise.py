@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.dataset import BCRecipe, load_dataset
-from pipeline.distill import random_policy_return, retrain_and_evaluate
+from pipeline.distill import retrain_and_evaluate
+from pipeline.envs import random_policy_returns
 from pipeline.rollouts import PopulationEvaluator
 
 WIDTHS = (32, 64, 128, 256, 512)
@@ -59,7 +60,7 @@ def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None
                          "activation": recipe.activation, "lr": recipe.lr, "bc_steps": recipe.steps,
                          "mean_return": float(returns.mean()), "std_return": float(returns.std()),
                          "returns": [round(float(r), 1) for r in returns]})
-    random_return = random_policy_return(env_id, 10)
+    random_return = float(random_policy_returns(env_id, 10, 1000).mean())
 
     with (out / "generalise.csv.tmp").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 from export.flops import inference_flops, weight_count
@@ -53,4 +54,89 @@ def write_report(out: Path, folder: Path) -> None:
         for index, layer in enumerate(sparse_layers(actor))], align_right_from=2)
     doc.paragraph(f"Actor: {weight_count(actor):,} of {weight_count(actor, False):,} weights nonzero; "
                   f"{inference_flops(actor):,} FLOPs per action vs {inference_flops(actor, False):,} dense.")
+    _export_section(doc, out, folder)
+    _embedded_section(doc, out)
+    _distill_section(doc, out, folder)
+    _retrain_section(doc, out, evaluation)
     doc.write(folder)
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _copy_image(source: Path, folder: Path, name: str) -> Path | None:
+    """Images live beside the report (the Markdown links them, the HTML embeds them)."""
+    if not source.exists():
+        return None
+    target = folder / name
+    shutil.copyfile(source, target)
+    return target
+
+
+def _export_section(doc: Document, out: Path, folder: Path) -> None:
+    bench = _read(out / "bench" / "bench.json")
+    if bench is None:
+        return
+    macs, sizes = bench["macs"], bench["parameter_bytes"]
+    doc.heading("Deployable actor: FLOPs, memory and latency on this CPU")
+    doc.paragraph(f"Dead neurons removed: MACs per action {macs['dense']:,} dense, {macs['structural']:,} after "
+                  f"neuron removal, {macs['nonzero']:,} nonzero. Parameter bytes: {sizes['dense_fp32']:,} dense fp32, "
+                  f"{sizes['pruned_fp32']:,} pruned fp32, {sizes['sparse_fp32']:,} sparse (C kernel tables).")
+    names = {"pytorch_eager": "PyTorch eager", "ort_dense": "ONNX Runtime, masked dense",
+             "ort_pruned": "ONNX Runtime, pruned", "ort_int8": "ONNX Runtime, int8", "c_sparse": "C sparse kernel",
+             "c_dense": "C dense kernel"}
+    doc.table(["variant", "batch-1 p50 (us)", "p99 (us)", "return"], [
+        [label, f"{bench['latency'][key]['p50_us']:.2f}", f"{bench['latency'][key]['p99_us']:.2f}",
+         f"{bench['returns'][key]['mean']:.1f}"] for key, label in names.items()])
+    speed = bench["speedup"]
+    doc.paragraph(f"C sparse kernel: {speed['c_sparse_vs_ort_dense']:.1f}x faster than ONNX Runtime on the dense "
+                  f"actor, {speed['c_sparse_vs_c_dense']:.1f}x faster than the dense C kernel (measured side by side "
+                  f"in one run; {bench['machine']['cpu']}).")
+    image = _copy_image(out / "bench" / "bench.png", folder, "bench.png")
+    if image:
+        doc.image(image, "latency per variant")
+
+
+def _embedded_section(doc: Document, out: Path) -> None:
+    reports = _read(out / "embedded" / "embedded.json")
+    if not reports:
+        return
+    doc.heading("Embedded targets")
+    rows = []
+    for target, report in reports.items():
+        for kernel, k in report["kernels"].items():
+            if not k["fits"]:
+                rows.append([target, kernel, "does not fit", "", "", ""])
+                continue
+            rows.append([target, kernel, f"{k['flash_bytes'] / 1024:.1f}", f"{k['ram_bytes'] / 1024:.2f}",
+                         f"{k['instructions']['median']:,}", f"{k['parity']['max_abs_diff']:.1e}"])
+    doc.table(["target", "kernel", "flash KiB", "RAM KiB", "instructions / inference (exact)",
+               "max abs diff vs ONNX Runtime"], rows, align_right_from=2)
+
+
+def _distill_section(doc: Document, out: Path, folder: Path) -> None:
+    summary = _read(out / "distill" / "summary.json")
+    if summary is None:
+        return
+    doc.heading(f"Distilled dataset (HaDES-{summary['mode'].upper()}, D = {summary['size']})")
+    doc.paragraph(f"{summary['generations']} generations of population {summary['population']}, "
+                  f"{summary['env_steps']:,} env steps, {summary['distill_seconds']:.0f} s, initialised from "
+                  f"{summary['init']}. Policies retrained on the final dataset from fresh inits return "
+                  f"{summary['fresh_init_mean']:.1f} (random policy {summary['random_policy_return']:.1f}).")
+    for source, name, caption in (("fitness.png", "fitness.png", "ES fitness per generation"),
+                                  ("states.png", "states.png", "the synthetic states, rendered by MuJoCo")):
+        image = _copy_image(out / "distill" / source, folder, name)
+        if image:
+            doc.image(image, caption)
+
+
+def _retrain_section(doc: Document, out: Path, evaluation: dict) -> None:
+    retrained = _read(out / "retrain" / "retrain.json")
+    if retrained is None:
+        return
+    doc.heading("Retrained on the distilled dataset (NumPy, no simulator)")
+    doc.table(["policy", "hidden", "sparsity", "training time (s)", "return"], [
+        [name, ",".join(map(str, r["hidden"])), f"{r['sparsity']:.1%}", f"{r['train_seconds']:.2f}",
+         f"{r['mean_return']:.1f}"] for name, r in retrained.items()] +
+        [["RLx2 expert (for reference)", "", "", "", f"{evaluation['mean_return']:.1f}"]], align_right_from=2)

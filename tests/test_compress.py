@@ -1,43 +1,82 @@
-"""The compress orchestrator: stamps, skipping finished stages, rerunning changed ones."""
-import json
+"""`tinypolicy compress` end to end on the tiny preset: every artefact, kill-and-resume,
+and reruns of exactly the stages whose parameters changed."""
+from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
 import pytest
 
-from pipeline.compress import compress
-from pipeline.train import TrainConfig
+from pipeline.cli import load_presets
+from pipeline.compress import STAGES, PipelineConfig, file_hash
+from pipeline.errors import UserError
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
 
-def tiny(seed: int = 0) -> TrainConfig:
-    return TrainConfig(env_id="Pendulum-v1", method="rlx2", actor_sparsity=0.9, critic_sparsity=0.8,
-                       total_steps=1_200, hidden=(32, 32), eval_interval=600, eval_episodes=1, seed=seed)
+def compress(out, *extra):
+    return [sys.executable, "-m", "pipeline", "compress", "--env", "Hopper-v5", "--preset", "tiny",
+            "--out", str(out), "--quiet", *extra]
 
 
-def test_stages_stamp_skip_and_rerun(tmp_path):
-    first = compress(tiny(), tmp_path, eval_episodes=2, progress=False)
-    assert [r["status"] for r in first] == ["done", "done", "done"]
-    for stage in ("train", "evaluate", "report"):
-        stamp = json.loads((tmp_path / stage / "stamp.json").read_text())
-        assert stamp["outputs"] and all(len(h) == 64 for h in stamp["outputs"].values())
-    report = (tmp_path / "report" / "report.md").read_text()
-    assert "Actor sparsity per layer" in report and "random actions" in report
-    evaluation = json.loads((tmp_path / "evaluate" / "eval.json").read_text())
-    assert evaluation["episodes"] == 2 and "random_mean_return" in evaluation
+def stage_status(stdout: str) -> dict[str, str]:
+    """The summary table's status column, per stage."""
+    rows = stdout[stdout.index("  stage"):].splitlines()[1:]
+    return {row[2:11].strip(): row[12:23].strip() for row in rows}
 
-    again = compress(tiny(), tmp_path, eval_episodes=2, progress=False)
-    assert [r["status"] for r in again] == ["up to date"] * 3
 
-    # Only the evaluation's parameter changed: training stays, evaluation and report rerun.
-    partly = compress(tiny(), tmp_path, eval_episodes=3, progress=False)
-    assert [r["status"] for r in partly] == ["up to date", "done", "done"]
+def test_tiny_pipeline_survives_a_kill_and_reruns_only_what_changed(tmp_path):
+    out = tmp_path / "hopper"
+    first = subprocess.Popen(compress(out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (out / "distill" / "es_state.npz").exists():  # distillation has checkpointed a generation
+        assert first.poll() is None, first.communicate()
+        assert time.time() < deadline
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (out / "distill" / "stamp.json").exists()
+    finished = {s: (out / s / "stamp.json").read_text() for s in ("train", "evaluate", "export", "bench", "embedded")}
 
-    # A tampered artefact is not trusted: its stage reruns.
-    (tmp_path / "report" / "report.md").write_text("edited")
-    assert [r["status"] for r in compress(tiny(), tmp_path, eval_episodes=3, progress=False)] == \
-        ["up to date", "up to date", "done"]
+    resumed = subprocess.run(compress(out), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[6/8] distill: running (resuming)" in resumed.stdout
+    status = stage_status(resumed.stdout)
+    assert [status[s] for s in STAGES] == ["up to date"] * 5 + ["done"] * 3
+    for stage, stamp in finished.items():  # nothing finished before the kill was redone
+        assert (out / stage / "stamp.json").read_text() == stamp
 
-    # A training parameter changed: everything reruns from a clean training folder.
-    changed = compress(tiny(seed=1), tmp_path, eval_episodes=3, progress=False)
-    assert [r["status"] for r in changed] == ["done", "done", "done"]
-    assert json.loads((tmp_path / "train" / "eval.json").read_text())["seed"] == 1
+    for stage in STAGES:  # every stage's artefacts exist and match their stamps
+        stamp = json.loads((out / stage / "stamp.json").read_text())
+        for name, digest in stamp["outputs"].items():
+            assert file_hash(out / stage / name) == digest
+    report = (out / "report" / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 3 and "Retrained on the distilled dataset" in report
+    assert "Embedded targets" in (out / "report" / "report.md").read_text()
+    retrained = json.loads((out / "retrain" / "retrain.json").read_text())
+    assert retrained["sparse"]["sparsity"] > 0.5 and retrained["dense"]["sparsity"] == 0.0
+    session = ort.InferenceSession(str(out / "export" / "actor.onnx"), providers=["CPUExecutionProvider"])
+    actions = session.run(["actions"], {"obs": np.zeros((4, 11), np.float32)})[0]
+    assert actions.shape == (4, 3) and np.all(np.abs(actions) <= 1.0)
+
+    again = subprocess.run(compress(out, "--set", "retrain.episodes=2"), cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [stage_status(again.stdout)[s] for s in STAGES] == ["up to date"] * 6 + ["done"] * 2
+
+
+def test_presets_and_overrides_are_validated():
+    presets = load_presets(None)
+    assert {"tiny", "quick", "full"} <= set(presets)
+    config = PipelineConfig.from_preset("Hopper-v5", presets["tiny"], {"distill": {"generations": 3}})
+    assert config.stages["distill"]["generations"] == 3 and config.train_config().total_steps == 4000
+    with pytest.raises(UserError, match="unknown distill parameters"):
+        PipelineConfig.from_preset("Hopper-v5", presets["tiny"], {"distill": {"generation": 3}})
+    with pytest.raises(UserError, match="unknown stages"):
+        PipelineConfig.from_preset("Hopper-v5", {"trian": {}})

@@ -1,0 +1,252 @@
+"""`tinypolicy bench`: batch-1 latency, size and return of every variant of an export bundle.
+
+All variants are measured in one process, one after another, on the same observations
+(the bundle's rollout observations, cycled), single-threaded:
+
+    pytorch_eager   the masked dense actor as a torch module (torch.inference_mode)
+    ort_dense       actor.dense.onnx in ONNX Runtime
+    ort_pruned      actor.onnx (dead neurons removed)
+    ort_int8        actor.int8.onnx
+    c_sparse        tp_actor (sparse CSC), timed inside C and through ctypes
+    c_dense         tp_actor_dense, timed inside C and through ctypes
+
+Latency of the Python-called variants is each `run()`/call timed alone with
+perf_counter_ns after a warm-up, inputs prepared outside the timed region; ORT's fixed
+per-call cost is shown by a one-node Identity model of the same input shape.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from export.bundle import FILES, load_bundle
+from export.embedded import update_bench_report
+from export.mlp import MLPPolicy
+from export.onnx_mlp import read_policy_onnx, save_onnx
+from export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
+from pipeline.compress import write_json
+from pipeline.envs import evaluate_policy
+
+BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
+VARIANTS = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense")
+LABELS = {"pytorch_eager": "PyTorch eager (masked dense)", "ort_dense": "ONNX Runtime, masked dense",
+          "ort_pruned": "ONNX Runtime, pruned", "ort_int8": "ONNX Runtime, int8 (pruned)",
+          "c_sparse": "C sparse (CSC)", "c_dense": "C dense", "ort_identity": "ONNX Runtime, Identity (overhead)"}
+
+
+def _policy_from_onnx(path: Path, manifest: dict[str, Any]) -> MLPPolicy:
+    weights, biases, meta = read_policy_onnx(path)
+    return MLPPolicy(tuple(weights), tuple(biases), manifest["hidden_activation"], manifest["output"],
+                     obs_mean=np.asarray(json.loads(meta["obs_mean"]), np.float32),
+                     obs_std=np.asarray(json.loads(meta["obs_std"]), np.float32),
+                     action_low=np.asarray(manifest["action_low"], np.float32),
+                     action_high=np.asarray(manifest["action_high"], np.float32))
+
+
+def _identity_model(obs_dim: int) -> onnx.ModelProto:
+    info = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["obs"], ["actions"])], "identity",
+                                   [info("obs", onnx.TensorProto.FLOAT, [1, obs_dim])],
+                                   [info("actions", onnx.TensorProto.FLOAT, [1, obs_dim])])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _time_python(call: Callable[[int], Any], calls: int) -> np.ndarray:
+    """Nanoseconds of each of `calls` calls of call(i), after calls // 10 warm-up calls."""
+    for i in range(calls // 10 + 1):
+        call(i)
+    times = np.empty(calls, np.float64)
+    clock = time.perf_counter_ns
+    for i in range(calls):
+        start = clock()
+        call(i)
+        times[i] = clock() - start
+    return times
+
+
+def _stats(ns: np.ndarray) -> dict[str, float]:
+    us = ns / 1000.0
+    return {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
+            "mean_us": float(us.mean()), "calls": int(len(us))}
+
+
+def _gcc_version() -> str:
+    try:
+        return subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, calls: int = 5_000,
+                 c_calls: int = 100_000, rounds: int = 5, episodes: int = 5, seed: int = 1000,
+                 progress: bool = True) -> dict[str, Any]:
+    """Measure every variant of the bundle; writes bench.json, bench.md and bench.png into
+    `out_dir` (default the bundle) and returns the bench.json content."""
+    torch.set_num_threads(1)
+    manifest = load_bundle(bundle_dir)
+    folder = Path(bundle_dir)
+    out = Path(out_dir) if out_dir else folder
+    out.mkdir(parents=True, exist_ok=True)
+    n_rollout = manifest["parity"]["rollout_observations"]
+    observations = np.load(folder / FILES["observations"], allow_pickle=False)[:n_rollout]
+    rows = [np.ascontiguousarray(o[None]) for o in observations]
+    tensors = [torch.from_numpy(r) for r in rows]
+    n = len(rows)
+    bar = tqdm(total=rounds + len(VARIANTS), desc="bench", disable=not progress)
+
+    torch_policy = _policy_from_onnx(folder / FILES["onnx_dense"], manifest).torch_module()
+    sessions = {name: ort_session(folder / FILES[key])
+                for name, key in (("ort_dense", "onnx_dense"), ("ort_pruned", "onnx"), ("ort_int8", "onnx_int8"))}
+    with tempfile.TemporaryDirectory() as build:
+        identity_path = save_onnx(_identity_model(manifest["obs_dim"]), Path(build) / "identity.onnx")
+        sessions["ort_identity"] = ort_session(identity_path)
+        kernels = CKernels(folder, build, manifest["obs_dim"], manifest["act_dim"])
+
+        pointers = [r.ctypes.data_as(FLOAT_P) for r in rows]
+        out_p = np.zeros(manifest["act_dim"], np.float32).ctypes.data_as(FLOAT_P)
+        python_timed: dict[str, Callable[[int], Any]] = {
+            "pytorch_eager": lambda i: torch_policy(tensors[i % n]),
+            **{name: (lambda i, s=session: s.run(None, {"obs": rows[i % n]})) for name, session in sessions.items()},
+            "c_sparse_ctypes": lambda i, f=kernels.function(False): f(pointers[i % n], out_p),
+            "c_dense_ctypes": lambda i, f=kernels.function(True): f(pointers[i % n], out_p),
+        }
+        # Rounds interleave the variants, so that a burst of load from other processes on
+        # this shared machine falls on all of them rather than on one.
+        samples: dict[str, list[np.ndarray]] = {name: [] for name in [*python_timed, "c_sparse", "c_dense"]}
+        loop_means: dict[str, list[float]] = {"c_sparse": [], "c_dense": []}
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for name, call in python_timed.items():
+                    samples[name].append(_time_python(call, max(1, calls // rounds)))
+                for name in ("c_sparse", "c_dense"):
+                    per_call, loop_mean = kernels.time_calls(observations, max(1, c_calls // rounds),
+                                                             dense=name == "c_dense")
+                    samples[name].append(per_call)
+                    loop_means[name].append(loop_mean)
+                bar.update()
+        latency = {name: _stats(np.concatenate(samples[name])) for name in (*VARIANTS, "ort_identity")}
+        for name in ("c_sparse", "c_dense"):
+            latency[name]["loop_mean_us"] = float(np.median(loop_means[name])) / 1000.0
+            latency[name]["ctypes"] = _stats(np.concatenate(samples[f"{name}_ctypes"]))
+
+        policies = {
+            "pytorch_eager": lambda o: torch_policy(torch.as_tensor(o, dtype=torch.float32)[None])[0].numpy(),
+            **{name: (lambda o, s=sessions[name]: ort_actions(s, o[None])[0])
+               for name in ("ort_dense", "ort_pruned", "ort_int8")},
+            "c_sparse": kernels.policy(dense=False), "c_dense": kernels.policy(dense=True),
+        }
+        returns = {}
+        with torch.inference_mode():
+            for name, policy in policies.items():
+                r = evaluate_policy(policy, manifest["env_id"], episodes, seed)
+                returns[name] = {"mean": float(r.mean()), "std": float(r.std()), "episodes": r.tolist()}
+                bar.update()
+    bar.close()
+
+    c_sparse, c_dense, ort_dense = (latency[k]["p50_us"] for k in ("c_sparse", "c_dense", "ort_dense"))
+    result = {
+        "format": "tinypolicy.bench", "version": 1,
+        "bundle": str(folder), "env_id": manifest["env_id"],
+        "checkpoint": manifest["checkpoint"],
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpu": _cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
+                    "onnxruntime": ort.__version__, "numpy": np.__version__, "gcc": _gcc_version(),
+                    "threads": 1, "c_flags": "-std=c99 -O2 (shared library, -fPIC)"},
+        "settings": {"calls": calls, "c_calls": c_calls, "rounds": rounds, "warmup_fraction": 0.1,
+                     "observations": n,
+                     "episodes": episodes, "seed": seed},
+        "sparsity": 1.0 - sum(l["nnz"] for l in manifest["layers"]) / manifest["macs"]["dense"],
+        "sparsity_after_removal": 1.0 - manifest["macs"]["nonzero"] / manifest["macs"]["dense"],
+        "latency": latency,
+        "speedup": {"c_sparse_vs_ort_dense": ort_dense / c_sparse, "c_sparse_vs_c_dense": c_dense / c_sparse,
+                    "ort_pruned_vs_ort_dense": ort_dense / latency["ort_pruned"]["p50_us"]},
+        "macs": manifest["macs"],
+        "parameter_bytes": manifest["parameter_bytes"],
+        "file_bytes": {key: entry["bytes"] for key, entry in manifest["files"].items()},
+        "returns": returns,
+    }
+    write_json(out / BENCH_JSON, result)
+    _write_markdown(out / BENCH_MD, result)
+    update_bench_report(out / BENCH_MD, bundle_dir)  # embedded targets' section, if measured
+    _plot(out / BENCH_PNG, result)
+    return result
+
+
+def _write_markdown(path: Path, r: dict[str, Any]) -> None:
+    lines = [f"# Export benchmark: {r['env_id']}", "",
+             f"Checkpoint `{r['checkpoint']['path']}` ({r['checkpoint']['steps_done']} env steps), "
+             f"weight sparsity {r['sparsity']:.3f} "
+             f"({r['sparsity_after_removal']:.3f} after dead-neuron removal). {r['machine']['cpu']}, 1 thread, "
+             f"{r['date_utc']}; batch 1, {r['settings']['calls']} calls per Python-timed variant, "
+             f"{r['settings']['c_calls']} timed inside C; returns over {r['settings']['episodes']} "
+             f"episodes from seed {r['settings']['seed']}.", "",
+             "| variant | p50 µs | p99 µs | via ctypes p50 / p99 µs | return |",
+             "|---|---:|---:|---:|---:|"]
+    for name in (*VARIANTS, "ort_identity"):
+        lat = r["latency"][name]
+        ctypes_cell = (f"{lat['ctypes']['p50_us']:.2f} / {lat['ctypes']['p99_us']:.2f}" if "ctypes" in lat else "")
+        ret = r["returns"].get(name)
+        ret_cell = f"{ret['mean']:.1f} ± {ret['std']:.1f}" if ret else ""
+        lines.append(f"| {LABELS[name]} | {lat['p50_us']:.2f} | {lat['p99_us']:.2f} | {ctypes_cell} | {ret_cell} |")
+    m, b, f, s = r["macs"], r["parameter_bytes"], r["file_bytes"], r["speedup"]
+    lines += ["", f"C sparse speed-up (p50): {s['c_sparse_vs_ort_dense']:.1f}x vs ONNX Runtime dense, "
+                  f"{s['c_sparse_vs_c_dense']:.1f}x vs C dense.", "",
+              "| MACs dense | structural (after neuron removal) | nonzero |", "|---:|---:|---:|",
+              f"| {m['dense']:,} | {m['structural']:,} | {m['nonzero']:,} |", "",
+              "| parameter bytes: dense fp32 | pruned fp32 | sparse tables (C) |", "|---:|---:|---:|",
+              f"| {b['dense_fp32']:,} | {b['pruned_fp32']:,} | {b['sparse_fp32']:,} |", "",
+              "| file | bytes |", "|---|---:|", *(f"| {FILES[k]} | {v:,} |" for k, v in f.items()), ""]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+
+
+def _plot(path: Path, r: dict[str, Any]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [*VARIANTS, "ort_identity"]
+    p50 = np.array([r["latency"][n]["p50_us"] for n in names])
+    p99 = np.array([r["latency"][n]["p99_us"] for n in names])
+    fig, (ax_lat, ax_ret) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    y = np.arange(len(names))
+    ax_lat.barh(y, p50, xerr=[np.zeros_like(p50), p99 - p50], color="tab:blue", capsize=3)
+    ax_lat.set_yticks(y, [LABELS[n] for n in names])
+    ax_lat.invert_yaxis()
+    ax_lat.set_xscale("log")
+    ax_lat.set_xlabel("batch-1 latency, µs (bar p50, whisker p99; log scale)")
+    ax_lat.set_title(f"{r['env_id']}: sparsity {r['sparsity']:.3f}, 1 thread")
+    ret_names = list(VARIANTS)
+    means = [r["returns"][n]["mean"] for n in ret_names]
+    stds = [r["returns"][n]["std"] for n in ret_names]
+    ax_ret.bar(range(len(ret_names)), means, yerr=stds, color="tab:green", capsize=3)
+    ax_ret.set_xticks(range(len(ret_names)), ret_names, rotation=30, ha="right")
+    ax_ret.set_ylabel(f"return ({r['settings']['episodes']} episodes)")
+    ax_ret.set_title("return of each variant")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

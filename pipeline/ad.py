@@ -1,0 +1,568 @@
+"""Algorithm Distillation (Laskin et al., ICLR 2023) on Dark Room, CPU-sized.
+
+Four stages, each reading the previous one's artefact:
+
+1. `collect`: split the 81 goals into fixed train / held-out sets; run tabular Q-learning
+   (the source algorithm) on every training goal with several seeds, keeping every k-th
+   episode of each learning history; also roll out the optimal policy on the same goals
+   (expert data for the ED baseline). One artefact: `histories.npz` + `histories.json`.
+2. `train`: a causal transformer (models/ad_transformer.py) learns to predict the source's
+   actions on random across-episode windows of the histories (AD), or of the expert data
+   (ED). Checkpoints atomically; re-running resumes.
+3. `evaluate`: frozen weights, empty context, held-out goals: the return per episode of
+   AD, ED, the source algorithm, a random and the optimal policy, AD on training goals, and
+   the context ablations (a window shorter than an episode; the context cleared at every
+   episode start). Curves as JSON/CSV and a plot.
+4. `export` (export/ad_onnx.py): the step function as ONNX, checked under ONNX Runtime.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+import zipfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from models.ad_transformer import ADConfig, ADTransformer
+from pipeline.darkroom import (DARK_ROOM_STEPS, NUM_ACTIONS, NUM_STATES, BatchDarkRoom, all_cells,
+                               optimal_return)
+from pipeline.dataset import _atomic_write, _sha256
+from pipeline.errors import UserError
+
+HISTORY_FORMAT = "tinypolicy.ad-histories"
+CHECKPOINT_FORMAT = "tinypolicy.ad-checkpoint"
+VERSION = 1
+NO_ACTION = NUM_ACTIONS  # the "previous action" of a history's first token
+SOURCES = ("learning", "expert")
+HISTORY_ARRAYS = ("states", "actions", "rewards", "goals")
+
+
+# --------------------------------------------------------------------------- collect
+
+@dataclass(frozen=True)
+class QLearningConfig:
+    """Tabular epsilon-greedy Q-learning (Tarasov et al. 2025 / Headless-AD use lr 0.9933,
+    200 episodes). Epsilon falls linearly from 1 to 0 over `decay_episodes`; ties between
+    equal Q-values break at random, so an agent that has seen no reward walks at random."""
+
+    lr: float = 0.9933
+    gamma: float = 0.9
+    decay_episodes: int = 100
+
+    def epsilon(self, episode: int) -> float:
+        return max(0.0, 1.0 - episode / self.decay_episodes)
+
+
+def q_learning(goals: np.ndarray, episodes: int, rng: np.random.Generator,
+               cfg: QLearningConfig = QLearningConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One Q-learner per goal, all run together. Returns states, actions and rewards, each
+    [N, episodes, 20] (the state is the one the action was taken in)."""
+    n = len(goals)
+    env, q, rows = BatchDarkRoom(goals), np.zeros((n, NUM_STATES, NUM_ACTIONS)), np.arange(n)
+    states = np.zeros((n, episodes, env.episode_steps), dtype=np.uint8)
+    actions, rewards = np.zeros_like(states), np.zeros_like(states)
+    for episode in range(episodes):
+        epsilon, s = cfg.epsilon(episode), env.reset()
+        for t in range(env.episode_steps):
+            greedy = (q[rows, s] + rng.random((n, NUM_ACTIONS)) * 1e-9).argmax(1)
+            a = np.where(rng.random(n) < epsilon, rng.integers(0, NUM_ACTIONS, n), greedy)
+            s_next, r = env.step(a)
+            # The episode end is a time limit, not a terminal state: bootstrap through it.
+            target = r + cfg.gamma * q[rows, s_next].max(1)
+            q[rows, s, a] += cfg.lr * (target - q[rows, s, a])
+            states[:, episode, t], actions[:, episode, t], rewards[:, episode, t] = s, a, r
+            s = s_next
+    return states, actions, rewards
+
+
+def optimal_actions(xy: np.ndarray, goals: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random shortest-path move towards each goal (no-op on it)."""
+    dx, dy = (goals - xy).T
+    options = np.stack([dx < 0, dx > 0, dy < 0, dy > 0, (dx == 0) & (dy == 0)], 1)
+    scores = options * (1.0 + rng.random(options.shape))
+    return scores.argmax(1)
+
+
+def expert_histories(goals: np.ndarray, episodes: int, rng: np.random.Generator):
+    """The optimal policy's episodes per goal, [N, episodes, 20] like `q_learning`."""
+    env = BatchDarkRoom(goals)
+    states = np.zeros((len(goals), episodes, env.episode_steps), dtype=np.uint8)
+    actions, rewards = np.zeros_like(states), np.zeros_like(states)
+    for episode in range(episodes):
+        s = env.reset()
+        for t in range(env.episode_steps):
+            a = optimal_actions(env.xy, env.goals, rng)
+            s_next, r = env.step(a)
+            states[:, episode, t], actions[:, episode, t], rewards[:, episode, t] = s, a, r
+            s = s_next
+    return states, actions, rewards
+
+
+def split_goals(num_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random train / held-out split of the 81 cells."""
+    if not 0 < num_test < NUM_STATES:
+        raise UserError(f"--test-goals must be in [1, {NUM_STATES - 1}], got {num_test}")
+    order = np.random.default_rng(seed).permutation(NUM_STATES)
+    cells = all_cells()
+    return cells[np.sort(order[num_test:])], cells[np.sort(order[:num_test])]
+
+
+@dataclass
+class Histories:
+    """Learning histories (source "learning") and expert data ("expert") on the training
+    goals, and the split. Per source: states, actions, rewards [H, L] uint8 (L = kept
+    episodes x 20, one stream per history) and goals [H, 2]."""
+
+    arrays: dict[str, np.ndarray]          # "{source}_{name}" and train_goals, test_goals
+    meta: dict
+    sha256: str = ""                       # of histories.npz, set by save and load
+
+    @property
+    def train_goals(self) -> np.ndarray:
+        return self.arrays["train_goals"]
+
+    @property
+    def test_goals(self) -> np.ndarray:
+        return self.arrays["test_goals"]
+
+    def source(self, name: str) -> dict[str, np.ndarray]:
+        return {k: self.arrays[f"{name}_{k}"] for k in HISTORY_ARRAYS}
+
+
+def collect(out_dir: Path, test_goals: int = 16, seeds_per_goal: int = 10, episodes: int = 200,
+            keep_every: int = 4, seed: int = 0, q_cfg: QLearningConfig = QLearningConfig()) -> dict:
+    """Write histories.npz/.json into out_dir; returns a summary. Histories already there with
+    the same parameters are kept (so checkpoints trained on them stay valid)."""
+    if keep_every <= 0 or episodes < keep_every or seeds_per_goal <= 0:
+        raise UserError("need --episodes >= --keep-every >= 1 and --seeds-per-goal >= 1")
+    params = {"seed": seed, "seeds_per_goal": seeds_per_goal, "source_episodes": episodes,
+              "keep_every": keep_every, "q_learning": asdict(q_cfg)}
+    if (Path(out_dir) / "histories.json").is_file():
+        existing = load_histories(out_dir)
+        if len(existing.test_goals) == test_goals and all(existing.meta.get(k) == v for k, v in params.items()):
+            return _collect_summary(existing, status="exists")
+    train_goals, held_out = split_goals(test_goals, seed)
+    goals = np.repeat(train_goals, seeds_per_goal, axis=0)
+    rng = np.random.default_rng(seed + 1)
+    start = time.time()
+    s, a, r = q_learning(goals, episodes, rng, q_cfg)
+    returns = r.sum(-1, dtype=np.float64)
+    kept = slice(0, episodes, keep_every)
+    arrays = {"train_goals": train_goals, "test_goals": held_out}
+    arrays.update(_flat("learning", s[:, kept], a[:, kept], r[:, kept], goals))
+    arrays.update(_flat("expert", *expert_histories(goals, episodes // keep_every, rng), goals))
+    meta = {"env": "tinypolicy/DarkRoom-v0", "episode_steps": DARK_ROOM_STEPS, **params,
+            "collect_seconds": round(time.time() - start, 2),
+            "source_return_first_last": [float(returns[:, 0].mean()), float(returns[:, -1].mean())]}
+    histories = Histories(arrays, meta)
+    save_histories(histories, out_dir)
+    return _collect_summary(histories, status="written")
+
+
+def _collect_summary(histories: "Histories", status: str) -> dict:
+    states = histories.arrays["learning_states"]
+    return {"status": status, "histories": len(states), "transitions_per_history": int(states.shape[1]),
+            "train_goals": len(histories.train_goals), "test_goals": len(histories.test_goals), **histories.meta}
+
+
+def _flat(source: str, states, actions, rewards, goals) -> dict[str, np.ndarray]:
+    n = len(goals)
+    return {f"{source}_states": states.reshape(n, -1), f"{source}_actions": actions.reshape(n, -1),
+            f"{source}_rewards": rewards.reshape(n, -1), f"{source}_goals": goals.astype(np.int64)}
+
+
+def save_histories(histories: Histories, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    npz = out_dir / "histories.npz"
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez_compressed(f, **histories.arrays)
+
+    _atomic_write(npz, write)
+    histories.sha256 = _sha256(npz)
+    info = {"format": HISTORY_FORMAT, "version": VERSION, "sha256": histories.sha256, "meta": histories.meta}
+    _atomic_write(out_dir / "histories.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    return npz
+
+
+def load_histories(path: Path) -> Histories:
+    """Read and validate histories (a directory or its histories.npz)."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    npz, info_path = directory / "histories.npz", directory / "histories.json"
+    for required in (npz, info_path):
+        if not required.is_file():
+            raise UserError(f"history file {required} does not exist (run `tinypolicy ad collect` first)")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {info_path}: {exc}") from None
+    if not isinstance(info, dict) or info.get("format") != HISTORY_FORMAT or info.get("version") != VERSION:
+        raise UserError(f"{info_path} is not a version-{VERSION} tinypolicy AD history description")
+    digest = _sha256(npz)
+    if digest != info.get("sha256"):
+        raise UserError(f"{npz} does not match the hash in {info_path.name}: truncated or modified")
+    names = ["train_goals", "test_goals"] + [f"{s}_{k}" for s in SOURCES for k in HISTORY_ARRAYS]
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            missing = [n for n in names if n not in data.files]
+            if missing:
+                raise UserError(f"{npz} is missing {', '.join(missing)}")
+            arrays = {n: np.asarray(data[n]) for n in names}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"cannot read histories {npz}: {type(exc).__name__}: {exc}") from None
+    for source in SOURCES:
+        s, a, r = (arrays[f"{source}_{k}"] for k in ("states", "actions", "rewards"))
+        if s.ndim != 2 or s.shape != a.shape or s.shape != r.shape or arrays[f"{source}_goals"].shape != (len(s), 2):
+            raise UserError(f"{npz}: {source} arrays have inconsistent shapes")
+        if s.max() >= NUM_STATES or a.max() >= NUM_ACTIONS or r.max() > 1:
+            raise UserError(f"{npz}: {source} holds states, actions or rewards out of range")
+    train, test = {tuple(g) for g in arrays["train_goals"]}, {tuple(g) for g in arrays["test_goals"]}
+    if train & test or not {tuple(g) for g in arrays["learning_goals"]} <= train:
+        raise UserError(f"{npz}: held-out goals appear in the training data")
+    return Histories(arrays, info.get("meta", {}), digest)
+
+
+# --------------------------------------------------------------------------- train
+
+@dataclass
+class TrainConfig:
+    source: str = "learning"     # "learning" (AD) or "expert" (ED)
+    steps: int = 7000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    seed: int = 0
+    window: int = 60
+    dim: int = 64
+    layers: int = 3
+    heads: int = 4
+    ff_dim: int = 256
+    dropout: float = 0.1
+    attn_dropout: float = 0.3
+    checkpoint_every: int = 200
+
+    def model_config(self) -> ADConfig:
+        return ADConfig(NUM_STATES, NUM_ACTIONS, self.window, self.dim, self.layers, self.heads,
+                        self.ff_dim, self.dropout, self.attn_dropout)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 1% of the peak."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def history_tokens(states: np.ndarray, actions: np.ndarray, rewards: np.ndarray):
+    """Token t of a stream = (s_t, a_{t-1}, r_{t-1}); target a_t. Inputs [H, L] -> torch [H, L]."""
+    prev_actions = np.concatenate([np.full((len(actions), 1), NO_ACTION), actions[:, :-1]], 1)
+    prev_rewards = np.concatenate([np.zeros((len(rewards), 1)), rewards[:, :-1]], 1)
+    return (torch.as_tensor(states, dtype=torch.long), torch.as_tensor(prev_actions, dtype=torch.long),
+            torch.as_tensor(prev_rewards, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.long))
+
+
+def sample_windows(tokens, batch: int, window: int, generator: torch.Generator):
+    """`batch` random windows of `window` consecutive transitions (spanning episodes)."""
+    count, length = tokens[0].shape
+    rows = torch.randint(0, count, (batch, 1), generator=generator)
+    cols = torch.randint(0, length - window + 1, (batch, 1), generator=generator) + torch.arange(window)
+    return [t[rows, cols] for t in tokens]
+
+
+def save_ad_checkpoint(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "version": VERSION, **data}, tmp)
+    tmp.replace(path)
+
+
+def load_ad_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"AD checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise UserError(f"cannot read AD checkpoint {path} ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT or data.get("version") != VERSION:
+        raise UserError(f"{path} is not a version-{VERSION} tinypolicy AD checkpoint")
+    for key in ("model_config", "model", "train_config", "step", "histories_sha256"):
+        if key not in data:
+            raise UserError(f"{path} is missing {key}")
+    return data
+
+
+def build_model(checkpoint: dict) -> ADTransformer:
+    """The trained transformer from a loaded checkpoint, in eval mode."""
+    model = ADTransformer(ADConfig(**checkpoint["model_config"]))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint weights do not fit its model config ({str(exc).splitlines()[0]})") from None
+    return model.eval()
+
+
+def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train AD (cfg.source "learning") or ED ("expert"); resumes from out_dir/checkpoint.pt."""
+    if cfg.source not in SOURCES:
+        raise UserError(f"source must be one of {SOURCES}, got {cfg.source!r}")
+    histories = load_histories(data_dir)
+    data = histories.source(cfg.source)
+    if data["states"].shape[1] < cfg.window:
+        raise UserError(f"histories hold {data['states'].shape[1]} transitions, fewer than --window {cfg.window}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, sha = out_dir / "checkpoint.pt", histories.sha256
+    torch.manual_seed(cfg.seed)
+    model = ADTransformer(cfg.model_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step, seconds, resumed_from = 0, 0.0, []
+    if ckpt_path.exists():
+        ckpt = load_ad_checkpoint(ckpt_path)
+        # --steps (and how often to checkpoint) may change between runs: a run can be extended or
+        # cut short, its cosine schedule then follows the new length from the current step on.
+        resumable = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every")}
+        if ({k: ckpt["train_config"].get(k) for k in resumable} != resumable
+                or ckpt["histories_sha256"] != sha):
+            raise UserError(f"{ckpt_path} was trained with another config or data; use a new --out")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        step, seconds = int(ckpt["step"]), float(ckpt["train_seconds"])
+        resumed_from = list(ckpt.get("resumed_from", []))
+        if ckpt["train_config"]["steps"] != cfg.steps:
+            resumed_from.append({"step": step, "steps_before": ckpt["train_config"]["steps"]})
+
+    def checkpoint() -> None:
+        save_ad_checkpoint(ckpt_path, {
+            "model_config": cfg.model_config().to_dict(), "model": model.state_dict(), "train_config": asdict(cfg),
+            "step": step, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "histories_sha256": sha,
+            "resumed_from": resumed_from,
+            "test_goals": torch.as_tensor(histories.test_goals), "train_goals": torch.as_tensor(histories.train_goals)})
+
+    tokens = history_tokens(data["states"], data["actions"], data["rewards"])
+    metrics_path = out_dir / "metrics.csv"
+    if step == 0:
+        metrics_path.write_text("step,loss,accuracy,lr,train_seconds\n")
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, unit="step", desc=f"ad train ({cfg.source})")
+    losses, hits = [], []
+    while step < cfg.steps:
+        started = time.time()
+        states, prev_actions, prev_rewards, targets = sample_windows(tokens, cfg.batch, cfg.window, generator)
+        logits = model(states, prev_actions, prev_rewards)
+        loss = F.cross_entropy(logits.reshape(-1, NUM_ACTIONS), targets.reshape(-1))
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if not math.isfinite(loss.item()):
+            raise UserError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+        losses.append(loss.item())
+        hits.append((logits.argmax(-1) == targets).float().mean().item())
+        step += 1
+        seconds += time.time() - started
+        bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            with metrics_path.open("a") as f:
+                f.write(f"{step},{np.mean(losses):.5f},{np.mean(hits):.4f},{cfg.lr_at(step - 1):.3g},{seconds:.1f}\n")
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(hits):.3f}")
+            losses, hits = [], []
+            checkpoint()
+    bar.close()
+    summary = {"source": cfg.source, "steps": step, "train_seconds": round(seconds, 1), "resumed_from": resumed_from,
+               "parameters": sum(p.numel() for p in model.parameters()), "checkpoint": str(ckpt_path)}
+    _atomic_write(out_dir / "train.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    return summary
+
+
+# --------------------------------------------------------------------------- evaluate
+
+# A step function: tokens (states, prev_actions, prev_rewards) [B, n], n <= window -> logits [B, A]
+# of the last token. Torch evaluates it batched; export/ad_onnx.py passes an ONNX Runtime one.
+StepFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def torch_step_function(model: ADTransformer) -> StepFunction:
+    @torch.inference_mode()
+    def step(states, prev_actions, prev_rewards):
+        logits = model(torch.as_tensor(states, dtype=torch.long), torch.as_tensor(prev_actions, dtype=torch.long),
+                       torch.as_tensor(prev_rewards, dtype=torch.float32), last_only=True)
+        return logits[:, -1].numpy()
+
+    return step
+
+
+def sample_actions(logits: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Inverse-CDF sampling from softmax(logits) with given uniforms, so two backends with the
+    same uniforms take the same actions unless their probabilities differ at the draw."""
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    cdf = np.cumsum(p / p.sum(1, keepdims=True), 1)
+    return np.minimum((cdf < uniforms[:, None]).sum(1), logits.shape[1] - 1)
+
+
+def in_context_returns(step_fn: StepFunction, goals: np.ndarray, episodes: int, window: int, seed: int,
+                       reset_each_episode: bool = False, greedy: bool = False,
+                       progress: bool = False, desc: str = "in-context") -> np.ndarray:
+    """Roll the frozen model out from an empty context on each goal [N, 2]: returns [N, episodes].
+
+    The context holds the last `window` transitions (across episodes), or only the current
+    episode's when `reset_each_episode`."""
+    env, rng = BatchDarkRoom(goals), np.random.default_rng(seed)
+    n, steps = len(goals), episodes * DARK_ROOM_STEPS
+    states = np.zeros((n, steps), dtype=np.int64)
+    prev_actions = np.full((n, steps), NO_ACTION, dtype=np.int64)
+    prev_rewards = np.zeros((n, steps), dtype=np.float32)
+    returns = np.zeros((n, episodes))
+    for k in tqdm(range(steps), disable=not progress, desc=desc, unit="step", mininterval=2):
+        episode, t = divmod(k, DARK_ROOM_STEPS)
+        if t == 0:
+            states[:, k] = env.reset()
+        start = max(0, k + 1 - window, episode * DARK_ROOM_STEPS if reset_each_episode else 0)
+        logits = step_fn(states[:, start:k + 1], prev_actions[:, start:k + 1], prev_rewards[:, start:k + 1])
+        uniforms = rng.random(n)
+        actions = logits.argmax(1) if greedy else sample_actions(logits, uniforms)
+        s_next, rewards = env.step(actions)
+        returns[:, episode] += rewards
+        if k + 1 < steps:
+            states[:, k + 1], prev_actions[:, k + 1], prev_rewards[:, k + 1] = s_next, actions, rewards
+    return returns
+
+
+def random_returns(goals: np.ndarray, episodes: int, seed: int) -> np.ndarray:
+    env, rng = BatchDarkRoom(goals), np.random.default_rng(seed)
+    returns = np.zeros((len(goals), episodes))
+    for episode in range(episodes):
+        env.reset()
+        for _ in range(DARK_ROOM_STEPS):
+            returns[:, episode] += env.step(rng.integers(0, NUM_ACTIONS, len(goals)))[1]
+    return returns
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 500          # AD on held-out goals
+    seeds: int = 3               # evaluation seeds per goal
+    short_episodes: int = 150    # ED, AD on training goals and the ablations
+    ablation_window: int = 10    # under one episode
+    seed: int = 1000
+    greedy: bool = False
+
+
+def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint: Path | None = None,
+             progress: bool = True) -> dict:
+    """Every curve of the AD benchmark; writes curves.json, curves.csv and curves.png."""
+    ckpt = load_ad_checkpoint(ad_checkpoint)
+    model = build_model(ckpt)
+    window = model.cfg.window
+    test_goals = ckpt["test_goals"].numpy()
+    train_goals = ckpt["train_goals"].numpy()
+    test_seeded = np.repeat(test_goals, cfg.seeds, axis=0)
+    step_fn = torch_step_function(model)
+    curves: dict[str, np.ndarray] = {}
+    timings: dict[str, float] = {}
+
+    def run(name: str, fn: Callable[[], np.ndarray]) -> None:
+        started = time.time()
+        curves[name] = fn()
+        timings[name] = round(time.time() - started, 1)
+
+    run("ad", lambda: in_context_returns(step_fn, test_seeded, cfg.episodes, window, cfg.seed, greedy=cfg.greedy,
+                                         progress=progress, desc="AD held-out"))
+    if ed_checkpoint is not None:
+        ed = load_ad_checkpoint(ed_checkpoint)
+        if ed["histories_sha256"] != ckpt["histories_sha256"]:
+            raise UserError(f"{ed_checkpoint} was trained on other histories than {ad_checkpoint}")
+        ed_model = build_model(ed)
+        run("ed", lambda: in_context_returns(torch_step_function(ed_model), test_seeded, cfg.short_episodes,
+                                             ed_model.cfg.window, cfg.seed, greedy=cfg.greedy,
+                                             progress=progress, desc="ED held-out"))
+    train_subset = train_goals[np.random.default_rng(cfg.seed).permutation(len(train_goals))[:len(test_goals)]]
+    run("ad_train_goals", lambda: in_context_returns(step_fn, train_subset, cfg.short_episodes, window, cfg.seed,
+                                                     greedy=cfg.greedy, progress=progress, desc="AD train goals"))
+    run("ad_window_%d" % cfg.ablation_window,
+        lambda: in_context_returns(step_fn, test_seeded, cfg.short_episodes, cfg.ablation_window, cfg.seed,
+                                   greedy=cfg.greedy, progress=progress, desc="AD short window"))
+    run("ad_reset_each_episode",
+        lambda: in_context_returns(step_fn, test_seeded, cfg.short_episodes, window, cfg.seed, greedy=cfg.greedy,
+                                   reset_each_episode=True, progress=progress, desc="AD context reset"))
+    run("source", lambda: q_learning(test_seeded, cfg.episodes, np.random.default_rng(cfg.seed))[2].sum(-1, dtype=np.float64))
+    run("random", lambda: random_returns(test_seeded, cfg.episodes, cfg.seed))
+    curves["optimal"] = np.repeat(optimal_return(test_seeded)[:, None], cfg.episodes, axis=1)
+
+    mean = {name: c.mean(0) for name, c in curves.items()}
+    marks = [e for e in (1, 10, 25, 50, 100, 150, 200, 300, 500) if e <= cfg.episodes]
+    summary = {
+        "test_goals": test_goals.tolist(), "seeds_per_goal": cfg.seeds, "eval_seed": cfg.seed,
+        "greedy": cfg.greedy, "window": window, "train_step": int(ckpt["step"]),
+        "train_seconds": float(ckpt["train_seconds"]), "eval_seconds": timings,
+        "return_at_episode": {name: {e: round(float(m[e - 1]), 2) for e in marks if e <= len(m)}
+                              for name, m in mean.items()},
+        "mean_last_50": {name: round(float(m[-50:].mean()), 2) for name, m in mean.items()},
+        "curves": {name: [round(float(v), 3) for v in m] for name, m in mean.items()},
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "curves.json", lambda tmp: tmp.write_text(json.dumps(summary) + "\n"))
+    write_curves_csv(out_dir / "curves.csv", mean)
+    plot_curves(mean, out_dir / "curves.png", title=f"Dark Room, {len(test_goals)} held-out goals x {cfg.seeds} seeds")
+    return summary
+
+
+def write_curves_csv(path: Path, curves: dict[str, np.ndarray]) -> None:
+    names = list(curves)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["episode", *names])
+            for e in range(max(len(c) for c in curves.values())):
+                writer.writerow([e + 1, *(f"{curves[n][e]:.3f}" if e < len(curves[n]) else "" for n in names)])
+
+    _atomic_write(path, write)
+
+
+def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str, smooth: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, curve in curves.items():
+        k = min(smooth, len(curve))
+        smoothed = np.convolve(curve, np.ones(k) / k, mode="valid")
+        style = {"optimal": "k--", "random": "k:"}.get(name, "-")
+        ax.plot(np.arange(k, len(curve) + 1), smoothed, style, label=name.replace("_", " "), lw=1.5)
+    ax.set_xlabel("episode (in context, frozen weights)")
+    ax.set_ylabel(f"return per episode ({smooth}-episode mean)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def train_config_from(values: dict) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names and v is not None})

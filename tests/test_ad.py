@@ -1,0 +1,251 @@
+"""Algorithm Distillation: Dark Room dynamics, history collection, causal masking, ONNX parity, CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from models.ad_transformer import ADConfig, ADStepPolicy, ADTransformer
+from pipeline import ad
+from pipeline.darkroom import (CENTRE, NUM_ACTIONS, BatchDarkRoom, DarkKeyToDoorEnv, DarkRoomEnv, all_cells,
+                               cell_index, optimal_return)
+from pipeline.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+LEFT, RIGHT, UP, DOWN, STAY = range(5)
+
+
+# ---------------------------------------------------------------- environments
+
+def test_dark_room_moves_walls_reward_and_truncation():
+    env = gym.make("tinypolicy/DarkRoom-v0")
+    obs, info = env.reset(options={"goal": (6, 4)})
+    assert obs == cell_index(np.array(CENTRE)) == 40
+    obs, reward, terminated, truncated, _ = env.step(RIGHT)
+    assert (obs, reward, terminated, truncated) == (49, 0.0, False, False)
+    obs, reward, *_ = env.step(RIGHT)
+    assert (obs, reward) == (58, 1.0)                      # reached the goal at (6, 4)
+    rewards = [env.step(STAY)[1] for _ in range(3)]
+    assert rewards == [1.0, 1.0, 1.0]                      # paid on every step spent there
+    obs, reward, *_ = env.step(UP)
+    assert (obs, reward) == (57, 0.0)
+    for _ in range(14):
+        obs, reward, terminated, truncated, _ = env.step(LEFT)
+    assert obs == cell_index(np.array([0, 3])) and not terminated and truncated   # wall, then 20 steps
+    with pytest.raises(ValueError):
+        env.unwrapped.step(7)
+
+
+def test_dark_room_optimal_return_and_batch_env_agree_with_gym_env():
+    rng = np.random.default_rng(0)
+    goals = all_cells()
+    # Greedy walk to each goal, then stay: the best possible return.
+    batch, returns = BatchDarkRoom(goals), np.zeros(len(goals))
+    batch.reset()
+    for _ in range(20):
+        returns += batch.step(ad.optimal_actions(batch.xy, batch.goals, rng))[1]
+    np.testing.assert_array_equal(returns, optimal_return(goals))
+    assert optimal_return(goals).mean() == pytest.approx(16.54, abs=0.01)   # the paper's ~16.6
+    # Random action sequences: the Gymnasium env and the batched one see the same observations and rewards.
+    picks = goals[rng.choice(len(goals), 5, replace=False)]
+    actions = rng.integers(0, NUM_ACTIONS, (5, 20))
+    batch = BatchDarkRoom(picks)
+    batch_obs = [batch.reset()]
+    batch_rewards = []
+    for t in range(20):
+        obs, reward = batch.step(actions[:, t])
+        batch_obs.append(obs)
+        batch_rewards.append(reward)
+    for i, goal in enumerate(picks):
+        env = DarkRoomEnv(goal=goal)
+        assert env.reset()[0] == batch_obs[0][i]
+        for t in range(20):
+            obs, reward, *_ = env.step(int(actions[i, t]))
+            assert (obs, reward) == (batch_obs[t + 1][i], batch_rewards[t][i])
+
+
+def test_key_to_door_pays_key_then_door_once_each():
+    env = DarkKeyToDoorEnv()
+    env.reset(options={"key": (4, 2), "door": (4, 6)})
+    path = [DOWN, DOWN, UP, UP, UP, UP, DOWN, UP, DOWN, DOWN, DOWN, DOWN, DOWN, DOWN, UP, UP]
+    rewards = [env.step(a)[1] for a in path]
+    # The door (4, 6) is passed before the key: nothing. Then the key once, then the door once.
+    assert rewards[1] == 0.0 and rewards[5] == 1.0 and rewards[7] == 0.0 and rewards[11] == 1.0
+    assert rewards[15] == 0.0                              # back on the open door
+    assert sum(rewards) == 2.0
+    for _ in range(50 - len(path) - 1):
+        *_, truncated, _ = env.step(STAY)
+        assert not truncated
+    assert env.step(STAY)[3]                                # 50-step episodes
+    obs, info = gym.make("tinypolicy/DarkKeyToDoor-v0").reset(seed=3)
+    assert obs == 40 and not np.array_equal(info["key"], info["door"])
+
+
+# ---------------------------------------------------------------- history collection
+
+@pytest.fixture(scope="module")
+def histories_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ad") / "data"
+    ad.collect(out, test_goals=16, seeds_per_goal=2, episodes=120, keep_every=4, seed=0)
+    return out
+
+
+def test_collect_histories_split_shapes_dynamics_and_improvement(histories_dir):
+    h = ad.load_histories(histories_dir)
+    assert len(h.train_goals) == 65 and len(h.test_goals) == 16
+    held_out = {tuple(g) for g in h.test_goals}
+    assert not held_out & {tuple(g) for g in h.train_goals}
+    data = h.source("learning")
+    assert data["states"].shape == (130, 30 * 20)         # 65 goals x 2 seeds, every 4th of 120 episodes
+    assert not held_out & {tuple(g) for g in data["goals"]}
+    # Replaying the recorded actions reproduces the recorded states and rewards.
+    steps = data["states"].reshape(130, 30, 20)
+    actions = data["actions"].reshape(130, 30, 20)
+    rewards = data["rewards"].reshape(130, 30, 20)
+    env = BatchDarkRoom(data["goals"])
+    for episode in (0, 17, 29):
+        obs = env.reset()
+        for t in range(20):
+            np.testing.assert_array_equal(obs, steps[:, episode, t])
+            obs, reward = env.step(actions[:, episode, t])
+            np.testing.assert_array_equal(reward, rewards[:, episode, t])
+    returns = rewards.sum(-1).mean(0)
+    assert returns[:3].mean() < 2.0 and returns[-3:].mean() > 12.0      # the source learns within a history
+    expert = h.source("expert")
+    expert_returns = expert["rewards"].reshape(130, 30, 20).sum(-1)
+    np.testing.assert_array_equal(expert_returns, np.repeat(optimal_return(expert["goals"])[:, None], 30, 1))
+
+
+def test_collect_keeps_existing_histories_and_refuses_tampered_ones(histories_dir, tmp_path):
+    assert ad.collect(histories_dir, test_goals=16, seeds_per_goal=2, episodes=120, keep_every=4)["status"] == "exists"
+    copy = tmp_path / "data"
+    copy.mkdir()
+    (copy / "histories.json").write_bytes((histories_dir / "histories.json").read_bytes())
+    (copy / "histories.npz").write_bytes((histories_dir / "histories.npz").read_bytes()[:-100])
+    with pytest.raises(UserError, match="truncated or modified"):
+        ad.load_histories(copy)
+
+
+# ---------------------------------------------------------------- the transformer
+
+def test_causal_mask_no_future_leakage():
+    torch.manual_seed(0)
+    model = ADTransformer(ADConfig(window=24, dim=32, layers=2, heads=4, ff_dim=64)).eval()
+    states = torch.randint(0, 81, (2, 24))
+    actions = torch.randint(0, 6, (2, 24))
+    rewards = torch.randint(0, 2, (2, 24)).float()
+    base = model(states, actions, rewards)
+    cut = 10
+    states2, actions2, rewards2 = states.clone(), actions.clone(), rewards.clone()
+    states2[:, cut:] = torch.randint(0, 81, (2, 24 - cut))
+    actions2[:, cut:] = (actions[:, cut:] + 1) % 6
+    rewards2[:, cut:] = 1 - rewards[:, cut:]
+    changed = model(states2, actions2, rewards2)
+    torch.testing.assert_close(changed[:, :cut], base[:, :cut], rtol=0, atol=1e-6)
+    assert (changed[:, cut:] - base[:, cut:]).abs().max() > 1e-3       # the future does matter later on
+    # A shorter window gives the same logits as the prefix of a longer one.
+    torch.testing.assert_close(model(states[:, :cut], actions[:, :cut], rewards[:, :cut]), base[:, :cut],
+                               rtol=0, atol=1e-5)
+    # The gradient of an early logit with respect to later inputs is exactly zero.
+    rewards_in = rewards.clone().requires_grad_(True)
+    logits = model(states, actions, rewards_in)
+    logits[:, cut - 1].sum().backward()
+    assert rewards_in.grad[:, cut:].abs().max() == 0 and rewards_in.grad[:, :cut].abs().max() > 0
+
+
+def test_training_windows_and_loss_decrease(histories_dir, tmp_path):
+    cfg = ad.TrainConfig(steps=30, batch=16, window=40, dim=32, layers=1, heads=2, ff_dim=64, warmup=5,
+                         checkpoint_every=10)
+    summary = ad.train(histories_dir, tmp_path / "run", cfg, progress=False)
+    assert summary["steps"] == 30
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    assert len(losses) == 3 and losses[-1] < losses[0] < 1.7
+    # Resuming a finished run does no more steps; a longer --steps extends it; another config is refused.
+    assert ad.train(histories_dir, tmp_path / "run", cfg, progress=False)["steps"] == 30
+    longer = ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40), progress=False)
+    assert longer["steps"] == 40 and longer["resumed_from"] == [{"step": 30, "steps_before": 30}]
+    with pytest.raises(UserError, match="another config"):
+        ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40, lr=3e-4), progress=False)
+    # Tokens: (s_t, a_{t-1}, r_{t-1}) with "no action" first, target a_t.
+    data = ad.load_histories(histories_dir).source("learning")
+    states, prev_actions, prev_rewards, targets = ad.history_tokens(data["states"], data["actions"], data["rewards"])
+    assert prev_actions[0, 0] == ad.NO_ACTION and torch.equal(prev_actions[:, 1:], targets[:, :-1])
+
+
+# ---------------------------------------------------------------- ONNX
+
+def test_onnx_step_function_matches_torch(tmp_path):
+    from export.ad_onnx import export_step_onnx, ort_session, ort_step_function
+
+    torch.manual_seed(1)
+    model = ADTransformer(ADConfig(window=40, dim=32, layers=2, heads=4, ff_dim=64)).eval()
+    session = ort_session(export_step_onnx(model, tmp_path / "ad.onnx"))
+    rng = np.random.default_rng(0)
+    step = ad.torch_step_function(model)
+    for n in (1, 7, 40):
+        states = rng.integers(0, 81, (3, n))
+        actions = rng.integers(0, 6, (3, n))
+        rewards = rng.integers(0, 2, (3, n)).astype(np.float32)
+        np.testing.assert_allclose(ort_step_function(session, 40)(states, actions, rewards),
+                                   step(states, actions, rewards), atol=1e-5)
+    # The same in-context rollout under both runtimes (sliding window, several episodes).
+    goals = all_cells()[[3, 50]]
+    torch_curve = ad.in_context_returns(step, goals, 4, 40, seed=5)
+    onnx_curve = ad.in_context_returns(ort_step_function(session, 40), goals, 4, 40, seed=5)
+    np.testing.assert_array_equal(torch_curve, onnx_curve)
+
+
+# ---------------------------------------------------------------- CLI
+
+def tinypolicy(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.integration
+def test_cli_ad_stages_end_to_end(histories_dir, tmp_path):
+    run = tmp_path / "ad"
+    small = ["--steps", "20", "--batch", "8", "--window", "40", "--dim", "16", "--layers", "1", "--heads", "2",
+             "--ff-dim", "32", "--checkpoint-every", "10", "--quiet"]
+    result = tinypolicy("ad", "train", "--data", str(histories_dir), "--out", str(run / "ad"), *small)
+    assert result.returncode == 0, result.stderr
+    result = tinypolicy("ad", "train", "--data", str(histories_dir), "--out", str(run / "ed"), "--source", "expert",
+                        *small)
+    assert result.returncode == 0, result.stderr
+    result = tinypolicy("ad", "evaluate", str(run / "ad" / "checkpoint.pt"), "--ed", str(run / "ed" / "checkpoint.pt"),
+                        "--out", str(run / "eval"), "--episodes", "3", "--short-episodes", "2", "--seeds", "1",
+                        "--quiet")
+    assert result.returncode == 0, result.stderr
+    curves = json.loads((run / "eval" / "curves.json").read_text())
+    assert set(curves["curves"]) == {"ad", "ed", "ad_train_goals", "ad_window_10", "ad_reset_each_episode",
+                                     "source", "random", "optimal"}
+    assert (run / "eval" / "curves.png").stat().st_size > 10_000
+    result = tinypolicy("ad", "export", str(run / "ad" / "checkpoint.pt"), "--out", str(run / "export"),
+                        "--episodes", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "export" / "export.json").read_text())
+    assert summary["max_abs_logit_diff"] < 1e-4 and summary["torch_mean_return"] == summary["onnx_mean_return"]
+    # A corrupt checkpoint is a one-line error with status 2.
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    result = tinypolicy("ad", "evaluate", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "cannot read AD checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_last_only_forward_equals_full_forward():
+    torch.manual_seed(2)
+    model = ADTransformer(ADConfig(window=30, dim=32, layers=3, heads=4, ff_dim=64)).eval()
+    states, actions = torch.randint(0, 81, (4, 30)), torch.randint(0, 6, (4, 30))
+    rewards = torch.randint(0, 2, (4, 30)).float()
+    for n in (1, 12, 30):
+        full = model(states[:, :n], actions[:, :n], rewards[:, :n])[:, -1]
+        last = model(states[:, :n], actions[:, :n], rewards[:, :n], last_only=True)[:, -1]
+        torch.testing.assert_close(last, full, rtol=0, atol=1e-5)

@@ -1,0 +1,318 @@
+"""Export and bench: exact dead-neuron removal, ONNX/C parity, metadata, refusals, bench schema."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import TwinCritic, apply_masks, make_actor, random_masks, sparse_layers
+from pipeline.checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+HOPPER = {"obs_dim": 11, "act_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3,
+          "obs_low": [-np.inf] * 11, "obs_high": [np.inf] * 11}
+
+
+def sparse_actor(algo: str, sparsity: float, hidden=(256, 256), seed: int = 0, obs_dim=11, act_dim=3):
+    """A randomly initialised actor with uniformly random masks at `sparsity`, and random biases
+    (so that constant neurons emit nonzero values that must be folded)."""
+    torch.manual_seed(seed)
+    actor = make_actor(algo, obs_dim, act_dim, list(hidden), -np.ones(act_dim), np.ones(act_dim))
+    random_masks(sparse_layers(actor), sparsity, torch.Generator().manual_seed(seed))
+    apply_masks(actor)
+    with torch.no_grad():
+        for layer in sparse_layers(actor):
+            layer.bias.uniform_(-0.5, 0.5)
+    return actor.eval()
+
+
+def write_checkpoint(path: Path, actor, algo="td3", hidden=(256, 256), env_id="Hopper-v5") -> Path:
+    critic = TwinCritic(HOPPER["obs_dim"], HOPPER["act_dim"], list(hidden))
+    save_checkpoint(path, {"config": {"env_id": env_id, "algo": algo, "method": "rlx2", "hidden": list(hidden)},
+                           "spaces": HOPPER, "steps_done": 1234, "actor": actor.state_dict(),
+                           "critic": critic.state_dict()})
+    return path
+
+
+def tinypolicy(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+# ---------------------------------------------------------------- dead-neuron removal
+
+
+@pytest.mark.parametrize("sparsity", [0.9, 0.95, 0.98])
+def test_dead_neuron_removal_is_exact_and_complete(sparsity):
+    from export.mlp import policy_from_actor
+    from export.prune import remove_dead_neurons
+
+    actor = sparse_actor("td3", sparsity, obs_dim=17, act_dim=6)
+    dense = policy_from_actor(actor)
+    result = remove_dead_neurons(dense)
+    pruned = result.policy
+    rng = np.random.default_rng(0)
+    obs = np.concatenate([rng.normal(size=(2000, 17)), rng.uniform(-50, 50, size=(500, 17))]).astype(np.float32)
+    with torch.no_grad():
+        reference = actor(torch.from_numpy(obs)).numpy()
+    assert np.abs(dense(obs) - reference).max() == 0.0
+    assert np.abs(pruned(obs) - reference).max() < 1e-5
+    # Inputs and action outputs untouched; hidden layers only shrink; no weight appears.
+    assert pruned.widths[0] == 17 and pruned.widths[-1] == 6
+    assert all(p <= d for p, d in zip(pruned.widths, dense.widths))
+    assert sum(pruned.nnz()) <= sum(dense.nnz())
+    # Fixpoint: every remaining hidden neuron reads something and is read by something.
+    for k in range(len(pruned.weights) - 1):
+        assert (pruned.weights[k] != 0).any(axis=1).all()
+        assert (pruned.weights[k + 1] != 0).any(axis=0).all()
+    # Kept neurons are the original ones: the first layer's rows are the originals' rows.
+    np.testing.assert_array_equal(pruned.weights[0], dense.weights[0][result.kept[0]])
+    if sparsity == 0.98:  # ER masks this sparse always leave dead neurons to remove
+        assert pruned.widths[1] < 256 and pruned.widths[2] < 256 and sum(result.folded) > 0
+
+
+def _tiny_policy(weights, biases):
+    from export.mlp import MLPPolicy
+
+    w = tuple(np.asarray(x, np.float32) for x in weights)
+    b = tuple(np.asarray(x, np.float32) for x in biases)
+    n, m = w[0].shape[1], w[-1].shape[0]
+    return MLPPolicy(w, b, "relu", "tanh", np.zeros(n, np.float32), np.ones(n, np.float32),
+                     -2 * np.ones(m, np.float32), 2 * np.ones(m, np.float32))
+
+
+def test_constant_neurons_fold_into_next_bias_and_removal_cascades():
+    from export.prune import remove_dead_neurons
+
+    # Hidden layer 1: neuron 0 live; neuron 1 has no inputs (constant relu(0.7)) but is read;
+    # neuron 2 reads inputs but nobody reads it. Layer 2: neuron 1 only reads hidden-1
+    # neuron 2, so it goes once neuron 2 goes (cascade).
+    w0 = [[1.0, -1.0], [0.0, 0.0], [0.5, 0.5]]
+    b0 = [0.1, 0.7, 0.2]
+    w1 = [[1.0, 2.0, 0.0], [0.0, 0.0, 3.0]]
+    b1 = [0.0, 0.3]
+    w2 = [[1.5, 0.0]]
+    b2 = [0.1]
+    policy = _tiny_policy([w0, w1, w2], [b0, b1, b2])
+    result = remove_dead_neurons(policy)
+    assert result.policy.widths == [2, 1, 1, 1]
+    assert result.kept == [[0], [0]]
+    assert result.folded == [1, 0]
+    np.testing.assert_allclose(result.policy.biases[1], [2.0 * 0.7], rtol=1e-6)
+    obs = np.random.default_rng(1).normal(size=(100, 2)).astype(np.float32) * 3
+    assert np.abs(result.policy(obs) - policy(obs)).max() < 1e-6
+
+
+def test_fully_dead_layer_gives_the_exact_constant_policy():
+    from export.prune import remove_dead_neurons
+
+    policy = _tiny_policy([np.zeros((4, 3)), np.ones((2, 4)), np.ones((1, 2))],
+                          [[0.5, -0.5, 1.0, 0.0], [0.1, 0.2], [0.3]])
+    result = remove_dead_neurons(policy)
+    assert result.policy.widths == [3, 1, 1, 1]
+    assert sum(result.policy.nnz()) == 0
+    obs = np.random.default_rng(2).normal(size=(10, 3)).astype(np.float32)
+    assert np.abs(result.policy(obs) - policy(obs)).max() < 1e-6
+
+
+def test_sac_actor_exports_its_deterministic_action():
+    from export.mlp import policy_from_actor
+
+    actor = sparse_actor("sac", 0.9, hidden=(64, 64))
+    policy = policy_from_actor(actor)
+    assert policy.act_dim == 3 and policy.weights[-1].shape == (3, 64)
+    obs = np.random.default_rng(3).normal(size=(200, 11)).astype(np.float32)
+    with torch.no_grad():
+        assert np.abs(policy(obs) - actor(torch.from_numpy(obs)).numpy()).max() < 1e-6
+
+
+def test_c_sources_compile_and_match_with_normalisation_and_clip(tmp_path):
+    from dataclasses import replace
+
+    from export.c_codegen import write_c_sources
+    from export.mlp import policy_from_actor
+    from export.runtimes import CKernels
+
+    rng = np.random.default_rng(4)
+    base = policy_from_actor(sparse_actor("td3", 0.95, hidden=(32, 300)))  # > 256 inputs: uint16 indices
+    policy = replace(base, output="clip", hidden_activation="tanh",
+                     obs_mean=rng.normal(size=11).astype(np.float32),
+                     obs_std=rng.uniform(0.5, 2, size=11).astype(np.float32))
+    write_c_sources(policy, tmp_path)
+    header = (tmp_path / "actor.h").read_text()
+    assert "#define TP_OBS_DIM 11" in header and "#define TP_ACT_DIM 3" in header
+    source = (tmp_path / "actor.c").read_text()
+    assert "static const uint16_t L1_ROW" in source and "static const uint8_t L0_ROW" in source
+    assert "malloc" not in source and "#include <stdlib.h>" not in source
+    kernels = CKernels(tmp_path, tmp_path, 11, 3)
+    obs = rng.normal(size=(500, 11)).astype(np.float32) * 4
+    assert np.abs(kernels.actions(obs) - policy(obs)).max() < 1e-5
+    assert np.abs(kernels.actions(obs, dense=True) - policy(obs)).max() < 1e-5
+
+
+# ---------------------------------------------------------------- the bundle, end to end
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A 95%-sparse TD3 actor exported through the CLI with the default 10,000 parity
+    observations (Hopper-v5 rollouts and extremes)."""
+    folder = tmp_path_factory.mktemp("export")
+    ckpt = write_checkpoint(folder / "checkpoint.pt", sparse_actor("td3", 0.95))
+    result = tinypolicy("export", str(ckpt), "--out", str(folder / "bundle"), "--episodes", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    return folder / "bundle"
+
+
+@pytest.mark.integration
+def test_export_parity_files_and_metadata(bundle):
+    import onnx
+    import onnxruntime as ort
+
+    from export.bundle import load_bundle
+
+    manifest = load_bundle(bundle)
+    parity = manifest["parity"]
+    assert parity["observations"] == 10_000 and parity["extreme_observations"] == 2_000
+    assert parity["passed"] and parity["within_tolerance"]
+    assert set(parity["max_abs_error"]) == {"torch_pruned", "onnx", "onnx_dense", "c_sparse", "c_dense"}
+    assert max(parity["max_abs_error"].values()) <= 1e-5
+    for name in ("actor.onnx", "actor.dense.onnx", "actor.int8.onnx"):
+        onnx.checker.check_model(str(bundle / name), full_check=True)
+
+    model = onnx.load(str(bundle / "actor.onnx"))
+    meta = {p.key: p.value for p in model.metadata_props}
+    layers = manifest["layers"]
+    assert meta["env_id"] == "Hopper-v5" and meta["obs_dim"] == "11" and meta["act_dim"] == "3"
+    assert json.loads(meta["action_low"]) == [-1.0] * 3
+    assert json.loads(meta["layer_nnz"]) == [l["nnz"] for l in layers]
+    assert int(meta["nnz"]) == sum(l["nnz"] for l in layers)
+    assert int(meta["dense_macs"]) == 11 * 256 + 256 * 256 + 256 * 3
+    weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith(".weight")]
+    assert int(meta["structural_macs"]) == sum(w.size for w in weights)
+    assert int(meta["nonzero_macs"]) == sum(int(np.count_nonzero(w)) for w in weights)
+    assert abs(np.mean(json.loads(meta["layer_sparsity"])) - np.mean([l["sparsity"] for l in layers])) < 1e-6
+    assert len(meta["checkpoint_sha256"]) == 64 and meta["tinypolicy_version"]
+
+    # Batch 1 and a dynamic batch both run; the int8 error and return are reported.
+    session = ort.InferenceSession(str(bundle / "actor.onnx"), providers=["CPUExecutionProvider"])
+    obs = np.load(bundle / "observations.npy")
+    single = session.run(["actions"], {"obs": obs[:1]})[0]
+    batch = session.run(["actions"], {"obs": obs[:7]})[0]
+    assert single.shape == (1, 3) and batch.shape == (7, 3)
+    np.testing.assert_allclose(single[0], batch[0], atol=1e-6)
+    assert 0 < manifest["int8"]["max_abs_error_rollouts"] < 0.5
+    assert np.isfinite(manifest["int8"]["int8_return_mean"])
+
+
+@pytest.mark.integration
+def test_bench_writes_its_schema(bundle, tmp_path):
+    result = tinypolicy("bench", str(bundle), "--out", str(tmp_path), "--calls", "300", "--c-calls", "3000",
+                        "--rounds", "2", "--episodes", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    variants = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense")
+    for name in (*variants, "ort_identity"):
+        lat = bench["latency"][name]
+        assert 0 < lat["p50_us"] <= lat["p99_us"]
+    for name in ("c_sparse", "c_dense"):
+        assert bench["latency"][name]["loop_mean_us"] > 0 and bench["latency"][name]["ctypes"]["p50_us"] > 0
+    assert set(bench["macs"]) == {"dense", "structural", "nonzero"}
+    assert bench["macs"]["nonzero"] <= bench["macs"]["structural"] <= bench["macs"]["dense"]
+    assert set(bench["file_bytes"]) >= {"onnx", "onnx_int8", "c_sparse", "c_dense"}
+    assert bench["parameter_bytes"]["sparse_fp32"] < bench["parameter_bytes"]["dense_fp32"]
+    # fp32 variants compute the same policy: identical episodes up to float round-off.
+    fp32 = [bench["returns"][n]["mean"] for n in variants if n != "ort_int8"]
+    assert max(fp32) - min(fp32) <= 1e-3 * max(1.0, abs(fp32[0]))
+    assert set(bench["speedup"]) >= {"c_sparse_vs_ort_dense", "c_sparse_vs_c_dense"}
+    assert (tmp_path / "bench.md").read_text().startswith("# Export benchmark")
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def _corrupt(kind: str, path: Path) -> Path:
+    if kind == "missing":
+        return path / "nope.pt"
+    if kind == "not_a_checkpoint":
+        torch.save({"weights": torch.zeros(3)}, path / "other.pt")
+        return path / "other.pt"
+    actor = sparse_actor("td3", 0.9, hidden=(32, 32))
+    layer = sparse_layers(actor)[1]
+    with torch.no_grad():
+        if kind == "weights_outside_mask":
+            layer.weight[layer.mask == 0] = 0.5
+        elif kind == "nan":
+            layer.bias[0] = float("nan")
+        elif kind == "mask_not_binary":
+            layer.mask[layer.mask == 0] = 0.5
+    ckpt = write_checkpoint(path / "ckpt.pt", actor, hidden=(32, 32))
+    if kind == "truncated":
+        data = ckpt.read_bytes()
+        ckpt.write_bytes(data[: len(data) // 2])
+    return ckpt
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("missing", "does not exist"), ("truncated", "not a valid tinypolicy checkpoint"),
+    ("not_a_checkpoint", "not a tinypolicy checkpoint"), ("weights_outside_mask", "nonzero outside their mask"),
+    ("nan", "NaN"), ("mask_not_binary", "not binary")])
+def test_bad_checkpoints_are_refused(kind, message, tmp_path):
+    from export.bundle import export_bundle
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        export_bundle(_corrupt(kind, tmp_path), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "export.json").exists()
+
+
+def test_cli_refusal_is_one_line_with_status_2(tmp_path):
+    result = tinypolicy("export", str(_corrupt("truncated", tmp_path)), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "error:" in result.stderr
+
+
+@pytest.mark.integration
+def test_changed_bundle_file_is_refused(bundle, tmp_path):
+    import shutil
+
+    from export.bundle import load_bundle
+    from pipeline.errors import UserError
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    source = (copy / "actor.c").read_text()
+    (copy / "actor.c").write_text(source[: len(source) // 2])
+    with pytest.raises(UserError, match="truncated or was changed"):
+        load_bundle(copy)
+    (copy / "export.json").unlink()
+    result = tinypolicy("bench", str(copy))
+    assert result.returncode == 2 and "not an export bundle" in result.stderr
+
+
+@pytest.mark.integration
+def test_parity_catches_a_wrong_kernel(tmp_path, monkeypatch):
+    """A C kernel whose bias is off by 1e-3 fails the export; the manifest says why."""
+    import export.bundle as bundle_module
+    from export.bundle import export_bundle
+    from pipeline.errors import UserError
+
+    real = bundle_module.write_c_sources
+
+    def off_by_a_bit(policy, out_dir, dense=None):
+        biases = list(policy.biases)
+        biases[-1] = biases[-1] + np.float32(1e-3)
+        return real(policy.with_layers(policy.weights, biases), out_dir, dense=dense)
+
+    monkeypatch.setattr(bundle_module, "write_c_sources", off_by_a_bit)
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", sparse_actor("td3", 0.95, hidden=(64, 64)), hidden=(64, 64))
+    with pytest.raises(UserError, match="parity check failed: c_sparse"):
+        export_bundle(ckpt, tmp_path / "out", parity_samples=200, episodes=1, progress=False)
+    parity = json.loads((tmp_path / "out" / "export.json").read_text())["parity"]
+    assert not parity["passed"] and parity["max_abs_error"]["c_dense"] < 1e-5
