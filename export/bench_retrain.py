@@ -7,7 +7,8 @@
    torch inner loop's policy trained on the same dataset with the same seed, each
    evaluated deterministically in MuJoCo (pipeline.envs.evaluate_policy); in-process
    training times (wall and CPU) of both side by side, one thread each.
-3. With `--mask ACTOR.onnx`: retraining with the exported actor's topology, hidden tanh
+3. With `--init INIT.npz` (a HaDES-F dataset's fixed init): both trainers once from it.
+4. With `--mask ACTOR.onnx`: retraining with the exported actor's topology, hidden tanh
    (the recipe's) and relu (the mask actor's), per seed, and the mask actor's own return.
 
     python -m export.bench_retrain --dataset DIR [--mask ACTOR.onnx] --seeds 0,1,2,3,4,5,6,7,8,9 \
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,7 +34,7 @@ import numpy as np
 
 from pipeline.dataset import Dataset, load_dataset
 from pipeline.envs import evaluate_policy
-from pipeline.retrain import retrain
+from pipeline.retrain import read_init, retrain
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -53,20 +55,23 @@ def time_cli(dataset: Path, runs: int, workdir: Path) -> dict:
     is the steadier figure) and command wall time, one thread on one core."""
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     env = {**os.environ, **ONE_THREAD}
-    train, cpu, wall = [], [], []
+    train, cpu, wall, command_cpu = [], [], [], []
     for run in range(runs):
         command = [*pin, sys.executable, "-m", "pipeline.retrain", str(dataset), "--out",
                    str(workdir / "timing.onnx"), "--hidden", "64,64", "--activation", "tanh", "--seed", str(run)]
-        started = time.perf_counter()
+        started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
         wall.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        command_cpu.append(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         train.append(summary["train_seconds"])
         cpu.append(summary["train_cpu_seconds"])
     return {"command": " ".join(command[len(pin):]), "pinned": bool(pin), "runs": runs,
             "train_seconds_median": statistics.median(train), "train_seconds": train,
             "train_cpu_seconds_median": statistics.median(cpu), "train_cpu_seconds": cpu,
-            "wall_seconds_median": statistics.median(wall), "wall_seconds": wall}
+            "wall_seconds_median": statistics.median(wall), "wall_seconds": wall,
+            "command_cpu_seconds_median": statistics.median(command_cpu), "command_cpu_seconds": command_cpu}
 
 
 def numpy_retrain(dataset_path: Path, workdir: Path, **options):
@@ -78,19 +83,24 @@ def numpy_retrain(dataset_path: Path, workdir: Path, **options):
     return train
 
 
-def torch_inner_loop(dataset: Dataset):
-    """The HaDES inner loop (models/bc.py, torch, one thread) as a 64-64 tanh policy from its
-    own init: seed -> (obs -> env-unit action, summary)."""
+def torch_inner_loop(dataset: Dataset, init_path: Path | None = None):
+    """The HaDES inner loop (models/bc.py, torch, one thread) as a 64-64 tanh policy, from its
+    own init with `seed` or from `init_path`: seed -> (obs -> env-unit action, summary)."""
     import torch
 
-    from models.bc import gaussian_nll, init_params, policy_mean, train_bc
+    from models.bc import BCParams, gaussian_nll, init_params, policy_mean, train_bc
 
     torch.set_num_threads(1)
     recipe = replace(dataset.recipe, hidden=(64, 64), activation="tanh")
     states, actions = torch.as_tensor(dataset.states), torch.as_tensor(dataset.actions)
 
     def train(seed: int):
-        init = init_params(1, dataset.obs_dim, dataset.act_dim, recipe.hidden, seed)
+        if init_path is None:
+            init = init_params(1, dataset.obs_dim, dataset.act_dim, recipe.hidden, seed)
+        else:
+            arrays = read_init(init_path, dataset)
+            init = BCParams([torch.tensor(w)[None] for w in arrays.weights],
+                            [torch.tensor(b)[None] for b in arrays.biases], torch.tensor(arrays.log_std)[None])
         started, cpu_started = time.perf_counter(), time.process_time()
         params, _ = train_bc(states, actions, init, recipe.steps, recipe.lr, recipe.activation, recipe.adam_eps,
                              recipe.grad_clip)
@@ -115,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--mask", type=Path, default=None, help="an exported actor.onnx (its topology is kept)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="a 64-64 policy_init.npz (HaDES-F): also train both from it, once")
     parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per policy")
     parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the first evaluation episode")
@@ -132,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         timing = time_cli(args.dataset, args.timing_runs, workdir)
         print(f"CLI, 64-64 tanh, D={dataset.size}, median of {args.timing_runs}: train "
               f"{timing['train_seconds_median']:.3f} s wall, {timing['train_cpu_seconds_median']:.3f} s CPU; "
-              f"whole command {timing['wall_seconds_median']:.3f} s", flush=True)
+              f"whole command {timing['wall_seconds_median']:.3f} s wall, {timing['command_cpu_seconds_median']:.3f} s CPU",
+              flush=True)
         variants = {"numpy 64-64 tanh": numpy_retrain(args.dataset, workdir, hidden=(64, 64), activation="tanh"),
                     "torch 64-64 tanh": torch_inner_loop(dataset)}
         if args.mask:
@@ -148,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                 returns[name].append(evaluate(policy))
             print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in returns.items()), flush=True)
         mask_return = evaluate(onnx_policy(args.mask)) if args.mask else None
+        from_init = {}
+        if args.init:
+            for name, train in (("numpy", numpy_retrain(args.dataset, workdir, init_path=args.init)),
+                                ("torch", torch_inner_loop(dataset, args.init))):
+                policy, summary = train(0)
+                from_init[name] = {"return": evaluate(policy), "final_loss": summary["final_loss"],
+                                   "train_cpu_seconds": summary["train_cpu_seconds"]}
 
     n = len(seeds)
     numpy_returns, torch_returns = np.array(returns["numpy 64-64 tanh"]), np.array(returns["torch 64-64 tanh"])
@@ -169,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "numpy_minus_torch_return": {"mean": float(numpy_returns.mean() - torch_returns.mean()),
                                      "standard_error": difference_se},
         "mask": {"path": str(args.mask), "mask_actor_return": mask_return} if args.mask else None,
+        "from_init": {"path": str(args.init), **from_init} if args.init else None,
     }
     print(f"{'variant':18} {'return':>16} {'train s (CPU)':>14} {'final loss':>10}")
     for name, v in results["variants"].items():
@@ -178,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"numpy - torch return: {diff['mean']:.1f} (standard error {diff['standard_error'] or float('nan'):.1f})")
     if args.mask:
         print(f"mask actor itself: return {mask_return:.1f}")
+    for name, r in from_init.items():
+        print(f"{name} from {args.init}: return {r['return']:.1f}, final loss {r['final_loss']:.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -20,6 +20,10 @@ RLx2 actor is ReLU with a tanh head) are not copied: the hidden activation is th
 dataset recipe's unless `--activation` is given, and the head is always the recipe's
 linear mean clipped to [-1, 1].
 
+`--init INIT.npz` starts from given parameters instead of the seeded init: a HaDES-F
+dataset is distilled for one fixed init (distill writes it as policy_init.npz), and from
+a fresh init it usually trains a much worse policy.
+
 Files a robot copies (nothing else from the repo is imported; needs numpy and onnx,
 onnxruntime optional for the self-check):
     pipeline/__init__.py  pipeline/errors.py  pipeline/dataset.py  pipeline/retrain.py
@@ -35,6 +39,7 @@ import json
 import math
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -223,6 +228,43 @@ def read_mask(path: str | Path, dataset: Dataset) -> list[np.ndarray]:
     return [w != 0 for w in weights]
 
 
+def read_init(path: str | Path, dataset: Dataset) -> MLPParams:
+    """Initial parameters from an .npz of w0, b0, w1, b1, ..., log_std (weights [out, in]),
+    as HaDES-F ships the fixed init its dataset was distilled for (policy_init.npz)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"init file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: np.asarray(data[name]) for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"cannot read init {path}: not an .npz of arrays ({type(exc).__name__})") from None
+    layers = sum(1 for name in arrays if name.startswith("w"))
+    expected = {f"{kind}{k}" for k in range(layers) for kind in "wb"} | {"log_std"}
+    if layers == 0 or set(arrays) != expected:
+        raise UserError(f"{path} must hold w0, b0, ..., w{{L-1}}, b{{L-1}} and log_std, got {', '.join(sorted(arrays))}")
+    weights = [arrays[f"w{k}"].astype(np.float32) for k in range(layers)]
+    biases = [arrays[f"b{k}"].astype(np.float32) for k in range(layers)]
+    log_std = arrays["log_std"].astype(np.float32)
+    for k, (w, b) in enumerate(zip(weights, biases)):
+        if w.ndim != 2 or b.shape != (w.shape[0],) or (k and w.shape[1] != weights[k - 1].shape[0]):
+            raise UserError(f"{path}: layer {k} has weight {w.shape} and bias {b.shape}, which do not chain")
+    if (weights[0].shape[1], weights[-1].shape[0]) != (dataset.obs_dim, dataset.act_dim) \
+            or log_std.shape != (dataset.act_dim,):
+        raise UserError(f"{path} maps {weights[0].shape[1]} observations to {weights[-1].shape[0]} actions, "
+                        f"the dataset has {dataset.obs_dim} and {dataset.act_dim}")
+    if not all(np.all(np.isfinite(a)) for a in [*weights, *biases, log_std]):
+        raise UserError(f"{path} contains NaN or infinite values")
+    return MLPParams(weights, biases, log_std)
+
+
+def _fixed_hidden(hidden, source_hidden: tuple[int, ...], flag: str) -> tuple[int, ...]:
+    if hidden is not None and tuple(hidden) != source_hidden:
+        raise UserError(f"--hidden {','.join(map(str, hidden))} differs from the {flag} file's hidden sizes "
+                        f"{','.join(map(str, source_hidden))}; leave --hidden out with {flag}")
+    return source_hidden
+
+
 def _onnx_check(model, params: MLPParams, recipe: BCRecipe, dataset: Dataset) -> float | None:
     """Max |ONNX Runtime - NumPy| over the dataset's states, in env units (None without ORT)."""
     try:
@@ -240,11 +282,12 @@ def _onnx_check(model, params: MLPParams, recipe: BCRecipe, dataset: Dataset) ->
 
 def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, ...] | None = None,
             activation: str | None = None, steps: int | None = None, lr: float | None = None,
-            mask_path: str | Path | None = None, seed: int = 0) -> dict:
+            mask_path: str | Path | None = None, init_path: str | Path | None = None, seed: int = 0) -> dict:
     """Train a policy on a distilled dataset and write it as an ONNX actor; returns a summary.
 
-    Unset options keep the dataset recipe's values; with `mask_path` the hidden sizes are the
-    mask's (a different `hidden` is refused). Raises `UserError` for a dataset or mask that
+    Unset options keep the dataset recipe's values; with `mask_path` or `init_path` the hidden
+    sizes are that file's (a different `hidden` is refused); `init_path` replaces the seeded
+    init (and `seed` is then unused). Raises `UserError` for a dataset or mask that
     does not fit, and if the ONNX file's outputs differ from the NumPy forward pass.
     """
     from export.onnx_mlp import policy_onnx, save_onnx
@@ -253,17 +296,17 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
     dataset = load_dataset(dataset_path)
     overrides = {"hidden": hidden, "activation": activation, "steps": steps, "lr": lr}
     recipe = replace(dataset.recipe, **{k: v for k, v in overrides.items() if v is not None})
-    masks = None
+    if mask_path is not None and init_path is not None:
+        raise UserError("--mask and --init cannot be combined: the init would have to fit the mask")
+    masks, init = None, None
     if mask_path is not None:
         masks = read_mask(mask_path, dataset)
-        mask_hidden = tuple(m.shape[0] for m in masks[:-1])
-        if hidden is not None and tuple(hidden) != mask_hidden:
-            raise UserError(f"--hidden {','.join(map(str, hidden))} differs from the mask's hidden sizes "
-                            f"{','.join(map(str, mask_hidden))}; leave --hidden out with --mask")
-        recipe = replace(recipe, hidden=mask_hidden)
-    sizes = [dataset.obs_dim, *recipe.hidden, dataset.act_dim]
-
-    init = init_params(sizes, seed, masks)
+        recipe = replace(recipe, hidden=_fixed_hidden(hidden, tuple(m.shape[0] for m in masks[:-1]), "--mask"))
+    if init_path is not None:
+        init = read_init(init_path, dataset)
+        recipe = replace(recipe, hidden=_fixed_hidden(hidden, tuple(init.sizes[1:-1]), "--init"))
+    if init is None:
+        init = init_params([dataset.obs_dim, *recipe.hidden, dataset.act_dim], seed, masks)
     train_started, cpu_started = time.perf_counter(), time.process_time()
     params, losses = train_bc(dataset.states, dataset.actions, recipe, init, masks)
     train_seconds, train_cpu_seconds = time.perf_counter() - train_started, time.process_time() - cpu_started
@@ -288,6 +331,8 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
                                  "grad_clip": recipe.grad_clip}),
         "seed": seed, "final_loss": f"{final_loss:.6g}", "tinypolicy_version": __version__,
     }
+    if init_path is not None:
+        metadata["init_sha256"] = hashlib.sha256(Path(init_path).read_bytes()).hexdigest()
     if mask_path is not None:
         metadata["mask_sha256"] = hashlib.sha256(Path(mask_path).read_bytes()).hexdigest()
     model = policy_onnx(params.weights, params.biases, recipe.activation, "clip", dataset.obs_mean,
@@ -300,6 +345,7 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
         "out": str(out_path), "env_id": dataset.env_id, "dataset_sha256": dataset.sha256,
         "dataset_size": dataset.size, "hidden": list(recipe.hidden), "activation": recipe.activation,
         "steps": recipe.steps, "lr": recipe.lr, "seed": seed, "mask": None if mask_path is None else str(mask_path),
+        "init": None if init_path is None else str(init_path),
         "sparsity": sparsity, "nnz": nnz,
         "initial_loss": float(losses[0]), "final_loss": final_loss, "train_seconds": train_seconds,
         "train_cpu_seconds": train_cpu_seconds,
@@ -341,12 +387,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=_positive(float), default=None, metavar="X", help="Adam learning rate (default: recipe)")
     parser.add_argument("--mask", type=Path, default=None, metavar="ACTOR.onnx",
                         help="keep the sparse topology of this exported actor (same env and dims)")
-    parser.add_argument("--seed", type=int, default=0, metavar="K", help="init seed")
+    parser.add_argument("--init", type=Path, default=None, metavar="INIT.npz",
+                        help="start from these parameters (w0, b0, ..., log_std), e.g. the policy_init.npz a "
+                             "HaDES-F dataset was distilled for; hidden sizes from the file")
+    parser.add_argument("--seed", type=int, default=0, metavar="K", help="init seed (without --init)")
 
 
 def run(args: argparse.Namespace) -> int:
     summary = retrain(args.dataset, args.out, hidden=args.hidden, activation=args.activation, steps=args.steps,
-                      lr=args.lr, mask_path=args.mask, seed=args.seed)
+                      lr=args.lr, mask_path=args.mask, init_path=args.init, seed=args.seed)
     print(f"retrained {'-'.join(map(str, summary['hidden']))} {summary['activation']} policy "
           f"(sparsity {summary['sparsity']:.3f}) on {summary['dataset_size']} pairs: {summary['steps']} steps "
           f"in {summary['train_seconds']:.3f} s, loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f}; "

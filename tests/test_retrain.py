@@ -195,6 +195,28 @@ def test_mask_keeps_the_exported_actors_topology(tmp_path, dataset_dir):
     assert summary["final_loss"] < summary["initial_loss"]
 
 
+def test_init_file_starts_training_where_the_torch_inner_loop_starts(tmp_path, dataset_dir):
+    """A HaDES-F policy_init.npz (as models.bc writes it): retraining from it follows the torch
+    inner loop from the same init, so the robot gets the policy the dataset was distilled for."""
+    from models.bc import gaussian_nll
+    from models.bc import init_params as torch_init_params
+    from models.bc import train_bc as torch_train_bc
+
+    dataset = load_dataset(dataset_dir)
+    torch_init = torch_init_params(1, 11, 3, (32, 16), seed=420)
+    np.savez(tmp_path / "policy_init.npz", **{k: v[0] for k, v in torch_init.numpy().items()})
+    summary = retrain(dataset_dir, tmp_path / "policy.onnx", init_path=tmp_path / "policy_init.npz")
+    trained, losses = torch_train_bc(torch.tensor(dataset.states), torch.tensor(dataset.actions), torch_init,
+                                     200, 5e-3, "tanh")
+    assert summary["hidden"] == [32, 16]
+    assert summary["initial_loss"] == pytest.approx(float(losses[0, 0]), rel=1e-5)
+    final = gaussian_nll(trained, torch.tensor(dataset.states)[None], torch.tensor(dataset.actions)[None], "tanh")
+    assert summary["final_loss"] == pytest.approx(float(final[0]), abs=1e-3)
+    weights, biases, _ = read_policy_onnx(tmp_path / "policy.onnx")
+    for ours, theirs in zip(weights, trained.weights):
+        np.testing.assert_allclose(ours, theirs[0].numpy(), atol=1e-3)
+
+
 def test_robot_copy_runs_without_torch_gymnasium_or_mujoco(tmp_path, dataset_dir):
     """The listed files alone, in a directory of their own, with the heavy packages unimportable."""
     robot = tmp_path / "robot"
@@ -262,6 +284,10 @@ def _bad_inputs(tmp_path, dataset_dir):
     _mask_onnx(tmp_path / "cheetah.onnx", [17, 32, 6], env_id="HalfCheetah-v5")
     _mask_onnx(tmp_path / "hopper.onnx", [11, 32, 3])
     (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07garbage")
+    init = init_params([17, 8, 6], seed=0)
+    np.savez(tmp_path / "init17.npz", w0=init.weights[0], b0=init.biases[0], w1=init.weights[1],
+             b1=init.biases[1], log_std=init.log_std)
+    np.savez(tmp_path / "init_no_log_std.npz", w0=init.weights[0], b0=init.biases[0])
     return {
         "missing dataset": [str(tmp_path / "nowhere")],
         "truncated dataset": [str(truncated)],
@@ -271,6 +297,11 @@ def _bad_inputs(tmp_path, dataset_dir):
         "corrupt mask": [str(dataset_dir), "--mask", str(tmp_path / "garbage.onnx")],
         "missing mask": [str(dataset_dir), "--mask", str(tmp_path / "none.onnx")],
         "hidden differs from mask": [str(dataset_dir), "--mask", str(tmp_path / "hopper.onnx"), "--hidden", "64,64"],
+        "init with other dims": [str(dataset_dir), "--init", str(tmp_path / "init17.npz")],
+        "init without log_std": [str(other_dims), "--init", str(tmp_path / "init_no_log_std.npz")],
+        "init not an npz": [str(dataset_dir), "--init", str(tmp_path / "garbage.onnx")],
+        "init and mask": [str(other_dims), "--init", str(tmp_path / "init17.npz"), "--mask",
+                          str(tmp_path / "cheetah.onnx")],
     }
 
 
