@@ -209,9 +209,14 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         from pipeline.envs import evaluate_policy
         from pipeline.retrain import retrain
 
+        # A HaDES-F dataset is evolved for one policy init, which distill ships beside it; the
+        # sparse topology of the exported actor needs a fresh (masked) init.
+        fixed_init = dataset / "policy_init.npz"
         summary = {}
         for name, mask in (("dense", None), ("sparse", bundle / "actor.onnx")):
-            result = retrain(dataset, folder / f"policy.{name}.onnx", mask_path=mask, seed=p["retrain"]["seed"])
+            init = fixed_init if mask is None and fixed_init.exists() else None
+            result = retrain(dataset, folder / f"policy.{name}.onnx", mask_path=mask, init_path=init,
+                             seed=p["retrain"]["seed"])
             session = ort_session(folder / f"policy.{name}.onnx")
             returns = evaluate_policy(lambda obs: ort_actions(session, obs[None])[0], config.env_id,
                                       p["retrain"]["episodes"], seed=1000)
