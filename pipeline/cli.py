@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bc-lr", type=float, default=5e-3, metavar="X")
     p.add_argument("--seed", type=int, default=0, metavar="K")
     p.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="rollout processes")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="rollouts in local worker processes, or on Ray workers (pip install -e '.[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="an existing Ray cluster (default: a local one)")
     p.add_argument("--final-seeds", type=_positive_int, default=5, metavar="N",
                    help="fresh policies retrained and evaluated on the final dataset")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")

@@ -35,7 +35,7 @@ from pipeline.dataset import BCRecipe, Dataset, save_dataset
 from pipeline.envs import make_env, random_policy_returns
 from pipeline.errors import UserError
 from pipeline.es import SHAPINGS, Adam, antithetic_noise, es_gradient, shape_fitness
-from pipeline.rollouts import PopulationEvaluator
+from pipeline.rollouts import PopulationEvaluator, population_evaluator
 
 STATE_FILE = "es_state.npz"
 FIXED_INIT_OFFSET = 420  # HaDES-F's init seed is 420 + run seed, as in the official code
@@ -62,13 +62,15 @@ class DistillConfig:
     bc_lr: float = 5e-3
     seed: int = 0
     workers: int = 2
+    backend: str = "local"           # rollouts in local worker processes, or on Ray ("ray")
+    ray_address: str | None = None   # an existing Ray cluster; None starts a local one
     max_episode_steps: int = 1000
     stats_steps: int = 10_000        # env steps of rollouts for the fixed observation statistics
     final_seeds: int = 5             # fresh-init retrainings evaluated on the final dataset
     final_episodes: int = 3
 
     # fields that may change between a run and its resumption
-    RESUMABLE = ("generations", "workers", "final_seeds", "final_episodes")
+    RESUMABLE = ("generations", "workers", "backend", "ray_address", "final_seeds", "final_episodes")
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -384,7 +386,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
         _save_state(state_path, cfg, mu, adam, obs_mean, obs_std, history, info)
 
     done = len(history)
-    with PopulationEvaluator(cfg.env_id, workers=cfg.workers, max_steps=cfg.max_episode_steps) as evaluator:
+    with population_evaluator(cfg.env_id, cfg.workers, cfg.max_episode_steps, cfg.backend, cfg.ray_address) as evaluator:
         bar = tqdm(total=cfg.generations, initial=min(done, cfg.generations), disable=not progress,
                    desc=f"HaDES-{cfg.mode.upper()} {cfg.env_id} D={cfg.size}", unit="gen", dynamic_ncols=True)
         env_steps = int(history[-1][5]) if history else 0

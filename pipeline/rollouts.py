@@ -77,6 +77,18 @@ def _worker(conn, env_id: str) -> None:
         env.close()
 
 
+def _split(arrays, activation, obs_mean, obs_std, seeds, max_steps, workers) -> list[dict]:
+    """One rollout request per worker, members split in contiguous blocks (the same split for
+    every backend, so results do not depend on where a block runs)."""
+    splits = [s for s in np.array_split(np.arange(len(seeds)), workers) if s.size]
+    return [{"arrays": {k: v[split] for k, v in arrays.items()}, "activation": activation, "obs_mean": obs_mean,
+             "obs_std": obs_std, "seeds": np.asarray(seeds)[split], "max_steps": max_steps} for split in splits]
+
+
+def _concatenate(results: list[RolloutResult]) -> RolloutResult:
+    return RolloutResult(np.concatenate([r.returns for r in results]), np.concatenate([r.lengths for r in results]))
+
+
 class PopulationEvaluator:
     """Worker processes that roll out a population, one episode per member.
 
@@ -100,18 +112,15 @@ class PopulationEvaluator:
 
     def evaluate(self, arrays: dict[str, np.ndarray], activation: str, obs_mean: np.ndarray,
                  obs_std: np.ndarray, seeds: np.ndarray) -> RolloutResult:
-        splits = [s for s in np.array_split(np.arange(len(seeds)), len(self.connections)) if s.size]
-        connections = self.connections[:len(splits)]
-        for conn, split in zip(connections, splits):
-            conn.send({"arrays": {k: v[split] for k, v in arrays.items()}, "activation": activation,
-                       "obs_mean": obs_mean, "obs_std": obs_std, "seeds": np.asarray(seeds)[split],
-                       "max_steps": self.max_steps})
+        messages = _split(arrays, activation, obs_mean, obs_std, seeds, self.max_steps, len(self.connections))
+        connections = self.connections[:len(messages)]
+        for conn, message in zip(connections, messages):
+            conn.send(message)
         try:
             results = [conn.recv() for conn in connections]
         except EOFError:
             raise UserError(f"a rollout worker for {self.env_id} died (out of memory?)") from None
-        return RolloutResult(np.concatenate([r.returns for r in results]),
-                             np.concatenate([r.lengths for r in results]))
+        return _concatenate(results)
 
     def close(self) -> None:
         for conn, process in zip(self.connections, self.processes):
@@ -128,3 +137,66 @@ class PopulationEvaluator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _RayRolloutWorker:
+    """A Ray actor owning its envs between generations, like a local worker process."""
+
+    def __init__(self, env_id: str):
+        import gymnasium as gym
+
+        self.env_id, self.envs, self.make = env_id, [], lambda: gym.make(env_id).unwrapped
+
+    def rollout(self, message: dict) -> RolloutResult:
+        while len(self.envs) < len(message["seeds"]):
+            self.envs.append(self.make())
+        return _rollout(self.envs, **message)
+
+
+class RayPopulationEvaluator:
+    """`PopulationEvaluator` on Ray: `workers` actors of one CPU each, on a local Ray instance
+    or an existing cluster (`address`). Same split, same rollouts, same results."""
+
+    def __init__(self, env_id: str, workers: int = 2, max_steps: int = 1000, address: str | None = None):
+        from pipeline.envs import make_env
+
+        try:
+            import ray
+        except ImportError:
+            raise UserError("the ray backend needs Ray: pip install -e '.[ray]'") from None
+        make_env(env_id).close()
+        self.ray, self.env_id, self.max_steps = ray, env_id, max_steps
+        options = {} if address else {"include_dashboard": False, "logging_level": "ERROR"}
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **options)
+        actor = ray.remote(num_cpus=1)(_RayRolloutWorker)
+        self.workers = [actor.remote(env_id) for _ in range(workers)]
+
+    def evaluate(self, arrays: dict[str, np.ndarray], activation: str, obs_mean: np.ndarray,
+                 obs_std: np.ndarray, seeds: np.ndarray) -> RolloutResult:
+        messages = _split(arrays, activation, obs_mean, obs_std, seeds, self.max_steps, len(self.workers))
+        try:
+            results = self.ray.get([w.rollout.remote(m) for w, m in zip(self.workers, messages)])
+        except self.ray.exceptions.RayError as exc:
+            raise UserError(f"a Ray rollout worker for {self.env_id} failed: {type(exc).__name__}") from None
+        return _concatenate(results)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            self.ray.kill(worker)
+        self.ray.shutdown()
+
+    def __enter__(self) -> "RayPopulationEvaluator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def population_evaluator(env_id: str, workers: int, max_steps: int, backend: str = "local",
+                         ray_address: str | None = None):
+    """The rollout backend: worker processes on this machine, or Ray actors."""
+    if backend == "local":
+        return PopulationEvaluator(env_id, workers, max_steps)
+    if backend == "ray":
+        return RayPopulationEvaluator(env_id, workers, max_steps, ray_address)
+    raise UserError(f"unknown backend {backend!r}; use local or ray")

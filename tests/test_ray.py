@@ -1,0 +1,24 @@
+"""HaDES on Ray: a local 2-CPU Ray instance gives exactly the local backend's fitness."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.bc import BCParams, init_params
+from pipeline.rollouts import PopulationEvaluator, RayPopulationEvaluator
+
+pytestmark = pytest.mark.integration
+
+
+def test_ray_rollouts_equal_local_rollouts_for_the_same_seeds():
+    pytest.importorskip("ray")
+    population = BCParams.stack([init_params(1, 11, 3, (16, 16), seed) for seed in range(6)]).numpy()
+    mean, std = np.zeros(11, np.float32), np.ones(11, np.float32)
+    seeds = np.arange(100, 106)
+    with PopulationEvaluator("Hopper-v5", workers=2, max_steps=300) as local:
+        expected = local.evaluate(population, "tanh", mean, std, seeds)
+    with RayPopulationEvaluator("Hopper-v5", workers=2, max_steps=300) as on_ray:
+        got = on_ray.evaluate(population, "tanh", mean, std, seeds)
+    np.testing.assert_array_equal(got.returns, expected.returns)
+    np.testing.assert_array_equal(got.lengths, expected.lengths)
+    assert len(set(expected.returns.round(6))) > 1  # distinct members, not one policy six times
