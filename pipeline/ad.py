@@ -468,7 +468,8 @@ class EvalConfig:
 
 def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint: Path | None = None,
              progress: bool = True) -> dict:
-    """Every curve of the AD benchmark; writes curves.json, curves.csv and curves.png."""
+    """Every curve of the AD benchmark; writes curves.json, curves.csv, curves.png and
+    context_ablation.png."""
     ckpt = load_ad_checkpoint(ad_checkpoint)
     model = build_model(ckpt)
     window = model.cfg.window
@@ -522,7 +523,11 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint:
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(out_dir / "curves.json", lambda tmp: tmp.write_text(json.dumps(summary) + "\n"))
     write_curves_csv(out_dir / "curves.csv", mean)
-    plot_curves(mean, out_dir / "curves.png", title=f"Dark Room, {len(test_goals)} held-out goals x {cfg.seeds} seeds")
+    title = f"Dark Room, {len(test_goals)} held-out goals x {cfg.seeds} seeds"
+    ablation = {"ad_window_%d" % cfg.ablation_window, "ad_reset_each_episode"}
+    plot_curves({k: v for k, v in mean.items() if k not in ablation}, out_dir / "curves.png", title)
+    plot_curves({k: v for k, v in mean.items() if k in ablation | {"ad", "optimal", "random"}},
+                out_dir / "context_ablation.png", f"Context ablation: {title}")
     return summary
 
 
