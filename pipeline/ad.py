@@ -255,8 +255,11 @@ class TrainConfig:
     checkpoint_every: int = 200
 
     def model_config(self) -> ADConfig:
-        return ADConfig(NUM_STATES, NUM_ACTIONS, self.window, self.dim, self.layers, self.heads,
-                        self.ff_dim, self.dropout, self.attn_dropout)
+        try:
+            return ADConfig(NUM_STATES, NUM_ACTIONS, self.window, self.dim, self.layers, self.heads,
+                            self.ff_dim, self.dropout, self.attn_dropout)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 1% of the peak."""
@@ -318,6 +321,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     """Train AD (cfg.source "learning") or ED ("expert"); resumes from out_dir/checkpoint.pt."""
     if cfg.source not in SOURCES:
         raise UserError(f"source must be one of {SOURCES}, got {cfg.source!r}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {cfg.lr}")
     histories = load_histories(data_dir)
     data = histories.source(cfg.source)
     if data["states"].shape[1] < cfg.window:
