@@ -255,8 +255,11 @@ class TrainConfig:
     checkpoint_every: int = 200
 
     def model_config(self) -> ADConfig:
-        return ADConfig(NUM_STATES, NUM_ACTIONS, self.window, self.dim, self.layers, self.heads,
-                        self.ff_dim, self.dropout, self.attn_dropout)
+        try:
+            return ADConfig(NUM_STATES, NUM_ACTIONS, self.window, self.dim, self.layers, self.heads,
+                            self.ff_dim, self.dropout, self.attn_dropout)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 1% of the peak."""
@@ -318,6 +321,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     """Train AD (cfg.source "learning") or ED ("expert"); resumes from out_dir/checkpoint.pt."""
     if cfg.source not in SOURCES:
         raise UserError(f"source must be one of {SOURCES}, got {cfg.source!r}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {cfg.lr}")
     histories = load_histories(data_dir)
     data = histories.source(cfg.source)
     if data["states"].shape[1] < cfg.window:
@@ -468,7 +473,8 @@ class EvalConfig:
 
 def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint: Path | None = None,
              progress: bool = True) -> dict:
-    """Every curve of the AD benchmark; writes curves.json, curves.csv and curves.png."""
+    """Every curve of the AD benchmark; writes curves.json, curves.csv, curves.png and
+    context_ablation.png."""
     ckpt = load_ad_checkpoint(ad_checkpoint)
     model = build_model(ckpt)
     window = model.cfg.window
@@ -522,7 +528,11 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint:
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(out_dir / "curves.json", lambda tmp: tmp.write_text(json.dumps(summary) + "\n"))
     write_curves_csv(out_dir / "curves.csv", mean)
-    plot_curves(mean, out_dir / "curves.png", title=f"Dark Room, {len(test_goals)} held-out goals x {cfg.seeds} seeds")
+    title = f"Dark Room, {len(test_goals)} held-out goals x {cfg.seeds} seeds"
+    ablation = {"ad_window_%d" % cfg.ablation_window, "ad_reset_each_episode"}
+    plot_curves({k: v for k, v in mean.items() if k not in ablation}, out_dir / "curves.png", title)
+    plot_curves({k: v for k, v in mean.items() if k in ablation | {"ad", "optimal", "random"}},
+                out_dir / "context_ablation.png", f"Context ablation: {title}")
     return summary
 
 

@@ -261,7 +261,7 @@ def _add_ad_parser(sub) -> None:
     s = stages.add_parser("evaluate", help="in-context curves on held-out goals (frozen weights)",
                           description="From an empty context: return per episode of AD, ED, the source, random and "
                                       "optimal on the held-out goals, AD on training goals and the context "
-                                      "ablations. Writes curves.json, curves.csv and curves.png.")
+                                      "ablations. Writes curves.json, curves.csv, curves.png and context_ablation.png.")
     s.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="the AD checkpoint.pt")
     s.add_argument("--ed", type=Path, default=None, metavar="CHECKPOINT", help="the ED checkpoint.pt (optional)")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")

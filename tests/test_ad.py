@@ -249,3 +249,11 @@ def test_last_only_forward_equals_full_forward():
         full = model(states[:, :n], actions[:, :n], rewards[:, :n])[:, -1]
         last = model(states[:, :n], actions[:, :n], rewards[:, :n], last_only=True)[:, -1]
         torch.testing.assert_close(last, full, rtol=0, atol=1e-5)
+
+
+def test_cli_ad_bad_input_is_one_line_error(histories_dir, tmp_path):
+    result = tinypolicy("ad", "train", "--data", str(histories_dir), "--out", str(tmp_path / "x"),
+                        "--dim", "30", "--heads", "4")
+    assert result.returncode == 2 and "not divisible" in result.stderr and "Traceback" not in result.stderr
+    result = tinypolicy("ad", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "ad collect" in result.stderr
