@@ -41,7 +41,8 @@ BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
 VARIANTS = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense")
 LABELS = {"pytorch_eager": "PyTorch eager (masked dense)", "ort_dense": "ONNX Runtime, masked dense",
           "ort_pruned": "ONNX Runtime, pruned", "ort_int8": "ONNX Runtime, int8 (pruned)",
-          "c_sparse": "C sparse (tp_actor)", "c_dense": "C dense (tp_actor_dense)", "ort_identity": "ONNX Runtime, Identity (overhead)"}
+          "c_sparse": "C sparse (tp_actor)", "c_dense": "C dense (tp_actor_dense)",
+          "ort_identity": "ONNX Runtime, Identity (overhead)"}
 
 
 def _policy_from_onnx(path: Path, manifest: dict[str, Any]) -> MLPPolicy:
