@@ -66,3 +66,10 @@ ad: $(STAMP)
 
 clean:
 	rm -rf $(VENV) artifacts runs
+
+# Export + bench of the RLx2 benchmark actors (docs/BENCHMARKS.md, "Export"); a missing
+# checkpoint is skipped. Writes docs/results/export_*.{json,md,png}.
+.PHONY: bench-export
+bench-export: $(STAMP)
+	$(PY) -m export.bench_docs runs/hopper-td3-rlx2-s0/checkpoint.pt runs/halfcheetah-td3-rlx2-s0/checkpoint.pt \
+	    --untrained Hopper-v5:0.95 --untrained HalfCheetah-v5:0.9

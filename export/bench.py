@@ -7,7 +7,7 @@ All variants are measured in one process, one after another, on the same observa
     ort_dense       actor.dense.onnx in ONNX Runtime
     ort_pruned      actor.onnx (dead neurons removed)
     ort_int8        actor.int8.onnx
-    c_sparse        tp_actor (sparse CSC), timed inside C and through ctypes
+    c_sparse        tp_actor (sparse), timed inside C and through ctypes
     c_dense         tp_actor_dense, timed inside C and through ctypes
 
 Latency of the Python-called variants is each `run()`/call timed alone with
@@ -42,7 +42,8 @@ BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
 VARIANTS = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense")
 LABELS = {"pytorch_eager": "PyTorch eager (masked dense)", "ort_dense": "ONNX Runtime, masked dense",
           "ort_pruned": "ONNX Runtime, pruned", "ort_int8": "ONNX Runtime, int8 (pruned)",
-          "c_sparse": "C sparse (CSC)", "c_dense": "C dense", "ort_identity": "ONNX Runtime, Identity (overhead)"}
+          "c_sparse": "C sparse (tp_actor)", "c_dense": "C dense (tp_actor_dense)",
+          "ort_identity": "ONNX Runtime, Identity (overhead)"}
 
 
 def _policy_from_onnx(path: Path, manifest: dict[str, Any]) -> MLPPolicy:

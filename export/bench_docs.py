@@ -12,32 +12,50 @@ meaningless.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
 from export.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, bench_bundle
-from export.bundle import export_bundle
+from export.bundle import MANIFEST, export_bundle
 
 
 def table(results: dict[str, tuple[dict, dict]]) -> str:
-    lines = ["| actor | env steps | weight sparsity | widths dense -> pruned | MACs dense / structural / nonzero "
-             "| C sparse tables | p50 µs: PyTorch / ORT dense / ORT pruned / ORT int8 / C dense / C sparse "
-             "| C sparse vs ORT dense / vs C dense | return fp32 / int8 / C sparse | parity max err | int8 max err (rollouts) |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """Two markdown tables (structure and size; latency, return and parity) over actors."""
+    size = ["| actor | env steps | weight sparsity | widths dense -> pruned | MACs dense / structural / nonzero "
+            "| bytes: dense fp32 / C sparse tables / actor.onnx / actor.int8.onnx |",
+            "|---|---:|---:|---|---:|---:|"]
+    speed = ["| actor | p50 µs: PyTorch / ORT dense / ORT pruned / ORT int8 / C dense / C sparse "
+             "| C sparse vs ORT dense / vs C dense | return: PyTorch / ORT int8 / C sparse "
+             "| parity max err (rollouts / all) | int8 max err (rollouts) |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, (m, b) in results.items():
         lat = {k: v["p50_us"] for k, v in b["latency"].items()}
-        ret = b["returns"]
-        lines.append(
+        ret, by, files = b["returns"], m["parameter_bytes"], m["files"]
+        size.append(
             f"| {name} | {m['checkpoint']['steps_done']:,} | {b['sparsity']:.3f} "
             f"| {'-'.join(map(str, m['widths']['dense']))} -> {'-'.join(map(str, m['widths']['pruned']))} "
             f"| {m['macs']['dense']:,} / {m['macs']['structural']:,} / {m['macs']['nonzero']:,} "
-            f"| {m['parameter_bytes']['sparse_fp32']:,} B "
-            f"| {lat['pytorch_eager']:.1f} / {lat['ort_dense']:.1f} / {lat['ort_pruned']:.1f} / {lat['ort_int8']:.1f} "
-            f"/ {lat['c_dense']:.1f} / {lat['c_sparse']:.2f} "
+            f"| {by['dense_fp32']:,} / {by['sparse_fp32']:,} / {files['onnx']['bytes']:,} "
+            f"/ {files['onnx_int8']['bytes']:,} |")
+        speed.append(
+            f"| {name} | {lat['pytorch_eager']:.1f} / {lat['ort_dense']:.1f} / {lat['ort_pruned']:.1f} "
+            f"/ {lat['ort_int8']:.1f} / {lat['c_dense']:.1f} / {lat['c_sparse']:.2f} "
             f"| {b['speedup']['c_sparse_vs_ort_dense']:.1f}x / {b['speedup']['c_sparse_vs_c_dense']:.1f}x "
             f"| {ret['pytorch_eager']['mean']:.1f} / {ret['ort_int8']['mean']:.1f} / {ret['c_sparse']['mean']:.1f} "
-            f"| {max(m['parity']['max_abs_error'].values()):.1e} | {m['int8']['max_abs_error_rollouts']:.3f} |")
-    return "\n".join(lines)
+            f"| {max(m['parity']['max_abs_error_rollouts'].values()):.1e} "
+            f"/ {max(m['parity']['max_abs_error'].values()):.1e} "
+            f"| {m['int8']['max_abs_error_rollouts']:.3f} |")
+    return "\n".join(size) + "\n\n" + "\n".join(speed)
+
+
+def results_in(work: Path) -> dict[str, tuple[dict, dict]]:
+    """(export.json, bench.json) of every benched bundle under `work`."""
+    found = {}
+    for bench in sorted(work.glob(f"*/bundle/{BENCH_JSON}")):
+        bundle = bench.parent
+        found[bundle.parent.name] = (json.loads((bundle / MANIFEST).read_text()), json.loads(bench.read_text()))
+    return found
 
 
 def untrained_checkpoint(env_id: str, sparsity: float, path: Path, seed: int = 0) -> Path:
@@ -72,12 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--untrained", action="append", default=[], metavar="ENV:SPARSITY",
                         help="also an untrained actor with RLx2's initial masks, e.g. Hopper-v5:0.95")
+    parser.add_argument("--table-only", action="store_true",
+                        help="print the tables of what is already benched under --work, run nothing")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.table_only:
+        print(table(results_in(args.work)))
+        return 0
     for spec in args.untrained:
         env_id, sparsity = spec.rsplit(":", 1)
         name = f"{env_id.lower()}-untrained-{sparsity}"
-        args.checkpoints.append(untrained_checkpoint(env_id, float(sparsity), args.work / "untrained" / name / "checkpoint.pt"))
+        path = args.work / "untrained" / name / "checkpoint.pt"
+        args.checkpoints.append(untrained_checkpoint(env_id, float(sparsity), path))
 
     results = {}
     for ckpt in args.checkpoints:

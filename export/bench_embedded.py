@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from export.bench_docs import untrained_checkpoint
-from export.embedded import TARGETS, embedded_report
+from export.embedded import TARGETS, embedded_report, write_embedded_json
 from pipeline.errors import UserError
 
 UNTRAINED = (("halfcheetah-90", "HalfCheetah-v5", 0.90), ("halfcheetah-95", "HalfCheetah-v5", 0.95),
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                  "targets": {}}
         for target in args.targets:
             report = embedded_report(manifest["dir"], target, progress=not args.quiet)
+            write_embedded_json(manifest["dir"], [report])
             actor["targets"][target] = {
                 "part": report["part"], "compiler": report["compiler"], "cflags": report["cflags"],
                 "emulator": report["emulator"], "harness_only": report["harness_only"],

@@ -345,7 +345,9 @@ def embedded_report(bundle_dir: str | Path, target: str, observations: np.ndarra
         "target": target, "part": t.part,
         "memory_model": ("flash = text + data, RAM = data + bss (size -B) plus the kernel call's measured stack; "
                          "model = firmware minus the harness-only build"
-                         + ("" if t.bare_metal else "; a static Linux binary, no memory limit checked")),
+                         + (f"; firmware RAM includes the {CORTEX_M_STACK_BYTES // 1024} KiB stack and "
+                            f"{CORTEX_M_HEAP_BYTES // 1024} KiB heap the linker script reserves" if t.bare_metal
+                            else "; a static Linux binary, no memory limit checked")),
         "compiler": _tool_version(f"{t.prefix}gcc"), "cflags": compile_flags(t),
         "emulator": f"{' '.join(t.qemu)} ({_tool_version(t.qemu[0])})",
         "observations": {"count": len(observations), "source": source},

@@ -126,7 +126,7 @@ def test_plugin_counts_match_a_single_step_trace(bundle, tmp_path):
 @pytest.mark.integration
 @needs_toolchains
 def test_actor_too_big_for_the_part_fails_to_link(tmp_path):
-    # Five dense 255-wide hidden layers: 1.3 MB of CSR tables against the STM32F405's 1 MiB flash.
+    # Five dense 255-wide hidden layers: about 1.1 MB of sparse tables against the STM32F405's 1 MiB flash.
     big = make_bundle(tmp_path, (255,) * 5, 0.0)
     proc = tinypolicy("embedded", str(big), "--target", "cortex-m4", "--quiet")
     assert proc.returncode == 2

@@ -316,3 +316,16 @@ def test_parity_catches_a_wrong_kernel(tmp_path, monkeypatch):
         export_bundle(ckpt, tmp_path / "out", parity_samples=200, episodes=1, progress=False)
     parity = json.loads((tmp_path / "out" / "export.json").read_text())["parity"]
     assert not parity["passed"] and parity["max_abs_error"]["c_dense"] < 1e-5
+
+
+def test_narrow_network_is_all_row_wise_and_compiles(tmp_path):
+    from export.c_codegen import write_c_sources
+    from export.mlp import policy_from_actor
+    from export.runtimes import CKernels
+
+    actor = sparse_actor("td3", 0.5, hidden=(8, 8), obs_dim=5, act_dim=2)
+    policy = policy_from_actor(actor)
+    write_c_sources(policy, tmp_path)
+    assert "acc[" not in (tmp_path / "actor.c").read_text()  # no CSC layer, no scatter buffer
+    obs = np.random.default_rng(5).normal(size=(200, 5)).astype(np.float32)
+    assert np.abs(CKernels(tmp_path, tmp_path, 5, 2).actions(obs) - policy(obs)).max() < 1e-6
