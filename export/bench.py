@@ -37,6 +37,7 @@ from export.onnx_mlp import read_policy_onnx, save_onnx
 from export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
 from pipeline.compress import write_json
 from pipeline.envs import evaluate_policy
+from pipeline.errors import UserError
 
 BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
 VARIANTS = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense")
@@ -122,7 +123,10 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
     with tempfile.TemporaryDirectory() as build:
         identity_path = save_onnx(_identity_model(manifest["obs_dim"]), Path(build) / "identity.onnx")
         sessions["ort_identity"] = ort_session(identity_path)
-        kernels = CKernels(folder, build, manifest["obs_dim"], manifest["act_dim"])
+        try:
+            kernels = CKernels(folder, build, manifest["obs_dim"], manifest["act_dim"])
+        except RuntimeError as exc:
+            raise UserError(f"cannot build the bundle's C kernels: {exc}") from None
 
         pointers = [r.ctypes.data_as(FLOAT_P) for r in rows]
         out_p = np.zeros(manifest["act_dim"], np.float32).ctypes.data_as(FLOAT_P)

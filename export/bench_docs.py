@@ -71,6 +71,7 @@ def untrained_checkpoint(env_id: str, sparsity: float, path: Path, seed: int = 0
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
     env.close()
+    torch.manual_seed(seed)  # the weights' re-initialisation draws from the global generator
     actor = make_actor("td3", obs_dim, act_dim, [256, 256], low, high)
     sparsify(actor, sparsity, False, torch.Generator().manual_seed(seed))
     spaces = {"obs_dim": obs_dim, "act_dim": act_dim, "action_low": low.tolist(), "action_high": high.tolist()}
