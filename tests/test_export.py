@@ -329,3 +329,16 @@ def test_narrow_network_is_all_row_wise_and_compiles(tmp_path):
     assert "acc[" not in (tmp_path / "actor.c").read_text()  # no CSC layer, no scatter buffer
     obs = np.random.default_rng(5).normal(size=(200, 5)).astype(np.float32)
     assert np.abs(CKernels(tmp_path, tmp_path, 5, 2).actions(obs) - policy(obs)).max() < 1e-6
+
+
+def test_a_dense_layer_with_32_bit_pointers_compiles_and_matches(tmp_path):
+    """A 256x256 layer with every weight nonzero needs uint32_t pointers (>= 65,536 entries)."""
+    from export.c_codegen import write_c_sources
+    from export.mlp import policy_from_actor
+    from export.runtimes import CKernels
+
+    policy = policy_from_actor(sparse_actor("td3", 0.0, hidden=(256, 256), obs_dim=11, act_dim=3))
+    write_c_sources(policy, tmp_path)
+    assert "uint32_t" in (tmp_path / "actor.c").read_text()
+    obs = np.random.default_rng(6).normal(size=(50, 11)).astype(np.float32)
+    assert np.abs(CKernels(tmp_path, tmp_path, 11, 3).actions(obs) - policy(obs)).max() < 1e-5
