@@ -14,18 +14,21 @@ from pathlib import Path
 
 
 def rows(run_dirs: list[Path], expert_return: float | None) -> list[str]:
-    lines = ["| env | variant | D | N x G | env steps | wall time | retrained return, fresh inits (mean; per seed) "
-             "| fixed init | % of expert | random |",
+    lines = ["| env | variant | D | N x G | env steps | ES wall time | retrained return, fresh inits (mean; per seed) "
+             "| % of expert | fixed init (% of expert) | random |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for run in run_dirs:
         s = json.loads((run / "summary.json").read_text())
-        share = f"{100 * s['fresh_init_mean'] / expert_return:.0f}%" if expert_return else "-"
-        fixed = f"{s['fixed_init_return']:.0f}" if "fixed_init_return" in s else "-"
+        def share(value: float) -> str:
+            return f"{100 * value / expert_return:.0f}%" if expert_return else "-"
+
+        fixed = (f"{s['fixed_init_return']:.0f} ({share(s['fixed_init_return'])})"
+                 if "fixed_init_return" in s else "-")
         per_seed = ", ".join(f"{r:.0f}" for r in s["fresh_init_returns"])
         lines.append(f"| {s['env_id']} | HaDES-{s['mode'].upper()} from {s['init']} | {s['size']} | "
                      f"{s['population']} x {s['generations']} | {s['env_steps'] / 1e6:.2f}M | "
-                     f"{s['distill_seconds'] / 60:.0f} min | {s['fresh_init_mean']:.0f} ({per_seed}) | {fixed} | "
-                     f"{share} | {s['random_policy_return']:.0f} |")
+                     f"{s['distill_seconds'] / 60:.0f} min | {s['fresh_init_mean']:.0f} ({per_seed}) | "
+                     f"{share(s['fresh_init_mean'])} | {fixed} | {s['random_policy_return']:.0f} |")
     return lines
 
 

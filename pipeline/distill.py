@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -238,11 +239,14 @@ def _load_state(path: Path, cfg: DistillConfig) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read {path} to resume ({exc}); delete it to start over") from None
-    saved = json.loads(str(state["identity"]))
-    if saved != json.loads(json.dumps(cfg.identity(), sort_keys=True)):
-        changed = sorted(k for k in saved if saved.get(k) != json.loads(json.dumps(cfg.identity())).get(k))
+    missing = {"mu", "adam_m", "adam_v", "adam_t", "obs_mean", "obs_std", "history", "identity", "info"} - state.keys()
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(sorted(missing))}; delete it to start over")
+    saved, current = json.loads(str(state["identity"])), json.loads(json.dumps(cfg.identity()))
+    if saved != current:
+        changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
         raise UserError(f"{path.parent} holds a distillation run with other settings ({', '.join(changed)}); "
                         "use another --out or the same settings to resume")
     return state

@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.dataset import BCRecipe, load_dataset
 from pipeline.distill import retrain_and_evaluate
 from pipeline.envs import random_policy_returns
+from pipeline.errors import UserError
 from pipeline.rollouts import PopulationEvaluator
 
 WIDTHS = (32, 64, 128, 256, 512)
@@ -46,8 +47,10 @@ def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None
     from tqdm import tqdm
 
     torch.set_num_threads(1)
-    dataset = load_dataset(dataset_path, env_id=env_id)
     source = Path(dataset_path)
+    if not source.exists():
+        raise UserError(f"dataset {source} does not exist")
+    dataset = load_dataset(source, env_id=env_id)
     out = Path(out_dir) if out_dir else (source if source.is_dir() else source.parent) / "generalise"
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -114,3 +114,10 @@ def test_distill_cli_refuses_bad_settings(tmp_path):
     assert no_expert.returncode == 2 and "--expert" in no_expert.stderr
     bad_env = tinypolicy("distill", "--env", "Hopper-v99", "--out", str(tmp_path), "--quiet")
     assert bad_env.returncode == 2 and len(bad_env.stderr.strip().splitlines()) == 1
+
+
+def test_a_corrupt_checkpoint_is_refused_not_overwritten(tmp_path):
+    (tmp_path / "es_state.npz").write_bytes(b"PK\x03\x04 not really a zip file")
+    with pytest.raises(UserError, match="cannot read .*es_state.npz"):
+        distill(DistillConfig(generations=1, **TINY), tmp_path, progress=False)
+    assert (tmp_path / "es_state.npz").read_bytes().startswith(b"PK\x03\x04 not")

@@ -121,3 +121,16 @@ def test_rollout_policy_matches_torch_policy():
     np.testing.assert_allclose(batched_mean(params.numpy(), obs[:, 0].numpy(), "tanh"), expected, rtol=1e-5,
                                atol=1e-5)
     assert math.isfinite(float(expected.sum()))
+
+
+def test_policy_inits_fixed_for_f_and_fresh_per_generation_for_r():
+    from pipeline.distill import DistillConfig, policy_inits
+
+    fixed = policy_inits(DistillConfig(env_id="Hopper-v5", mode="f"), 4, 11, 3, generation=0)
+    later = policy_inits(DistillConfig(env_id="Hopper-v5", mode="f"), 4, 11, 3, generation=9)
+    assert all(torch.equal(w[0], w[3]) and torch.equal(w, v) for w, v in zip(fixed.weights, later.weights))
+    r0 = policy_inits(DistillConfig(env_id="Hopper-v5", mode="r"), 4, 11, 3, generation=0)
+    r1 = policy_inits(DistillConfig(env_id="Hopper-v5", mode="r"), 4, 11, 3, generation=1)
+    again = policy_inits(DistillConfig(env_id="Hopper-v5", mode="r"), 4, 11, 3, generation=0)
+    assert not torch.equal(r0.weights[0][0], r0.weights[0][1])
+    assert not torch.equal(r0.weights[0], r1.weights[0]) and torch.equal(r0.weights[0], again.weights[0])
