@@ -34,7 +34,7 @@ from tqdm import tqdm
 from models.ad_transformer import ADConfig, ADTransformer
 from pipeline.darkroom import (DARK_ROOM_STEPS, NUM_ACTIONS, NUM_STATES, BatchDarkRoom, all_cells,
                                optimal_return)
-from pipeline.dataset import _atomic_write, _sha256
+from pipeline.dataset import atomic_write, sha256_file
 from pipeline.errors import UserError
 
 HISTORY_FORMAT = "tinypolicy.ad-histories"
@@ -188,10 +188,10 @@ def save_histories(histories: Histories, out_dir: Path) -> Path:
         with tmp.open("wb") as f:
             np.savez_compressed(f, **histories.arrays)
 
-    _atomic_write(npz, write)
-    histories.sha256 = _sha256(npz)
+    atomic_write(npz, write)
+    histories.sha256 = sha256_file(npz)
     info = {"format": HISTORY_FORMAT, "version": VERSION, "sha256": histories.sha256, "meta": histories.meta}
-    _atomic_write(out_dir / "histories.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    atomic_write(out_dir / "histories.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
     return npz
 
 
@@ -209,7 +209,7 @@ def load_histories(path: Path) -> Histories:
         raise UserError(f"cannot read {info_path}: {exc}") from None
     if not isinstance(info, dict) or info.get("format") != HISTORY_FORMAT or info.get("version") != VERSION:
         raise UserError(f"{info_path} is not a version-{VERSION} tinypolicy AD history description")
-    digest = _sha256(npz)
+    digest = sha256_file(npz)
     if digest != info.get("sha256"):
         raise UserError(f"{npz} does not match the hash in {info_path.name}: truncated or modified")
     names = ["train_goals", "test_goals"] + [f"{s}_{k}" for s in SOURCES for k in HISTORY_ARRAYS]
@@ -394,7 +394,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     bar.close()
     summary = {"source": cfg.source, "steps": step, "train_seconds": round(seconds, 1), "resumed_from": resumed_from,
                "parameters": sum(p.numel() for p in model.parameters()), "checkpoint": str(ckpt_path)}
-    _atomic_write(out_dir / "train.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    atomic_write(out_dir / "train.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
 
 
@@ -526,7 +526,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint:
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "curves.json", lambda tmp: tmp.write_text(json.dumps(summary) + "\n"))
+    atomic_write(out_dir / "curves.json", lambda tmp: tmp.write_text(json.dumps(summary) + "\n"))
     write_curves_csv(out_dir / "curves.csv", mean)
     title = f"Dark Room, {len(test_goals)} held-out goals x {cfg.seeds} seeds"
     ablation = {"ad_window_%d" % cfg.ablation_window, "ad_reset_each_episode"}
@@ -546,7 +546,7 @@ def write_curves_csv(path: Path, curves: dict[str, np.ndarray]) -> None:
             for e in range(max(len(c) for c in curves.values())):
                 writer.writerow([e + 1, *(f"{curves[n][e]:.3f}" if e < len(curves[n]) else "" for n in names)])
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str, smooth: int = 10) -> None:

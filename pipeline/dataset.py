@@ -127,11 +127,13 @@ def _validate_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
         raise UserError(f"{where}: action_high must exceed action_low")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256: artefacts record it so that a truncated or edited file is refused."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` then rename over `path`: a crash leaves the old file or the new, never half."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -147,12 +149,12 @@ def save_dataset(dataset: Dataset, directory: str | Path) -> Path:
         with tmp.open("wb") as f:
             np.savez(f, **{name: getattr(dataset, name) for name in ARRAYS})
 
-    _atomic_write(npz, write_npz)
-    dataset.sha256 = _sha256(npz)
+    atomic_write(npz, write_npz)
+    dataset.sha256 = sha256_file(npz)
     info = {"format": FORMAT, "version": VERSION, "env_id": dataset.env_id, "size": dataset.size,
             "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim, "sha256": dataset.sha256,
             "recipe": asdict(dataset.recipe), "meta": dataset.meta}
-    _atomic_write(directory / "dataset.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    atomic_write(directory / "dataset.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
     return npz
 
 
@@ -176,7 +178,7 @@ def load_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
         raise UserError(f"{info_path} is not a tinypolicy dataset description")
     if info.get("version") != VERSION:
         raise UserError(f"{info_path} has dataset version {info.get('version')}, expected {VERSION}")
-    digest = _sha256(npz)
+    digest = sha256_file(npz)
     if digest != info.get("sha256"):
         raise UserError(f"{npz} does not match the hash in {info_path.name}: truncated or modified")
     try:
