@@ -13,7 +13,6 @@ probabilities agree) and records the largest logit difference on the windows it 
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from models.ad_transformer import ADStepPolicy, ADTransformer
 from pipeline.ad import (NO_ACTION, StepFunction, build_model, in_context_returns, load_ad_checkpoint,
                          plot_curves, torch_step_function)
-from pipeline.dataset import atomic_write
+from pipeline.artefact import write_json
 
 OPSET = 17
 INPUTS = ("states", "prev_actions", "prev_rewards", "valid_length")
@@ -121,7 +120,7 @@ def export_ad(checkpoint_path: Path, out_dir: Path, episodes: int = 100, seed: i
         "torch_seconds": round(torch_seconds, 1), "onnx_seconds": round(ort_seconds, 1),
         "curves": {"torch": [round(float(v), 3) for v in torch_mean], "onnx": [round(float(v), 3) for v in ort_mean]},
     }
-    atomic_write(out_dir / "export.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    write_json(out_dir / "export.json", summary)
     plot_curves({"torch": torch_mean, "onnxruntime": ort_mean}, out_dir / "parity.png",
                 title=f"AD held-out curve: PyTorch vs ONNX Runtime ({len(goals)} goals)")
     return summary

@@ -35,7 +35,7 @@ from export.embedded import update_bench_report
 from export.mlp import MLPPolicy
 from export.onnx_mlp import read_policy_onnx, save_onnx
 from export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
-from pipeline.compress import write_json
+from pipeline.artefact import write_json
 from pipeline.envs import evaluate_policy
 from pipeline.errors import UserError
 

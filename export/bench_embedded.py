@@ -25,6 +25,7 @@ import torch
 
 from export.bench_docs import untrained_checkpoint
 from export.embedded import TARGETS, embedded_report, write_embedded_json
+from pipeline.artefact import write_json
 from pipeline.errors import UserError
 
 UNTRAINED = (("halfcheetah-90", "HalfCheetah-v5", 0.90), ("halfcheetah-95", "HalfCheetah-v5", 0.95),
@@ -121,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: done", flush=True)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, results)
     print(markdown(results))
     return 0
 

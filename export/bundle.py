@@ -34,7 +34,7 @@ from export.runtimes import CKernels, ort_actions, ort_session
 from models import sparse_layers
 from pipeline import __version__
 from pipeline.checkpoint import Checkpoint, load_checkpoint
-from pipeline.compress import file_hash, write_json
+from pipeline.artefact import read_manifest, sha256_file, write_json
 from pipeline.envs import actor_policy, evaluate_policy, make_env
 from pipeline.errors import UserError
 
@@ -121,7 +121,7 @@ def _metadata(ckpt: Checkpoint, dense: MLPPolicy, pruned: PruneResult, macs: dic
         "dense_macs": str(macs["dense"]), "structural_macs": str(macs["structural"]),
         "nonzero_macs": str(macs["nonzero"]),
         "kept_neurons": json.dumps(pruned.kept),
-        "checkpoint_sha256": file_hash(ckpt.path),
+        "checkpoint_sha256": sha256_file(ckpt.path),
         "checkpoint_steps": str(ckpt.steps_done),
         "tinypolicy_version": __version__,
     }
@@ -268,7 +268,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, parity_sampl
         "int8": {"method": QUANTIZATION, **int8, "episodes": episodes, "seed": eval_seed,
                  "fp32_return_mean": float(fp32_returns.mean()), "fp32_return_std": float(fp32_returns.std()),
                  "int8_return_mean": float(int8_returns.mean()), "int8_return_std": float(int8_returns.std())},
-        "files": {key: {"name": name, "bytes": (out / name).stat().st_size, "sha256": file_hash(out / name)}
+        "files": {key: {"name": name, "bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
                   for key, name in FILES.items()},
         "seconds": round(time.time() - start, 1),
     }
@@ -291,14 +291,7 @@ def load_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():
         raise UserError(f"{folder} is not an export bundle (no {MANIFEST}; run `tinypolicy export` first)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{path} is not a tinypolicy export manifest")
-    if manifest.get("version") != VERSION:
-        raise UserError(f"{path} has export version {manifest.get('version')}, expected {VERSION}")
+    manifest = read_manifest(path, FORMAT, VERSION, "export manifest")
     files = manifest.get("files", {})
     for key, name in FILES.items():
         entry, file = files.get(key), folder / name
@@ -306,6 +299,6 @@ def load_bundle(bundle_dir: str | Path) -> dict[str, Any]:
             raise UserError(f"{path} does not list {name}")
         if not file.is_file():
             raise UserError(f"export bundle {folder} is missing {name}")
-        if file.stat().st_size != entry["bytes"] or file_hash(file) != entry["sha256"]:
+        if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
             raise UserError(f"{file} is truncated or was changed after export (hash mismatch)")
     return {**manifest, "dir": str(folder)}

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from export.bundle import FILES, PARITY_TOLERANCE, load_bundle
 from export.runtimes import ort_actions, ort_session
+from pipeline.artefact import write_json
 from pipeline.errors import UserError
 
 KERNELS = {"sparse": ("actor.c", "tp_actor"), "dense": ("actor_dense.c", "tp_actor_dense")}
@@ -371,9 +372,7 @@ def write_embedded_json(bundle_dir: str | Path, reports: list[dict]) -> Path:
         except (OSError, json.JSONDecodeError):
             merged = {}  # a damaged earlier file is replaced: every entry can be re-measured
     merged.update({r["target"]: r for r in reports})
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, merged)
     return path
 
 

@@ -18,10 +18,8 @@ Four stages, each reading the previous one's artefact:
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
-import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -34,7 +32,7 @@ from tqdm import tqdm
 from models.ad_transformer import ADConfig, ADTransformer
 from pipeline.darkroom import (DARK_ROOM_STEPS, NUM_ACTIONS, NUM_STATES, BatchDarkRoom, all_cells,
                                optimal_return)
-from pipeline.dataset import atomic_write, sha256_file
+from pipeline.artefact import atomic_write, check_hash, load_arrays, read_manifest, sha256_file, write_json
 from pipeline.errors import UserError
 
 HISTORY_FORMAT = "tinypolicy.ad-histories"
@@ -191,7 +189,7 @@ def save_histories(histories: Histories, out_dir: Path) -> Path:
     atomic_write(npz, write)
     histories.sha256 = sha256_file(npz)
     info = {"format": HISTORY_FORMAT, "version": VERSION, "sha256": histories.sha256, "meta": histories.meta}
-    atomic_write(out_dir / "histories.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    write_json(out_dir / "histories.json", info)
     return npz
 
 
@@ -203,24 +201,10 @@ def load_histories(path: Path) -> Histories:
     for required in (npz, info_path):
         if not required.is_file():
             raise UserError(f"history file {required} does not exist (run `tinypolicy ad collect` first)")
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {info_path}: {exc}") from None
-    if not isinstance(info, dict) or info.get("format") != HISTORY_FORMAT or info.get("version") != VERSION:
-        raise UserError(f"{info_path} is not a version-{VERSION} tinypolicy AD history description")
-    digest = sha256_file(npz)
-    if digest != info.get("sha256"):
-        raise UserError(f"{npz} does not match the hash in {info_path.name}: truncated or modified")
+    info = read_manifest(info_path, HISTORY_FORMAT, VERSION, "AD history description")
+    digest = check_hash(npz, info.get("sha256"), info_path.name)
     names = ["train_goals", "test_goals"] + [f"{s}_{k}" for s in SOURCES for k in HISTORY_ARRAYS]
-    try:
-        with np.load(npz, allow_pickle=False) as data:
-            missing = [n for n in names if n not in data.files]
-            if missing:
-                raise UserError(f"{npz} is missing {', '.join(missing)}")
-            arrays = {n: np.asarray(data[n]) for n in names}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise UserError(f"cannot read histories {npz}: {type(exc).__name__}: {exc}") from None
+    arrays = load_arrays(npz, names, "histories")
     for source in SOURCES:
         s, a, r = (arrays[f"{source}_{k}"] for k in ("states", "actions", "rewards"))
         if s.ndim != 2 or s.shape != a.shape or s.shape != r.shape or arrays[f"{source}_goals"].shape != (len(s), 2):
@@ -394,7 +378,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     bar.close()
     summary = {"source": cfg.source, "steps": step, "train_seconds": round(seconds, 1), "resumed_from": resumed_from,
                "parameters": sum(p.numel() for p in model.parameters()), "checkpoint": str(ckpt_path)}
-    atomic_write(out_dir / "train.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    write_json(out_dir / "train.json", summary)
     return summary
 
 
@@ -526,7 +510,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint:
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "curves.json", lambda tmp: tmp.write_text(json.dumps(summary) + "\n"))
+    write_json(out_dir / "curves.json", summary)
     write_curves_csv(out_dir / "curves.csv", mean)
     title = f"Dark Room, {len(test_goals)} held-out goals x {cfg.seeds} seeds"
     ablation = {"ad_window_%d" % cfg.ablation_window, "ad_reset_each_episode"}

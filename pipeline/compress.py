@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
+from pipeline.artefact import sha256_file, write_json
 from pipeline.errors import UserError
 from pipeline.train import TrainConfig, train
 
@@ -40,22 +41,8 @@ STAGE_DEFAULTS = {
 }
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def params_hash(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 @dataclass
@@ -70,7 +57,7 @@ class Stage:
         return out / self.name
 
     def expected_stamp(self) -> dict:
-        return {"params": params_hash(self.params), "inputs": {str(p): file_hash(p) for p in self.inputs}}
+        return {"params": params_hash(self.params), "inputs": {str(p): sha256_file(p) for p in self.inputs}}
 
     def stamp(self, out: Path) -> dict | None:
         """The folder's stamp; an unreadable one reads as empty (never trusted)."""
@@ -90,7 +77,7 @@ class Stage:
         if not stamp or not self._matches(stamp):
             return False
         outputs = stamp.get("outputs", {})
-        return all((self.folder(out) / name).exists() and file_hash(self.folder(out) / name) == outputs.get(name)
+        return all((self.folder(out) / name).exists() and sha256_file(self.folder(out) / name) == outputs.get(name)
                    for name in self.outputs)
 
     def params_changed(self, out: Path) -> bool:
@@ -280,7 +267,7 @@ def compress(config: PipelineConfig, out: Path, progress: bool = True) -> list[d
         if missing:
             raise UserError(f"stage {stage.name} did not write {', '.join(missing)}")
         stamp = stage.expected_stamp() | {
-            "outputs": {name: file_hash(folder / name) for name in stage.outputs},
+            "outputs": {name: sha256_file(folder / name) for name in stage.outputs},
             "summary": summary, "seconds": time.perf_counter() - started}
         write_json(folder / STAMP, stamp)
         records.append({"stage": stage.name, "status": "done", "seconds": stamp["seconds"], "summary": summary})

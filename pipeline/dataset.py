@@ -17,16 +17,13 @@ This module imports only NumPy and the standard library: the on-device retrainin
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.artefact import atomic_write, check_hash, load_arrays, read_manifest, sha256_file, write_json
 from pipeline.errors import UserError
 
 FORMAT = "tinypolicy.dataset"
@@ -127,18 +124,6 @@ def _validate_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
         raise UserError(f"{where}: action_high must exceed action_low")
 
 
-def sha256_file(path: Path) -> str:
-    """The file's SHA-256: artefacts record it so that a truncated or edited file is refused."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(tmp)` then rename over `path`: a crash leaves the old file or the new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_dataset(dataset: Dataset, directory: str | Path) -> Path:
     """Write dataset.npz and dataset.json into `directory` (each atomically); returns the npz path."""
     directory = Path(directory)
@@ -154,7 +139,7 @@ def save_dataset(dataset: Dataset, directory: str | Path) -> Path:
     info = {"format": FORMAT, "version": VERSION, "env_id": dataset.env_id, "size": dataset.size,
             "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim, "sha256": dataset.sha256,
             "recipe": asdict(dataset.recipe), "meta": dataset.meta}
-    atomic_write(directory / "dataset.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+    write_json(directory / "dataset.json", info)
     return npz
 
 
@@ -170,25 +155,9 @@ def load_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
     for required in (npz, info_path):
         if not required.is_file():
             raise UserError(f"dataset file {required} does not exist")
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {info_path}: {exc}") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise UserError(f"{info_path} is not a tinypolicy dataset description")
-    if info.get("version") != VERSION:
-        raise UserError(f"{info_path} has dataset version {info.get('version')}, expected {VERSION}")
-    digest = sha256_file(npz)
-    if digest != info.get("sha256"):
-        raise UserError(f"{npz} does not match the hash in {info_path.name}: truncated or modified")
-    try:
-        with np.load(npz, allow_pickle=False) as data:
-            missing = [name for name in ARRAYS if name not in data.files]
-            if missing:
-                raise UserError(f"{npz} is missing {', '.join(missing)}")
-            arrays = {name: np.asarray(data[name]) for name in ARRAYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise UserError(f"cannot read dataset {npz}: {type(exc).__name__}: {exc}") from None
+    info = read_manifest(info_path, FORMAT, VERSION, "dataset description")
+    digest = check_hash(npz, info.get("sha256"), info_path.name)
+    arrays = load_arrays(npz, ARRAYS, "dataset")
     for name, array in arrays.items():
         if not np.issubdtype(array.dtype, np.floating):
             raise UserError(f"{npz}: {name} has dtype {array.dtype}, expected float32")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from models.bc import BCParams, init_params, train_bc
+from pipeline.artefact import write_json
 from pipeline.dataset import BCRecipe, Dataset, save_dataset
 from pipeline.envs import make_env, random_policy_returns
 from pipeline.errors import UserError
@@ -459,7 +460,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
                "states_image": None if render_error else str(out / "states.png")}
     if "expert_steps_done" in info:
         summary["expert_steps_done"] = info["expert_steps_done"]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     return summary
 
 

@@ -9,13 +9,13 @@ generalise.csv, generalise.md and generalise.png.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.artefact import write_json
 from pipeline.dataset import BCRecipe, load_dataset
 from pipeline.distill import retrain_and_evaluate
 from pipeline.envs import random_policy_returns
@@ -101,5 +101,5 @@ def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None
     os.replace(out / "generalise.tmp.png", out / "generalise.png")
     summary = {"env_id": env_id, "dataset": str(dataset_path), "random_policy_return": random_return,
                "rows": rows, "table": table, "out": str(out)}
-    (out / "generalise.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "generalise.json", summary)
     return summary

@@ -26,8 +26,8 @@ a fresh init it usually trains a much worse policy.
 
 Files a robot copies (nothing else from the repo is imported; needs numpy and onnx,
 onnxruntime optional for the self-check):
-    pipeline/__init__.py  pipeline/errors.py  pipeline/dataset.py  pipeline/retrain.py
-    export/__init__.py    export/onnx_mlp.py
+    pipeline/__init__.py  pipeline/errors.py  pipeline/artefact.py  pipeline/dataset.py
+    pipeline/retrain.py   export/__init__.py  export/onnx_mlp.py
 and runs `python -m pipeline.retrain DATASET --out policy.onnx` from the directory that
 holds them. On the development side the same is `tinypolicy retrain ...`.
 """

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from models import (GaussianActor, TwinCritic, apply_masks, drop_fraction, make_actor,
                     random_masks, rigl_update, sparse_layers, weight_sparsity)
+from pipeline.artefact import write_json
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.envs import actor_policy, evaluate_policy, make_env
 from pipeline.errors import UserError
@@ -515,7 +516,5 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         "train_time_s": trainer.train_time,
         "steps_per_s": trainer.step / trainer.train_time if trainer.train_time else None,
     }
-    tmp = out / "eval.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "eval.json")
+    write_json(out / "eval.json", summary)
     return summary

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.ad_transformer import ADConfig, ADStepPolicy, ADTransformer
+from models.ad_transformer import ADConfig, ADTransformer
 from pipeline import ad
 from pipeline.darkroom import (CENTRE, NUM_ACTIONS, BatchDarkRoom, DarkKeyToDoorEnv, DarkRoomEnv, all_cells,
                                cell_index, optimal_return)

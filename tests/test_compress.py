@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from pipeline.cli import load_presets
-from pipeline.compress import STAGES, PipelineConfig, file_hash
+from pipeline.artefact import sha256_file
+from pipeline.compress import STAGES, PipelineConfig
 from pipeline.errors import UserError
 from tests.conftest import ROOT
 
@@ -55,7 +56,7 @@ def test_tiny_pipeline_survives_a_kill_and_reruns_only_what_changed(tmp_path):
     for stage in STAGES:  # every stage's artefacts exist and match their stamps
         stamp = json.loads((out / stage / "stamp.json").read_text())
         for name, digest in stamp["outputs"].items():
-            assert file_hash(out / stage / name) == digest
+            assert sha256_file(out / stage / name) == digest
     report = (out / "report" / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 3 and "Retrained on the distilled dataset" in report
     assert "Embedded targets" in (out / "report" / "report.md").read_text()

@@ -23,8 +23,8 @@ from pipeline.retrain import (MLPParams, _FlatLayout, init_params, loss_and_grad
 from tests.conftest import ROOT
 
 # What a robot copies (pipeline/retrain.py's docstring says the same).
-ROBOT_FILES = ["pipeline/__init__.py", "pipeline/errors.py", "pipeline/dataset.py", "pipeline/retrain.py",
-               "export/__init__.py", "export/onnx_mlp.py"]
+ROBOT_FILES = ["pipeline/__init__.py", "pipeline/errors.py", "pipeline/artefact.py", "pipeline/dataset.py",
+               "pipeline/retrain.py", "export/__init__.py", "export/onnx_mlp.py"]
 BLOCKED = ("torch", "gymnasium", "mujoco")
 BLOCKER = f"""
 import importlib.abc, sys

@@ -1,0 +1,79 @@
+"""What every artefact's saver and loader share: atomic writes, file hashes, versioned JSON
+manifests and validated .npz arrays.
+
+Each typed artefact (distilled dataset, export bundle, AD histories, compress stamps) is a
+JSON manifest that names its format and version and records the SHA-256 of its data files,
+so a truncated, edited or foreign file is refused with one line instead of a traceback.
+
+Standard library and NumPy only: the on-device retraining path reads datasets through it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read in blocks (checkpoints and ONNX files can be large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """`write(tmp)` then rename over `path`: a crash leaves the old file or the new, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically write `data` as indented JSON."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def read_manifest(path: Path, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """The JSON manifest at `path`, refused unless it is a `fmt` manifest of `version`.
+
+    `what` names the artefact in the error messages ("dataset description", ...)."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise UserError(f"{path} is not a tinypolicy {what}")
+    if manifest.get("version") != version:
+        raise UserError(f"{path} has {what} version {manifest.get('version')}, expected {version}")
+    return manifest
+
+
+def check_hash(path: Path, expected: str | None, manifest_name: str) -> str:
+    """The file's SHA-256, refused unless it equals the one its manifest recorded."""
+    digest = sha256_file(path)
+    if digest != expected:
+        raise UserError(f"{path} does not match the hash in {manifest_name}: truncated or modified")
+    return digest
+
+
+def load_arrays(npz: Path, names: tuple[str, ...] | list[str], what: str) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz file (`allow_pickle=False`), refused if any is missing."""
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            missing = [name for name in names if name not in data.files]
+            if missing:
+                raise UserError(f"{npz} is missing {', '.join(missing)}")
+            return {name: np.asarray(data[name]) for name in names}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"cannot read {what} {npz}: {type(exc).__name__}: {exc}") from None
