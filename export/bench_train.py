@@ -5,24 +5,29 @@ step per env step, TD3's actor every second step) and torch thread count. Each i
 over `--steps` env steps after a `--warmup` of random actions, so only steady-state
 training counts. tinypolicy's RLx2 runs with its n-step target already switched on.
 
+tinypolicy runs in float32 and with bfloat16 hidden layers (`--precision bf16`).
+
     python -m export.bench_train --env Hopper-v5 --steps 3000 --threads 2
 """
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from pipeline.artefact import write_json
 
-def time_tinypolicy(env_id: str, algo: str, method: str, warmup: int, steps: int, threads: int, seed: int) -> float:
+
+def time_tinypolicy(env_id: str, algo: str, method: str, precision: str, warmup: int, steps: int, threads: int,
+                    seed: int) -> float:
     from pipeline.train import Trainer, TrainConfig
 
     cfg = TrainConfig(env_id=env_id, algo=algo, method=method, actor_sparsity=0.9, critic_sparsity=0.85,
-                      total_steps=300_000, learning_starts=warmup, nstep_start=0, threads=threads, seed=seed)
+                      total_steps=300_000, learning_starts=warmup, nstep_start=0, threads=threads, seed=seed,
+                      precision=precision)
     trainer = Trainer(cfg, Path("."))
     trainer.reset_env()
     while trainer.step < warmup + 50:  # includes the first updates (allocator warm-up)
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precisions", default="fp32,bf16", help="tinypolicy's hidden-layer compute dtypes")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -70,14 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     for algo in args.algos.split(","):
         sb3 = time_sb3(args.env, algo, args.warmup, args.steps, args.threads, args.seed)
         rows.append({"algo": algo, "impl": "sb3", "steps_per_s": sb3, "ratio": 1.0})
-        for method in ("dense", "rlx2"):
-            ours = time_tinypolicy(args.env, algo, method, args.warmup, args.steps, args.threads, args.seed)
-            rows.append({"algo": algo, "impl": f"tinypolicy-{method}", "steps_per_s": ours, "ratio": ours / sb3})
+        for precision in args.precisions.split(","):
+            for method in ("dense", "rlx2"):
+                ours = time_tinypolicy(args.env, algo, method, precision, args.warmup, args.steps, args.threads,
+                                       args.seed)
+                rows.append({"algo": algo, "impl": f"tinypolicy-{method}-{precision}", "steps_per_s": ours,
+                             "ratio": ours / sb3})
 
     print(f"{args.env}, {args.steps} env steps after {args.warmup} warm-up, {args.threads} torch threads")
-    print(f"{'algo':5} {'implementation':18} {'env steps/s':>12} {'vs SB3':>7}")
+    print(f"{'algo':5} {'implementation':23} {'env steps/s':>12} {'vs SB3':>7}")
     for r in rows:
-        print(f"{r['algo']:5} {r['impl']:18} {r['steps_per_s']:12.1f} {r['ratio']:6.2f}x")
+        print(f"{r['algo']:5} {r['impl']:23} {r['steps_per_s']:12.1f} {r['ratio']:6.2f}x")
     if args.out:
         import stable_baselines3
 
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                   "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
                   "rows": rows}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
     return 0
 
 

@@ -15,18 +15,24 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 class MLP(nn.Module):
-    """ReLU MLP of SparseLinear layers; `ensemble` copies run as one batched computation."""
+    """ReLU MLP of SparseLinear layers; `ensemble` copies run as one batched computation.
+
+    `hidden_dtype = torch.bfloat16` runs the hidden layers in bfloat16 (mixed precision:
+    float32 weights, optimiser and output layer), which CPUs with AVX-512 BF16 multiply
+    about 3x faster. The output layer stays float32 because Q values and TD errors need
+    more than bfloat16's 8 mantissa bits."""
 
     def __init__(self, sizes: list[int], ensemble: int = 1):
         super().__init__()
         self.layers = nn.ModuleList(
             SparseLinear(i, o, ensemble) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.hidden_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor, frozen: bool = False, member: int | None = None) -> torch.Tensor:
         *hidden, last = self.layers
         for layer in hidden:
-            x = F.relu(layer(x, frozen, member))
-        return last(x, frozen, member)
+            x = F.relu(layer(x, frozen, member, self.hidden_dtype))
+        return last(x.float(), frozen, member)
 
 
 class _BoundedActor(nn.Module):

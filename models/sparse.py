@@ -54,11 +54,15 @@ class SparseLinear(nn.Module):
     def density(self) -> float:
         return float(self.mask.mean())
 
-    def forward(self, x: torch.Tensor, frozen: bool = False, member: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frozen: bool = False, member: int | None = None,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
         """`frozen` uses detached parameters: the actor loss differentiates through the
         critic's input without paying for (and accumulating) the critic's weight gradients.
-        `member` runs a single ensemble member on a [batch, in] input."""
+        `member` runs a single ensemble member on a [batch, in] input. `dtype` (bfloat16)
+        computes in that precision from the float32 master weights, gradients included."""
         weight, bias = (self.weight.detach(), self.bias.detach()) if frozen else (self.weight, self.bias)
+        if dtype is not None:
+            weight, bias, x = weight.to(dtype), bias.to(dtype), x.to(dtype)
         if member is not None or (self.ensemble == 1 and x.dim() == 2):
             return F.linear(x, weight[member or 0], bias[member or 0])
         if x.dim() == 2:

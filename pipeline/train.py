@@ -32,6 +32,7 @@ from pipeline.errors import UserError
 from pipeline.replay import Batch, ReplayBuffer
 
 PAPER_STEPS = 3_000_000
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # compute dtype of the hidden layers
 PAPER_BUFFER_MIN = {"td3": 100_000, "sac": 200_000}  # the dynamic buffer's floor at 3M steps
 
 
@@ -79,6 +80,7 @@ class TrainConfig:
     eval_episodes: int = 10
     checkpoint_interval: int = 25_000
     threads: int = 1
+    precision: str = "fp32"         # "bf16": hidden layers in bfloat16 (models.networks.MLP)
     # None: scaled from total_steps with the paper's proportions (see Schedule).
     learning_starts: int | None = None
     topology_interval: int | None = None
@@ -94,6 +96,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
                 raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.total_steps <= 0:
             raise UserError(f"--steps must be positive, got {self.total_steps}")
         if not self.hidden or min(self.hidden) <= 0:
@@ -212,6 +216,7 @@ class Trainer:
         critic_sparsity = cfg.critic_sparsity if self.method.sparse else 0.0
         sparsify(self.actor, actor_sparsity, orthogonal, self.generator)
         sparsify(self.critic, critic_sparsity, orthogonal, self.generator)
+        self.actor.net.hidden_dtype = self.critic.net.hidden_dtype = PRECISIONS[cfg.precision]
         # SAC bootstraps with the online actor; only TD3 keeps an actor target.
         self.actor_target = self._frozen_copy(self.actor) if cfg.algo == "td3" else None
         self.critic_target = self._frozen_copy(self.critic)
@@ -404,7 +409,8 @@ class Trainer:
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.out / "checkpoint.pt")
-        saved = dict(ckpt.config)
+        # Settings added after a run was saved take their defaults, as that run used them.
+        saved = {"precision": "fp32"} | dict(ckpt.config)
         current = asdict(self.cfg) | {"hidden": list(self.cfg.hidden)}
         if saved != current:
             diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in current.items() if saved.get(k) != v)

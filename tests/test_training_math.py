@@ -389,3 +389,33 @@ def test_sac_soft_n_step_target(tmp_path):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     finally:
         t.env.close()
+
+
+# --------------------------------------------------------------------------- mixed precision
+
+def test_bf16_hidden_layers_match_fp32_and_keep_masks_exact(tmp_path):
+    t = make_trainer(tmp_path, precision="bf16")
+    assert t.critic.net.hidden_dtype is torch.bfloat16 and t.critic_target.net.hidden_dtype is torch.bfloat16
+    obs, act = torch.randn(64, 3), torch.rand(64, 1) * 2 - 1
+    q_bf16 = t.critic(obs, act)
+    assert q_bf16.dtype == torch.float32  # the output layer (Q values, TD errors) stays float32
+    t.critic.net.hidden_dtype = None
+    q_fp32 = t.critic(obs, act)
+    t.critic.net.hidden_dtype = torch.bfloat16
+    # bfloat16 keeps 8 mantissa bits: hidden activations round at about 0.4%
+    torch.testing.assert_close(q_bf16, q_fp32, rtol=0.05, atol=0.02)
+    _fill(t, 64)
+    for _ in range(30):  # includes a critic topology update (every 13 updates)
+        t.train_step()
+    for net, opt in ((t.actor, t.actor_opt), (t.critic, t.critic_opt)):
+        assert_weights_masked(net)
+        assert_moments_masked(opt)
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert all(torch.isfinite(p).all() for p in t.critic.parameters())
+
+
+def test_unknown_precision_is_refused(tmp_path):
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="unknown precision"):
+        make_trainer(tmp_path, precision="fp8")
