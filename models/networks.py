@@ -20,7 +20,11 @@ class MLP(nn.Module):
     `hidden_dtype = torch.bfloat16` runs the hidden layers in bfloat16 (mixed precision:
     float32 weights, optimiser and output layer), which CPUs with AVX-512 BF16 multiply
     about 3x faster. The output layer stays float32 because Q values and TD errors need
-    more than bfloat16's 8 mantissa bits."""
+    more than bfloat16's 8 mantissa bits. Inputs of fewer than `MIXED_MIN_BATCH` rows
+    (acting on one observation, evaluation rollouts) run in float32: casts cost more than
+    bfloat16 saves there, and the policy then acts exactly as its float32 export does."""
+
+    MIXED_MIN_BATCH = 32
 
     def __init__(self, sizes: list[int], ensemble: int = 1):
         super().__init__()
@@ -30,8 +34,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, frozen: bool = False, member: int | None = None) -> torch.Tensor:
         *hidden, last = self.layers
+        dtype = self.hidden_dtype if x.shape[-2] >= self.MIXED_MIN_BATCH else None
         for layer in hidden:
-            x = F.relu(layer(x, frozen, member, self.hidden_dtype))
+            x = F.relu(layer(x, frozen, member, dtype))
         return last(x.float(), frozen, member)
 
 

@@ -399,9 +399,12 @@ def test_bf16_hidden_layers_match_fp32_and_keep_masks_exact(tmp_path):
     obs, act = torch.randn(64, 3), torch.rand(64, 1) * 2 - 1
     q_bf16 = t.critic(obs, act)
     assert q_bf16.dtype == torch.float32  # the output layer (Q values, TD errors) stays float32
-    t.critic.net.hidden_dtype = None
+    single_bf16 = t.actor.squashed(obs[:1])
+    t.critic.net.hidden_dtype = t.actor.net.hidden_dtype = None
     q_fp32 = t.critic(obs, act)
-    t.critic.net.hidden_dtype = torch.bfloat16
+    # acting on one observation stays float32, exactly like the exported policy
+    assert torch.equal(single_bf16, t.actor.squashed(obs[:1]))
+    t.critic.net.hidden_dtype = t.actor.net.hidden_dtype = torch.bfloat16
     # bfloat16 keeps 8 mantissa bits: hidden activations round at about 0.4%
     torch.testing.assert_close(q_bf16, q_fp32, rtol=0.05, atol=0.02)
     _fill(t, 64)
