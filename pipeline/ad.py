@@ -32,7 +32,9 @@ from tqdm import tqdm
 from models.ad_transformer import ADConfig, ADTransformer
 from pipeline.darkroom import (DARK_ROOM_STEPS, NUM_ACTIONS, NUM_STATES, BatchDarkRoom, all_cells,
                                optimal_return)
-from pipeline.artefact import atomic_write, check_hash, load_arrays, read_manifest, sha256_file, write_json
+from pipeline.artefact import (artefact_files, atomic_write, check_hash, load_arrays, read_manifest, sha256_file,
+                               write_json)
+from pipeline.checkpoint import load_torch_artefact, save_torch_artefact
 from pipeline.errors import UserError
 
 HISTORY_FORMAT = "tinypolicy.ad-histories"
@@ -195,12 +197,7 @@ def save_histories(histories: Histories, out_dir: Path) -> Path:
 
 def load_histories(path: Path) -> Histories:
     """Read and validate histories (a directory or its histories.npz)."""
-    path = Path(path)
-    directory = path if path.is_dir() else path.parent
-    npz, info_path = directory / "histories.npz", directory / "histories.json"
-    for required in (npz, info_path):
-        if not required.is_file():
-            raise UserError(f"history file {required} does not exist (run `tinypolicy ad collect` first)")
+    npz, info_path = artefact_files(path, "histories", "history file", " (run `tinypolicy ad collect` first)")
     info = read_manifest(info_path, HISTORY_FORMAT, VERSION, "AD history description")
     digest = check_hash(npz, info.get("sha256"), info_path.name)
     names = ["train_goals", "test_goals"] + [f"{s}_{k}" for s in SOURCES for k in HISTORY_ARRAYS]
@@ -270,25 +267,12 @@ def sample_windows(tokens, batch: int, window: int, generator: torch.Generator):
 
 
 def save_ad_checkpoint(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "version": VERSION, **data}, tmp)
-    tmp.replace(path)
+    save_torch_artefact(path, CHECKPOINT_FORMAT, VERSION, data)
 
 
 def load_ad_checkpoint(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"AD checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise UserError(f"cannot read AD checkpoint {path} ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT or data.get("version") != VERSION:
-        raise UserError(f"{path} is not a version-{VERSION} tinypolicy AD checkpoint")
-    for key in ("model_config", "model", "train_config", "step", "histories_sha256"):
-        if key not in data:
-            raise UserError(f"{path} is missing {key}")
-    return data
+    return load_torch_artefact(path, CHECKPOINT_FORMAT, VERSION,
+                               ("model_config", "model", "train_config", "step", "histories_sha256"), "AD checkpoint")
 
 
 def build_model(checkpoint: dict) -> ADTransformer:

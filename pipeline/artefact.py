@@ -43,6 +43,18 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+def artefact_files(path: Path, stem: str, what: str, hint: str = "") -> tuple[Path, Path]:
+    """`stem.npz` and its manifest `stem.json`, given their folder or either file; refused,
+    with `hint` appended, if either is missing."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    npz, manifest = directory / f"{stem}.npz", directory / f"{stem}.json"
+    for required in (npz, manifest):
+        if not required.is_file():
+            raise UserError(f"{what} {required} does not exist{hint}")
+    return npz, manifest
+
+
 def read_manifest(path: Path, fmt: str, version: int, what: str) -> dict[str, Any]:
     """The JSON manifest at `path`, refused unless it is a `fmt` manifest of `version`.
 

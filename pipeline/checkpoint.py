@@ -64,28 +64,39 @@ class Checkpoint:
         return critic.eval()
 
 
-def save_checkpoint(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    data = {"format": FORMAT, "version": VERSION, **data}
+def save_torch_artefact(path: Path, fmt: str, version: int, data: dict[str, Any]) -> None:
+    """`torch.save` with a format and version, atomically: a crash mid-write leaves the
+    previous file intact."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
+    torch.save({"format": fmt, "version": version, **data}, tmp)
     tmp.replace(path)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_torch_artefact(path: str | Path, fmt: str, version: int, required: tuple[str, ...],
+                        what: str) -> dict[str, Any]:
+    """A file written by `save_torch_artefact`, loaded with `weights_only=True`; refused with
+    one line if it is missing, truncated, foreign, of another version or incomplete."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise UserError(f"cannot read checkpoint {path}: not a valid tinypolicy checkpoint "
-                        f"({type(exc).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{path} is not a tinypolicy checkpoint")
-    if data.get("version") != VERSION:
-        raise UserError(f"{path} has checkpoint version {data.get('version')}, expected {VERSION}")
-    missing = [k for k in REQUIRED if k not in data]
+        raise UserError(f"cannot read {what} {path}: not a valid tinypolicy {what} ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise UserError(f"{path} is not a tinypolicy {what}")
+    if data.get("version") != version:
+        raise UserError(f"{path} has {what} version {data.get('version')}, expected {version}")
+    missing = [k for k in required if k not in data]
     if missing:
         raise UserError(f"{path} is missing {', '.join(missing)}")
-    return Checkpoint(path, data)
+    return data
+
+
+def save_checkpoint(path: Path, data: dict[str, Any]) -> None:
+    save_torch_artefact(path, FORMAT, VERSION, data)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    return Checkpoint(Path(path), load_torch_artefact(path, FORMAT, VERSION, REQUIRED, "checkpoint"))

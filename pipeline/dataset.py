@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artefact import atomic_write, check_hash, load_arrays, read_manifest, sha256_file, write_json
+from pipeline.artefact import (artefact_files, atomic_write, check_hash, load_arrays, read_manifest, sha256_file,
+                               write_json)
 from pipeline.errors import UserError
 
 FORMAT = "tinypolicy.dataset"
@@ -149,12 +150,7 @@ def load_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
     Refuses, with a `UserError`, a missing, truncated or tampered file, wrong shapes,
     NaNs, or a dataset for another env than `env_id` (when given).
     """
-    path = Path(path)
-    directory = path if path.is_dir() else path.parent
-    npz, info_path = directory / "dataset.npz", directory / "dataset.json"
-    for required in (npz, info_path):
-        if not required.is_file():
-            raise UserError(f"dataset file {required} does not exist")
+    npz, info_path = artefact_files(path, "dataset", "dataset file")
     info = read_manifest(info_path, FORMAT, VERSION, "dataset description")
     digest = check_hash(npz, info.get("sha256"), info_path.name)
     arrays = load_arrays(npz, ARRAYS, "dataset")
