@@ -219,7 +219,7 @@ def load_histories(path: Path) -> Histories:
 @dataclass
 class TrainConfig:
     source: str = "learning"     # "learning" (AD) or "expert" (ED)
-    steps: int = 7000
+    steps: int = 20_000
     batch: int = 64
     lr: float = 1e-3
     warmup: int = 200
@@ -233,7 +233,7 @@ class TrainConfig:
     ff_dim: int = 256
     dropout: float = 0.1
     attn_dropout: float = 0.3
-    checkpoint_every: int = 200
+    checkpoint_every: int = 500
 
     def model_config(self) -> ADConfig:
         try:
