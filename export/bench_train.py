@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -69,28 +70,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precisions", default="fp32,bf16", help="tinypolicy's hidden-layer compute dtypes")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions (median reported)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
 
+    # Rounds interleave every implementation, so a slow spell of the machine hits all of them;
+    # each row reports the median over rounds and its ratio to SB3's median.
+    impls = ["sb3"] + [f"tinypolicy-{method}-{precision}" for precision in args.precisions.split(",")
+                       for method in ("dense", "rlx2")]
+    runs: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for algo in args.algos.split(","):
+            for impl in impls:
+                if impl == "sb3":
+                    speed = time_sb3(args.env, algo, args.warmup, args.steps, args.threads, args.seed)
+                else:
+                    _, method, precision = impl.split("-")
+                    speed = time_tinypolicy(args.env, algo, method, precision, args.warmup, args.steps,
+                                            args.threads, args.seed)
+                runs.setdefault((algo, impl), []).append(speed)
     rows = []
-    for algo in args.algos.split(","):
-        sb3 = time_sb3(args.env, algo, args.warmup, args.steps, args.threads, args.seed)
-        rows.append({"algo": algo, "impl": "sb3", "steps_per_s": sb3, "ratio": 1.0})
-        for precision in args.precisions.split(","):
-            for method in ("dense", "rlx2"):
-                ours = time_tinypolicy(args.env, algo, method, precision, args.warmup, args.steps, args.threads,
-                                       args.seed)
-                rows.append({"algo": algo, "impl": f"tinypolicy-{method}-{precision}", "steps_per_s": ours,
-                             "ratio": ours / sb3})
+    for (algo, impl), speeds in runs.items():
+        median = statistics.median(speeds)
+        rows.append({"algo": algo, "impl": impl, "steps_per_s": median, "rounds": speeds,
+                     "ratio": median / statistics.median(runs[(algo, "sb3")])})
 
-    print(f"{args.env}, {args.steps} env steps after {args.warmup} warm-up, {args.threads} torch threads")
-    print(f"{'algo':5} {'implementation':23} {'env steps/s':>12} {'vs SB3':>7}")
+    print(f"{args.env}, {args.steps} env steps after {args.warmup} warm-up, {args.threads} torch threads, "
+          f"median of {args.rounds} rounds")
+    print(f"{'algo':5} {'implementation':23} {'env steps/s':>12} {'vs SB3':>7}  rounds")
     for r in rows:
-        print(f"{r['algo']:5} {r['impl']:23} {r['steps_per_s']:12.1f} {r['ratio']:6.2f}x")
+        rounds = " ".join(f"{v:.1f}" for v in r["rounds"])
+        print(f"{r['algo']:5} {r['impl']:23} {r['steps_per_s']:12.1f} {r['ratio']:6.2f}x  {rounds}")
     if args.out:
         import stable_baselines3
 
         result = {"env": args.env, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+                  "rounds": args.rounds,
                   "seed": args.seed, "torch": torch.__version__, "sb3": stable_baselines3.__version__,
                   "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
                   "rows": rows}
