@@ -34,7 +34,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, frozen: bool = False, member: int | None = None) -> torch.Tensor:
         *hidden, last = self.layers
-        dtype = self.hidden_dtype if x.shape[-2] >= self.MIXED_MIN_BATCH else None
+        mixed = self.hidden_dtype is not None and x.dim() >= 2 and x.shape[-2] >= self.MIXED_MIN_BATCH
+        dtype = self.hidden_dtype if mixed else None
         for layer in hidden:
             x = F.relu(layer(x, frozen, member, dtype))
         return last(x.float(), frozen, member)
