@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from models.ad_transformer import ADConfig, ADTransformer
-from pipeline.darkroom import (DARK_ROOM_STEPS, NUM_ACTIONS, NUM_STATES, BatchDarkRoom, all_cells,
+from pipeline.darkroom import (CENTRE, DARK_ROOM_STEPS, NUM_ACTIONS, NUM_STATES, BatchDarkRoom, all_cells,
                                optimal_return)
 from pipeline.artefact import (artefact_files, atomic_write, check_hash, load_arrays, read_manifest, sha256_file,
                                write_json)
@@ -490,6 +490,11 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint:
         "return_at_episode": {name: {e: round(float(m[e - 1]), 2) for e in marks if e <= len(m)}
                               for name, m in mean.items()},
         "mean_last_50": {name: round(float(m[-50:].mean()), 2) for name, m in mean.items()},
+        # Which held-out goals AD solves: the start-to-goal distance explains most misses.
+        "ad_last_50_per_goal": [
+            {"goal": goal.tolist(), "distance": int(np.abs(goal - np.array(CENTRE)).sum()),
+             "per_seed": [round(float(v), 2) for v in per_seed]}
+            for goal, per_seed in zip(test_goals, curves["ad"][:, -50:].mean(1).reshape(len(test_goals), cfg.seeds))],
         "curves": {name: [round(float(v), 3) for v in m] for name, m in mean.items()},
     }
     out_dir = Path(out_dir)
