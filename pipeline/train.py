@@ -188,6 +188,11 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     apply_masks(target)
 
 
+def config_record(cfg: TrainConfig) -> dict:
+    """The config as a checkpoint stores it (hidden sizes as a list)."""
+    return asdict(cfg) | {"hidden": list(cfg.hidden)}
+
+
 class Trainer:
     """Holds the networks, optimisers, buffer and counters of one run."""
 
@@ -378,7 +383,7 @@ class Trainer:
     # ---------------------------------------------------------------- persistence
     def state(self) -> dict:
         data = {
-            "config": asdict(self.cfg) | {"hidden": list(self.cfg.hidden)},
+            "config": config_record(self.cfg),
             "spaces": self.spaces,
             "steps_done": self.step,
             "actor": self.actor.state_dict(),
@@ -410,8 +415,8 @@ class Trainer:
     def restore(self) -> None:
         ckpt = load_checkpoint(self.out / "checkpoint.pt")
         # Settings added after a run was saved take their defaults, as that run used them.
-        saved = {"precision": "fp32"} | dict(ckpt.config)
-        current = asdict(self.cfg) | {"hidden": list(self.cfg.hidden)}
+        saved = config_record(TrainConfig(env_id=self.cfg.env_id)) | dict(ckpt.config)
+        current = config_record(self.cfg)
         if saved != current:
             diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in current.items() if saved.get(k) != v)
             raise UserError(f"{self.out} holds a run with other settings ({diff}); use another --out")
