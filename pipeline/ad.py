@@ -325,7 +325,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
             "model_config": cfg.model_config().to_dict(), "model": model.state_dict(), "train_config": asdict(cfg),
             "step": step, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "histories_sha256": sha,
-            "resumed_from": resumed_from,
+            "resumed_from": resumed_from, "source_q_learning": histories.meta.get("q_learning", {}),
             "test_goals": torch.as_tensor(histories.test_goals), "train_goals": torch.as_tensor(histories.train_goals)})
 
     tokens = history_tokens(data["states"], data["actions"], data["rewards"])
@@ -477,7 +477,10 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint:
     run("ad_reset_each_episode",
         lambda: in_context_returns(step_fn, test_seeded, cfg.short_episodes, window, cfg.seed, greedy=cfg.greedy,
                                    reset_each_episode=True, progress=progress, desc="AD context reset"))
-    run("source", lambda: q_learning(test_seeded, cfg.episodes, np.random.default_rng(cfg.seed))[2].sum(-1, dtype=np.float64))
+    # The source is the Q-learner the histories came from (checkpoints from before it was recorded used the defaults).
+    source_cfg = QLearningConfig(**ckpt.get("source_q_learning", {}))
+    run("source", lambda: q_learning(test_seeded, cfg.episodes, np.random.default_rng(cfg.seed),
+                                     source_cfg)[2].sum(-1, dtype=np.float64))
     run("random", lambda: random_returns(test_seeded, cfg.episodes, cfg.seed))
     curves["optimal"] = np.repeat(optimal_return(test_seeded)[:, None], cfg.episodes, axis=1)
 

@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, metavar="ADDR", help="an existing Ray cluster (default: a local one)")
     p.add_argument("--final-seeds", type=_positive_int, default=5, metavar="N",
                    help="fresh policies retrained and evaluated on the final dataset")
+    p.add_argument("--mean-episodes", type=_positive_int, default=4, metavar="N",
+                   help="episodes of the search mean per generation; the best-scoring mean is the dataset")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -241,6 +243,8 @@ def _add_ad_parser(sub) -> None:
     s.add_argument("--seeds-per-goal", type=_positive_int, default=10, metavar="N")
     s.add_argument("--episodes", type=_positive_int, default=200, metavar="N", help="source episodes per history")
     s.add_argument("--keep-every", type=_positive_int, default=4, metavar="K", help="keep every K-th episode")
+    s.add_argument("--epsilon-decay", type=_positive_int, default=100, metavar="N",
+                   help="source episodes over which Q-learning's epsilon falls from 1 to 0 (default 100)")
     s.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the goal split and the learners")
 
     s = stages.add_parser("train", help="train the AD (or ED) transformer; re-running resumes",
@@ -442,7 +446,8 @@ def cmd_ad(args) -> int:
     torch.set_num_threads(1)
     if args.ad_command == "collect":
         summary = ad.collect(args.out, test_goals=args.test_goals, seeds_per_goal=args.seeds_per_goal,
-                             episodes=args.episodes, keep_every=args.keep_every, seed=args.seed)
+                             episodes=args.episodes, keep_every=args.keep_every, seed=args.seed,
+                             q_cfg=ad.QLearningConfig(decay_episodes=args.epsilon_decay))
     elif args.ad_command == "train":
         cfg = ad.train_config_from({k.replace("-", "_"): v for k, v in vars(args).items()})
         summary = ad.train(args.data, args.out, cfg, progress=not args.quiet)

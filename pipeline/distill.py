@@ -9,8 +9,10 @@ Read top to bottom, one generation is:
      members rolled out together in worker processes (pipeline.rollouts); an antithetic
      pair shares its start state;
   4. Adam (beta1 0.99) on mu with the OpenAI-ES gradient of raw (or centred-rank) fitness.
-The search mean itself is trained and rolled out alongside every generation (not used in
-the gradient) because it, not the best member, is the result.
+The search mean itself is trained and rolled out alongside every generation (`mean_episodes`
+episodes, not used in the gradient) because a search mean, not the best member, is the
+result: the final dataset is the mean with the highest measured return (ES on a few dozen
+members drifts; its last mean is often not its best), and the last mean is reported beside it.
 
 Everything is checkpointed each generation in `es_state.npz`; re-running resumes. The
 random draws of generation g depend only on (seed, g), so a resumed run is identical to
@@ -70,6 +72,7 @@ class DistillConfig:
     stats_steps: int = 10_000        # env steps of rollouts for the fixed observation statistics
     final_seeds: int = 5             # fresh-init retrainings evaluated on the final dataset
     final_episodes: int = 3
+    mean_episodes: int = 4           # rollouts of the search mean per generation (selects the dataset)
 
     # fields that may change between a run and its resumption
     RESUMABLE = ("generations", "workers", "backend", "ray_address", "final_seeds", "final_episodes")
@@ -86,8 +89,8 @@ class DistillConfig:
             raise UserError(f"--population must be even and >= 2 (antithetic pairs), got {self.population}")
         if self.shaping not in SHAPINGS:
             raise UserError(f"--shaping must be one of {', '.join(SHAPINGS)}, got {self.shaping!r}")
-        if min(self.size, self.generations, self.bc_steps, self.workers, self.final_seeds) <= 0:
-            raise UserError("size, generations, BC steps, workers and final seeds must be positive")
+        if min(self.size, self.generations, self.bc_steps, self.workers, self.final_seeds, self.mean_episodes) <= 0:
+            raise UserError("size, generations, BC steps, workers, final seeds and mean episodes must be positive")
         if not (self.sigma > 0 and self.lr > 0 and self.bc_lr > 0):
             raise UserError("sigma and learning rates must be positive")
 
@@ -204,7 +207,8 @@ def run_generation(cfg: DistillConfig, mu: np.ndarray, generation: int, evaluato
                    obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: int, act_dim: int) -> dict:
     rng = np.random.default_rng([cfg.seed, generation])
     noise = antithetic_noise(rng, cfg.population, mu.size)
-    candidates = np.concatenate([mu[None] + cfg.sigma * noise, mu[None]])  # last row: the mean itself
+    k = cfg.mean_episodes
+    candidates = np.concatenate([mu[None] + cfg.sigma * noise, np.repeat(mu[None], k, 0)])  # last k: the mean
     states, actions = split_candidates(candidates, cfg.size, obs_dim, act_dim)
 
     start = time.perf_counter()
@@ -214,11 +218,11 @@ def run_generation(cfg: DistillConfig, mu: np.ndarray, generation: int, evaluato
     bc_seconds = time.perf_counter() - start
 
     half = cfg.population // 2
-    pair_seeds = rng.integers(0, 2**31 - 1, size=half + 1)  # a mirrored pair starts from the same state
+    pair_seeds = rng.integers(0, 2**31 - 1, size=half + k)  # a mirrored pair starts from the same state
     env_seeds = np.concatenate([pair_seeds[:half], pair_seeds[:half], pair_seeds[half:]])
     result = evaluator.evaluate(params.numpy(), cfg.activation, obs_mean.astype(np.float32),
                                 obs_std.astype(np.float32), env_seeds)
-    fitness, mean_return = result.returns[:-1], float(result.returns[-1])
+    fitness, mean_return = result.returns[:-k], float(result.returns[-k:].mean())
     gradient = es_gradient(noise, shape_fitness(fitness, cfg.shaping), cfg.sigma)
     return {"gradient": gradient, "fitness": fitness, "mean_dataset_return": mean_return,
             "env_steps": int(result.lengths.sum()), "bc_seconds": bc_seconds,
@@ -228,9 +232,9 @@ def run_generation(cfg: DistillConfig, mu: np.ndarray, generation: int, evaluato
 # ---------------------------------------------------------------------------------------------
 # Checkpoint
 
-def _save_state(path: Path, cfg: DistillConfig, mu, adam: Adam, obs_mean, obs_std, history, info) -> None:
+def _save_state(path: Path, cfg: DistillConfig, mu, best_mu, adam: Adam, obs_mean, obs_std, history, info) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mu=mu, adam_m=adam.m, adam_v=adam.v, adam_t=np.int64(adam.t), obs_mean=obs_mean,
+    np.savez(tmp, mu=mu, best_mu=best_mu, adam_m=adam.m, adam_v=adam.v, adam_t=np.int64(adam.t), obs_mean=obs_mean,
              obs_std=obs_std, history=np.asarray(history, dtype=np.float64).reshape(-1, len(HISTORY_COLUMNS)),
              identity=np.array(json.dumps(cfg.identity(), sort_keys=True)), info=np.array(json.dumps(info)))
     os.replace(tmp, path)
@@ -242,7 +246,7 @@ def _load_state(path: Path, cfg: DistillConfig) -> dict:
             state = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read {path} to resume ({exc}); delete it to start over") from None
-    missing = {"mu", "adam_m", "adam_v", "adam_t", "obs_mean", "obs_std", "history", "identity", "info"} - state.keys()
+    missing = {"mu", "best_mu", "adam_m", "adam_v", "adam_t", "obs_mean", "obs_std", "history", "identity", "info"} - state.keys()
     if missing:
         raise UserError(f"{path} lacks {', '.join(sorted(missing))}; delete it to start over")
     saved, current = json.loads(str(state["identity"])), json.loads(json.dumps(cfg.identity()))
@@ -381,14 +385,15 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
     adam = Adam(cfg.size * (obs_dim + act_dim), cfg.lr)
     if state_path.exists():
         state = _load_state(state_path, cfg)
-        mu, obs_mean, obs_std = state["mu"], state["obs_mean"], state["obs_std"]
+        mu, best_mu, obs_mean, obs_std = state["mu"], state["best_mu"], state["obs_mean"], state["obs_std"]
         adam.m, adam.v, adam.t = state["adam_m"], state["adam_v"], int(state["adam_t"])
         history = [list(row) for row in state["history"]]
         info = json.loads(str(state["info"]))
     else:
         start = initial_state(cfg, out, obs_dim, act_dim)
         mu, obs_mean, obs_std, info, history = start["mu"], start["obs_mean"], start["obs_std"], start["info"], []
-        _save_state(state_path, cfg, mu, adam, obs_mean, obs_std, history, info)
+        best_mu = mu
+        _save_state(state_path, cfg, mu, best_mu, adam, obs_mean, obs_std, history, info)
 
     done = len(history)
     with population_evaluator(cfg.env_id, cfg.workers, cfg.max_episode_steps, cfg.backend, cfg.ray_address) as evaluator:
@@ -398,12 +403,14 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
         for generation in range(done, cfg.generations):
             start = time.perf_counter()
             result = run_generation(cfg, mu, generation, evaluator, obs_mean, obs_std, obs_dim, act_dim)
+            if not history or result["mean_dataset_return"] > max(row[4] for row in history):
+                best_mu = mu
             mu = adam.step(mu, result["gradient"])
             env_steps += result["env_steps"]
             fitness = result["fitness"]
             history.append([generation, fitness.mean(), fitness.max(), fitness.min(), result["mean_dataset_return"],
                             env_steps, time.perf_counter() - start, result["bc_seconds"], result["rollout_seconds"]])
-            _save_state(state_path, cfg, mu, adam, obs_mean, obs_std, history, info)
+            _save_state(state_path, cfg, mu, best_mu, adam, obs_mean, obs_std, history, info)
             write_fitness_csv(out, np.asarray(history))
             bar.set_postfix(best=f"{fitness.max():.0f}", mean=f"{fitness.mean():.0f}",
                             data=f"{result['mean_dataset_return']:.0f}",
@@ -412,7 +419,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
         bar.close()
 
         history_array = np.asarray(history, dtype=np.float64).reshape(-1, len(HISTORY_COLUMNS))
-        states, actions = split_candidates(mu[None], cfg.size, obs_dim, act_dim)
+        best_generation = int(history_array[:, 4].argmax()) if len(history) else 0
         seconds = float(history_array[:, 6].sum())
         meta = {"mode": cfg.mode, "init": cfg.init, "config": {k: v for k, v in asdict(cfg).items()},
                 "generations": len(history), "env_steps": env_steps, "distill_seconds": round(seconds, 1),
@@ -422,22 +429,32 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
                 "es": {"algorithm": "OpenAI-ES, antithetic", "sigma": cfg.sigma, "adam_lr": cfg.lr,
                        "adam_betas": [0.99, 0.999], "shaping": cfg.shaping, "population": cfg.population},
                 "obs_stats_from": "random-policy rollouts" if cfg.init == "zeros" else "expert rollouts",
+                "selected": {"generation": best_generation, "mean_episodes": cfg.mean_episodes,
+                             "rule": "the search mean with the highest return measured during the search"},
                 **info}
         if cfg.mode == "f":
             meta["fixed_init_seed"] = FIXED_INIT_OFFSET + cfg.seed
-        dataset = Dataset(cfg.env_id, states[0], actions[0], obs_mean, obs_std, action_low, action_high,
-                          recipe=cfg.recipe, meta=meta)
 
+        def as_dataset(vector: np.ndarray) -> Dataset:
+            states, actions = split_candidates(vector[None], cfg.size, obs_dim, act_dim)
+            return Dataset(cfg.env_id, states[0], actions[0], obs_mean, obs_std, action_low, action_high,
+                           recipe=cfg.recipe, meta=meta)
+
+        # Fresh evaluation seeds, so the selection's optimism does not leak into the reported returns.
         final_start = time.perf_counter()
         seeds = list(range(100, 100 + cfg.final_seeds))
-        fresh = retrain_and_evaluate(dataset, evaluator, seeds, cfg.final_episodes)
-        evaluation = {"fresh_init_seeds": seeds, "fresh_init_returns": [round(float(r), 2) for r in fresh],
-                      "fresh_init_mean": round(float(fresh.mean()), 2), "episodes": cfg.final_episodes}
-        if cfg.mode == "f":
-            fixed = retrain_and_evaluate(dataset, evaluator, [], cfg.final_episodes,
-                                         fixed_init=policy_inits(cfg, 1, obs_dim, act_dim, 0))
-            evaluation["fixed_init_return"] = round(float(fixed[0]), 2)
+        evaluation = {"fresh_init_seeds": seeds, "episodes": cfg.final_episodes}
+        for prefix, vector in (("", best_mu), ("last_mean_", mu)):
+            candidate = as_dataset(vector)
+            fresh = retrain_and_evaluate(candidate, evaluator, seeds, cfg.final_episodes)
+            evaluation[f"{prefix}fresh_init_returns"] = [round(float(r), 2) for r in fresh]
+            evaluation[f"{prefix}fresh_init_mean"] = round(float(fresh.mean()), 2)
+            if cfg.mode == "f":
+                fixed = retrain_and_evaluate(candidate, evaluator, [], cfg.final_episodes,
+                                             fixed_init=policy_inits(cfg, 1, obs_dim, act_dim, 0))
+                evaluation[f"{prefix}fixed_init_return"] = round(float(fixed[0]), 2)
         evaluation["evaluation_seconds"] = round(time.perf_counter() - final_start, 1)
+        dataset = as_dataset(best_mu)
     evaluation["random_policy_return"] = round(float(random_policy_returns(cfg.env_id, 10, 1000).mean()), 2)
     dataset.meta["evaluation"] = evaluation
     save_dataset(dataset, out)
@@ -452,7 +469,8 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
         print(f"tinypolicy: warning: could not render the states ({render_error}); "
               "set MUJOCO_GL=egl or osmesa", file=sys.stderr)
     summary = {"env_id": cfg.env_id, "mode": cfg.mode, "init": cfg.init, "size": cfg.size,
-               "population": cfg.population, "generations": len(history), "env_steps": env_steps,
+               "population": cfg.population, "generations": len(history), "selected_generation": best_generation,
+               "env_steps": env_steps,
                "distill_seconds": round(seconds, 1),
                "seconds_per_generation": round(seconds / max(len(history), 1), 2),
                "final_population_mean_fitness": round(float(history_array[-1, 1]), 2) if len(history) else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -90,10 +90,13 @@ def test_key_to_door_pays_key_then_door_once_each():
 
 # ---------------------------------------------------------------- history collection
 
+SOURCE = ad.QLearningConfig(decay_episodes=60)  # not the default: evaluation must follow the histories' source
+
+
 @pytest.fixture(scope="module")
 def histories_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("ad") / "data"
-    ad.collect(out, test_goals=16, seeds_per_goal=2, episodes=120, keep_every=4, seed=0)
+    ad.collect(out, test_goals=16, seeds_per_goal=2, episodes=120, keep_every=4, seed=0, q_cfg=SOURCE)
     return out
 
 
@@ -124,7 +127,8 @@ def test_collect_histories_split_shapes_dynamics_and_improvement(histories_dir):
 
 
 def test_collect_keeps_existing_histories_and_refuses_tampered_ones(histories_dir, tmp_path):
-    assert ad.collect(histories_dir, test_goals=16, seeds_per_goal=2, episodes=120, keep_every=4)["status"] == "exists"
+    assert ad.collect(histories_dir, test_goals=16, seeds_per_goal=2, episodes=120, keep_every=4,
+                      q_cfg=SOURCE)["status"] == "exists"
     copy = tmp_path / "data"
     copy.mkdir()
     (copy / "histories.json").write_bytes((histories_dir / "histories.json").read_bytes())
@@ -160,7 +164,7 @@ def test_causal_mask_no_future_leakage():
     assert rewards_in.grad[:, cut:].abs().max() == 0 and rewards_in.grad[:, :cut].abs().max() > 0
 
 
-def test_training_windows_and_loss_decrease(histories_dir, tmp_path):
+def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch):
     cfg = ad.TrainConfig(steps=30, batch=16, window=40, dim=32, layers=1, heads=2, ff_dim=64, warmup=5,
                          checkpoint_every=10)
     summary = ad.train(histories_dir, tmp_path / "run", cfg, progress=False)
@@ -174,6 +178,14 @@ def test_training_windows_and_loss_decrease(histories_dir, tmp_path):
     assert longer["steps"] == 40 and longer["resumed_from"] == [{"step": 30, "steps_before": 30}]
     with pytest.raises(UserError, match="another config"):
         ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40, lr=3e-4), progress=False)
+    # The checkpoint names the Q-learner behind its histories; evaluation runs that one as "source".
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    assert ad.load_ad_checkpoint(checkpoint)["source_q_learning"] == asdict(SOURCE)
+    used = []
+    real_q_learning = ad.q_learning
+    monkeypatch.setattr(ad, "q_learning", lambda *a: used.append(a[3]) or real_q_learning(*a))
+    ad.evaluate(checkpoint, tmp_path / "eval", ad.EvalConfig(episodes=2, seeds=1, short_episodes=1), progress=False)
+    assert used == [SOURCE]
     # Tokens: (s_t, a_{t-1}, r_{t-1}) with "no action" first, target a_t.
     data = ad.load_histories(histories_dir).source("learning")
     states, prev_actions, prev_rewards, targets = ad.history_tokens(data["states"], data["actions"], data["rewards"])
@@ -249,6 +261,13 @@ def test_last_only_forward_equals_full_forward():
         full = model(states[:, :n], actions[:, :n], rewards[:, :n])[:, -1]
         last = model(states[:, :n], actions[:, :n], rewards[:, :n], last_only=True)[:, -1]
         torch.testing.assert_close(last, full, rtol=0, atol=1e-5)
+
+
+def test_cli_collect_records_the_source_schedule(tmp_path):
+    result = tinypolicy("ad", "collect", "--out", str(tmp_path), "--seeds-per-goal", "1", "--episodes", "8",
+                        "--keep-every", "4", "--epsilon-decay", "5")
+    assert result.returncode == 0, result.stderr
+    assert ad.load_histories(tmp_path).meta["q_learning"]["decay_episodes"] == 5
 
 
 def test_cli_ad_bad_input_is_one_line_error(histories_dir, tmp_path):

@@ -40,6 +40,13 @@ def test_distill_writes_a_loadable_dataset_and_reports(straight_run):
     assert len(dataset.meta["fitness_history"]["mean"]) == 3
     assert dataset.recipe.steps == 20 and dataset.recipe.hidden == (64, 64)
     assert len(summary["fresh_init_returns"]) == 2
+    assert len(summary["last_mean_fresh_init_returns"]) == 2
+    # The dataset is the search mean that scored best during the search, not merely the last one.
+    with np.load(out / "es_state.npz") as state:
+        best_mu, history = state["best_mu"], state["history"]
+    assert summary["selected_generation"] == int(history[:, 4].argmax())
+    np.testing.assert_array_equal(np.concatenate([dataset.states.ravel(), dataset.actions.ravel()]),
+                                  best_mu.astype(np.float32))
     rows = (out / "fitness.csv").read_text().strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("generation,mean_fitness")
 
@@ -52,6 +59,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, straight_run):
     assert resumed["generations"] == 3
     with np.load(tmp_path / "es_state.npz") as a, np.load(straight_out / "es_state.npz") as b:
         np.testing.assert_array_equal(a["mu"], b["mu"])
+        np.testing.assert_array_equal(a["best_mu"], b["best_mu"])
         np.testing.assert_array_equal(a["history"][:, :6], b["history"][:, :6])  # all but timings
     with pytest.raises(UserError, match="other settings"):
         distill(DistillConfig(generations=3, mode="f", **TINY), tmp_path, progress=False)
