@@ -4,7 +4,9 @@ training and inference FLOPs, env steps/s, and a learning-curve plot.
     python -m export.train_report runs/hopper-td3-dense-s0 runs/hopper-td3-rlx2-s0 \\
         --markdown docs/results/train_table.md --plot docs/results/train_curves.png
 
-Runs are grouped by env; the `dense` run of each env is the 100% reference. A run's score
+Runs of one env and method (and precision) are seeds of one configuration: the table gives
+their mean ± sd and the plot one line per seed. The mean score of an env's `dense` seeds is
+the 100% reference. A run's score
 is the mean evaluation return over its last 10% of evaluations (the paper averages its
 last 30 of 600), so a single lucky evaluation does not decide the comparison.
 """
@@ -15,6 +17,8 @@ import csv
 import json
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from export.flops import inference_flops, training_flops_per_step, weight_count
 from pipeline.checkpoint import load_checkpoint
@@ -33,6 +37,8 @@ def summarise(run: Path) -> dict:
     final = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else None
     return {
         "run": str(run), "env": ckpt.env_id, "method": cfg["method"], "algo": cfg["algo"], "seed": cfg["seed"],
+        "precision": cfg.get("precision", "fp32"),
+        "label": cfg["method"] + (f" ({cfg['precision']})" if cfg.get("precision", "fp32") != "fp32" else ""),
         "steps": ckpt.steps_done, "score": sum(float(r["eval_return"]) for r in tail) / len(tail),
         "final_return": final["mean_return"] if final else None,
         "actor_nnz": weight_count(actor), "actor_weights": weight_count(actor, sparse=False),
@@ -42,6 +48,10 @@ def summarise(run: Path) -> dict:
         "steps_per_s": final["steps_per_s"] if final else None,
         "curve": [(int(r["step"]), float(r["eval_return"])) for r in rows],
     }
+
+
+def _mean_sd(values: np.ndarray) -> str:
+    return f"{values.mean():.1f}" if len(values) == 1 else f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,22 +65,28 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         parser.exit(2, f"train_report: error: {exc}\n")
 
-    by_env = defaultdict(list)
+    groups = defaultdict(list)  # (env, method label) -> the seeds of that configuration
     for r in runs:
-        by_env[r["env"]].append(r)
-    lines = ["| env | method | steps | score (last 10% evals) | final return | % of dense | actor nnz | "
+        groups[(r["env"], r["label"])].append(r)
+    lines = ["| env | method | seeds | steps | score (last 10% evals) | final return | % of dense | actor nnz | "
              "critic nnz | training FLOPs | inference FLOPs | env steps/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for env, group in by_env.items():
-        dense = next((r for r in group if r["method"] == "dense"), None)
-        for r in group:
-            pct = f"{100 * r['score'] / dense['score']:.1f}" if dense and dense["score"] > 0 else "n/a"
-            rel = (lambda key: f"{r[key] / dense[key]:.3f}") if dense else (lambda key: "n/a")
-            final = f"{r['final_return']:.1f}" if r["final_return"] is not None else "n/a"
-            sps = f"{r['steps_per_s']:.1f}" if r["steps_per_s"] else "n/a"
-            lines.append(f"| {env} | {r['method']} | {r['steps']:,} | {r['score']:.1f} | {final} | {pct} | "
-                         f"{r['actor_nnz']:,} / {r['actor_weights']:,} | {r['critic_nnz']:,} / {r['critic_weights']:,} | "
-                         f"{rel('train_flops')} | {rel('infer_flops')} | {sps} |")
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (env, label), group in groups.items():
+        dense_runs = next((g for (e, _), g in groups.items()
+                           if e == env and g[0]["method"] == "dense" and g[0]["precision"] == group[0]["precision"]), None)
+        dense_score = float(np.mean([d["score"] for d in dense_runs])) if dense_runs else None
+        first = group[0]
+        score = np.array([r["score"] for r in group])
+        finals = [r["final_return"] for r in group if r["final_return"] is not None]
+        speeds = [r["steps_per_s"] for r in group if r["steps_per_s"]]
+        pct = f"{100 * score.mean() / dense_score:.1f}" if dense_score and dense_score > 0 else "n/a"
+        rel = (lambda key: f"{first[key] / dense_runs[0][key]:.3f}") if dense_runs else (lambda key: "n/a")
+        lines.append(f"| {env} | {label} | {', '.join(str(r['seed']) for r in group)} | {first['steps']:,} | "
+                     f"{_mean_sd(score)} | {_mean_sd(np.array(finals)) if finals else 'n/a'} | {pct} | "
+                     f"{first['actor_nnz']:,} / {first['actor_weights']:,} | "
+                     f"{first['critic_nnz']:,} / {first['critic_weights']:,} | "
+                     f"{rel('train_flops')} | {rel('infer_flops')} | "
+                     f"{f'{np.mean(speeds):.1f}' if speeds else 'n/a'} |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:
@@ -81,12 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(by_env), figsize=(5.5 * len(by_env), 4), squeeze=False)
-        for ax, (env, group) in zip(axes[0], by_env.items()):
-            for r in group:
-                steps, returns = zip(*r["curve"])
-                ax.plot(steps, returns, label=f"{r['method']} (actor {1 - r['actor_nnz'] / r['actor_weights']:.0%} sparse)")
-            ax.set(title=f"{env}, TD3, seed {group[0]['seed']}", xlabel="env steps", ylabel="eval return (10 episodes)")
+        envs = list(dict.fromkeys(env for env, _ in groups))
+        fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
+        for ax, env in zip(axes[0], envs):
+            for (e, label), group in groups.items():
+                if e != env:
+                    continue
+                sparsity = 1 - group[0]["actor_nnz"] / group[0]["actor_weights"]
+                for i, r in enumerate(group):
+                    steps, returns = zip(*r["curve"])
+                    line, = ax.plot(steps, returns, alpha=0.85, lw=1.2,
+                                    color=None if i == 0 else line.get_color(),
+                                    label=f"{label} (actor {sparsity:.0%} sparse)" if i == 0 else None)
+            ax.set(title=f"{env}, TD3, one line per seed", xlabel="env steps", ylabel="eval return (10 episodes)")
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()

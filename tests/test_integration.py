@@ -138,16 +138,29 @@ def test_sac_rlx2_end_to_end_keeps_exact_sparsity(tmp_path):
     assert "log_alpha" in ckpt.data["train_state"]
 
 
-def test_train_report_compares_against_dense(tmp_path):
+def test_train_report_compares_against_the_mean_of_dense_seeds(tmp_path):
+    import csv
+
     from export.train_report import main as report
 
-    for method in ("dense", "rlx2"):
-        cfg = TrainConfig(env_id="Pendulum-v1", method=method, actor_sparsity=0.9, critic_sparsity=0.8,
-                          total_steps=1_200, hidden=(32, 32), eval_interval=600, eval_episodes=1, seed=0)
-        train(cfg, tmp_path / method, progress=False)
+    runs = {"dense-0": ("dense", 0), "dense-1": ("dense", 1), "rlx2-0": ("rlx2", 0)}
+    for name, (method, seed) in runs.items():
+        cfg = TrainConfig(env_id="InvertedPendulum-v5", method=method, actor_sparsity=0.9, critic_sparsity=0.8,
+                          total_steps=1_200, hidden=(32, 32), eval_interval=600, eval_episodes=1, seed=seed)
+        train(cfg, tmp_path / name, progress=False)  # InvertedPendulum: positive returns, so "% of dense" exists
     table, plot = tmp_path / "table.md", tmp_path / "curves.png"
-    assert report([str(tmp_path / "dense"), str(tmp_path / "rlx2"), "--markdown", str(table), "--plot", str(plot)]) == 0
-    rows = [line for line in table.read_text().splitlines() if line.startswith("| Pendulum-v1")]
-    assert [row.split("|")[2].strip() for row in rows] == ["dense", "rlx2"]
-    assert "| 1.000 | 1.000 |" in rows[0]
+    assert report([*(str(tmp_path / n) for n in runs), "--markdown", str(table), "--plot", str(plot)]) == 0
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.read_text().splitlines()
+            if line.startswith("| InvertedPendulum-v5")]
+    assert [(row[1], row[2]) for row in rows] == [("dense", "0, 1"), ("rlx2", "0")]
+    assert rows[0][9:11] == ["1.000", "1.000"] and "±" in rows[0][4]
+
+    def score(name: str) -> float:  # mean eval return over the last 10% of evaluations
+        with (tmp_path / name / "metrics.csv").open() as f:
+            returns = [float(r["eval_return"]) for r in csv.DictReader(f)]
+        tail = returns[-max(1, len(returns) // 10):]
+        return sum(tail) / len(tail)
+
+    dense_mean = (score("dense-0") + score("dense-1")) / 2
+    assert float(rows[1][6]) == pytest.approx(100 * score("rlx2-0") / dense_mean, abs=0.06)
     assert plot.stat().st_size > 10_000
