@@ -55,7 +55,7 @@ class QLearningConfig:
 
     lr: float = 0.9933
     gamma: float = 0.9
-    decay_episodes: int = 100
+    decay_episodes: int = 50
 
     def epsilon(self, episode: int) -> float:
         return max(0.0, 1.0 - episode / self.decay_episodes)
@@ -137,8 +137,8 @@ class Histories:
         return {k: self.arrays[f"{name}_{k}"] for k in HISTORY_ARRAYS}
 
 
-def collect(out_dir: Path, test_goals: int = 16, seeds_per_goal: int = 10, episodes: int = 200,
-            keep_every: int = 4, seed: int = 0, q_cfg: QLearningConfig = QLearningConfig()) -> dict:
+def collect(out_dir: Path, test_goals: int = 16, seeds_per_goal: int = 25, episodes: int = 200,
+            keep_every: int = 10, seed: int = 0, q_cfg: QLearningConfig = QLearningConfig()) -> dict:
     """Write histories.npz/.json into out_dir; returns a summary. Histories already there with
     the same parameters are kept (so checkpoints trained on them stay valid)."""
     if keep_every <= 0 or episodes < keep_every or seeds_per_goal <= 0:
@@ -272,7 +272,8 @@ def save_ad_checkpoint(path: Path, data: dict) -> None:
 
 def load_ad_checkpoint(path: Path) -> dict:
     return load_torch_artefact(path, CHECKPOINT_FORMAT, VERSION,
-                               ("model_config", "model", "train_config", "step", "histories_sha256"), "AD checkpoint")
+                               ("model_config", "model", "train_config", "step", "histories_sha256",
+                                "source_q_learning"), "AD checkpoint")
 
 
 def build_model(checkpoint: dict) -> ADTransformer:
@@ -477,8 +478,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint:
     run("ad_reset_each_episode",
         lambda: in_context_returns(step_fn, test_seeded, cfg.short_episodes, window, cfg.seed, greedy=cfg.greedy,
                                    reset_each_episode=True, progress=progress, desc="AD context reset"))
-    # The source is the Q-learner the histories came from (checkpoints from before it was recorded used the defaults).
-    source_cfg = QLearningConfig(**ckpt.get("source_q_learning", {}))
+    source_cfg = QLearningConfig(**ckpt["source_q_learning"])  # the Q-learner the histories came from
     run("source", lambda: q_learning(test_seeded, cfg.episodes, np.random.default_rng(cfg.seed),
                                      source_cfg)[2].sum(-1, dtype=np.float64))
     run("random", lambda: random_returns(test_seeded, cfg.episodes, cfg.seed))

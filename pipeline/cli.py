@@ -240,11 +240,11 @@ def _add_ad_parser(sub) -> None:
                                       "out the optimal policy (data for the ED baseline). Writes histories.npz.")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")
     s.add_argument("--test-goals", type=_positive_int, default=16, metavar="N", help="held-out goals (default 16)")
-    s.add_argument("--seeds-per-goal", type=_positive_int, default=10, metavar="N")
+    s.add_argument("--seeds-per-goal", type=_positive_int, default=25, metavar="N")
     s.add_argument("--episodes", type=_positive_int, default=200, metavar="N", help="source episodes per history")
-    s.add_argument("--keep-every", type=_positive_int, default=4, metavar="K", help="keep every K-th episode")
-    s.add_argument("--epsilon-decay", type=_positive_int, default=100, metavar="N",
-                   help="source episodes over which Q-learning's epsilon falls from 1 to 0 (default 100)")
+    s.add_argument("--keep-every", type=_positive_int, default=10, metavar="K", help="keep every K-th episode")
+    s.add_argument("--epsilon-decay", type=_positive_int, default=50, metavar="N",
+                   help="source episodes over which Q-learning's epsilon falls from 1 to 0 (default 50)")
     s.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the goal split and the learners")
 
     s = stages.add_parser("train", help="train the AD (or ED) transformer; re-running resumes",
