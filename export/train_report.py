@@ -38,7 +38,7 @@ def summarise(run: Path) -> dict:
     return {
         "run": str(run), "env": ckpt.env_id, "method": cfg["method"], "algo": cfg["algo"], "seed": cfg["seed"],
         "precision": cfg.get("precision", "fp32"),
-        "label": cfg["method"] + (f" ({cfg['precision']})" if cfg.get("precision", "fp32") != "fp32" else ""),
+        "label": _label(cfg),
         "steps": ckpt.steps_done, "score": sum(float(r["eval_return"]) for r in tail) / len(tail),
         "final_return": final["mean_return"] if final else None,
         "actor_nnz": weight_count(actor), "actor_weights": weight_count(actor, sparse=False),
@@ -48,6 +48,16 @@ def summarise(run: Path) -> dict:
         "steps_per_s": final["steps_per_s"] if final else None,
         "curve": [(int(r["step"]), float(r["eval_return"])) for r in rows],
     }
+
+
+def _label(cfg: dict) -> str:
+    """The configuration a run belongs to: method, sparsities (sparse methods) and precision."""
+    label = cfg["method"]
+    if cfg["method"] != "dense":
+        label += f" {100 * cfg['actor_sparsity']:g}/{100 * cfg['critic_sparsity']:g}"
+    if cfg.get("precision", "fp32") != "fp32":
+        label += f" ({cfg['precision']})"
+    return label
 
 
 def _mean_sd(values: np.ndarray) -> str:
@@ -103,12 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             for (e, label), group in groups.items():
                 if e != env:
                     continue
-                sparsity = 1 - group[0]["actor_nnz"] / group[0]["actor_weights"]
                 for i, r in enumerate(group):
                     steps, returns = zip(*r["curve"])
                     line, = ax.plot(steps, returns, alpha=0.85, lw=1.2,
                                     color=None if i == 0 else line.get_color(),
-                                    label=f"{label} (actor {sparsity:.0%} sparse)" if i == 0 else None)
+                                    label=label if i == 0 else None)
             ax.set(title=f"{env}, TD3, one line per seed", xlabel="env steps", ylabel="eval return (10 episodes)")
             ax.grid(alpha=0.3)
             ax.legend()

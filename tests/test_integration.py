@@ -152,7 +152,7 @@ def test_train_report_compares_against_the_mean_of_dense_seeds(tmp_path):
     assert report([*(str(tmp_path / n) for n in runs), "--markdown", str(table), "--plot", str(plot)]) == 0
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.read_text().splitlines()
             if line.startswith("| InvertedPendulum-v5")]
-    assert [(row[1], row[2]) for row in rows] == [("dense", "0, 1"), ("rlx2", "0")]
+    assert [(row[1], row[2]) for row in rows] == [("dense", "0, 1"), ("rlx2 90/80", "0")]
     assert rows[0][9:11] == ["1.000", "1.000"] and "±" in rows[0][4]
 
     def score(name: str) -> float:  # mean eval return over the last 10% of evaluations
