@@ -239,12 +239,13 @@ def _add_ad_parser(sub) -> None:
                                       "training goal with several seeds and keep every k-th episode; also roll "
                                       "out the optimal policy (data for the ED baseline). Writes histories.npz.")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    s.add_argument("--test-goals", type=_positive_int, default=16, metavar="N", help="held-out goals (default 16)")
-    s.add_argument("--seeds-per-goal", type=_positive_int, default=25, metavar="N")
-    s.add_argument("--episodes", type=_positive_int, default=200, metavar="N", help="source episodes per history")
-    s.add_argument("--keep-every", type=_positive_int, default=10, metavar="K", help="keep every K-th episode")
-    s.add_argument("--epsilon-decay", type=_positive_int, default=50, metavar="N",
-                   help="source episodes over which Q-learning's epsilon falls from 1 to 0 (default 50)")
+    # Unset flags take `ad.collect`'s and `ad.QLearningConfig`'s defaults (one place for them).
+    s.add_argument("--test-goals", type=_positive_int, metavar="N", help="held-out goals")
+    s.add_argument("--seeds-per-goal", type=_positive_int, metavar="N", help="Q-learners per training goal")
+    s.add_argument("--episodes", type=_positive_int, metavar="N", help="source episodes per history")
+    s.add_argument("--keep-every", type=_positive_int, metavar="K", help="keep every K-th episode")
+    s.add_argument("--epsilon-decay", type=_positive_int, metavar="N",
+                   help="source episodes over which Q-learning's epsilon falls from 1 to 0")
     s.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the goal split and the learners")
 
     s = stages.add_parser("train", help="train the AD (or ED) transformer; re-running resumes",
@@ -445,9 +446,10 @@ def cmd_ad(args) -> int:
 
     torch.set_num_threads(1)
     if args.ad_command == "collect":
-        summary = ad.collect(args.out, test_goals=args.test_goals, seeds_per_goal=args.seeds_per_goal,
-                             episodes=args.episodes, keep_every=args.keep_every, seed=args.seed,
-                             q_cfg=ad.QLearningConfig(decay_episodes=args.epsilon_decay))
+        given = {name: getattr(args, name) for name in ("test_goals", "seeds_per_goal", "episodes", "keep_every")
+                 if getattr(args, name) is not None}
+        source = {} if args.epsilon_decay is None else {"decay_episodes": args.epsilon_decay}
+        summary = ad.collect(args.out, seed=args.seed, q_cfg=ad.QLearningConfig(**source), **given)
     elif args.ad_command == "train":
         cfg = ad.train_config_from({k.replace("-", "_"): v for k, v in vars(args).items()})
         summary = ad.train(args.data, args.out, cfg, progress=not args.quiet)
