@@ -142,32 +142,58 @@ def sparsify(net: nn.Module, sparsity: float, orthogonal: bool, generator: torch
 
 
 class MaskedAdam:
-    """Adam over a network whose sparse weights stay exactly zero outside their masks.
+    """Adam over parameters whose sparse weights stay exactly zero outside their masks.
 
     Gradients are masked before the step, so Adam's moments stay zero at masked
-    positions; weights are re-masked after the step. Topology updates reset the moments
-    of every position whose membership changed (the official code never does).
+    positions and the update there is exactly 0 / (0 + eps) = 0: the weights keep their
+    zeros without being re-masked. Topology updates reset the moments of every position
+    whose membership changed (the official code never does).
+
+    `step` runs the kernel that `torch.optim.Adam(fused=True)` runs, without its Python
+    wrapper, which costs about 0.2 ms per call here: more than the kernel itself for
+    these networks, on every one of the 1.5-2 optimiser steps per env step. The state
+    lives in a `torch.optim.Adam`, so checkpoints keep its format.
     """
 
-    def __init__(self, net: nn.Module, lr: float):
-        self.layers = sparse_layers(net)
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
-        self.weights = [l.weight for l in self.layers]
-        self.masks = [l.mask for l in self.layers]
+    def __init__(self, net: nn.Module | list[torch.Tensor], lr: float):
+        """`net`: a network (its sparse layers are masked) or a list of plain tensors."""
+        modular = isinstance(net, nn.Module)
+        self.params = list(net.parameters()) if modular else list(net)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=True)
+        self.sparse_layers = [l for l in sparse_layers(net) if not bool(l.mask.all())] if modular else []
+        self._state: tuple[list, list, list] | None = None
 
+    @torch.no_grad()
     def step(self) -> None:
-        torch._foreach_mul_([w.grad for w in self.weights], self.masks)
-        self.optimizer.step()
-        torch._foreach_mul_([w.data for w in self.weights], self.masks)
+        if self.sparse_layers:
+            torch._foreach_mul_([l.weight.grad for l in self.sparse_layers], [l.mask for l in self.sparse_layers])
+        if self._state is None:
+            self._state = self._state_lists()
+        steps, exp_avgs, exp_avg_sqs = self._state
+        group = self.optimizer.param_groups[0]
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(self.params, [p.grad for p in self.params], exp_avgs, exp_avg_sqs, [], steps,
+                           lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                           eps=group["eps"], amsgrad=False, maximize=False)
+
+    def _state_lists(self) -> tuple[list, list, list]:
+        """The step counters and moments, created as torch.optim.Adam(fused=True) creates them."""
+        state = self.optimizer.state
+        for p in self.params:
+            if p not in state:
+                state[p] = {"step": torch.zeros((), dtype=torch.float32),
+                            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return tuple([state[p][key] for p in self.params] for key in ("step", "exp_avg", "exp_avg_sq"))
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad = None
 
     def evolve(self, fraction: float, grow: str, generator: torch.Generator) -> None:
         """One drop-and-grow update of every sparse layer, from the gradients in .grad."""
-        for layer in self.layers:
-            if bool(layer.mask.all()):
-                continue
+        for layer in self.sparse_layers:
             dense_grad = layer.weight.grad if grow == "gradient" else None
             changed = rigl_update(layer, dense_grad, fraction, generator)
             state = self.optimizer.state.get(layer.weight)
@@ -180,12 +206,14 @@ class MaskedAdam:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state)
+        self._state = None  # the loaded tensors replace the old ones
 
 
 @torch.no_grad()
 def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging. Target weights outside the mask stay exactly zero (0 + tau * (0 - 0)),
+    given that they start masked and are re-masked at every topology update."""
     torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
-    apply_masks(target)
 
 
 def config_record(cfg: TrainConfig) -> dict:
@@ -229,7 +257,7 @@ class Trainer:
         self.critic_opt = MaskedAdam(self.critic, cfg.lr)
         if cfg.algo == "sac":
             self.log_alpha = torch.zeros(1, requires_grad=True)  # alpha_0 = 1
-            self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr, fused=True)
+            self.alpha_opt = MaskedAdam([self.log_alpha], cfg.lr)
             self.target_entropy = -float(self.act_dim)
 
         self.buffer = ReplayBuffer(self.obs_dim, self.act_dim, min(cfg.buffer_capacity, cfg.total_steps))
@@ -341,9 +369,8 @@ class Trainer:
             action, log_prob = self.actor.sample(b.obs)
             alpha = self.log_alpha.exp().detach()
             loss = (alpha * log_prob - self.critic(b.obs, action, frozen=True).min(0).values).mean()
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
+            # The temperature loss -(log_alpha * (log_prob + target_entropy)).mean() has this gradient.
+            self.log_alpha.grad = -(log_prob.detach() + self.target_entropy).mean().reshape(1)
             self.alpha_opt.step()
             horizon = self.schedule.topology_end
         self.actor_opt.zero_grad()

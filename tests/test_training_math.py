@@ -29,14 +29,14 @@ def assert_weights_masked(net: torch.nn.Module) -> None:
 
 def assert_moments_masked(opt: MaskedAdam, require_state: bool = True) -> None:
     seen = 0
-    for layer in opt.layers:
+    for layer in opt.sparse_layers:
         state = opt.optimizer.state.get(layer.weight)
         if not state:
             continue
         seen += 1
         for key in ("exp_avg", "exp_avg_sq"):
             assert int(torch.count_nonzero(state[key][layer.mask == 0])) == 0, key
-    assert seen == (len(opt.layers) if require_state else 0)
+    assert seen == (len(opt.sparse_layers) if require_state else 0)
 
 
 def assert_masks_shared(target: torch.nn.Module, online: torch.nn.Module) -> None:
@@ -161,19 +161,44 @@ def test_masked_adam_evolve_and_soft_update_keep_masks_exact(grow):
     assert nnz_per_member(actor) == nnz_a and nnz_per_member(critic) == nnz_c
 
 
-def test_soft_update_masks_stale_target_weights():
-    gen = torch.Generator().manual_seed(4)
-    critic = TwinCritic(3, 1, [16, 16])
-    sparsify(critic, 0.7, False, gen)
-    target = Trainer._frozen_copy(critic)
+def test_masked_adam_matches_torch_adam_and_resumes():
+    critics = [TwinCritic(3, 1, [16, 16]) for _ in range(3)]
+    for c in critics[1:]:
+        c.load_state_dict(critics[0].state_dict())
+    reference = torch.optim.Adam(critics[0].parameters(), lr=1e-2)
+    lean = MaskedAdam(critics[1], 1e-2)
+    for step in range(6):
+        for critic, opt in ((critics[0], reference), (critics[1], lean)):
+            opt.zero_grad()
+            critic_loss(critic, torch.Generator().manual_seed(100 + step)).backward()
+            opt.step()
+        if step == 2:  # a checkpoint round trip in the middle changes nothing
+            resumed = MaskedAdam(critics[2], 1e-2)
+            critics[2].load_state_dict(critics[1].state_dict())
+            resumed.load_state_dict(lean.state_dict())
+            lean, critics[1] = resumed, critics[2]
+    for p_ref, p_lean in zip(critics[0].parameters(), critics[1].parameters()):
+        torch.testing.assert_close(p_lean, p_ref, rtol=1e-5, atol=1e-6)
+    assert float(lean.optimizer.state[next(critics[1].parameters())]["step"]) == 6
+
+
+def test_sac_temperature_gradient_is_the_loss_gradient(tmp_path):
+    cfg = TrainConfig(env_id="Pendulum-v1", algo="sac", method="dense", total_steps=2_000, learning_starts=300)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.reset_env()
+    for _ in range(300):
+        trainer.env_step()
     with torch.no_grad():
-        for layer in sparse_layers(target):
-            layer.weight.fill_(1.0)  # stale values outside the mask (e.g. just-dropped weights)
-    soft_update(target, critic, 0.25)
-    for t_layer, o_layer in zip(sparse_layers(target), sparse_layers(critic)):
-        expected = (0.75 + 0.25 * o_layer.weight.detach()) * o_layer.mask
-        torch.testing.assert_close(t_layer.weight, expected, rtol=1e-6, atol=1e-7)
-    assert_weights_masked(target)
+        trainer.log_alpha.fill_(-0.3)
+    batch = trainer.buffer.sample(64, 1, cfg.gamma, trainer.rng)
+    torch.manual_seed(1)
+    _, log_prob = trainer.actor.sample(batch.obs)
+    log_alpha = trainer.log_alpha.detach().clone().requires_grad_(True)
+    (-(log_alpha * (log_prob.detach() + trainer.target_entropy)).mean()).backward()
+    torch.manual_seed(1)  # update_actor draws the same sample first
+    trainer.update_actor(batch)
+    torch.testing.assert_close(trainer.log_alpha.grad, log_alpha.grad)
+    assert float(trainer.log_alpha) != -0.3
 
 
 # --------------------------------------------------------------------------- Trainer
