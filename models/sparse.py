@@ -30,7 +30,13 @@ class SparseLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(ensemble, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(ensemble, out_features))
         self.register_buffer("mask", torch.ones(ensemble, out_features, in_features))
+        self._cast: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cast_key: tuple | None = None
         self.reset_parameters()
+
+    def __getstate__(self) -> dict:
+        # The cast cache holds autograd nodes, which neither deepcopy nor pickle accept.
+        return self.__dict__ | {"_cast": None, "_cast_key": None}
 
     def reset_parameters(self, orthogonal: bool = False) -> None:
         """PyTorch's nn.Linear init (or orthogonal weights with zero bias, as SAC uses).
@@ -60,14 +66,32 @@ class SparseLinear(nn.Module):
         critic's input without paying for (and accumulating) the critic's weight gradients.
         `member` runs a single ensemble member on a [batch, in] input. `dtype` (bfloat16)
         computes in that precision from the float32 master weights, gradients included."""
-        weight, bias = (self.weight.detach(), self.bias.detach()) if frozen else (self.weight, self.bias)
-        if dtype is not None:
-            weight, bias, x = weight.to(dtype), bias.to(dtype), x.to(dtype)
+        if dtype is None:
+            weight, bias = self.weight, self.bias
+        else:
+            (weight, bias), x = self._low_precision(dtype), x.to(dtype)
+        if frozen:
+            weight, bias = weight.detach(), bias.detach()
         if member is not None or (self.ensemble == 1 and x.dim() == 2):
             return F.linear(x, weight[member or 0], bias[member or 0])
         if x.dim() == 2:
             x = x.expand(self.ensemble, *x.shape)
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+    def _low_precision(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias cast to `dtype` once per change of the float32 masters (an
+        optimiser step, a Polyak or topology update, a load bumps their version) rather
+        than once per forward. The cast stays in the autograd graph: it saves no tensors,
+        so one copy serves every backward pass until the masters change."""
+        key = (dtype, self.weight._version, self.bias._version)
+        if key == self._cast_key and not torch.is_inference_mode_enabled():
+            return self._cast
+        with torch.enable_grad():  # a copy made under no_grad must still carry gradients later
+            cast = (self.weight.to(dtype), self.bias.to(dtype))
+        if not torch.is_inference_mode_enabled():  # inference tensors cannot enter autograd later
+            self._cast, self._cast_key = cast, key
+        return cast
 
 
 def sparse_layers(module: nn.Module) -> list[SparseLinear]:

@@ -83,7 +83,7 @@ def rigl_update(layer: SparseLinear, dense_grad: torch.Tensor | None, fraction: 
     """
     ensemble = layer.ensemble
     mask = layer.mask.view(ensemble, -1)
-    weight = layer.weight.data.view(ensemble, -1)
+    weight = layer.weight.detach().view(ensemble, -1)  # shares the version counter: casts refresh
     active = int(mask[0].sum())
     k = math.floor(fraction * active)
     if k == 0 or active == mask.shape[1]:

@@ -1,6 +1,7 @@
 """ER layer densities, random initial masks, the RigL drop schedule and drop/grow updates."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -338,3 +339,35 @@ def test_set_update_random_growth_keeps_nnz_and_drops_smallest():
         layer2.weight.copy_(w0)
     rigl_update(layer2, None, fraction, torch.Generator().manual_seed(9))
     assert torch.equal(layer2.mask, layer.mask)
+
+
+def test_bf16_cast_cache_follows_every_weight_change():
+    torch.manual_seed(0)
+    layer = SparseLinear(8, 16, ensemble=2)
+    random_masks([layer], 0.5, torch.Generator().manual_seed(0))
+    apply_masks(layer)
+    x = torch.randn(2, 40, 8)
+
+    def fresh(weight, bias):  # the uncached computation
+        bf = torch.bfloat16
+        return torch.baddbmm(bias.to(bf).unsqueeze(1), x.to(bf), weight.to(bf).transpose(1, 2))
+
+    with torch.no_grad():
+        layer(x, dtype=torch.bfloat16)  # the cache is filled without autograd ...
+    layer(x, dtype=torch.bfloat16).float().sum().backward()  # ... and still carries gradients
+    weight = layer.weight.detach().clone().requires_grad_(True)
+    fresh(weight, layer.bias.detach()).float().sum().backward()
+    assert torch.equal(layer.weight.grad, weight.grad)
+    layer(x, dtype=torch.bfloat16).float().sum().backward()  # one cast serves a second backward
+    assert torch.equal(layer.weight.grad, 2 * weight.grad)
+
+    changes = [
+        lambda: layer.weight.add_(0.5),  # an optimiser or Polyak step
+        lambda: rigl_update(layer, torch.randn_like(layer.weight), 0.5),  # a topology update
+        lambda: layer.load_state_dict({k: v + 1 for k, v in layer.state_dict().items()}),  # a checkpoint load
+    ]
+    for change in changes:
+        with torch.no_grad():
+            change()
+        assert torch.equal(layer(x, dtype=torch.bfloat16), fresh(layer.weight, layer.bias))
+    copy.deepcopy(layer)  # the cache does not block copying (target networks)
