@@ -72,8 +72,10 @@ class SparseLinear(nn.Module):
             (weight, bias), x = self._low_precision(dtype), x.to(dtype)
         if frozen:
             weight, bias = weight.detach(), bias.detach()
-        if member is not None or (self.ensemble == 1 and x.dim() == 2):
-            return F.linear(x, weight[member or 0], bias[member or 0])
+        if member is not None:
+            return F.linear(x, weight[member], bias[member])
+        if self.ensemble == 1 and x.dim() == 2:  # a view, whose backward is cheaper than a select's
+            return F.linear(x, weight.view(weight.shape[1:]), bias.view(bias.shape[1:]))
         if x.dim() == 2:
             x = x.expand(self.ensemble, *x.shape)
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))

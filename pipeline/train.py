@@ -331,12 +331,13 @@ class Trainer:
                 value = self.critic_target(b.bootstrap_obs, next_action).min(0).values
                 return b.returns + b.discount * value
             alpha = self.log_alpha.exp()
-            next_action, next_log_prob = self.actor.sample(b.bootstrap_obs)
-            value = self.critic_target(b.bootstrap_obs, next_action).min(0).values - alpha * next_log_prob
+            # Soft n-step adds an entropy bonus at every intermediate state: one actor pass samples there too.
+            batch = b.bootstrap_obs.shape[0]
+            actions, log_probs = self.actor.sample(torch.cat([b.bootstrap_obs, b.inter_obs.flatten(0, 1)]))
+            value = self.critic_target(b.bootstrap_obs, actions[:batch]).min(0).values - alpha * log_probs[:batch]
             target = b.returns + b.discount * value
-            if b.inter_obs.shape[0]:  # soft n-step: entropy bonus at every intermediate state
-                _, inter_log_prob = self.actor.sample(b.inter_obs.flatten(0, 1))
-                target -= alpha * (b.inter_weight * inter_log_prob.view_as(b.inter_weight)).sum(0)
+            if b.inter_obs.shape[0]:
+                target -= alpha * (b.inter_weight * log_probs[batch:].view_as(b.inter_weight)).sum(0)
             return target
 
     def topology_due(self, updates: int, horizon: int) -> float | None:

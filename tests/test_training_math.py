@@ -402,11 +402,11 @@ def test_sac_soft_n_step_target(tmp_path):
         got = t.td_target(b)
         torch.manual_seed(123)
         with torch.no_grad():
-            a, logp = t.actor.sample(b.bootstrap_obs)
+            # one draw for the bootstrap states, then the intermediate ones (as td_target draws)
+            a, logp = t.actor.sample(torch.cat([b.bootstrap_obs, b.inter_obs.reshape(-1, 3)]))
+            a, logp, inter_logp = a[:8], logp[:8], logp[8:].view(2, -1)
             q = t.critic_target(b.bootstrap_obs, a)
             expected = b.returns + 0.9 ** 3 * (torch.minimum(q[0], q[1]) - 0.3 * logp)
-            _, inter_logp = t.actor.sample(b.inter_obs.reshape(-1, 3))
-            inter_logp = inter_logp.view(2, -1)
             for r in range(8):
                 expected[r] -= 0.3 * 0.9 * inter_logp[0, r]
                 if r < 4:
