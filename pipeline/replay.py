@@ -77,31 +77,28 @@ class ReplayBuffer:
         transition's next observation. Windows touching the newest data are shortened.
         """
         first = rng.integers(0, self.size, batch_size)
-        returns = np.zeros(batch_size, np.float32)
-        last = self._physical(first)
-        steps = np.zeros(batch_size, np.int64)
-        alive = np.ones(batch_size, bool)
-        inter_idx, inter_weight = [], []
-        for k in range(n_step):
-            idx = self._physical(first + k)
-            valid = alive & (first + k < self.size)
-            if k > 0:
-                inter_idx.append(last)  # s_{t+k} = next_obs of transition t+k-1
-                inter_weight.append(np.where(valid, gamma ** k, 0.0))
-            returns += np.where(valid, gamma ** k * self.rewards[idx], 0.0).astype(np.float32)
-            last = np.where(valid, idx, last)
-            steps = np.where(valid, k + 1, steps)
-            alive = valid & ~self.episode_end[idx]
+        offsets = np.arange(n_step)
+        logical = first[:, None] + offsets                       # [batch, n]
+        idx = self._physical(logical)
+        ends = self.episode_end[idx]
+        # Transition t+k is in the window if it exists and no earlier one ended the episode.
+        ended_before = np.cumsum(ends, axis=1) - ends > 0
+        valid = (logical < self.size) & ~ended_before           # a prefix of every row
+        steps = valid.sum(axis=1)
+        powers = (gamma ** offsets).astype(np.float32)
+        returns = (self.rewards[idx] * valid) @ powers
+        last = idx[np.arange(batch_size), steps - 1]
         discount = np.where(self.terminated[last], 0.0, gamma ** steps)
-        obs_dim = self.obs.shape[1]
-        inter_obs = (self.next_obs[np.stack(inter_idx)] if inter_idx
-                     else np.zeros((0, batch_size, obs_dim), np.float32))
-        inter_w = np.stack(inter_weight) if inter_weight else np.zeros((0, batch_size))
-        first_idx = self._physical(first)
+        # s_{t+k} (k >= 1) is next_obs of transition t+k-1; outside the window (weight zero) it
+        # repeats the window's last state, so the batch depends only on the logical buffer.
+        inside = np.minimum(offsets[:-1], steps[:, None] - 1)
+        inter_obs = self.next_obs[np.take_along_axis(idx, inside, axis=1).T]  # [n-1, batch, obs]
+        inter_w = valid[:, 1:].T * powers[1:, None]
+        first_idx = idx[:, 0]
         t = torch.from_numpy
         return Batch(
             obs=t(self.obs[first_idx]), actions=t(self.actions[first_idx]),
-            returns=t(returns), bootstrap_obs=t(self.next_obs[last]),
+            returns=t(returns.astype(np.float32)), bootstrap_obs=t(self.next_obs[last]),
             discount=t(discount.astype(np.float32)),
             inter_obs=t(inter_obs), inter_weight=t(inter_w.astype(np.float32)))
 
