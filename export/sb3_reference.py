@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval-interval", type=int, default=TrainConfig.eval_interval)
+    parser.add_argument("--eval-episodes", type=int, default=TrainConfig.eval_episodes)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.noise import NormalActionNoise
 
-    cfg = TrainConfig(env_id=args.env, algo=args.algo, method="dense", total_steps=args.steps, seed=args.seed)
+    cfg = TrainConfig(env_id=args.env, algo=args.algo, method="dense", total_steps=args.steps, seed=args.seed,
+                      eval_interval=args.eval_interval, eval_episodes=args.eval_episodes)
     try:
         cfg.validate()
         env = make_env(cfg.env_id, seed=cfg.seed)

@@ -9,6 +9,10 @@ their mean ± sd and the plot one line per seed. The mean score of an env's `den
 the 100% reference. A run's score
 is the mean evaluation return over its last 10% of evaluations (the paper averages its
 last 30 of 600), so a single lucky evaluation does not decide the comparison.
+
+`--reference DIR ...` adds Stable-Baselines3 runs of `python -m export.sb3_reference`
+(same hyperparameters and evaluation) as rows and dashed curves; they are not part of
+the dense reference.
 """
 from __future__ import annotations
 
@@ -50,6 +54,23 @@ def summarise(run: Path) -> dict:
     }
 
 
+def summarise_reference(run: Path) -> dict:
+    """An `export.sb3_reference` run: its curve, score and final return."""
+    try:
+        final = json.loads((run / "eval.json").read_text())
+        with (run / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        curve = [(int(r["step"]), float(r["eval_return"])) for r in rows]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{run} is not a finished sb3_reference run: {exc}") from None
+    if not curve:
+        raise UserError(f"{run}/metrics.csv has no evaluations")
+    tail = curve[-max(1, len(curve) // 10):]
+    return {"run": str(run), "env": final["env_id"], "label": f"SB3 {final['algo'].upper()} dense (reference)",
+            "seed": final["seed"], "steps": final["steps"], "score": float(np.mean([v for _, v in tail])),
+            "final_return": final["mean_return"], "curve": curve}
+
+
 def _label(cfg: dict) -> str:
     """The configuration a run belongs to: method, sparsities (sparse methods) and precision."""
     label = cfg["method"]
@@ -69,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--reference", nargs="*", type=Path, default=[], help="export.sb3_reference run directories")
     args = parser.parse_args(argv)
     try:
         runs = [summarise(r) for r in args.runs]
+        references = [summarise_reference(r) for r in args.reference]
     except UserError as exc:
         parser.exit(2, f"train_report: error: {exc}\n")
 
@@ -97,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"{first['critic_nnz']:,} / {first['critic_weights']:,} | "
                      f"{rel('train_flops')} | {rel('infer_flops')} | "
                      f"{f'{np.mean(speeds):.1f}' if speeds else 'n/a'} |")
+    ref_groups = defaultdict(list)
+    for r in references:
+        ref_groups[(r["env"], r["label"])].append(r)
+    for (env, label), group in ref_groups.items():
+        finals = np.array([r["final_return"] for r in group])
+        lines.append(f"| {env} | {label} | {', '.join(str(r['seed']) for r in group)} | {group[0]['steps']:,} | "
+                     f"{_mean_sd(np.array([r['score'] for r in group]))} | {_mean_sd(finals)} | n/a | n/a | n/a | "
+                     f"n/a | n/a | n/a |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:
@@ -118,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                     line, = ax.plot(steps, returns, alpha=0.85, lw=1.2,
                                     color=None if i == 0 else line.get_color(),
                                     label=label if i == 0 else None)
+            for (e, label), group in ref_groups.items():
+                for i, r in enumerate(group):
+                    if e == env:
+                        steps, returns = zip(*r["curve"])
+                        ax.plot(steps, returns, ls="--", lw=1.2, color="0.4", label=label if i == 0 else None)
             ax.set(title=f"{env}, TD3, one line per seed", xlabel="env steps", ylabel="eval return (10 episodes)")
             ax.grid(alpha=0.3)
             ax.legend()

@@ -148,11 +148,20 @@ def test_train_report_compares_against_the_mean_of_dense_seeds(tmp_path):
         cfg = TrainConfig(env_id="InvertedPendulum-v5", method=method, actor_sparsity=0.9, critic_sparsity=0.8,
                           total_steps=1_200, hidden=(32, 32), eval_interval=600, eval_episodes=1, seed=seed)
         train(cfg, tmp_path / name, progress=False)  # InvertedPendulum: positive returns, so "% of dense" exists
+    from export.sb3_reference import main as sb3_reference
+
+    pytest.importorskip("stable_baselines3")
+    assert sb3_reference(["--env", "InvertedPendulum-v5", "--steps", "1200", "--eval-interval", "600",
+                          "--eval-episodes", "1", "--out", str(tmp_path / "sb3")]) == 0
     table, plot = tmp_path / "table.md", tmp_path / "curves.png"
-    assert report([*(str(tmp_path / n) for n in runs), "--markdown", str(table), "--plot", str(plot)]) == 0
+    assert report([*(str(tmp_path / n) for n in runs), "--reference", str(tmp_path / "sb3"),
+                   "--markdown", str(table), "--plot", str(plot)]) == 0
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.read_text().splitlines()
             if line.startswith("| InvertedPendulum-v5")]
-    assert [(row[1], row[2]) for row in rows] == [("dense", "0, 1"), ("rlx2 90/80", "0")]
+    assert [(row[1], row[2]) for row in rows] == [("dense", "0, 1"), ("rlx2 90/80", "0"),
+                                                  ("SB3 TD3 dense (reference)", "0")]
+    with (tmp_path / "sb3" / "metrics.csv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [600, 1200]
     assert rows[0][9:11] == ["1.000", "1.000"] and "±" in rows[0][4]
 
     def score(name: str) -> float:  # mean eval return over the last 10% of evaluations
