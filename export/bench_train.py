@@ -45,21 +45,13 @@ def tinypolicy_runner(env_id: str, algo: str, method: str, precision: str, warmu
 
 
 def sb3_runner(env_id: str, algo: str, warmup: int, threads: int, seed: int) -> Callable[[int], None]:
-    import gymnasium as gym
-    import numpy as np
-    from stable_baselines3 import SAC, TD3
-    from stable_baselines3.common.noise import NormalActionNoise
+    from export.sb3_reference import sb3_model
+    from pipeline.envs import make_env
+    from pipeline.train import TrainConfig
 
     torch.set_num_threads(threads)
-    env = gym.make(env_id)
-    common = dict(learning_starts=warmup, batch_size=256, train_freq=1, gradient_steps=1, seed=seed,
-                  policy_kwargs=dict(net_arch=[256, 256]), device="cpu", verbose=0)
-    if algo == "td3":
-        act_dim = env.action_space.shape[0]
-        model = TD3("MlpPolicy", env, action_noise=NormalActionNoise(np.zeros(act_dim), 0.1 * np.ones(act_dim)),
-                    learning_rate=3e-4, **common)
-    else:
-        model = SAC("MlpPolicy", env, learning_rate=3e-4, **common)
+    cfg = TrainConfig(env_id=env_id, algo=algo, method="dense", total_steps=300_000, seed=seed)
+    model = sb3_model(cfg, make_env(env_id), warmup)
 
     def run(steps: int) -> None:
         model.learn(steps, reset_num_timesteps=False)

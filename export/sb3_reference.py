@@ -26,6 +26,24 @@ from pipeline.errors import UserError
 from pipeline.train import Schedule, TrainConfig
 
 
+def sb3_model(cfg: TrainConfig, env, learning_starts: int):
+    """An SB3 TD3 or SAC with `cfg`'s dense hyperparameters (one update per env step)."""
+    from stable_baselines3 import SAC, TD3
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    common = dict(learning_rate=cfg.lr, buffer_size=min(cfg.buffer_capacity, cfg.total_steps),
+                  learning_starts=learning_starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
+                  train_freq=1, gradient_steps=1, policy_kwargs=dict(net_arch=list(cfg.hidden)),
+                  seed=cfg.seed, device="cpu", verbose=0)
+    if cfg.algo == "sac":
+        return SAC("MlpPolicy", env, **common)
+    act_dim = env.action_space.shape[0]
+    return TD3("MlpPolicy", env, policy_delay=cfg.policy_freq, target_policy_noise=cfg.policy_noise,
+               target_noise_clip=cfg.noise_clip,  # SB3 adds both noises in [-1, 1] units, as we do
+               action_noise=NormalActionNoise(np.zeros(act_dim), cfg.exploration_noise * np.ones(act_dim)),
+               **common)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v5")
@@ -38,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    from stable_baselines3 import SAC, TD3
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.noise import NormalActionNoise
 
     cfg = TrainConfig(env_id=args.env, algo=args.algo, method="dense", total_steps=args.steps, seed=args.seed,
                       eval_interval=args.eval_interval, eval_episodes=args.eval_episodes)
@@ -51,17 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"sb3_reference: error: {exc}\n")
     torch.set_num_threads(args.threads)
     warmup = Schedule.for_config(cfg).learning_starts
-    common = dict(learning_rate=cfg.lr, buffer_size=min(cfg.buffer_capacity, cfg.total_steps),
-                  learning_starts=warmup, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
-                  train_freq=1, gradient_steps=1, policy_kwargs=dict(net_arch=list(cfg.hidden)),
-                  seed=cfg.seed, device="cpu", verbose=0)
-    if cfg.algo == "td3":
-        act_dim = env.action_space.shape[0]
-        model = TD3("MlpPolicy", env, policy_delay=cfg.policy_freq, target_policy_noise=cfg.policy_noise,
-                    target_noise_clip=cfg.noise_clip,  # SB3 adds both noises in [-1, 1] units, as we do
-                    action_noise=NormalActionNoise(np.zeros(act_dim), cfg.exploration_noise * np.ones(act_dim)), **common)
-    else:
-        model = SAC("MlpPolicy", env, **common)
+    model = sb3_model(cfg, env, warmup)
 
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = args.out / "metrics.csv"

@@ -80,7 +80,6 @@ class SparseLinear(nn.Module):
             x = x.expand(self.ensemble, *x.shape)
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
-
     def _low_precision(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias cast to `dtype` once per change of the float32 masters (an
         optimiser step, a Polyak or topology update, a load bumps their version) rather
