@@ -11,6 +11,12 @@ Every implementation is built once and then trained in short interleaved chunks
 this shared VM, which can last minutes, then hits every implementation alike instead of
 whichever happened to run during it. Speeds are total steps over total time.
 
+A third runner, `matmul-floor`, is the ceiling of any implementation on this machine: per
+env step it does only the env step and the matrix products of that step's updates (the
+same shapes, batch and thread count, preallocated, no autograd, no optimiser, no
+activations). No implementation of the same algorithm at the same network sizes can
+beat its speed, so its ratio to SB3 bounds what can be reached here.
+
     python -m export.bench_train --env Hopper-v5 --steps 3000 --threads 2
 """
 from __future__ import annotations
@@ -60,6 +66,80 @@ def sb3_runner(env_id: str, algo: str, warmup: int, threads: int, seed: int) -> 
     return run
 
 
+def _mlp_products(sizes: list[int], batch: int, forward: int, weight_grads: int, input_grads: int,
+                  first_input_grad: bool) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the matrix products of `forward` passes and of backward passes through
+    an MLP with layer widths `sizes`: `weight_grads` of them compute weight gradients,
+    `input_grads` propagate gradients to the layer inputs (to the network's own input too
+    if `first_input_grad`)."""
+    shapes = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes += [(batch, n_in, n_out)] * forward
+        shapes += [(n_out, batch, n_in)] * weight_grads
+        if i > 0 or first_input_grad:
+            shapes += [(batch, n_out, n_in)] * input_grads
+    return shapes
+
+
+def update_products(algo: str, obs_dim: int, act_dim: int, hidden: list[int],
+                    batch: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """The matrix products of one dense critic update and of one actor update (two Q heads)."""
+    actor_out = act_dim if algo == "td3" else 2 * act_dim
+    actor = [obs_dim, *hidden, actor_out]
+    critic = [obs_dim + act_dim, *hidden, 1]
+    heads_in_actor_loss = 1 if algo == "td3" else 2
+    critic_update = (_mlp_products(actor, batch, 1, 0, 0, False)             # next action (target actor)
+                     + _mlp_products(critic, batch, 2 * 2, 2, 2, False))     # target and online Q, backward
+    actor_update = (_mlp_products(actor, batch, 1, 1, 1, False)
+                    + _mlp_products(critic, batch, heads_in_actor_loss, 0, heads_in_actor_loss, True))
+    return critic_update, actor_update
+
+
+def floor_runner(env_id: str, algo: str, warmup: int, threads: int, seed: int) -> Callable[[int], None]:
+    from pipeline.envs import make_env
+    from pipeline.train import TrainConfig
+
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(env_id=env_id, algo=algo)
+    env = make_env(env_id, seed=seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    critic_update, actor_update = update_products(algo, obs_dim, act_dim, list(cfg.hidden), cfg.batch_size)
+    actor_every = cfg.policy_freq if algo == "td3" else 1
+
+    def operands(shapes):
+        return [(torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)) for m, k, n in shapes]
+
+    critic_ops, actor_ops = operands(critic_update), operands(actor_update)
+    env.reset(seed=seed)
+    done_steps = 0
+
+    def run(steps: int) -> None:
+        nonlocal done_steps
+        for _ in range(steps):
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                env.reset()
+            for a, b, out in critic_ops:
+                torch.mm(a, b, out=out)
+            done_steps += 1
+            if done_steps % actor_every == 0:
+                for a, b, out in actor_ops:
+                    torch.mm(a, b, out=out)
+
+    run(warmup + 50)
+    return run
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v5")
@@ -69,16 +149,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precisions", default="fp32,bf16", help="tinypolicy's hidden-layer compute dtypes")
+    parser.add_argument("--precisions", default=None,
+                        help="tinypolicy's hidden-layer compute dtypes (default: fp32, plus bf16 where the CPU "
+                             "multiplies bfloat16 natively)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.steps < args.chunk or args.chunk <= 0:
         parser.error("--steps must be at least --chunk, and --chunk positive")
 
+    from pipeline.train import native_bf16
+
+    precisions = args.precisions or ("fp32,bf16" if native_bf16() else "fp32")
     rows = []
     for algo in args.algos.split(","):
-        runners = {"sb3": sb3_runner(args.env, algo, args.warmup, args.threads, args.seed)}
-        for precision in args.precisions.split(","):
+        runners = {"sb3": sb3_runner(args.env, algo, args.warmup, args.threads, args.seed),
+                   "matmul-floor": floor_runner(args.env, algo, args.warmup, args.threads, args.seed)}
+        for precision in precisions.split(","):
             for method in ("dense", "rlx2"):
                 runners[f"tinypolicy-{method}-{precision}"] = tinypolicy_runner(
                     args.env, algo, method, precision, args.warmup, args.threads, args.seed)
@@ -97,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             if r["algo"] == algo:
                 r["ratio"] = r["steps_per_s"] / sb3
 
-    print(f"{args.env}, {args.steps} timed env steps each after {args.warmup} warm-up, {args.threads} torch "
+    print(f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}): {args.env}, {args.steps} timed env steps each after {args.warmup} warm-up, {args.threads} torch "
           f"threads, interleaved in chunks of {args.chunk}")
     print(f"{'algo':5} {'implementation':23} {'env steps/s':>12} {'vs SB3':>7}  chunk range")
     for r in rows:
@@ -109,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"env": args.env, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
                   "chunk": args.chunk,
                   "seed": args.seed, "torch": torch.__version__, "sb3": stable_baselines3.__version__,
-                  "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
+                  "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "date": time.strftime("%Y-%m-%d"),
                   "rows": rows}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, result)

@@ -132,6 +132,21 @@ class Schedule:
         )
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX-512 BF16 or AMX). Without
+    it oneDNN emulates them: a 2x256x256x256 batched matmul took 51 ms instead of 0.6 ms in
+    float32 on an AVX2-only EPYC."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a compute precision this CPU would run far slower than float32."""
+    if precision == "bf16" and not native_bf16():
+        raise UserError(f"--precision bf16 needs a CPU with native bfloat16 matrix multiply (AVX-512 BF16 or "
+                        f"AMX); this one ({torch.backends.cpu.get_cpu_capability()}) would train ~80x slower; "
+                        "use --precision fp32")
+
+
 def sparsify(net: nn.Module, sparsity: float, orthogonal: bool, generator: torch.Generator) -> None:
     """Give `net` an ER-distributed random topology and re-initialise its weights for it."""
     layers = sparse_layers(net)
@@ -226,6 +241,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: Path):
         cfg.validate()
+        check_precision(cfg.precision)
         self.cfg, self.out, self.method = cfg, out, METHODS[cfg.method]
         self.schedule = Schedule.for_config(cfg)
         torch.set_num_threads(cfg.threads)

@@ -23,3 +23,23 @@ def test_training_flops_ratio_matches_paper_hopper():
     sparsify(critic, 0.95, False, generator)
     ratio = training_flops_per_step(actor, critic, 2) / training_flops_per_step(actor, critic, 2, sparse=False)
     assert 0.040 < ratio < 0.050  # paper: 0.043 (biases counted here too)
+
+
+def test_matmul_floor_counts_every_product_of_a_td3_and_a_sac_update():
+    from export.bench_train import update_products
+
+    batch, obs, act, hidden = 8, 5, 2, 16
+    macs = lambda shapes: sum(m * k * n for m, k, n in shapes)
+    actor_fwd = batch * (obs * hidden + hidden * act)
+    q_fwd = batch * ((obs + act) * hidden + hidden)           # one Q head
+    q_input_grads = batch * (hidden + hidden * (obs + act))  # back to the head's input
+    critic, actor = update_products("td3", obs, act, [hidden], batch)
+    # target actor; target and online heads forward; both heads' weight gradients and the
+    # gradient into their hidden layer (the batch itself needs none)
+    assert macs(critic) == actor_fwd + 4 * q_fwd + 2 * q_fwd + 2 * batch * hidden
+    # actor forward and backward (weights, hidden input), Q1 forward and back to the action
+    assert macs(actor) == 2 * actor_fwd + batch * hidden * act + q_fwd + q_input_grads
+    sac_critic, sac_actor = update_products("sac", obs, act, [hidden], batch)
+    sac_actor_fwd = batch * (obs * hidden + hidden * 2 * act)
+    assert macs(sac_critic) == sac_actor_fwd + 6 * q_fwd + 2 * batch * hidden
+    assert macs(sac_actor) == 2 * sac_actor_fwd + batch * hidden * 2 * act + 2 * (q_fwd + q_input_grads)

@@ -418,7 +418,9 @@ def test_sac_soft_n_step_target(tmp_path):
 
 # --------------------------------------------------------------------------- mixed precision
 
-def test_bf16_hidden_layers_match_fp32_and_keep_masks_exact(tmp_path):
+def test_bf16_hidden_layers_match_fp32_and_keep_masks_exact(tmp_path, monkeypatch):
+    # The math holds on any CPU; only its speed needs native bfloat16, which the trainer checks.
+    monkeypatch.setattr("pipeline.train.native_bf16", lambda: True)
     t = make_trainer(tmp_path, precision="bf16")
     assert t.critic.net.hidden_dtype is torch.bfloat16 and t.critic_target.net.hidden_dtype is torch.bfloat16
     obs, act = torch.randn(64, 3), torch.rand(64, 1) * 2 - 1
@@ -440,6 +442,14 @@ def test_bf16_hidden_layers_match_fp32_and_keep_masks_exact(tmp_path):
         assert_moments_masked(opt)
         assert all(p.dtype == torch.float32 for p in net.parameters())
     assert all(torch.isfinite(p).all() for p in t.critic.parameters())
+
+
+def test_bf16_is_refused_without_native_bfloat16(tmp_path, monkeypatch):
+    from pipeline.errors import UserError
+
+    monkeypatch.setattr("pipeline.train.native_bf16", lambda: False)
+    with pytest.raises(UserError, match="native bfloat16"):
+        make_trainer(tmp_path, precision="bf16")
 
 
 def test_unknown_precision_is_refused(tmp_path):
