@@ -28,7 +28,9 @@ embedded-deps:
 	@dpkg -s $(EMBEDDED_APT) >/dev/null 2>&1 || { apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(EMBEDDED_APT); }
 
+# The embedded tests need the cross toolchains and QEMU; without root they skip.
 test: $(STAMP)
+	-@$(MAKE) --no-print-directory embedded-deps render-deps
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

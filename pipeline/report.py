@@ -100,9 +100,15 @@ def _export_section(doc: Document, out: Path, folder: Path) -> None:
 
 def _embedded_section(doc: Document, out: Path) -> None:
     reports = _read(out / "embedded" / "embedded.json")
-    if not reports:
+    stamp = _read(out / "embedded" / "stamp.json")
+    skipped = stamp["summary"].get("skipped", {}) if stamp else {}
+    if not reports and not skipped:
         return
     doc.heading("Embedded targets")
+    if skipped:
+        doc.paragraph("Skipped: " + "; ".join(f"{target}, {why}" for target, why in skipped.items()) + ".")
+    if not reports:
+        return
     rows = []
     for target, report in reports.items():
         for kernel, k in report["kernels"].items():
