@@ -87,11 +87,13 @@ def _mean_sd(values: np.ndarray) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--reference", nargs="*", type=Path, default=[], help="export.sb3_reference run directories")
     args = parser.parse_args(argv)
+    if not args.runs and not args.reference:
+        parser.error("give at least one run directory or --reference directory")
     try:
         runs = [summarise(r) for r in args.runs]
         references = [summarise_reference(r) for r in args.reference]
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        envs = list(dict.fromkeys(env for env, _ in groups))
+        envs = list(dict.fromkeys(env for env, _ in [*groups, *ref_groups]))
         fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
         for ax, env in zip(axes[0], envs):
             for (e, label), group in groups.items():
