@@ -11,7 +11,11 @@ Every implementation is built once and then trained in short interleaved chunks
 this shared VM, which can last minutes, then hits every implementation alike instead of
 whichever happened to run during it. Speeds are total steps over total time.
 
-A third runner, `matmul-floor`, is the ceiling of any implementation on this machine: per
+`handwritten-td3` (TD3 only) is our dense TD3 update with its backward pass written out
+by hand (`HandwrittenTD3`: no autograd, no modules, no replay sampling): what a rewrite
+of the update without autograd could reach at most.
+
+A last runner, `matmul-floor`, is the ceiling of any implementation on this machine: per
 env step it does only the env step and the matrix products of that step's updates (the
 same shapes, batch and thread count, preallocated, no autograd, no optimiser, no
 activations). No implementation of the same algorithm at the same network sizes can
@@ -130,6 +134,130 @@ def floor_runner(env_id: str, algo: str, warmup: int, threads: int, seed: int) -
     return run
 
 
+class HandwrittenTD3:
+    """Dense TD3 (twin critics, target smoothing, delayed actor, Polyak targets) with its
+    backward pass written out in eager tensor ops: no autograd, no nn.Module, weights
+    stored [in, out] so every forward product is a plain (b)addmm. Not a trainer (no
+    replay buffer, no masks): the `handwritten-td3` runner uses it to measure what
+    removing autograd and module overhead from our update could buy on this machine."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], batch: int, generator: torch.Generator):
+        def layers(sizes, ensemble):
+            shape = (ensemble,) if ensemble else ()
+            params = []
+            for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+                bound = 1.0 / n_in ** 0.5
+                params += [(torch.rand(*shape, n_in, n_out, generator=generator) * 2 - 1) * bound,
+                           (torch.rand(*shape, 1, n_out, generator=generator) * 2 - 1) * bound]
+            return params
+
+        self.obs_dim, self.batch = obs_dim, batch
+        self.actor = layers([obs_dim, *hidden, act_dim], 0)
+        self.critic = layers([obs_dim + act_dim, *hidden, 1], 2)
+        self.actor_target = [p.clone() for p in self.actor]
+        self.critic_target = [p.clone() for p in self.critic]
+        self.adam = {id(params): ([torch.zeros(()) for _ in params], [torch.zeros_like(p) for p in params],
+                                  [torch.zeros_like(p) for p in params]) for params in (self.actor, self.critic)}
+        self.updates = 0
+
+    @staticmethod
+    def forward(params: list[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The MLP's output and each layer's input (ReLU between layers). Critic weights
+        are [2, in, out]: a [batch, in] input feeds both heads."""
+        inputs = []
+        for i in range(0, len(params), 2):
+            weight, bias = params[i], params[i + 1]
+            if weight.dim() == 3 and x.dim() == 2:
+                x = x.expand(weight.shape[0], *x.shape)
+            inputs.append(x)
+            x = torch.baddbmm(bias, x, weight) if weight.dim() == 3 else torch.addmm(bias, x, weight)
+            if i + 2 < len(params):
+                x.relu_()
+        return x, inputs
+
+    @staticmethod
+    def backward(params: list[torch.Tensor], inputs: list[torch.Tensor], grad: torch.Tensor,
+                 weight_grads: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Gradients of the parameters (if `weight_grads`) and of the MLP's input, given
+        the gradient of its output."""
+        grads: list[torch.Tensor] = []
+        for i in range(len(params) - 2, -1, -2):
+            if weight_grads:
+                grads = [inputs[i // 2].transpose(-1, -2) @ grad, grad.sum(-2, keepdim=True)] + grads
+            grad = grad @ params[i].transpose(-1, -2)
+            if i:
+                grad = torch.ops.aten.threshold_backward(grad, inputs[i // 2], 0)
+        return grads, grad
+
+    def critic_grads(self, obs, actions, returns, next_obs, discount, noise) -> list[torch.Tensor]:
+        """Gradients of the twin critics' TD loss; `returns` and `discount` are [batch, 1]."""
+        next_action = (torch.tanh(self.forward(self.actor_target, next_obs)[0]) + noise).clamp_(-1.0, 1.0)
+        next_q = self.forward(self.critic_target, torch.cat([next_obs, next_action], 1))[0]
+        target = torch.minimum(next_q[0], next_q[1]).mul_(discount).add_(returns)
+        q, inputs = self.forward(self.critic, torch.cat([obs, actions], 1))
+        # d/dq of sum over heads of mean((q - target)^2)
+        return self.backward(self.critic, inputs, (q - target).mul_(2.0 / len(obs)), True)[0]
+
+    def actor_grads(self, obs) -> list[torch.Tensor]:
+        pre_tanh, actor_inputs = self.forward(self.actor, obs)
+        action = torch.tanh(pre_tanh)
+        head = [p[0] for p in self.critic]
+        q, critic_inputs = self.forward(head, torch.cat([obs, action], 1))
+        # d/dq of -mean(q), back to the action, then through tanh
+        _, grad_in = self.backward(head, critic_inputs, torch.full_like(q, -1.0 / len(obs)), False)
+        grad_pre_tanh = grad_in[:, self.obs_dim:].mul_(1.0 - action * action)
+        return self.backward(self.actor, actor_inputs, grad_pre_tanh, True)[0]
+
+    def adam_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float = 3e-4) -> None:
+        steps, exp_avgs, exp_avg_sqs = self.adam[id(params)]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=0.9, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+
+    def update(self, obs, actions, returns, next_obs, discount, noise, policy_freq: int = 2,
+               tau: float = 0.005) -> None:
+        self.adam_step(self.critic, self.critic_grads(obs, actions, returns, next_obs, discount, noise))
+        self.updates += 1
+        if self.updates % policy_freq == 0:
+            self.adam_step(self.actor, self.actor_grads(obs))
+            torch._foreach_lerp_(self.actor_target, self.actor, tau)
+            torch._foreach_lerp_(self.critic_target, self.critic, tau)
+
+
+def handwritten_runner(env_id: str, warmup: int, threads: int, seed: int) -> Callable[[int], None]:
+    """Env step, one-row policy forward, then `HandwrittenTD3.update` on a fixed random
+    batch: what tinypolicy's TD3 would reach without autograd and modules, before paying
+    for replay sampling (an upper bound for such a rewrite, not a trainer)."""
+    from pipeline.envs import make_env
+    from pipeline.train import TrainConfig
+
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(env_id=env_id, algo="td3")
+    env = make_env(env_id, seed=seed)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    td3 = HandwrittenTD3(obs_dim, act_dim, list(cfg.hidden), cfg.batch_size, generator)
+    batch = cfg.batch_size
+    obs, next_obs = torch.randn(2, batch, obs_dim, generator=generator)
+    actions = torch.rand(batch, act_dim, generator=generator) * 2 - 1
+    returns, discount = torch.randn(batch, 1, generator=generator), torch.full((batch, 1), cfg.gamma)
+    observation, _ = env.reset(seed=seed)
+
+    def run(steps: int) -> None:
+        nonlocal observation
+        for _ in range(steps):
+            with torch.no_grad():
+                policy = torch.tanh(td3.forward(td3.actor, torch.as_tensor(observation, dtype=torch.float32)[None])[0])
+            observation, _, terminated, truncated, _ = env.step(policy[0].numpy())
+            if terminated or truncated:
+                observation, _ = env.reset()
+            noise = (torch.randn(batch, act_dim) * cfg.policy_noise).clamp_(-cfg.noise_clip, cfg.noise_clip)
+            td3.update(obs, actions, returns, next_obs, discount, noise, cfg.policy_freq, cfg.tau)
+
+    run(warmup + 50)
+    return run
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -164,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     for algo in args.algos.split(","):
         runners = {"sb3": sb3_runner(args.env, algo, args.warmup, args.threads, args.seed),
                    "matmul-floor": floor_runner(args.env, algo, args.warmup, args.threads, args.seed)}
+        if algo == "td3":
+            runners["handwritten-td3"] = handwritten_runner(args.env, args.warmup, args.threads, args.seed)
         for precision in precisions.split(","):
             for method in ("dense", "rlx2"):
                 runners[f"tinypolicy-{method}-{precision}"] = tinypolicy_runner(

@@ -43,3 +43,41 @@ def test_matmul_floor_counts_every_product_of_a_td3_and_a_sac_update():
     sac_actor_fwd = batch * (obs * hidden + hidden * 2 * act)
     assert macs(sac_critic) == sac_actor_fwd + 6 * q_fwd + 2 * batch * hidden
     assert macs(sac_actor) == 2 * sac_actor_fwd + batch * hidden * 2 * act + 2 * (q_fwd + q_input_grads)
+
+
+def test_handwritten_td3_gradients_equal_autograd():
+    from export.bench_train import HandwrittenTD3
+
+    generator = torch.Generator().manual_seed(0)
+    batch, obs_dim, act_dim = 16, 5, 2
+    td3 = HandwrittenTD3(obs_dim, act_dim, [8, 8], batch, generator)
+    for params in (td3.actor_target, td3.critic_target):  # targets differ from the online nets
+        for p in params:
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    obs, next_obs = torch.randn(2, batch, obs_dim, generator=generator)
+    actions = torch.rand(batch, act_dim, generator=generator) * 2 - 1
+    returns, discount = torch.randn(batch, generator=generator), torch.rand(batch, generator=generator)
+    noise = 0.1 * torch.randn(batch, act_dim, generator=generator)
+
+    def mlp(params, x):
+        for i in range(0, len(params), 2):
+            x = x @ params[i] + params[i + 1]
+            x = x.relu() if i + 2 < len(params) else x
+        return x
+
+    critic = [p.clone().requires_grad_() for p in td3.critic]
+    with torch.no_grad():
+        next_action = (torch.tanh(mlp(td3.actor_target, next_obs)) + noise).clamp(-1, 1)
+        next_q = mlp(td3.critic_target, torch.cat([next_obs, next_action], 1)).squeeze(-1)
+        target = returns + discount * next_q.min(0).values
+    loss = (mlp(critic, torch.cat([obs, actions], 1)).squeeze(-1) - target).pow(2).mean(1).sum()
+    expected = torch.autograd.grad(loss, critic)
+    for got, want in zip(td3.critic_grads(obs, actions, returns.unsqueeze(1), next_obs, discount.unsqueeze(1), noise),
+                         expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+    actor = [p.clone().requires_grad_() for p in td3.actor]
+    head = [p[0] for p in td3.critic]
+    loss = -mlp(head, torch.cat([obs, torch.tanh(mlp(actor, obs))], 1)).mean()
+    for got, want in zip(td3.actor_grads(obs), torch.autograd.grad(loss, actor)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
