@@ -11,17 +11,18 @@ Every implementation is built once and then trained in short interleaved chunks
 this shared VM, which can last minutes, then hits every implementation alike instead of
 whichever happened to run during it. Speeds are total steps over total time.
 
-`handwritten-td3` (TD3 only) is our dense TD3 update with its backward pass written out
-by hand (`HandwrittenTD3`: no autograd, no modules, no replay sampling): what a rewrite
-of the update without autograd could reach at most.
+`handwritten-td3-{fp32,bf16}` (TD3 only) is our dense TD3 update with its backward pass
+written out by hand (`HandwrittenTD3`: no autograd, no modules, no replay sampling): what
+a rewrite of the update without autograd could reach at most, in each precision.
 
 A last runner, `matmul-floor`, is the ceiling of any implementation on this machine: per
 env step it does only the env step and the matrix products of that step's updates (the
 same shapes, batch and thread count, preallocated, no autograd, no optimiser, no
-activations). No implementation of the same algorithm at the same network sizes can
-beat its speed, so its ratio to SB3 bounds what can be reached here.
+activations), in each of the benchmarked precisions. No implementation of the same
+algorithm at the same network sizes and precision can beat its speed, so its ratio to
+SB3 bounds what can be reached here.
 
-    python -m export.bench_train --env Hopper-v5 --steps 3000 --threads 2
+    python -m export.bench_train --env Hopper-v5 --steps 3000 --threads 1,2
 """
 from __future__ import annotations
 
@@ -99,7 +100,10 @@ def update_products(algo: str, obs_dim: int, act_dim: int, hidden: list[int],
     return critic_update, actor_update
 
 
-def floor_runner(env_id: str, algo: str, warmup: int, threads: int, seed: int) -> Callable[[int], None]:
+def floor_runner(env_id: str, algo: str, precision: str, warmup: int, threads: int,
+                 seed: int) -> Callable[[int], None]:
+    """`precision` "bf16" multiplies every product in bfloat16, the first and last layers
+    too (tinypolicy keeps those in float32), so it bounds the bf16 trainers from above."""
     from pipeline.envs import make_env
     from pipeline.train import TrainConfig
 
@@ -110,8 +114,11 @@ def floor_runner(env_id: str, algo: str, warmup: int, threads: int, seed: int) -
     critic_update, actor_update = update_products(algo, obs_dim, act_dim, list(cfg.hidden), cfg.batch_size)
     actor_every = cfg.policy_freq if algo == "td3" else 1
 
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
     def operands(shapes):
-        return [(torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)) for m, k, n in shapes]
+        return [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype))
+                for m, k, n in shapes]
 
     critic_ops, actor_ops = operands(critic_update), operands(actor_update)
     env.reset(seed=seed)
@@ -139,9 +146,14 @@ class HandwrittenTD3:
     backward pass written out in eager tensor ops: no autograd, no nn.Module, weights
     stored [in, out] so every forward product is a plain (b)addmm. Not a trainer (no
     replay buffer, no masks): the `handwritten-td3` runner uses it to measure what
-    removing autograd and module overhead from our update could buy on this machine."""
+    removing autograd and module overhead from our update could buy on this machine.
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], batch: int, generator: torch.Generator):
+    `dtype` bfloat16 is tinypolicy's mixed precision: every layer but the output layer
+    computes in bfloat16 from float32 masters (each network cast once per change of its
+    masters, gradients cast back to float32 for Adam)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], batch: int, generator: torch.Generator,
+                 dtype: torch.dtype = torch.float32):
         def layers(sizes, ensemble):
             shape = (ensemble,) if ensemble else ()
             params = []
@@ -159,6 +171,19 @@ class HandwrittenTD3:
         self.adam = {id(params): ([torch.zeros(()) for _ in params], [torch.zeros_like(p) for p in params],
                                   [torch.zeros_like(p) for p in params]) for params in (self.actor, self.critic)}
         self.updates = 0
+        self.dtype = dtype
+        self.compute: dict[int, list[torch.Tensor]] = {}
+        for params in (self.actor, self.critic, self.actor_target, self.critic_target):
+            self._refresh(params)
+
+    def _refresh(self, params: list[torch.Tensor]) -> None:
+        """Recast `params` (after their masters changed) to the compute dtype; the output
+        layer stays float32."""
+        self.compute[id(params)] = [p.to(self.dtype) for p in params[:-2]] + params[-2:]
+
+    @staticmethod
+    def _master_grads(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [g.float() for g in grads]
 
     @staticmethod
     def forward(params: list[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -167,6 +192,7 @@ class HandwrittenTD3:
         inputs = []
         for i in range(0, len(params), 2):
             weight, bias = params[i], params[i + 1]
+            x = x.to(weight.dtype)
             if weight.dim() == 3 and x.dim() == 2:
                 x = x.expand(weight.shape[0], *x.shape)
             inputs.append(x)
@@ -182,6 +208,7 @@ class HandwrittenTD3:
         the gradient of its output."""
         grads: list[torch.Tensor] = []
         for i in range(len(params) - 2, -1, -2):
+            grad = grad.to(params[i].dtype)
             if weight_grads:
                 grads = [inputs[i // 2].transpose(-1, -2) @ grad, grad.sum(-2, keepdim=True)] + grads
             grad = grad @ params[i].transpose(-1, -2)
@@ -191,22 +218,25 @@ class HandwrittenTD3:
 
     def critic_grads(self, obs, actions, returns, next_obs, discount, noise) -> list[torch.Tensor]:
         """Gradients of the twin critics' TD loss; `returns` and `discount` are [batch, 1]."""
-        next_action = (torch.tanh(self.forward(self.actor_target, next_obs)[0]) + noise).clamp_(-1.0, 1.0)
-        next_q = self.forward(self.critic_target, torch.cat([next_obs, next_action], 1))[0]
+        next_pre_tanh = self.forward(self.compute[id(self.actor_target)], next_obs)[0]
+        next_action = (torch.tanh(next_pre_tanh) + noise).clamp_(-1.0, 1.0)
+        next_q = self.forward(self.compute[id(self.critic_target)], torch.cat([next_obs, next_action], 1))[0]
         target = torch.minimum(next_q[0], next_q[1]).mul_(discount).add_(returns)
-        q, inputs = self.forward(self.critic, torch.cat([obs, actions], 1))
+        critic = self.compute[id(self.critic)]
+        q, inputs = self.forward(critic, torch.cat([obs, actions], 1))
         # d/dq of sum over heads of mean((q - target)^2)
-        return self.backward(self.critic, inputs, (q - target).mul_(2.0 / len(obs)), True)[0]
+        return self._master_grads(self.backward(critic, inputs, (q - target).mul_(2.0 / len(obs)), True)[0])
 
     def actor_grads(self, obs) -> list[torch.Tensor]:
-        pre_tanh, actor_inputs = self.forward(self.actor, obs)
+        actor = self.compute[id(self.actor)]
+        pre_tanh, actor_inputs = self.forward(actor, obs)
         action = torch.tanh(pre_tanh)
-        head = [p[0] for p in self.critic]
+        head = [p[0] for p in self.compute[id(self.critic)]]
         q, critic_inputs = self.forward(head, torch.cat([obs, action], 1))
         # d/dq of -mean(q), back to the action, then through tanh
         _, grad_in = self.backward(head, critic_inputs, torch.full_like(q, -1.0 / len(obs)), False)
         grad_pre_tanh = grad_in[:, self.obs_dim:].mul_(1.0 - action * action)
-        return self.backward(self.actor, actor_inputs, grad_pre_tanh, True)[0]
+        return self._master_grads(self.backward(actor, actor_inputs, grad_pre_tanh, True)[0])
 
     def adam_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float = 3e-4) -> None:
         steps, exp_avgs, exp_avg_sqs = self.adam[id(params)]
@@ -217,14 +247,17 @@ class HandwrittenTD3:
     def update(self, obs, actions, returns, next_obs, discount, noise, policy_freq: int = 2,
                tau: float = 0.005) -> None:
         self.adam_step(self.critic, self.critic_grads(obs, actions, returns, next_obs, discount, noise))
+        self._refresh(self.critic)
         self.updates += 1
         if self.updates % policy_freq == 0:
             self.adam_step(self.actor, self.actor_grads(obs))
             torch._foreach_lerp_(self.actor_target, self.actor, tau)
             torch._foreach_lerp_(self.critic_target, self.critic, tau)
+            for params in (self.actor, self.actor_target, self.critic_target):
+                self._refresh(params)
 
 
-def handwritten_runner(env_id: str, warmup: int, threads: int, seed: int) -> Callable[[int], None]:
+def handwritten_runner(env_id: str, precision: str, warmup: int, threads: int, seed: int) -> Callable[[int], None]:
     """Env step, one-row policy forward, then `HandwrittenTD3.update` on a fixed random
     batch: what tinypolicy's TD3 would reach without autograd and modules, before paying
     for replay sampling (an upper bound for such a rewrite, not a trainer)."""
@@ -236,7 +269,8 @@ def handwritten_runner(env_id: str, warmup: int, threads: int, seed: int) -> Cal
     env = make_env(env_id, seed=seed)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     generator = torch.Generator().manual_seed(seed)
-    td3 = HandwrittenTD3(obs_dim, act_dim, list(cfg.hidden), cfg.batch_size, generator)
+    td3 = HandwrittenTD3(obs_dim, act_dim, list(cfg.hidden), cfg.batch_size, generator,
+                         torch.bfloat16 if precision == "bf16" else torch.float32)
     batch = cfg.batch_size
     obs, next_obs = torch.randn(2, batch, obs_dim, generator=generator)
     actions = torch.rand(batch, act_dim, generator=generator) * 2 - 1
@@ -275,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000, help="timed env steps per implementation")
     parser.add_argument("--chunk", type=int, default=250, help="env steps per turn of the round-robin")
     parser.add_argument("--warmup", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="2",
+                        help="torch thread counts, comma-separated: every implementation runs at each, and "
+                             "'vs SB3' compares at the same count ('vs fastest SB3' against SB3's best)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precisions", default=None,
                         help="tinypolicy's hidden-layer compute dtypes (default: fp32, plus bf16 where the CPU "
@@ -284,45 +320,56 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < args.chunk or args.chunk <= 0:
         parser.error("--steps must be at least --chunk, and --chunk positive")
+    if not all(t.strip().isdigit() and int(t) > 0 for t in args.threads.split(",")):
+        parser.error("--threads must be positive integers separated by commas, e.g. 1,2")
 
     from pipeline.train import native_bf16
 
+    thread_counts = [int(t) for t in args.threads.split(",")]
     precisions = args.precisions or ("fp32,bf16" if native_bf16() else "fp32")
     rows = []
     for algo in args.algos.split(","):
-        runners = {"sb3": sb3_runner(args.env, algo, args.warmup, args.threads, args.seed),
-                   "matmul-floor": floor_runner(args.env, algo, args.warmup, args.threads, args.seed)}
-        if algo == "td3":
-            runners["handwritten-td3"] = handwritten_runner(args.env, args.warmup, args.threads, args.seed)
-        for precision in precisions.split(","):
-            for method in ("dense", "rlx2"):
-                runners[f"tinypolicy-{method}-{precision}"] = tinypolicy_runner(
-                    args.env, algo, method, precision, args.warmup, args.threads, args.seed)
-        chunk_speeds: dict[str, list[float]] = {impl: [] for impl in runners}
+        runners: dict[tuple[str, int], Callable[[int], None]] = {}
+        for threads in thread_counts:
+            runners["sb3", threads] = sb3_runner(args.env, algo, args.warmup, threads, args.seed)
+            for precision in precisions.split(","):
+                runners[f"matmul-floor-{precision}", threads] = floor_runner(
+                    args.env, algo, precision, args.warmup, threads, args.seed)
+                if algo == "td3":
+                    runners[f"handwritten-td3-{precision}", threads] = handwritten_runner(
+                        args.env, precision, args.warmup, threads, args.seed)
+                for method in ("dense", "rlx2"):
+                    runners[f"tinypolicy-{method}-{precision}", threads] = tinypolicy_runner(
+                        args.env, algo, method, precision, args.warmup, threads, args.seed)
+        chunk_speeds: dict[tuple[str, int], list[float]] = {key: [] for key in runners}
         for _ in range(args.steps // args.chunk):
-            for impl, run in runners.items():
+            for (impl, threads), run in runners.items():
+                torch.set_num_threads(threads)  # the thread count is process-wide; each runner has its own
                 start = time.perf_counter()
                 run(args.chunk)
-                chunk_speeds[impl].append(args.chunk / (time.perf_counter() - start))
-        for impl, speeds in chunk_speeds.items():
+                chunk_speeds[impl, threads].append(args.chunk / (time.perf_counter() - start))
+        algo_rows = []
+        for (impl, threads), speeds in chunk_speeds.items():
             total = len(speeds) * args.chunk / sum(args.chunk / v for v in speeds)
-            rows.append({"algo": algo, "impl": impl, "steps_per_s": total,
-                         "chunk_min": min(speeds), "chunk_max": max(speeds), "chunks": speeds})
-        sb3 = next(r["steps_per_s"] for r in rows if r["algo"] == algo and r["impl"] == "sb3")
-        for r in rows:
-            if r["algo"] == algo:
-                r["ratio"] = r["steps_per_s"] / sb3
+            algo_rows.append({"algo": algo, "impl": impl, "threads": threads, "steps_per_s": total,
+                              "chunk_min": min(speeds), "chunk_max": max(speeds), "chunks": speeds})
+        sb3 = {r["threads"]: r["steps_per_s"] for r in algo_rows if r["impl"] == "sb3"}
+        for r in algo_rows:
+            r["ratio"] = r["steps_per_s"] / sb3[r["threads"]]
+            r["ratio_to_fastest_sb3"] = r["steps_per_s"] / max(sb3.values())
+        rows += algo_rows
 
-    print(f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}): {args.env}, {args.steps} timed env steps each after {args.warmup} warm-up, {args.threads} torch "
-          f"threads, interleaved in chunks of {args.chunk}")
-    print(f"{'algo':5} {'implementation':23} {'env steps/s':>12} {'vs SB3':>7}  chunk range")
+    print(f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}): {args.env}, {args.steps} timed env steps "
+          f"each after {args.warmup} warm-up, interleaved in chunks of {args.chunk}")
+    print(f"{'algo':5} {'implementation':23} {'threads':>7} {'env steps/s':>12} {'vs SB3':>7} {'vs fastest SB3':>15}"
+          f"  chunk range")
     for r in rows:
-        print(f"{r['algo']:5} {r['impl']:23} {r['steps_per_s']:12.1f} {r['ratio']:6.2f}x  "
-              f"{r['chunk_min']:.0f}-{r['chunk_max']:.0f}")
+        print(f"{r['algo']:5} {r['impl']:23} {r['threads']:7d} {r['steps_per_s']:12.1f} {r['ratio']:6.2f}x "
+              f"{r['ratio_to_fastest_sb3']:14.2f}x  {r['chunk_min']:.0f}-{r['chunk_max']:.0f}")
     if args.out:
         import stable_baselines3
 
-        result = {"env": args.env, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+        result = {"env": args.env, "steps": args.steps, "warmup": args.warmup, "threads": thread_counts,
                   "chunk": args.chunk,
                   "seed": args.seed, "torch": torch.__version__, "sb3": stable_baselines3.__version__,
                   "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "date": time.strftime("%Y-%m-%d"),

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from export.flops import inference_flops, training_flops_per_step, weight_count
@@ -81,3 +82,44 @@ def test_handwritten_td3_gradients_equal_autograd():
     loss = -mlp(head, torch.cat([obs, torch.tanh(mlp(actor, obs))], 1)).mean()
     for got, want in zip(td3.actor_grads(obs), torch.autograd.grad(loss, actor)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", ["0", "1,x", ""])
+def test_bench_train_refuses_bad_thread_counts(threads, capsys):
+    from export.bench_train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--threads", threads])
+    assert exit_info.value.code == 2
+    assert "--threads must be positive integers" in capsys.readouterr().err
+
+
+def test_handwritten_td3_in_bfloat16_follows_float32():
+    """The bf16 bound must do the same update, only rounded: its gradients stay close to
+    float32's, and its float32 masters and casts stay in step after updates. Hidden-layer
+    gradients are sums over the batch that largely cancel, so bfloat16's 8-bit mantissa
+    moves them by several percent (about 7% here); a wrong product moves them by ~100%."""
+    from export.bench_train import HandwrittenTD3
+
+    batch, obs_dim, act_dim = 64, 5, 2
+    nets = [HandwrittenTD3(obs_dim, act_dim, [32, 32], batch, torch.Generator().manual_seed(0), dtype)
+            for dtype in (torch.float32, torch.bfloat16)]
+    generator = torch.Generator().manual_seed(1)
+    obs, next_obs = torch.randn(2, batch, obs_dim, generator=generator)
+    actions = torch.rand(batch, act_dim, generator=generator) * 2 - 1
+    returns, discount = torch.randn(batch, 1, generator=generator), torch.full((batch, 1), 0.99)
+    noise = 0.1 * torch.randn(batch, act_dim, generator=generator)
+    fp32, bf16 = nets
+    for got, want in zip(bf16.critic_grads(obs, actions, returns, next_obs, discount, noise),
+                         fp32.critic_grads(obs, actions, returns, next_obs, discount, noise)):
+        assert got.dtype == torch.float32
+        assert (got - want).norm() < 0.15 * want.norm()
+    for got, want in zip(bf16.actor_grads(obs), fp32.actor_grads(obs)):
+        assert (got - want).norm() < 0.15 * want.norm()
+    for _ in range(2):
+        bf16.update(obs, actions, returns, next_obs, discount, noise)
+    for params in (bf16.actor, bf16.critic, bf16.actor_target, bf16.critic_target):
+        compute = bf16.compute[id(params)]
+        for master, cast in zip(params[:-2], compute[:-2]):
+            torch.testing.assert_close(cast, master.to(torch.bfloat16))
+        assert all(cast is master for master, cast in zip(params[-2:], compute[-2:]))  # output layer: float32
