@@ -105,7 +105,7 @@ def floor_runner(env_id: str, algo: str, precision: str, warmup: int, threads: i
     """`precision` "bf16" multiplies every product in bfloat16, the first and last layers
     too (tinypolicy keeps those in float32), so it bounds the bf16 trainers from above."""
     from pipeline.envs import make_env
-    from pipeline.train import TrainConfig
+    from pipeline.train import PRECISIONS, TrainConfig
 
     torch.set_num_threads(threads)
     cfg = TrainConfig(env_id=env_id, algo=algo)
@@ -114,7 +114,7 @@ def floor_runner(env_id: str, algo: str, precision: str, warmup: int, threads: i
     critic_update, actor_update = update_products(algo, obs_dim, act_dim, list(cfg.hidden), cfg.batch_size)
     actor_every = cfg.policy_freq if algo == "td3" else 1
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = PRECISIONS[precision] or torch.float32
 
     def operands(shapes):
         return [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype))
@@ -262,7 +262,7 @@ def handwritten_runner(env_id: str, precision: str, warmup: int, threads: int, s
     batch: what tinypolicy's TD3 would reach without autograd and modules, before paying
     for replay sampling (an upper bound for such a rewrite, not a trainer)."""
     from pipeline.envs import make_env
-    from pipeline.train import TrainConfig
+    from pipeline.train import PRECISIONS, TrainConfig
 
     torch.set_num_threads(threads)
     cfg = TrainConfig(env_id=env_id, algo="td3")
@@ -270,7 +270,7 @@ def handwritten_runner(env_id: str, precision: str, warmup: int, threads: int, s
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     generator = torch.Generator().manual_seed(seed)
     td3 = HandwrittenTD3(obs_dim, act_dim, list(cfg.hidden), cfg.batch_size, generator,
-                         torch.bfloat16 if precision == "bf16" else torch.float32)
+                         PRECISIONS[precision] or torch.float32)
     batch = cfg.batch_size
     obs, next_obs = torch.randn(2, batch, obs_dim, generator=generator)
     actions = torch.rand(batch, act_dim, generator=generator) * 2 - 1
