@@ -34,19 +34,28 @@ class Batch:
 
 
 class ReplayBuffer:
-    FIELDS = ("obs", "next_obs", "actions", "policy_actions", "rewards", "terminated", "episode_end")
+    ROW_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "episode_end")
+    FIELDS = (*ROW_FIELDS, "policy_actions")
+    FLAGS = ("terminated", "episode_end")  # stored as 0.0 / 1.0, read as bool
 
     def __init__(self, obs_dim: int, act_dim: int, capacity: int):
         self.capacity = capacity
-        self.obs = np.zeros((capacity, obs_dim), np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
-        self.actions = np.zeros((capacity, act_dim), np.float32)
-        self.policy_actions = np.zeros((capacity, act_dim), np.float32)
-        self.rewards = np.zeros(capacity, np.float32)
-        self.terminated = np.zeros(capacity, bool)
-        self.episode_end = np.zeros(capacity, bool)
+        # One float32 row per transition: a sampled window gathers a few adjacent cache lines
+        # instead of one random line per field (the gathers were 2/3 of sampling's time).
+        o, a = obs_dim, act_dim
+        self.columns = {"obs": slice(0, o), "next_obs": slice(o, 2 * o), "actions": slice(2 * o, 2 * o + a),
+                        "rewards": 2 * o + a, "terminated": 2 * o + a + 1, "episode_end": 2 * o + a + 2}
+        self.rows = np.zeros((capacity, 2 * o + a + 3), np.float32)
+        self.policy_actions = np.zeros((capacity, act_dim), np.float32)  # read only by `oldest`
         self.start = 0
         self.size = 0
+
+    def field(self, name: str) -> np.ndarray:
+        """All `capacity` entries of one stored field (physical order)."""
+        if name == "policy_actions":
+            return self.policy_actions
+        column = self.rows[:, self.columns[name]]
+        return column > 0 if name in self.FLAGS else column
 
     def __len__(self) -> int:
         return self.size
@@ -56,11 +65,10 @@ class ReplayBuffer:
         noise-free action the policy proposed (the dynamic-capacity rule compares it with
         the current policy)."""
         i = (self.start + self.size) % self.capacity
-        self.obs[i], self.next_obs[i] = obs, next_obs
-        self.actions[i], self.policy_actions[i] = action, policy_action
-        self.rewards[i] = reward
-        self.terminated[i] = terminated
-        self.episode_end[i] = terminated or truncated
+        row, col = self.rows[i], self.columns
+        row[col["obs"]], row[col["next_obs"]], row[col["actions"]] = obs, next_obs, action
+        row[col["rewards"]], row[col["terminated"]], row[col["episode_end"]] = reward, terminated, terminated or truncated
+        self.policy_actions[i] = policy_action
         if self.size < self.capacity:
             self.size += 1
         else:
@@ -76,36 +84,36 @@ class ReplayBuffer:
         target does not bootstrap; at a time-limit truncation it bootstraps from that
         transition's next observation. Windows touching the newest data are shortened.
         """
+        col = self.columns
         first = rng.integers(0, self.size, batch_size)
         offsets = np.arange(n_step)
         logical = first[:, None] + offsets                       # [batch, n]
-        idx = self._physical(logical)
-        ends = self.episode_end[idx]
+        rows = self.rows[self._physical(logical)]               # [batch, n, width]
+        ends = rows[..., col["episode_end"]] > 0
         # Transition t+k is in the window if it exists and no earlier one ended the episode.
         ended_before = np.cumsum(ends, axis=1) - ends > 0
         valid = (logical < self.size) & ~ended_before           # a prefix of every row
         steps = valid.sum(axis=1)
         powers = (gamma ** offsets).astype(np.float32)
-        returns = (self.rewards[idx] * valid) @ powers
-        last = idx[np.arange(batch_size), steps - 1]
-        discount = np.where(self.terminated[last], 0.0, gamma ** steps)
+        returns = (rows[..., col["rewards"]] * valid) @ powers
+        last = rows[np.arange(batch_size), steps - 1]           # [batch, width]
+        discount = np.where(last[:, col["terminated"]] > 0, 0.0, gamma ** steps)
         # s_{t+k} (k >= 1) is next_obs of transition t+k-1; outside the window (weight zero) it
         # repeats the window's last state, so the batch depends only on the logical buffer.
         inside = np.minimum(offsets[:-1], steps[:, None] - 1)
-        inter_obs = self.next_obs[np.take_along_axis(idx, inside, axis=1).T]  # [n-1, batch, obs]
+        inter_obs = rows[np.arange(batch_size)[None, :], inside.T, col["next_obs"]]  # [n-1, batch, obs]
         inter_w = valid[:, 1:].T * powers[1:, None]
-        first_idx = idx[:, 0]
         t = torch.from_numpy
         return Batch(
-            obs=t(self.obs[first_idx]), actions=t(self.actions[first_idx]),
-            returns=t(returns.astype(np.float32)), bootstrap_obs=t(self.next_obs[last]),
+            obs=t(rows[:, 0, col["obs"]].copy()), actions=t(rows[:, 0, col["actions"]].copy()),
+            returns=t(returns.astype(np.float32)), bootstrap_obs=t(last[:, col["next_obs"]].copy()),
             discount=t(discount.astype(np.float32)),
             inter_obs=t(inter_obs), inter_weight=t(inter_w.astype(np.float32)))
 
     def oldest(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Observations and stored policy actions of the `count` oldest transitions."""
         idx = self._physical(np.arange(min(count, self.size)))
-        return self.obs[idx], self.policy_actions[idx]
+        return self.rows[idx, self.columns["obs"]], self.policy_actions[idx]
 
     def drop_oldest(self, count: int) -> None:
         count = min(count, self.size)
@@ -125,7 +133,7 @@ class ReplayBuffer:
     def save(self, path: Path) -> None:
         idx = self._physical(np.arange(self.size))
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, capacity=np.int64(self.capacity), **{f: getattr(self, f)[idx] for f in self.FIELDS})
+        np.savez(tmp, capacity=np.int64(self.capacity), **{f: self.field(f)[idx] for f in self.FIELDS})
         tmp.replace(path)
 
     @classmethod
@@ -142,7 +150,8 @@ class ReplayBuffer:
         if arrays["obs"].shape != (size, obs_dim) or arrays["actions"].shape != (size, act_dim) or size > capacity:
             raise UserError(f"replay buffer {path} does not match this run's dimensions")
         buffer = cls(obs_dim, act_dim, capacity)
-        for f in cls.FIELDS:
-            getattr(buffer, f)[:size] = arrays[f]
+        for f in cls.ROW_FIELDS:
+            buffer.rows[:size, buffer.columns[f]] = arrays[f]
+        buffer.policy_actions[:size] = arrays["policy_actions"]
         buffer.size = size
         return buffer

@@ -256,9 +256,9 @@ def test_save_load_round_trip_preserves_logical_order(tmp_path):
     assert loaded.oldest(10)[0][:, 0].tolist() == [7, 8, 9, 10, 11, 12]
     idx = (buf.start + np.arange(buf.size)) % buf.capacity
     for f in ReplayBuffer.FIELDS:
-        np.testing.assert_array_equal(getattr(loaded, f)[:6], getattr(buf, f)[idx], err_msg=f)
-    assert loaded.terminated[:6].tolist() == [False, False, True, False, False, False]
-    assert loaded.episode_end[:6].tolist() == [False, False, True, False, True, False]
+        np.testing.assert_array_equal(loaded.field(f)[:6], buf.field(f)[idx], err_msg=f)
+    assert loaded.field("terminated")[:6].tolist() == [False, False, True, False, False, False]
+    assert loaded.field("episode_end")[:6].tolist() == [False, False, True, False, True, False]
     # identical windows from the same rng
     a = buf.sample(64, 3, 0.9, np.random.default_rng(0))
     b = loaded.sample(64, 3, 0.9, np.random.default_rng(0))
