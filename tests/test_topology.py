@@ -371,3 +371,23 @@ def test_bf16_cast_cache_follows_every_weight_change():
             change()
         assert torch.equal(layer(x, dtype=torch.bfloat16), fresh(layer.weight, layer.bias))
     copy.deepcopy(layer)  # the cache does not block copying (target networks)
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_ensemble_layer_equals_independent_linear_layers(shared_input):
+    torch.manual_seed(0)
+    layer = SparseLinear(9, 1 if shared_input else 7, ensemble=2)
+    x = torch.randn(30, 9) if shared_input else torch.randn(2, 30, 9)
+    out = layer(x.requires_grad_(True))
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+
+    weight = layer.weight.detach().clone().requires_grad_(True)
+    bias = layer.bias.detach().clone().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    members = [torch.nn.functional.linear(x_ref if shared_input else x_ref[m], weight[m], bias[m]) for m in range(2)]
+    reference = torch.stack(members)
+    reference.backward(grad_out)
+    torch.testing.assert_close(out, reference)
+    for got, want in ((layer.weight.grad, weight.grad), (layer.bias.grad, bias.grad), (x.grad, x_ref.grad)):
+        torch.testing.assert_close(got, want)
