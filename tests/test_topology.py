@@ -376,6 +376,7 @@ def test_bf16_cast_cache_follows_every_weight_change():
 @pytest.mark.parametrize("shared_input", [True, False])
 def test_ensemble_layer_equals_independent_linear_layers(shared_input):
     torch.manual_seed(0)
+    # One output with the shared input covers the layer's one-output path (a view, not a transpose).
     layer = SparseLinear(9, 1 if shared_input else 7, ensemble=2)
     x = torch.randn(30, 9) if shared_input else torch.randn(2, 30, 9)
     out = layer(x.requires_grad_(True))
