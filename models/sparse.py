@@ -80,12 +80,12 @@ class SparseLinear(nn.Module):
             x = x.expand(self.ensemble, *x.shape)
         # Computed as (W x^T + b)^T, whose weight gradient autograd forms as grad^T x: already
         # in the weight's [out, in] layout. The plain x W^T + b gives it as (x^T grad)^T, which
-        # costs a transposing copy per backward (60 us for 2x256x256) and, for a one-output
-        # layer, a matrix-vector product that bmm runs 8x slower than this form.
+        # costs a transposing copy per backward and, for a one-output layer, a matrix-vector
+        # product that bmm runs several times slower than this form.
         out = torch.baddbmm(bias.unsqueeze(-1), weight, x.transpose(1, 2))
         if self.out_features == 1:
             # The same memory as a view: its gradient then reaches bmm as a plain row-major
-            # matrix (a transposed one-row gradient sends bmm down a path ~35 us slower).
+            # matrix (a transposed one-row gradient sends bmm down a slower path).
             return out.view(self.ensemble, -1, 1)
         return out.transpose(1, 2)
 

@@ -34,14 +34,13 @@ class Batch:
 
 
 class ReplayBuffer:
-    ROW_FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "episode_end")
-    FIELDS = (*ROW_FIELDS, "policy_actions")
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "episode_end", "policy_actions")
     FLAGS = ("terminated", "episode_end")  # stored as 0.0 / 1.0, read as bool
 
     def __init__(self, obs_dim: int, act_dim: int, capacity: int):
         self.capacity = capacity
         # One float32 row per transition: a sampled window gathers a few adjacent cache lines
-        # instead of one random line per field (the gathers were 2/3 of sampling's time).
+        # instead of one random line per field. `columns` places every field but policy_actions.
         o, a = obs_dim, act_dim
         self.columns = {"obs": slice(0, o), "next_obs": slice(o, 2 * o), "actions": slice(2 * o, 2 * o + a),
                         "rewards": 2 * o + a, "terminated": 2 * o + a + 1, "episode_end": 2 * o + a + 2}
@@ -150,8 +149,8 @@ class ReplayBuffer:
         if arrays["obs"].shape != (size, obs_dim) or arrays["actions"].shape != (size, act_dim) or size > capacity:
             raise UserError(f"replay buffer {path} does not match this run's dimensions")
         buffer = cls(obs_dim, act_dim, capacity)
-        for f in cls.ROW_FIELDS:
-            buffer.rows[:size, buffer.columns[f]] = arrays[f]
+        for f, column in buffer.columns.items():
+            buffer.rows[:size, column] = arrays[f]
         buffer.policy_actions[:size] = arrays["policy_actions"]
         buffer.size = size
         return buffer
