@@ -43,10 +43,10 @@ compress: $(STAMP)
 	$(VENV)/bin/tinypolicy compress --env $(ENV) --preset $(PRESET) --out artifacts/$(ENV)
 
 bench-train: $(STAMP)
-	$(PY) -m export.bench_train
+	$(PY) -m benchmarks.train_speed
 
 bench-embedded: $(STAMP) embedded-deps
-	$(PY) -m export.bench_embedded --out docs/results/embedded.json $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(PY) -m benchmarks.embedded --out docs/results/embedded.json $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 # Mesa's EGL, for MuJoCo's offscreen rendering of distilled states (Debian packages, as root).
 RENDER_APT := libegl1 libegl-mesa0 libgl1-mesa-dri
@@ -60,11 +60,11 @@ distill: $(STAMP)
 # Algorithm Distillation on Dark Room: ~1 h of training on one core; re-running resumes.
 AD_OUT ?= artifacts/ad
 ad: $(STAMP)
-	$(PY) -m pipeline ad collect --out $(AD_OUT)/data
-	$(PY) -m pipeline ad train --data $(AD_OUT)/data --out $(AD_OUT)/ad
-	$(PY) -m pipeline ad train --data $(AD_OUT)/data --out $(AD_OUT)/ed --source expert --steps 1500
-	$(PY) -m pipeline ad evaluate $(AD_OUT)/ad/checkpoint.pt --ed $(AD_OUT)/ed/checkpoint.pt --out $(AD_OUT)/eval
-	$(PY) -m pipeline ad export $(AD_OUT)/ad/checkpoint.pt --out $(AD_OUT)/export
+	$(PY) -m tinypolicy ad collect --out $(AD_OUT)/data
+	$(PY) -m tinypolicy ad train --data $(AD_OUT)/data --out $(AD_OUT)/ad
+	$(PY) -m tinypolicy ad train --data $(AD_OUT)/data --out $(AD_OUT)/ed --source expert --steps 1500
+	$(PY) -m tinypolicy ad evaluate $(AD_OUT)/ad/checkpoint.pt --ed $(AD_OUT)/ed/checkpoint.pt --out $(AD_OUT)/eval
+	$(PY) -m tinypolicy ad export $(AD_OUT)/ad/checkpoint.pt --out $(AD_OUT)/export
 
 clean:
 	rm -rf $(VENV) artifacts runs
@@ -73,5 +73,5 @@ clean:
 # checkpoint is skipped. Writes docs/results/export_*.{json,md,png}.
 .PHONY: bench-export
 bench-export: $(STAMP)
-	$(PY) -m export.bench_docs runs/hopper-td3-rlx2-s0/checkpoint.pt runs/halfcheetah-td3-rlx2-s0/checkpoint.pt \
+	$(PY) -m benchmarks.export_docs runs/hopper-td3-rlx2-s0/checkpoint.pt runs/halfcheetah-td3-rlx2-s0/checkpoint.pt \
 	    --untrained Hopper-v5:0.95

@@ -30,14 +30,14 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from export.bundle import FILES, load_bundle
-from export.embedded import update_bench_report
-from export.mlp import MLPPolicy
-from export.onnx_mlp import read_policy_onnx, save_onnx
-from export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
-from pipeline.artefact import write_json
-from pipeline.envs import evaluate_policy
-from pipeline.errors import UserError
+from tinypolicy.export.bundle import FILES, load_bundle
+from tinypolicy.export.embedded import update_bench_report
+from tinypolicy.export.mlp import MLPPolicy
+from tinypolicy.ondevice.onnx_mlp import read_policy_onnx, save_onnx
+from tinypolicy.export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
+from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.envs import evaluate_policy
+from tinypolicy.ondevice.errors import UserError
 
 BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
 VARIANTS = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense")

@@ -26,17 +26,17 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from export.c_codegen import DENSE, HEADER, SPARSE, sparse_table_bytes, write_c_sources
-from export.mlp import MLPPolicy, policy_from_actor
-from export.onnx_mlp import save_onnx
-from export.prune import PruneResult, remove_dead_neurons
-from export.runtimes import CKernels, ort_actions, ort_session
-from models import sparse_layers
-from pipeline import __version__
-from pipeline.checkpoint import Checkpoint, load_checkpoint
-from pipeline.artefact import read_manifest, sha256_file, write_json
-from pipeline.envs import actor_policy, evaluate_policy, make_env
-from pipeline.errors import UserError
+from tinypolicy.export.c_codegen import DENSE, HEADER, SPARSE, sparse_table_bytes, write_c_sources
+from tinypolicy.export.mlp import MLPPolicy, policy_from_actor
+from tinypolicy.ondevice.onnx_mlp import save_onnx
+from tinypolicy.export.prune import PruneResult, remove_dead_neurons
+from tinypolicy.export.runtimes import CKernels, ort_actions, ort_session
+from tinypolicy.models import sparse_layers
+from tinypolicy import __version__
+from tinypolicy.checkpoint import Checkpoint, load_checkpoint
+from tinypolicy.ondevice.artefact import read_manifest, sha256_file, write_json
+from tinypolicy.envs import actor_policy, evaluate_policy, make_env
+from tinypolicy.ondevice.errors import UserError
 
 FORMAT, VERSION = "tinypolicy.export", 1
 MANIFEST = "export.json"

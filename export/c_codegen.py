@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.mlp import MLPPolicy
+from tinypolicy.export.mlp import MLPPolicy
 
 HEADER, SPARSE, DENSE = "actor.h", "actor.c", "actor_dense.c"
 ROW_WISE_MAX_ROWS = 16

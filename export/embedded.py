@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from export.bundle import FILES, PARITY_TOLERANCE, load_bundle
-from export.runtimes import ort_actions, ort_session
-from pipeline.artefact import write_json
-from pipeline.errors import UserError
+from tinypolicy.export.bundle import FILES, PARITY_TOLERANCE, load_bundle
+from tinypolicy.export.runtimes import ort_actions, ort_session
+from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.ondevice.errors import UserError
 
 KERNELS = {"sparse": ("actor.c", "tp_actor"), "dense": ("actor_dense.c", "tp_actor_dense")}
 PARITY_OBSERVATIONS = 16
@@ -91,7 +91,7 @@ CORTEX_M_STACK_BYTES = 16 * 1024
 
 
 def _data_file(name: str) -> Path:
-    return Path(str(resources.files("export").joinpath("embedded_c", name)))
+    return Path(str(resources.files("tinypolicy.export").joinpath("embedded_c", name)))
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:

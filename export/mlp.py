@@ -9,7 +9,7 @@ once, here. The policy maps observations in env units to actions in env units:
     z = W_L x + b_L
     actions = squash(z) * (high - low) / 2 + (high + low) / 2
 
-with squash = tanh or clip(-1, 1), exactly as `export.onnx_mlp.policy_onnx` writes it.
+with squash = tanh or clip(-1, 1), exactly as `tinypolicy.ondevice.onnx_mlp.policy_onnx` writes it.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import onnx
 import torch
 from torch import nn
 
-from export.onnx_mlp import HIDDEN_ACTIVATIONS, OUTPUTS, policy_onnx
-from models import DeterministicActor, GaussianActor, sparse_layers
+from tinypolicy.ondevice.onnx_mlp import HIDDEN_ACTIVATIONS, OUTPUTS, policy_onnx
+from tinypolicy.models import DeterministicActor, GaussianActor, sparse_layers
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from export.mlp import MLPPolicy
+from tinypolicy.export.mlp import MLPPolicy
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.c_codegen import compile_shared
+from tinypolicy.export.c_codegen import compile_shared
 
 FLOAT_P = ctypes.POINTER(ctypes.c_float)
 TIMER_SOURCE = Path(__file__).with_name("c_timer.c")

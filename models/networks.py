@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.sparse import SparseLinear
+from tinypolicy.models.sparse import SparseLinear
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from models.sparse import SparseLinear
+from tinypolicy.models.sparse import SparseLinear, sparse_layers
 
 
 def er_densities(shapes: Sequence[tuple[int, int]], sparsity: float) -> list[float]:
@@ -61,6 +61,15 @@ def random_masks(layers: Sequence[SparseLinear], sparsity: float, generator: tor
             keep = torch.randperm(flat.shape[1], generator=generator)[:nnz]
             flat[member, keep] = 1.0
         layer.mask.copy_(flat.view_as(layer.mask))
+
+
+def sparsify(net: torch.nn.Module, sparsity: float, orthogonal: bool, generator: torch.Generator) -> None:
+    """Give `net` an ER-distributed random topology and re-initialise its weights for it."""
+    layers = sparse_layers(net)
+    if sparsity > 0:
+        random_masks(layers, sparsity, generator)
+    for layer in layers:
+        layer.reset_parameters(orthogonal=orthogonal)
 
 
 def drop_fraction(step: int, end: int, initial: float = 0.5) -> float:

@@ -1,4 +1,6 @@
-"""tinypolicy's stages (training, and later distillation, retraining and AD), the
-`compress` orchestrator and the command-line interface."""
+"""The stages (train, evaluate, distill, generalise, sweep, Algorithm Distillation), the
+`compress` orchestrator that runs them in order, its report, and the `tinypolicy` command line.
 
-__version__ = "0.1.0"
+Top layer: may import the export stages, the core modules, models and ondevice; nothing
+imports it but `python -m tinypolicy`.
+"""

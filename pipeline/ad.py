@@ -13,7 +13,8 @@ Four stages, each reading the previous one's artefact:
    AD, ED, the source algorithm, a random and the optimal policy, AD on training goals, and
    the context ablations (a window shorter than an episode; the context cleared at every
    episode start). Curves as JSON/CSV and a plot.
-4. `export` (export/ad_onnx.py): the step function as ONNX, checked under ONNX Runtime.
+4. `export`: the step function as ONNX (tinypolicy.export.ad_onnx), its held-out curve
+   re-run under ONNX Runtime next to PyTorch.
 """
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from models.ad_transformer import ADConfig, ADTransformer
-from pipeline.darkroom import (CENTRE, DARK_ROOM_STEPS, NUM_ACTIONS, NUM_STATES, BatchDarkRoom, all_cells,
+from tinypolicy.export.ad_onnx import OPSET as ONNX_OPSET
+from tinypolicy.export.ad_onnx import export_step_onnx, ort_step_function, step_latency_ms
+from tinypolicy.export.runtimes import ort_session
+from tinypolicy.models.ad_transformer import ADConfig, ADTransformer
+from tinypolicy.pipeline.darkroom import (CENTRE, DARK_ROOM_STEPS, NUM_ACTIONS, NUM_STATES, BatchDarkRoom, all_cells,
                                optimal_return)
-from pipeline.artefact import (artefact_files, atomic_write, check_hash, load_arrays, read_manifest, sha256_file,
+from tinypolicy.ondevice.artefact import (artefact_files, atomic_write, check_hash, load_arrays, read_manifest, sha256_file,
                                write_json)
-from pipeline.checkpoint import load_torch_artefact, save_torch_artefact
-from pipeline.errors import UserError
+from tinypolicy.checkpoint import load_torch_artefact, save_torch_artefact
+from tinypolicy.ondevice.errors import UserError
 
 HISTORY_FORMAT = "tinypolicy.ad-histories"
 CHECKPOINT_FORMAT = "tinypolicy.ad-checkpoint"
@@ -370,7 +374,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
 # --------------------------------------------------------------------------- evaluate
 
 # A step function: tokens (states, prev_actions, prev_rewards) [B, n], n <= window -> logits [B, A]
-# of the last token. Torch evaluates it batched; export/ad_onnx.py passes an ONNX Runtime one.
+# of the last token. Torch evaluates it batched; `export` passes an ONNX Runtime one too.
 StepFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -552,3 +556,57 @@ def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str, smooth: i
 def train_config_from(values: dict) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+# --------------------------------------------------------------------------- export
+
+def export(checkpoint_path: Path, out_dir: Path, episodes: int = 100, seed: int = 1000,
+           progress: bool = True) -> dict:
+    """Export ad.onnx into out_dir and compare it with PyTorch on the held-out in-context
+    curve (one evaluation seed per held-out goal, the same uniforms for both, so the two
+    runs act alike wherever their probabilities agree); writes export.json and parity.png."""
+    ckpt = load_ad_checkpoint(checkpoint_path)
+    model = build_model(ckpt)
+    window = model.cfg.window
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_step_onnx(model, out_dir / "ad.onnx")
+    session = ort_session(onnx_path)
+    goals = ckpt["test_goals"].numpy()
+
+    torch_fn, ort_fn = torch_step_function(model), ort_step_function(session, window, model.cfg.num_actions)
+    gaps, agree, total = [0.0], [0], [0]
+
+    def checked(states, prev_actions, prev_rewards):
+        ort_logits = ort_fn(states, prev_actions, prev_rewards)
+        torch_logits = torch_fn(states, prev_actions, prev_rewards)
+        gaps[0] = max(gaps[0], float(np.abs(ort_logits - torch_logits).max()))
+        agree[0] += int((ort_logits.argmax(1) == torch_logits.argmax(1)).sum())
+        total[0] += len(states)
+        return ort_logits
+
+    started = time.time()
+    torch_curve = in_context_returns(torch_fn, goals, episodes, window, seed, progress=progress, desc="torch")
+    torch_seconds = time.time() - started
+    started = time.time()
+    ort_curve = in_context_returns(checked, goals, episodes, window, seed, progress=progress, desc="onnxruntime")
+    ort_seconds = time.time() - started
+
+    latency_ms = step_latency_ms(session, window)
+
+    torch_mean, ort_mean = torch_curve.mean(0), ort_curve.mean(0)
+    summary = {
+        "onnx": str(onnx_path), "opset": ONNX_OPSET, "window": window, "bytes": onnx_path.stat().st_size,
+        "goals": len(goals), "episodes": episodes, "seed": seed,
+        "max_abs_logit_diff": gaps[0], "greedy_action_agreement": agree[0] / max(1, total[0]),
+        "torch_mean_return": float(torch_mean.mean()), "onnx_mean_return": float(ort_mean.mean()),
+        "torch_last_20": float(torch_mean[-20:].mean()), "onnx_last_20": float(ort_mean[-20:].mean()),
+        "max_abs_curve_diff": float(np.abs(torch_mean - ort_mean).max()),
+        "ort_step_latency_ms_full_window": round(latency_ms, 3),
+        "torch_seconds": round(torch_seconds, 1), "onnx_seconds": round(ort_seconds, 1),
+        "curves": {"torch": [round(float(v), 3) for v in torch_mean], "onnx": [round(float(v), 3) for v in ort_mean]},
+    }
+    write_json(out_dir / "export.json", summary)
+    plot_curves({"torch": torch_mean, "onnxruntime": ort_mean}, out_dir / "parity.png",
+                title=f"AD held-out curve: PyTorch vs ONNX Runtime ({len(goals)} goals)")
+    return summary

@@ -13,9 +13,9 @@ from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
-from pipeline import __version__
-from pipeline.errors import UserError
-from pipeline.retrain import add_arguments as add_retrain_arguments
+from tinypolicy import __version__
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.ondevice.retrain import add_arguments as add_retrain_arguments
 
 DEFAULT_ENV = "Hopper-v5"
 EMBEDDED_TARGETS = ("cortex-m4", "cortex-m7", "aarch64")  # export.embedded.TARGETS, without importing it
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain", help="retrain a policy from a distilled dataset (NumPy + onnx only)",
                        description="Behaviour-clone an MLP on a distilled dataset with its recipe and write an "
                                    "ONNX actor (env units in and out). Needs no torch; a robot runs the same "
-                                   "as `python -m pipeline.retrain`.")
+                                   "as `python -m tinypolicy.ondevice.retrain`.")
     add_retrain_arguments(p)
     _add_ad_parser(sub)
     return parser
@@ -291,7 +291,7 @@ def _add_ad_parser(sub) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from pipeline.train import TrainConfig
+    from tinypolicy.pipeline.train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -302,14 +302,14 @@ def _train_config(args: argparse.Namespace):
 
 def load_presets(path: Path | None) -> dict:
     try:
-        text = path.read_text() if path else resources.files("pipeline").joinpath("presets.toml").read_text()
+        text = path.read_text() if path else resources.files("tinypolicy.pipeline").joinpath("presets.toml").read_text()
         return tomllib.loads(text)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read presets {path}: {exc}") from None
 
 
 def cmd_train(args) -> int:
-    from pipeline.train import train
+    from tinypolicy.pipeline.train import train
 
     summary = train(_train_config(args), args.out, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("mean_return", "std_return", "actor_sparsity", "steps")}))
@@ -317,8 +317,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from pipeline.checkpoint import load_checkpoint
-    from pipeline.envs import actor_policy, evaluate_policy, make_env
+    from tinypolicy.checkpoint import load_checkpoint
+    from tinypolicy.envs import actor_policy, evaluate_policy, make_env
 
     ckpt = load_checkpoint(args.checkpoint)
     actor = ckpt.build_actor()
@@ -336,8 +336,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from pipeline.compress import PipelineConfig, compress
-    from pipeline.train import TrainConfig
+    from tinypolicy.pipeline.compress import PipelineConfig, compress
+    from tinypolicy.pipeline.train import TrainConfig
 
     presets = load_presets(args.presets)
     if args.preset not in presets:
@@ -384,8 +384,8 @@ def _stage_result(stage: str, s: dict) -> str:
 
 
 def cmd_embedded(args) -> int:
-    from export.bench import BENCH_MD
-    from export.embedded import embedded_report, summary_lines, update_bench_report, write_embedded_json
+    from tinypolicy.export.bench import BENCH_MD
+    from tinypolicy.export.embedded import embedded_report, summary_lines, update_bench_report, write_embedded_json
 
     failed = []
     for target in args.targets:
@@ -402,7 +402,7 @@ def cmd_embedded(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from export.bundle import export_bundle
+    from tinypolicy.export.bundle import export_bundle
 
     m = export_bundle(args.checkpoint, args.out, parity_samples=args.parity_samples, episodes=args.episodes,
                       seed=args.seed, progress=not args.quiet)
@@ -414,7 +414,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from export.bench import BENCH_MD, bench_bundle
+    from tinypolicy.export.bench import BENCH_MD, bench_bundle
 
     bench_bundle(args.bundle, args.out, calls=args.calls, c_calls=args.c_calls, rounds=args.rounds,
                  episodes=args.episodes, seed=args.seed, progress=not args.quiet)
@@ -423,7 +423,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from pipeline.sweep import load_sweep_config, run_sweep
+    from tinypolicy.pipeline.sweep import load_sweep_config, run_sweep
 
     config = load_sweep_config(args.config)
     run_sweep(config, args.backend, args.ray_address, progress=not args.quiet)
@@ -432,7 +432,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from pipeline.distill import config_from_args, distill
+    from tinypolicy.pipeline.distill import config_from_args, distill
 
     summary = distill(config_from_args(vars(args)), args.out, progress=not args.quiet)
     print(json.dumps(summary))
@@ -442,7 +442,7 @@ def cmd_distill(args) -> int:
 def cmd_ad(args) -> int:
     import torch
 
-    from pipeline import ad
+    from tinypolicy.pipeline import ad
 
     torch.set_num_threads(1)
     if args.ad_command == "collect":
@@ -459,16 +459,14 @@ def cmd_ad(args) -> int:
         result = ad.evaluate(args.checkpoint, args.out, cfg, ed_checkpoint=args.ed, progress=not args.quiet)
         summary = {k: result[k] for k in ("return_at_episode", "mean_last_50", "eval_seconds")}
     else:
-        from export.ad_onnx import export_ad
-
-        result = export_ad(args.checkpoint, args.out, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
+        result = ad.export(args.checkpoint, args.out, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
         summary = {k: v for k, v in result.items() if k != "curves"}
     print(json.dumps(summary))
     return 0
 
 
 def cmd_generalise(args) -> int:
-    from pipeline.generalise import generalise
+    from tinypolicy.pipeline.generalise import generalise
 
     summary = generalise(args.dataset, args.env_id, args.out, seeds=args.seeds, episodes=args.episodes,
                          workers=args.workers, progress=not args.quiet)
@@ -477,7 +475,7 @@ def cmd_generalise(args) -> int:
 
 
 def cmd_retrain(args) -> int:
-    from pipeline.retrain import run
+    from tinypolicy.ondevice.retrain import run
 
     return run(args)
 

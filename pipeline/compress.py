@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-from pipeline.artefact import sha256_file, write_json
-from pipeline.errors import UserError
-from pipeline.train import TrainConfig, train
+from tinypolicy.ondevice.artefact import sha256_file, write_json
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.train import TrainConfig, train
 
 STAMP = "stamp.json"
 STAGES = ("train", "evaluate", "export", "bench", "embedded", "distill", "retrain", "report")
@@ -115,7 +115,7 @@ class PipelineConfig:
         return cfg
 
     def distill_config(self, expert: Path):
-        from pipeline.distill import DistillConfig
+        from tinypolicy.pipeline.distill import DistillConfig
 
         values = _known(DistillConfig, self.stages["distill"], "distill") | {"env_id": self.env_id}
         if values.get("init", "zeros") == "expert":
@@ -142,8 +142,8 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         return train(train_cfg, folder, progress=progress)
 
     def run_evaluate(folder: Path) -> dict:
-        from pipeline.checkpoint import load_checkpoint
-        from pipeline.envs import actor_policy, evaluate_policy, random_policy_returns
+        from tinypolicy.checkpoint import load_checkpoint
+        from tinypolicy.envs import actor_policy, evaluate_policy, random_policy_returns
 
         actor = load_checkpoint(checkpoint).build_actor()
         episodes, seed = p["evaluate"]["episodes"], p["evaluate"]["seed"]  # seeds never seen in training
@@ -156,21 +156,21 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         return summary
 
     def run_export(folder: Path) -> dict:
-        from export.bundle import export_bundle
+        from tinypolicy.export.bundle import export_bundle
 
         manifest = export_bundle(checkpoint, folder, progress=progress, **p["export"])
         return {"widths": manifest["widths"], "macs": manifest["macs"],
                 "parity_within_1e-5": manifest["parity"]["within_tolerance"]}
 
     def run_bench(folder: Path) -> dict:
-        from export.bench import bench_bundle
+        from tinypolicy.export.bench import bench_bundle
 
         result = bench_bundle(bundle, folder, progress=progress, **p["bench"])
         return {"latency_p50_us": {name: v["p50_us"] for name, v in result["latency"].items()},
                 "speedup": result["speedup"]}
 
     def run_embedded(folder: Path) -> dict:
-        from export.embedded import embedded_report, missing_tools, write_embedded_json
+        from tinypolicy.export.embedded import embedded_report, missing_tools, write_embedded_json
 
         reports, skipped = [], {}
         for target in p["embedded"]["targets"]:
@@ -187,14 +187,14 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         return summary
 
     def run_distill(folder: Path) -> dict:
-        from pipeline.distill import distill
+        from tinypolicy.pipeline.distill import distill
 
         return distill(config.distill_config(checkpoint), folder, progress=progress)
 
     def run_retrain(folder: Path) -> dict:
-        from export.runtimes import ort_actions, ort_session
-        from pipeline.envs import evaluate_policy
-        from pipeline.retrain import retrain
+        from tinypolicy.export.runtimes import ort_actions, ort_session
+        from tinypolicy.envs import evaluate_policy
+        from tinypolicy.ondevice.retrain import retrain
 
         # A HaDES-F dataset is evolved for one policy init, which distill ships beside it; the
         # sparse topology of the exported actor needs a fresh (masked) init.
@@ -214,7 +214,7 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         return summary
 
     def run_report(folder: Path) -> dict:
-        from pipeline.report import write_report
+        from tinypolicy.pipeline.report import write_report
 
         write_report(out, folder)
         return {"report": str(folder / "report.md")}

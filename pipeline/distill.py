@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.bc import BCParams, init_params, train_bc
-from pipeline.artefact import write_json
-from pipeline.dataset import BCRecipe, Dataset, save_dataset
-from pipeline.envs import make_env, random_policy_returns
-from pipeline.errors import UserError
-from pipeline.es import SHAPINGS, Adam, antithetic_noise, es_gradient, shape_fitness
-from pipeline.rollouts import PopulationEvaluator, population_evaluator
+from tinypolicy.models.bc import BCParams, init_params, train_bc
+from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.ondevice.dataset import BCRecipe, Dataset, save_dataset
+from tinypolicy.envs import make_env, random_policy_returns
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.es import SHAPINGS, Adam, antithetic_noise, es_gradient, shape_fitness
+from tinypolicy.pipeline.rollouts import PopulationEvaluator, population_evaluator
 
 STATE_FILE = "es_state.npz"
 FIXED_INIT_OFFSET = 420  # HaDES-F's init seed is 420 + run seed, as in the official code
@@ -142,7 +142,7 @@ def _expert_rollouts(actor, env_id: str, steps: int, seed: int) -> tuple[np.ndar
 
 def _load_expert(cfg: DistillConfig, out: Path):
     """Copy the expert checkpoint into the run folder (training may still rewrite the original)."""
-    from pipeline.checkpoint import load_checkpoint
+    from tinypolicy.checkpoint import load_checkpoint
 
     copy = out / "expert.pt"
     if not copy.exists():

@@ -7,7 +7,7 @@ normalisation is fixed to the rollouts' mean and std, and D of the visited state
 (drawn uniformly) with the expert's actions in policy units (its tanh output, in [-1, 1]).
 The BC recipe is the default `BCRecipe`.
 
-    python -m pipeline.expert_dataset CHECKPOINT --size 64 --steps 10000 --seed 0 --out DIR
+    python -m tinypolicy.pipeline.expert_dataset CHECKPOINT --size 64 --steps 10000 --seed 0 --out DIR
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.dataset import BCRecipe, Dataset, save_dataset
-from pipeline.distill import STD_FLOOR, _expert_rollouts
-from pipeline.errors import UserError
+from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.ondevice.dataset import BCRecipe, Dataset, save_dataset
+from tinypolicy.pipeline.distill import STD_FLOOR, _expert_rollouts
+from tinypolicy.ondevice.errors import UserError
 
 
 def expert_dataset(checkpoint_path: str | Path, size: int, steps: int, seed: int) -> Dataset:
@@ -41,7 +41,7 @@ def expert_dataset(checkpoint_path: str | Path, size: int, steps: int, seed: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.expert_dataset", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tinypolicy.pipeline.expert_dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     parser.add_argument("--size", type=int, default=64, metavar="D", help="state-action pairs kept")
     parser.add_argument("--steps", type=int, default=10_000, metavar="N", help="env steps of expert rollouts")

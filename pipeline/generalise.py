@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artefact import write_json
-from pipeline.dataset import BCRecipe, load_dataset
-from pipeline.distill import retrain_and_evaluate
-from pipeline.envs import random_policy_returns
-from pipeline.errors import UserError
-from pipeline.rollouts import PopulationEvaluator
+from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.ondevice.dataset import BCRecipe, load_dataset
+from tinypolicy.pipeline.distill import retrain_and_evaluate
+from tinypolicy.envs import random_policy_returns
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.rollouts import PopulationEvaluator
 
 WIDTHS = (32, 64, 128, 256, 512)
 DEPTHS = (1, 2, 3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import UserError
+from tinypolicy.ondevice.errors import UserError
 
 
 @dataclass

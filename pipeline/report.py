@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-from export.flops import inference_flops, weight_count
-from models import sparse_layers
-from pipeline.checkpoint import load_checkpoint
-from pipeline.document import Document
+from tinypolicy.models.flops import inference_flops, weight_count
+from tinypolicy.models import sparse_layers
+from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.pipeline.document import Document
 
 
 def _plot_learning_curve(rows: list[dict], title: str, path: Path) -> None:

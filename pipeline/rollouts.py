@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import UserError
+from tinypolicy.ondevice.errors import UserError
 
 _ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
 
 
 def batched_mean(arrays: dict[str, np.ndarray], obs: np.ndarray, activation: str) -> np.ndarray:
-    """NumPy forward of stacked MLPs (`models.bc.BCParams.numpy()` layout): obs [P, obs] -> mu [P, act]."""
+    """NumPy forward of stacked MLPs (`tinypolicy.models.bc.BCParams.numpy()` layout): obs [P, obs] -> mu [P, act]."""
     layers = sum(1 for k in arrays if k.startswith("w"))
     x = obs[:, None, :]
     for k in range(layers):
@@ -97,7 +97,7 @@ class PopulationEvaluator:
     """
 
     def __init__(self, env_id: str, workers: int = 2, max_steps: int = 1000):
-        from pipeline.envs import make_env
+        from tinypolicy.envs import make_env
 
         make_env(env_id).close()  # a bad env id fails here, with a clear error, not in a worker
         self.env_id, self.max_steps = env_id, max_steps
@@ -158,7 +158,7 @@ class RayPopulationEvaluator:
     or an existing cluster (`address`). Same split, same rollouts, same results."""
 
     def __init__(self, env_id: str, workers: int = 2, max_steps: int = 1000, address: str | None = None):
-        from pipeline.envs import make_env
+        from tinypolicy.envs import make_env
 
         try:
             import ray

@@ -28,8 +28,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.train import METHODS, TrainConfig
+from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.models.flops import inference_flops, training_flops_per_step, weight_count
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.train import METHODS, TrainConfig
 
 WITHIN_DENSE = 0.97  # "within 3% of dense", RLx2's definition of the ultimate compression ratio
 RESULT_FIELDS = ["env", "method", "actor_sparsity", "critic_sparsity", "seed", "steps", "score", "final_return",
@@ -89,6 +91,43 @@ def load_sweep_config(path: Path) -> SweepConfig:
     return config
 
 
+def summarise_run(run: Path) -> dict:
+    """A finished (or checkpointed) training run: its score (mean evaluation return over the last
+    10% of evaluations), final return, nonzero weights, FLOPs and speed, and its learning curve."""
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise UserError(f"{run}/metrics.csv has no evaluations")
+    tail = rows[-max(1, len(rows) // 10):]
+    actor, critic = ckpt.build_actor(), ckpt.build_critic()
+    cfg = ckpt.config
+    final = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else None
+    return {
+        "run": str(run), "env": ckpt.env_id, "method": cfg["method"], "algo": cfg["algo"], "seed": cfg["seed"],
+        "precision": cfg.get("precision", "fp32"),
+        "label": _label(cfg),
+        "steps": ckpt.steps_done, "score": sum(float(r["eval_return"]) for r in tail) / len(tail),
+        "final_return": final["mean_return"] if final else None,
+        "actor_nnz": weight_count(actor), "actor_weights": weight_count(actor, sparse=False),
+        "critic_nnz": weight_count(critic), "critic_weights": weight_count(critic, sparse=False),
+        "train_flops": training_flops_per_step(actor, critic, cfg["policy_freq"]),
+        "infer_flops": inference_flops(actor),
+        "steps_per_s": final["steps_per_s"] if final else None,
+        "curve": [(int(r["step"]), float(r["eval_return"])) for r in rows],
+    }
+
+
+def _label(cfg: dict) -> str:
+    """The configuration a run belongs to: method, sparsities (sparse methods) and precision."""
+    label = cfg["method"]
+    if cfg["method"] != "dense":
+        label += f" {100 * cfg['actor_sparsity']:g}/{100 * cfg['critic_sparsity']:g}"
+    if cfg.get("precision", "fp32") != "fp32":
+        label += f" ({cfg['precision']})"
+    return label
+
+
 def is_finished(folder: Path, cfg: TrainConfig) -> bool:
     path = folder / "eval.json"
     return path.exists() and json.loads(path.read_text()).get("steps") == cfg.total_steps
@@ -98,15 +137,14 @@ def run_job(config: dict, folder: str) -> dict:
     """One training run, resumed from its checkpoint when one exists; returns its summary."""
     import torch
 
-    from export.train_report import summarise
-    from pipeline.train import train
+    from tinypolicy.pipeline.train import train
 
     cfg = TrainConfig(**{**config, "hidden": tuple(config["hidden"])})
     torch.set_num_threads(cfg.threads)
     (Path(folder) / "job.pid").write_text(str(os.getpid()))  # lets a user (or a test) find and stop one job
     if not is_finished(Path(folder), cfg):
         train(cfg, folder, progress=False)
-    result = summarise(Path(folder))
+    result = summarise_run(Path(folder))
     result.pop("curve")
     return result | {"actor_sparsity": cfg.actor_sparsity if cfg.method != "dense" else 0.0,
                      "critic_sparsity": cfg.critic_sparsity if cfg.method != "dense" else 0.0}

@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models import (GaussianActor, TwinCritic, apply_masks, drop_fraction, make_actor,
-                    random_masks, rigl_update, sparse_layers, weight_sparsity)
-from pipeline.artefact import write_json
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.envs import actor_policy, evaluate_policy, make_env
-from pipeline.errors import UserError
-from pipeline.replay import Batch, ReplayBuffer
+from tinypolicy.models import (GaussianActor, TwinCritic, apply_masks, drop_fraction, make_actor, rigl_update,
+                               sparse_layers, sparsify, weight_sparsity)
+from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.checkpoint import load_checkpoint, save_checkpoint
+from tinypolicy.envs import actor_policy, evaluate_policy, make_env
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.replay import Batch, ReplayBuffer
 
 PAPER_STEPS = 3_000_000
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # compute dtype of the hidden layers
@@ -145,15 +145,6 @@ def check_precision(precision: str) -> None:
         raise UserError(f"--precision bf16 needs a CPU with native bfloat16 matrix multiply (AVX-512 BF16 or "
                         f"AMX); this one ({torch.backends.cpu.get_cpu_capability()}) would train ~80x slower; "
                         "use --precision fp32")
-
-
-def sparsify(net: nn.Module, sparsity: float, orthogonal: bool, generator: torch.Generator) -> None:
-    """Give `net` an ER-distributed random topology and re-initialise its weights for it."""
-    layers = sparse_layers(net)
-    if sparsity > 0:
-        random_masks(layers, sparsity, generator)
-    for layer in layers:
-        layer.reset_parameters(orthogonal=orthogonal)
 
 
 class MaskedAdam:

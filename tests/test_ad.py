@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.ad_transformer import ADConfig, ADTransformer
-from pipeline import ad
-from pipeline.darkroom import (CENTRE, NUM_ACTIONS, BatchDarkRoom, DarkKeyToDoorEnv, DarkRoomEnv, all_cells,
+from tinypolicy.models.ad_transformer import ADConfig, ADTransformer
+from tinypolicy.pipeline import ad
+from tinypolicy.pipeline.darkroom import (CENTRE, NUM_ACTIONS, BatchDarkRoom, DarkKeyToDoorEnv, DarkRoomEnv, all_cells,
                                cell_index, optimal_return)
-from pipeline.errors import UserError
+from tinypolicy.ondevice.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 LEFT, RIGHT, UP, DOWN, STAY = range(5)
@@ -195,7 +195,8 @@ def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch
 # ---------------------------------------------------------------- ONNX
 
 def test_onnx_step_function_matches_torch(tmp_path):
-    from export.ad_onnx import export_step_onnx, ort_session, ort_step_function
+    from tinypolicy.export.ad_onnx import export_step_onnx, ort_step_function
+    from tinypolicy.export.runtimes import ort_session
 
     torch.manual_seed(1)
     model = ADTransformer(ADConfig(window=40, dim=32, layers=2, heads=4, ff_dim=64)).eval()
@@ -206,19 +207,19 @@ def test_onnx_step_function_matches_torch(tmp_path):
         states = rng.integers(0, 81, (3, n))
         actions = rng.integers(0, 6, (3, n))
         rewards = rng.integers(0, 2, (3, n)).astype(np.float32)
-        np.testing.assert_allclose(ort_step_function(session, 40)(states, actions, rewards),
+        np.testing.assert_allclose(ort_step_function(session, 40, ad.NO_ACTION)(states, actions, rewards),
                                    step(states, actions, rewards), atol=1e-5)
     # The same in-context rollout under both runtimes (sliding window, several episodes).
     goals = all_cells()[[3, 50]]
     torch_curve = ad.in_context_returns(step, goals, 4, 40, seed=5)
-    onnx_curve = ad.in_context_returns(ort_step_function(session, 40), goals, 4, 40, seed=5)
+    onnx_curve = ad.in_context_returns(ort_step_function(session, 40, ad.NO_ACTION), goals, 4, 40, seed=5)
     np.testing.assert_array_equal(torch_curve, onnx_curve)
 
 
 # ---------------------------------------------------------------- CLI
 
 def tinypolicy(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tinypolicy", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
 
 

@@ -12,17 +12,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from pipeline.cli import load_presets
-from pipeline.artefact import sha256_file
-from pipeline.compress import STAGES, PipelineConfig
-from pipeline.errors import UserError
+from tinypolicy.pipeline.cli import load_presets
+from tinypolicy.ondevice.artefact import sha256_file
+from tinypolicy.pipeline.compress import STAGES, PipelineConfig
+from tinypolicy.ondevice.errors import UserError
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
 
 def compress(out, *extra):
-    return [sys.executable, "-m", "pipeline", "compress", "--env", "Hopper-v5", "--preset", "tiny",
+    return [sys.executable, "-m", "tinypolicy", "compress", "--env", "Hopper-v5", "--preset", "tiny",
             "--out", str(out), "--quiet", *extra]
 
 

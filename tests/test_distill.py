@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.dataset import load_dataset, save_dataset
-from pipeline.distill import DistillConfig, distill
-from pipeline.errors import UserError
+from tinypolicy.ondevice.dataset import load_dataset, save_dataset
+from tinypolicy.pipeline.distill import DistillConfig, distill
+from tinypolicy.ondevice.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(env_id="Hopper-v5", size=4, population=4, bc_steps=20, stats_steps=500, final_seeds=2,
@@ -19,7 +19,7 @@ TINY = dict(env_id="Hopper-v5", size=4, population=4, bc_steps=20, stats_steps=5
 
 
 def tinypolicy(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tinypolicy", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
 
 

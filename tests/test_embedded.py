@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from export.bundle import export_bundle
-from export.embedded import (TARGETS, build_firmware, build_plugin, embedded_report, missing_tools, read_bundle,
+from tinypolicy.export.bundle import export_bundle
+from tinypolicy.export.embedded import (TARGETS, build_firmware, build_plugin, embedded_report, missing_tools, read_bundle,
                               run_firmware, symbol_address)
-from pipeline.cli import EMBEDDED_TARGETS
+from tinypolicy.pipeline.cli import EMBEDDED_TARGETS
 from test_export import sparse_actor, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ needs_toolchains = pytest.mark.skipif(
 
 
 def tinypolicy(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tinypolicy", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, **kwargs)
 
 

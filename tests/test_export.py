@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import TwinCritic, apply_masks, make_actor, random_masks, sparse_layers
-from pipeline.checkpoint import save_checkpoint
+from tinypolicy.models import TwinCritic, apply_masks, make_actor, random_masks, sparse_layers
+from tinypolicy.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = {"obs_dim": 11, "act_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3,
@@ -40,7 +40,7 @@ def write_checkpoint(path: Path, actor, algo="td3", hidden=(256, 256), env_id="H
 
 
 def tinypolicy(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tinypolicy", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -49,8 +49,8 @@ def tinypolicy(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("sparsity", [0.9, 0.95, 0.98])
 def test_dead_neuron_removal_is_exact_and_complete(sparsity):
-    from export.mlp import policy_from_actor
-    from export.prune import remove_dead_neurons
+    from tinypolicy.export.mlp import policy_from_actor
+    from tinypolicy.export.prune import remove_dead_neurons
 
     actor = sparse_actor("td3", sparsity, obs_dim=17, act_dim=6)
     dense = policy_from_actor(actor)
@@ -77,7 +77,7 @@ def test_dead_neuron_removal_is_exact_and_complete(sparsity):
 
 
 def _tiny_policy(weights, biases):
-    from export.mlp import MLPPolicy
+    from tinypolicy.export.mlp import MLPPolicy
 
     w = tuple(np.asarray(x, np.float32) for x in weights)
     b = tuple(np.asarray(x, np.float32) for x in biases)
@@ -87,7 +87,7 @@ def _tiny_policy(weights, biases):
 
 
 def test_constant_neurons_fold_into_next_bias_and_removal_cascades():
-    from export.prune import remove_dead_neurons
+    from tinypolicy.export.prune import remove_dead_neurons
 
     # Hidden layer 1: neuron 0 live; neuron 1 has no inputs (constant relu(0.7)) but is read;
     # neuron 2 reads inputs but nobody reads it. Layer 2: neuron 1 only reads hidden-1
@@ -109,7 +109,7 @@ def test_constant_neurons_fold_into_next_bias_and_removal_cascades():
 
 
 def test_fully_dead_layer_gives_the_exact_constant_policy():
-    from export.prune import remove_dead_neurons
+    from tinypolicy.export.prune import remove_dead_neurons
 
     policy = _tiny_policy([np.zeros((4, 3)), np.ones((2, 4)), np.ones((1, 2))],
                           [[0.5, -0.5, 1.0, 0.0], [0.1, 0.2], [0.3]])
@@ -121,7 +121,7 @@ def test_fully_dead_layer_gives_the_exact_constant_policy():
 
 
 def test_sac_actor_exports_its_deterministic_action():
-    from export.mlp import policy_from_actor
+    from tinypolicy.export.mlp import policy_from_actor
 
     actor = sparse_actor("sac", 0.9, hidden=(64, 64))
     policy = policy_from_actor(actor)
@@ -134,9 +134,9 @@ def test_sac_actor_exports_its_deterministic_action():
 def test_c_sources_compile_and_match_with_normalisation_and_clip(tmp_path):
     from dataclasses import replace
 
-    from export.c_codegen import write_c_sources
-    from export.mlp import policy_from_actor
-    from export.runtimes import CKernels
+    from tinypolicy.export.c_codegen import write_c_sources
+    from tinypolicy.export.mlp import policy_from_actor
+    from tinypolicy.export.runtimes import CKernels
 
     rng = np.random.default_rng(4)
     base = policy_from_actor(sparse_actor("td3", 0.95, hidden=(32, 300)))  # > 256 inputs: uint16 indices
@@ -174,7 +174,7 @@ def test_export_parity_files_and_metadata(bundle):
     import onnx
     import onnxruntime as ort
 
-    from export.bundle import load_bundle
+    from tinypolicy.export.bundle import load_bundle
 
     manifest = load_bundle(bundle)
     parity = manifest["parity"]
@@ -264,8 +264,8 @@ def _corrupt(kind: str, path: Path) -> Path:
     ("not_a_checkpoint", "not a tinypolicy checkpoint"), ("weights_outside_mask", "nonzero outside their mask"),
     ("nan", "NaN"), ("mask_not_binary", "not binary")])
 def test_bad_checkpoints_are_refused(kind, message, tmp_path):
-    from export.bundle import export_bundle
-    from pipeline.errors import UserError
+    from tinypolicy.export.bundle import export_bundle
+    from tinypolicy.ondevice.errors import UserError
 
     with pytest.raises(UserError, match=message):
         export_bundle(_corrupt(kind, tmp_path), tmp_path / "out", progress=False)
@@ -282,8 +282,8 @@ def test_cli_refusal_is_one_line_with_status_2(tmp_path):
 def test_changed_bundle_file_is_refused(bundle, tmp_path):
     import shutil
 
-    from export.bundle import load_bundle
-    from pipeline.errors import UserError
+    from tinypolicy.export.bundle import load_bundle
+    from tinypolicy.ondevice.errors import UserError
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
@@ -299,9 +299,9 @@ def test_changed_bundle_file_is_refused(bundle, tmp_path):
 @pytest.mark.integration
 def test_parity_catches_a_wrong_kernel(tmp_path, monkeypatch):
     """A C kernel whose bias is off by 1e-3 fails the export; the manifest says why."""
-    import export.bundle as bundle_module
-    from export.bundle import export_bundle
-    from pipeline.errors import UserError
+    import tinypolicy.export.bundle as bundle_module
+    from tinypolicy.export.bundle import export_bundle
+    from tinypolicy.ondevice.errors import UserError
 
     real = bundle_module.write_c_sources
 
@@ -319,9 +319,9 @@ def test_parity_catches_a_wrong_kernel(tmp_path, monkeypatch):
 
 
 def test_narrow_network_is_all_row_wise_and_compiles(tmp_path):
-    from export.c_codegen import write_c_sources
-    from export.mlp import policy_from_actor
-    from export.runtimes import CKernels
+    from tinypolicy.export.c_codegen import write_c_sources
+    from tinypolicy.export.mlp import policy_from_actor
+    from tinypolicy.export.runtimes import CKernels
 
     actor = sparse_actor("td3", 0.5, hidden=(8, 8), obs_dim=5, act_dim=2)
     policy = policy_from_actor(actor)
@@ -333,9 +333,9 @@ def test_narrow_network_is_all_row_wise_and_compiles(tmp_path):
 
 def test_a_dense_layer_with_32_bit_pointers_compiles_and_matches(tmp_path):
     """A 256x256 layer with every weight nonzero needs uint32_t pointers (>= 65,536 entries)."""
-    from export.c_codegen import write_c_sources
-    from export.mlp import policy_from_actor
-    from export.runtimes import CKernels
+    from tinypolicy.export.c_codegen import write_c_sources
+    from tinypolicy.export.mlp import policy_from_actor
+    from tinypolicy.export.runtimes import CKernels
 
     policy = policy_from_actor(sparse_actor("td3", 0.0, hidden=(256, 256), obs_dim=11, act_dim=3))
     write_c_sources(policy, tmp_path)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from export.flops import inference_flops, training_flops_per_step, weight_count
-from models import DeterministicActor, TwinCritic
-from pipeline.train import sparsify
+from tinypolicy.models.flops import inference_flops, training_flops_per_step, weight_count
+from tinypolicy.models import DeterministicActor, TwinCritic
+from tinypolicy.models import sparsify
 
 
 def test_counts_follow_masks():
@@ -27,7 +27,7 @@ def test_training_flops_ratio_matches_paper_hopper():
 
 
 def test_matmul_floor_counts_every_product_of_a_td3_and_a_sac_update():
-    from export.bench_train import update_products
+    from benchmarks.train_speed import update_products
 
     batch, obs, act, hidden = 8, 5, 2, 16
     macs = lambda shapes: sum(m * k * n for m, k, n in shapes)
@@ -47,7 +47,7 @@ def test_matmul_floor_counts_every_product_of_a_td3_and_a_sac_update():
 
 
 def test_handwritten_td3_gradients_equal_autograd():
-    from export.bench_train import HandwrittenTD3
+    from benchmarks.train_speed import HandwrittenTD3
 
     generator = torch.Generator().manual_seed(0)
     batch, obs_dim, act_dim = 16, 5, 2
@@ -86,7 +86,7 @@ def test_handwritten_td3_gradients_equal_autograd():
 
 @pytest.mark.parametrize("threads", ["0", "1,x", ""])
 def test_bench_train_refuses_bad_thread_counts(threads, capsys):
-    from export.bench_train import main
+    from benchmarks.train_speed import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--threads", threads])
@@ -99,7 +99,7 @@ def test_handwritten_td3_in_bfloat16_follows_float32():
     float32's, and its float32 masters and casts stay in step after updates. Hidden-layer
     gradients are sums over the batch that largely cancel, so bfloat16's 8-bit mantissa
     moves them by several percent (about 7% here); a wrong product moves them by ~100%."""
-    from export.bench_train import HandwrittenTD3
+    from benchmarks.train_speed import HandwrittenTD3
 
     batch, obs_dim, act_dim = 64, 5, 2
     nets = [HandwrittenTD3(obs_dim, act_dim, [32, 32], batch, torch.Generator().manual_seed(0), dtype)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.bc import init_params, policy_mean, train_bc
-from pipeline.es import Adam, antithetic_noise, centred_ranks, es_gradient, shape_fitness
+from tinypolicy.models.bc import init_params, policy_mean, train_bc
+from tinypolicy.pipeline.es import Adam, antithetic_noise, centred_ranks, es_gradient, shape_fitness
 
 
 def quadratic(x: np.ndarray, centre: np.ndarray, curvature: np.ndarray) -> np.ndarray:
@@ -112,7 +112,7 @@ def test_init_is_orthogonal_with_the_recipe_gains():
 
 
 def test_rollout_policy_matches_torch_policy():
-    from pipeline.rollouts import batched_mean
+    from tinypolicy.pipeline.rollouts import batched_mean
 
     params = init_params(4, 11, 3, (32, 32), seed=5)
     params.weights[-1] *= 100  # make the output non-trivial
@@ -124,7 +124,7 @@ def test_rollout_policy_matches_torch_policy():
 
 
 def test_policy_inits_fixed_for_f_and_fresh_per_generation_for_r():
-    from pipeline.distill import DistillConfig, policy_inits
+    from tinypolicy.pipeline.distill import DistillConfig, policy_inits
 
     fixed = policy_inits(DistillConfig(env_id="Hopper-v5", mode="f"), 4, 11, 3, generation=0)
     later = policy_inits(DistillConfig(env_id="Hopper-v5", mode="f"), 4, 11, 3, generation=9)

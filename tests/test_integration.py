@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.train import TrainConfig, train
+from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.pipeline.train import TrainConfig, train
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tinypolicy(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tinypolicy", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, **kwargs)
 
 
@@ -43,7 +43,7 @@ def test_cli_train_artefacts_and_resume_after_kill(tmp_path):
     args = ["train", "--env", "Hopper-v5", "--method", "rlx2", "--actor-sparsity", "0.98",
             "--critic-sparsity", "0.95", "--steps", "3000", "--hidden", "64,64", "--eval-interval", "1000",
             "--eval-episodes", "2", "--checkpoint-interval", "1000", "--seed", "3", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tinypolicy", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
@@ -141,14 +141,14 @@ def test_sac_rlx2_end_to_end_keeps_exact_sparsity(tmp_path):
 def test_train_report_compares_against_the_mean_of_dense_seeds(tmp_path):
     import csv
 
-    from export.train_report import main as report
+    from benchmarks.train_report import main as report
 
     runs = {"dense-0": ("dense", 0), "dense-1": ("dense", 1), "rlx2-0": ("rlx2", 0)}
     for name, (method, seed) in runs.items():
         cfg = TrainConfig(env_id="InvertedPendulum-v5", method=method, actor_sparsity=0.9, critic_sparsity=0.8,
                           total_steps=1_200, hidden=(32, 32), eval_interval=600, eval_episodes=1, seed=seed)
         train(cfg, tmp_path / name, progress=False)  # InvertedPendulum: positive returns, so "% of dense" exists
-    from export.sb3_reference import main as sb3_reference
+    from benchmarks.sb3_reference import main as sb3_reference
 
     pytest.importorskip("stable_baselines3")
     assert sb3_reference(["--env", "InvertedPendulum-v5", "--steps", "1200", "--eval-interval", "600",

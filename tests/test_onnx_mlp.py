@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
-from pipeline.errors import UserError
+from tinypolicy.ondevice.onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
+from tinypolicy.ondevice.errors import UserError
 from tests.conftest import ROOT
 
 
@@ -69,7 +69,7 @@ def test_corrupt_or_foreign_files_are_refused(tmp_path):
 
 
 def test_builder_does_not_import_torch():
-    code = ("import sys; sys.modules['torch'] = None; import export.onnx_mlp, pipeline.dataset; "
+    code = ("import sys; sys.modules['torch'] = None; import tinypolicy.ondevice.onnx_mlp, tinypolicy.ondevice.dataset; "
             "print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.bc import BCParams, init_params
-from pipeline.rollouts import PopulationEvaluator, RayPopulationEvaluator
+from tinypolicy.models.bc import BCParams, init_params
+from tinypolicy.pipeline.rollouts import PopulationEvaluator, RayPopulationEvaluator
 
 pytestmark = pytest.mark.integration
 

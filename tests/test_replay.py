@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import UserError
-from pipeline.replay import Batch, ReplayBuffer
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.replay import Batch, ReplayBuffer
 
 GAMMA = 0.5
 

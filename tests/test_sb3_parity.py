@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import sparse_layers
-from pipeline.replay import Batch
-from pipeline.train import Trainer, TrainConfig
+from tinypolicy.models import sparse_layers
+from tinypolicy.pipeline.replay import Batch
+from tinypolicy.pipeline.train import Trainer, TrainConfig
 
 sb3 = pytest.importorskip("stable_baselines3")
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.sweep import load_sweep_config, ultimate_compression
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.sweep import load_sweep_config, ultimate_compression
 from tests.conftest import ROOT
 
 CONFIG = """
@@ -65,7 +65,7 @@ def test_ray_sweep_survives_a_killed_job(tmp_path):
     path = tmp_path / "sweep.toml"
     path.write_text(CONFIG.format(out=out, steps=3000).replace("[[0.9, 0.8], [0.95, 0.9]]", "[[0.9, 0.8]]")
                     .replace("[0, 1]", "[0]"))
-    sweep = subprocess.Popen([sys.executable, "-m", "pipeline", "sweep", str(path), "--backend", "ray", "--quiet"],
+    sweep = subprocess.Popen([sys.executable, "-m", "tinypolicy", "sweep", str(path), "--backend", "ray", "--quiet"],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim = out / "Pendulum-v1-td3-rlx2-a0.9-c0.8-s0"
     deadline = time.time() + 240

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.sparse import SparseLinear, apply_masks, weight_sparsity
-from models.topology import drop_fraction, er_densities, layer_nnz, random_masks, rigl_update
+from tinypolicy.models.sparse import SparseLinear, apply_masks, weight_sparsity
+from tinypolicy.models.topology import drop_fraction, er_densities, layer_nnz, random_masks, rigl_update
 
 
 def _sizes(shapes):

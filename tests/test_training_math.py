@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from models import DeterministicActor, TwinCritic, apply_masks, sparse_layers, weight_sparsity
-from models.topology import drop_fraction, layer_nnz
-from pipeline.replay import Batch
-from pipeline.train import MaskedAdam, Schedule, TrainConfig, Trainer, soft_update, sparsify
+from tinypolicy.models import DeterministicActor, TwinCritic, apply_masks, sparse_layers, weight_sparsity
+from tinypolicy.models.topology import drop_fraction, layer_nnz
+from tinypolicy.pipeline.replay import Batch
+from tinypolicy.models import sparsify
+from tinypolicy.pipeline.train import MaskedAdam, Schedule, TrainConfig, Trainer, soft_update
 
 
 # --------------------------------------------------------------------------- helpers
@@ -420,7 +421,7 @@ def test_sac_soft_n_step_target(tmp_path):
 
 def test_bf16_hidden_layers_match_fp32_and_keep_masks_exact(tmp_path, monkeypatch):
     # The math holds on any CPU; only its speed needs native bfloat16, which the trainer checks.
-    monkeypatch.setattr("pipeline.train.native_bf16", lambda: True)
+    monkeypatch.setattr("tinypolicy.pipeline.train.native_bf16", lambda: True)
     t = make_trainer(tmp_path, precision="bf16")
     assert t.critic.net.hidden_dtype is torch.bfloat16 and t.critic_target.net.hidden_dtype is torch.bfloat16
     obs, act = torch.randn(64, 3), torch.rand(64, 1) * 2 - 1
@@ -445,15 +446,15 @@ def test_bf16_hidden_layers_match_fp32_and_keep_masks_exact(tmp_path, monkeypatc
 
 
 def test_bf16_is_refused_without_native_bfloat16(tmp_path, monkeypatch):
-    from pipeline.errors import UserError
+    from tinypolicy.ondevice.errors import UserError
 
-    monkeypatch.setattr("pipeline.train.native_bf16", lambda: False)
+    monkeypatch.setattr("tinypolicy.pipeline.train.native_bf16", lambda: False)
     with pytest.raises(UserError, match="native bfloat16"):
         make_trainer(tmp_path, precision="bf16")
 
 
 def test_unknown_precision_is_refused(tmp_path):
-    from pipeline.errors import UserError
+    from tinypolicy.ondevice.errors import UserError
 
     with pytest.raises(UserError, match="unknown precision"):
         make_trainer(tmp_path, precision="fp8")

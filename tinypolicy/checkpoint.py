@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from models import TwinCritic, make_actor, sparse_layers
-from pipeline.errors import UserError
+from tinypolicy.models import TwinCritic, make_actor, sparse_layers
+from tinypolicy.ondevice.errors import UserError
 
 FORMAT = "tinypolicy.checkpoint"
 VERSION = 1

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artefact import (artefact_files, atomic_write, check_hash, load_arrays, read_manifest, sha256_file,
+from .artefact import (artefact_files, atomic_write, check_hash, load_arrays, read_manifest, sha256_file,
                                write_json)
-from pipeline.errors import UserError
+from .errors import UserError
 
 FORMAT = "tinypolicy.dataset"
 VERSION = 1

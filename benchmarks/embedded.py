@@ -3,13 +3,13 @@ exported actors on Cortex-M4 (STM32F405), Cortex-M7 (STM32F746) and aarch64 (Pi 
 
 Actors of the benchmark's real shapes: HalfCheetah-v5 (17-256-256-6) at 90% and 95% and
 Hopper-v5 (11-256-256-3) at 98% actor sparsity, with training's ER random topology and
-initial weights (`export.bench_docs.untrained_checkpoint`), untrained: footprint and instruction counts
+initial weights (`benchmarks.export_docs.untrained_checkpoint`), untrained: footprint and instruction counts
 depend only on the sizes of the sparsity pattern, and parity is checked all the same.
 Trained checkpoints are added with --checkpoint NAME=PATH (copied first, since training
 may still be writing them). Each actor goes through `tinypolicy export`'s code, then
 `embedded_report` for every target. Re-running reuses finished export bundles.
 
-    python -m export.bench_embedded --out docs/results/embedded.json \\
+    python -m benchmarks.embedded --out docs/results/embedded.json \\
         --checkpoint hopper-rlx2=/work/main/runs/hopper-td3-rlx2-s0/checkpoint.pt
 """
 from __future__ import annotations
@@ -23,17 +23,17 @@ from pathlib import Path
 
 import torch
 
-from export.bench_docs import untrained_checkpoint
-from export.embedded import TARGETS, embedded_report, write_embedded_json
-from pipeline.artefact import write_json
-from pipeline.errors import UserError
+from benchmarks.export_docs import untrained_checkpoint
+from tinypolicy.export.embedded import TARGETS, embedded_report, write_embedded_json
+from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.ondevice.errors import UserError
 
 UNTRAINED = (("halfcheetah-90", "HalfCheetah-v5", 0.90), ("halfcheetah-95", "HalfCheetah-v5", 0.95),
              ("hopper-98", "Hopper-v5", 0.98))
 
 
 def exported(checkpoint: Path, bundle: Path, parity_samples: int, progress: bool) -> dict:
-    from export.bundle import export_bundle, load_bundle
+    from tinypolicy.export.bundle import export_bundle, load_bundle
 
     try:
         return load_bundle(bundle)

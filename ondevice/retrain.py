@@ -24,12 +24,10 @@ linear mean clipped to [-1, 1].
 dataset is distilled for one fixed init (distill writes it as policy_init.npz), and from
 a fresh init it usually trains a much worse policy.
 
-Files a robot copies (nothing else from the repo is imported; needs numpy and onnx,
-onnxruntime optional for the self-check):
-    pipeline/__init__.py  pipeline/errors.py  pipeline/artefact.py  pipeline/dataset.py
-    pipeline/retrain.py   export/__init__.py  export/onnx_mlp.py
-and runs `python -m pipeline.retrain DATASET --out policy.onnx` from the directory that
-holds them. On the development side the same is `tinypolicy retrain ...`.
+A robot installs tinypolicy, or copies the ondevice/ folder alone (it imports nothing else
+from the project; needs numpy and onnx, onnxruntime optional for the self-check), and runs
+`python -m ondevice.retrain DATASET --out policy.onnx` beside it. On the development side
+the same is `tinypolicy retrain ...`.
 """
 from __future__ import annotations
 
@@ -45,9 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import __version__
-from pipeline.dataset import ACTIVATIONS, BCRecipe, Dataset, load_dataset
-from pipeline.errors import UserError
+from . import __version__
+from .dataset import ACTIVATIONS, BCRecipe, Dataset, load_dataset
+from .errors import UserError
+from .onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
 
 ADAM_BETAS = (0.9, 0.999)
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (norm + 1e-6); matched for equal curves
@@ -214,8 +213,6 @@ def train_bc(states: np.ndarray, actions: np.ndarray, recipe: BCRecipe, init: ML
 def read_mask(path: str | Path, dataset: Dataset) -> list[np.ndarray]:
     """The fixed topology (weight != 0, [out, in] per layer) of an exported actor that fits
     `dataset`: same env id and observation/action dims."""
-    from export.onnx_mlp import read_policy_onnx
-
     weights, _, metadata = read_policy_onnx(path)
     if "env_id" not in metadata:
         raise UserError(f"mask {path} has no env_id metadata: not an actor exported by tinypolicy")
@@ -290,8 +287,6 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
     init (and `seed` is then unused). Raises `UserError` for a dataset or mask that
     does not fit, and if the ONNX file's outputs differ from the NumPy forward pass.
     """
-    from export.onnx_mlp import policy_onnx, save_onnx
-
     started = time.perf_counter()
     dataset = load_dataset(dataset_path)
     overrides = {"hidden": hidden, "activation": activation, "steps": steps, "lr": lr}
@@ -376,7 +371,7 @@ def _positive(kind):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The retrain options, shared by `tinypolicy retrain` and `python -m pipeline.retrain`."""
+    """The retrain options, shared by `tinypolicy retrain` and `python -m ondevice.retrain` on a robot."""
     parser.add_argument("dataset", type=Path, metavar="DATASET", help="a dataset directory (or its dataset.npz)")
     parser.add_argument("--out", required=True, type=Path, metavar="POLICY.onnx")
     parser.add_argument("--hidden", type=_hidden_sizes, default=None, metavar="W,W",
@@ -405,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.retrain",
+    parser = argparse.ArgumentParser(prog="python -m ondevice.retrain",
                                      description="Retrain a policy from a distilled dataset (NumPy + onnx only).")
     add_arguments(parser)
     try:

@@ -1,7 +1,7 @@
 """Compare finished training runs against their dense baseline: return ratio, nnz,
 training and inference FLOPs, env steps/s, and a learning-curve plot.
 
-    python -m export.train_report runs/hopper-td3-dense-s0 runs/hopper-td3-rlx2-s0 \\
+    python -m benchmarks.train_report runs/hopper-td3-dense-s0 runs/hopper-td3-rlx2-s0 \\
         --markdown docs/results/train_table.md --plot docs/results/train_curves.png
 
 Runs of one env and method (and precision) are seeds of one configuration: the table gives
@@ -10,7 +10,7 @@ the 100% reference. A run's score
 is the mean evaluation return over its last 10% of evaluations (the paper averages its
 last 30 of 600), so a single lucky evaluation does not decide the comparison.
 
-`--reference DIR ...` adds Stable-Baselines3 runs of `python -m export.sb3_reference`
+`--reference DIR ...` adds Stable-Baselines3 runs of `python -m benchmarks.sb3_reference`
 (same hyperparameters and evaluation) as rows and dashed curves; they are not part of
 the dense reference.
 """
@@ -24,38 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from export.flops import inference_flops, training_flops_per_step, weight_count
-from pipeline.checkpoint import load_checkpoint
-from pipeline.errors import UserError
-
-
-def summarise(run: Path) -> dict:
-    ckpt = load_checkpoint(run / "checkpoint.pt")
-    with (run / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise UserError(f"{run}/metrics.csv has no evaluations")
-    tail = rows[-max(1, len(rows) // 10):]
-    actor, critic = ckpt.build_actor(), ckpt.build_critic()
-    cfg = ckpt.config
-    final = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else None
-    return {
-        "run": str(run), "env": ckpt.env_id, "method": cfg["method"], "algo": cfg["algo"], "seed": cfg["seed"],
-        "precision": cfg.get("precision", "fp32"),
-        "label": _label(cfg),
-        "steps": ckpt.steps_done, "score": sum(float(r["eval_return"]) for r in tail) / len(tail),
-        "final_return": final["mean_return"] if final else None,
-        "actor_nnz": weight_count(actor), "actor_weights": weight_count(actor, sparse=False),
-        "critic_nnz": weight_count(critic), "critic_weights": weight_count(critic, sparse=False),
-        "train_flops": training_flops_per_step(actor, critic, cfg["policy_freq"]),
-        "infer_flops": inference_flops(actor),
-        "steps_per_s": final["steps_per_s"] if final else None,
-        "curve": [(int(r["step"]), float(r["eval_return"])) for r in rows],
-    }
+from tinypolicy.pipeline.sweep import summarise_run
+from tinypolicy.ondevice.errors import UserError
 
 
 def summarise_reference(run: Path) -> dict:
-    """An `export.sb3_reference` run: its curve, score and final return."""
+    """An `benchmarks.sb3_reference` run: its curve, score and final return."""
     try:
         final = json.loads((run / "eval.json").read_text())
         with (run / "metrics.csv").open() as f:
@@ -71,16 +45,6 @@ def summarise_reference(run: Path) -> dict:
             "final_return": final["mean_return"], "curve": curve}
 
 
-def _label(cfg: dict) -> str:
-    """The configuration a run belongs to: method, sparsities (sparse methods) and precision."""
-    label = cfg["method"]
-    if cfg["method"] != "dense":
-        label += f" {100 * cfg['actor_sparsity']:g}/{100 * cfg['critic_sparsity']:g}"
-    if cfg.get("precision", "fp32") != "fp32":
-        label += f" ({cfg['precision']})"
-    return label
-
-
 def _mean_sd(values: np.ndarray) -> str:
     return f"{values.mean():.1f}" if len(values) == 1 else f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
 
@@ -90,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
-    parser.add_argument("--reference", nargs="*", type=Path, default=[], help="export.sb3_reference run directories")
+    parser.add_argument("--reference", nargs="*", type=Path, default=[], help="benchmarks.sb3_reference run directories")
     args = parser.parse_args(argv)
     if not args.runs and not args.reference:
         parser.error("give at least one run directory or --reference directory")
     try:
-        runs = [summarise(r) for r in args.runs]
+        runs = [summarise_run(r) for r in args.runs]
         references = [summarise_reference(r) for r in args.reference]
     except UserError as exc:
         parser.exit(2, f"train_report: error: {exc}\n")

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.errors import UserError
+from .errors import UserError
 
 OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: loadable by ONNX Runtime >= 1.11

@@ -3,7 +3,7 @@
 Reads each run folder's summary.json (written by `tinypolicy distill`) and, when given, the
 expert's and a random policy's returns, and prints one row per run:
 
-    python -m export.hades_table runs/hopper-d64-f-zeros runs/hopper-d64-f-expert \
+    python -m benchmarks.hades_table runs/hopper-d64-f-zeros runs/hopper-d64-f-expert \
         --expert-return 2500.0 --out docs/results/hades_hopper.md
 """
 from __future__ import annotations

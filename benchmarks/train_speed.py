@@ -22,7 +22,7 @@ activations), in each of the benchmarked precisions. No implementation of the sa
 algorithm at the same network sizes and precision can beat its speed, so its ratio to
 SB3 bounds what can be reached here.
 
-    python -m export.bench_train --env Hopper-v5 --steps 3000 --threads 1,2
+    python -m benchmarks.train_speed --env Hopper-v5 --steps 3000 --threads 1,2
 """
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ from typing import Callable
 
 import torch
 
-from pipeline.artefact import write_json
+from tinypolicy.ondevice.artefact import write_json
 
 
 def tinypolicy_runner(env_id: str, algo: str, method: str, precision: str, warmup: int, threads: int,
                       seed: int) -> Callable[[int], None]:
-    from pipeline.train import Trainer, TrainConfig
+    from tinypolicy.pipeline.train import Trainer, TrainConfig
 
     cfg = TrainConfig(env_id=env_id, algo=algo, method=method, actor_sparsity=0.9, critic_sparsity=0.85,
                       total_steps=300_000, learning_starts=warmup, nstep_start=0, threads=threads, seed=seed,
@@ -56,9 +56,9 @@ def tinypolicy_runner(env_id: str, algo: str, method: str, precision: str, warmu
 
 
 def sb3_runner(env_id: str, algo: str, warmup: int, threads: int, seed: int) -> Callable[[int], None]:
-    from export.sb3_reference import sb3_model
-    from pipeline.envs import make_env
-    from pipeline.train import TrainConfig
+    from benchmarks.sb3_reference import sb3_model
+    from tinypolicy.envs import make_env
+    from tinypolicy.pipeline.train import TrainConfig
 
     torch.set_num_threads(threads)
     cfg = TrainConfig(env_id=env_id, algo=algo, method="dense", total_steps=300_000, seed=seed)
@@ -104,8 +104,8 @@ def floor_runner(env_id: str, algo: str, precision: str, warmup: int, threads: i
                  seed: int) -> Callable[[int], None]:
     """`precision` "bf16" multiplies every product in bfloat16, the first and last layers
     too (tinypolicy keeps those in float32), so it bounds the bf16 trainers from above."""
-    from pipeline.envs import make_env
-    from pipeline.train import PRECISIONS, TrainConfig
+    from tinypolicy.envs import make_env
+    from tinypolicy.pipeline.train import PRECISIONS, TrainConfig
 
     torch.set_num_threads(threads)
     cfg = TrainConfig(env_id=env_id, algo=algo)
@@ -261,8 +261,8 @@ def handwritten_runner(env_id: str, precision: str, warmup: int, threads: int, s
     """Env step, one-row policy forward, then `HandwrittenTD3.update` on a fixed random
     batch: what tinypolicy's TD3 would reach without autograd and modules, before paying
     for replay sampling (an upper bound for such a rewrite, not a trainer)."""
-    from pipeline.envs import make_env
-    from pipeline.train import PRECISIONS, TrainConfig
+    from tinypolicy.envs import make_env
+    from tinypolicy.pipeline.train import PRECISIONS, TrainConfig
 
     torch.set_num_threads(threads)
     cfg = TrainConfig(env_id=env_id, algo="td3")
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all(t.strip().isdigit() and int(t) > 0 for t in args.threads.split(",")):
         parser.error("--threads must be positive integers separated by commas, e.g. 1,2")
 
-    from pipeline.train import native_bf16
+    from tinypolicy.pipeline.train import native_bf16
 
     thread_counts = [int(t) for t in args.threads.split(",")]
     precisions = args.precisions or ("fp32,bf16" if native_bf16() else "fp32")

@@ -7,7 +7,7 @@ budget? Evaluation matches `tinypolicy train`: every `--eval-interval` env steps
 `--eval-episodes` deterministic episodes on seeds seed + 100, ...; the output directory gets
 `metrics.csv` (step, eval_return, eval_return_std, elapsed_s) and `eval.json`.
 
-    python -m export.sb3_reference --env Hopper-v5 --algo td3 --steps 300000 --seed 0 \\
+    python -m benchmarks.sb3_reference --env Hopper-v5 --algo td3 --steps 300000 --seed 0 \\
         --out runs/hopper-td3-sb3-s0
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artefact import write_json
-from pipeline.envs import evaluate_policy, make_env
-from pipeline.errors import UserError
-from pipeline.train import Schedule, TrainConfig
+from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.envs import evaluate_policy, make_env
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.train import Schedule, TrainConfig
 
 
 def sb3_model(cfg: TrainConfig, env, learning_starts: int):

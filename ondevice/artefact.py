@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.errors import UserError
+from .errors import UserError
 
 
 def sha256_file(path: Path) -> str:

@@ -1,6 +1,6 @@
 """Export and bench several checkpoints in one go and write the results docs/BENCHMARKS.md cites.
 
-    python -m export.bench_docs runs/hopper-td3-rlx2-s0/checkpoint.pt runs/halfcheetah-td3-rlx2-s0/checkpoint.pt
+    python -m benchmarks.export_docs runs/hopper-td3-rlx2-s0/checkpoint.pt runs/halfcheetah-td3-rlx2-s0/checkpoint.pt
 
 For each checkpoint (a missing one is skipped with a note): copy it (training may be
 rewriting it), `export_bundle` into artifacts/export/NAME, `bench_bundle`, and copy
@@ -16,8 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
-from export.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, bench_bundle
-from export.bundle import MANIFEST, export_bundle
+from tinypolicy.export.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, bench_bundle
+from tinypolicy.export.bundle import MANIFEST, export_bundle
 
 
 def table(results: dict[str, tuple[dict, dict]]) -> str:
@@ -62,10 +62,10 @@ def untrained_checkpoint(env_id: str, sparsity: float, path: Path, seed: int = 0
     """A checkpoint of a TD3 actor (256-256) with RLx2's initial topology, never trained."""
     import torch
 
-    from models import TwinCritic, make_actor
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.envs import make_env
-    from pipeline.train import sparsify
+    from tinypolicy.models import TwinCritic, make_actor
+    from tinypolicy.checkpoint import save_checkpoint
+    from tinypolicy.envs import make_env
+    from tinypolicy.models import sparsify
 
     env = make_env(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]

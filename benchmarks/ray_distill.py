@@ -1,7 +1,7 @@
 """HaDES generation time on 1 and 2 rollout workers (local processes and Ray), measured side
 by side in one run, and a scaling projection for N nodes from the measured per-member costs.
 
-    python -m export.bench_ray --out docs/results/bench_ray.json
+    python -m benchmarks.ray_distill --out docs/results/bench_ray.json
 
 Each configuration distils the same run (same seed, so the same members and episodes) for
 a few generations from scratch; `fitness.csv` splits every generation into batched BC
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.distill import DistillConfig, distill
+from tinypolicy.pipeline.distill import DistillConfig, distill
 
 CONFIGS = (("local", 1), ("local", 2), ("ray", 2))
 

@@ -6,7 +6,7 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-from pipeline.errors import UserError
+from tinypolicy.ondevice.errors import UserError
 
 
 def make_env(env_id: str, seed: int | None = None) -> gym.Env:

@@ -1,46 +1,20 @@
-"""Analytic FLOPs and parameter counts of sparse networks, from their masks.
+"""Parameter and FLOP counts of an ER-sparse TD3 agent against dense: reproduces RLx2's
+per-layer densities and size ratios (docs/DESIGN.md).
 
-A multiply-accumulate is two FLOPs; a sparse layer costs 2 * nnz per sample plus its
-bias. Training FLOPs follow RLx2's accounting: forward, plus about twice that backward.
+    python -m benchmarks.flops --env Hopper-v5 --actor-sparsity 0.98 --critic-sparsity 0.95
 """
 from __future__ import annotations
 
-from torch import nn
+import argparse
 
-from models import sparse_layers
+import torch
 
-
-def inference_flops(net: nn.Module, sparse: bool = True) -> int:
-    """FLOPs of one forward pass on one sample (per ensemble member, summed)."""
-    total = 0
-    for layer in sparse_layers(net):
-        weights = int(layer.mask.sum()) if sparse else layer.mask.numel()
-        total += 2 * weights + layer.bias.numel()
-    return total
-
-
-def weight_count(net: nn.Module, sparse: bool = True) -> int:
-    """Weights of the sparse layers (biases excluded), nonzero only when `sparse`."""
-    return sum(int(l.mask.sum()) if sparse else l.mask.numel() for l in sparse_layers(net))
-
-
-def training_flops_per_step(actor: nn.Module, critic: nn.Module, policy_freq: int, sparse: bool = True) -> float:
-    """FLOPs of one TD3 env step's updates (batch of one): target (actor + twin critic
-    forward), critic forward + backward (about 3x forward), and every `policy_freq`
-    steps an actor update (actor 3x forward, one critic head forward and backward)."""
-    a, c = inference_flops(actor, sparse), inference_flops(critic, sparse)
-    return (a + c) + 3 * c + (3 * a + 1.5 * c) / policy_freq
+from tinypolicy.envs import make_env
+from tinypolicy.models import TwinCritic, make_actor, sparse_layers, sparsify
+from tinypolicy.models.flops import inference_flops, training_flops_per_step, weight_count
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    import torch
-
-    from models import TwinCritic, make_actor
-    from pipeline.envs import make_env
-    from pipeline.train import sparsify
-
     parser = argparse.ArgumentParser(description="Parameter and FLOP counts of an ER-sparse TD3 agent vs dense.")
     parser.add_argument("--env", required=True)
     parser.add_argument("--actor-sparsity", type=float, required=True)

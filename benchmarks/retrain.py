@@ -1,6 +1,6 @@
 """On-device retraining benchmark: time on one core, and MuJoCo returns vs the torch inner loop.
 
-1. Time: `python -m pipeline.retrain DATASET --hidden 64,64 --activation tanh` run as a
+1. Time: `python -m tinypolicy.ondevice.retrain DATASET --hidden 64,64 --activation tanh` run as a
    fresh process `--timing-runs` times with one BLAS/OpenMP thread, pinned to one core
    (taskset); the median of the trainer's own clock and of the whole command's wall time.
 2. Returns: for each seed, the NumPy retrained ONNX actor run under ONNX Runtime and the
@@ -11,7 +11,7 @@
 4. With `--mask ACTOR.onnx`: retraining with the exported actor's topology, hidden tanh
    (the recipe's) and relu (the mask actor's), per seed, and the mask actor's own return.
 
-    python -m export.bench_retrain --dataset DIR [--mask ACTOR.onnx] --seeds 0,1,2,3,4,5,6,7,8,9 \
+    python -m benchmarks.retrain --dataset DIR [--mask ACTOR.onnx] --seeds 0,1,2,3,4,5,6,7,8,9 \
         --episodes 10 --out docs/results/bench_retrain_hopper.json
 """
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dataset import Dataset, load_dataset
-from pipeline.envs import evaluate_policy
-from pipeline.retrain import read_init, retrain
+from tinypolicy.ondevice.dataset import Dataset, load_dataset
+from tinypolicy.envs import evaluate_policy
+from tinypolicy.ondevice.retrain import read_init, retrain
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -57,7 +57,7 @@ def time_cli(dataset: Path, runs: int, workdir: Path) -> dict:
     env = {**os.environ, **ONE_THREAD}
     train, cpu, wall, command_cpu = [], [], [], []
     for run in range(runs):
-        command = [*pin, sys.executable, "-m", "pipeline.retrain", str(dataset), "--out",
+        command = [*pin, sys.executable, "-m", "tinypolicy.ondevice.retrain", str(dataset), "--out",
                    str(workdir / "timing.onnx"), "--hidden", "64,64", "--activation", "tanh", "--seed", str(run)]
         started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
@@ -75,7 +75,7 @@ def time_cli(dataset: Path, runs: int, workdir: Path) -> dict:
 
 
 def numpy_retrain(dataset_path: Path, workdir: Path, **options):
-    """pipeline.retrain to an ONNX file, run under ONNX Runtime: seed -> (policy, summary)."""
+    """tinypolicy.ondevice.retrain to an ONNX file, run under ONNX Runtime: seed -> (policy, summary)."""
     def train(seed: int):
         out = workdir / f"policy-{seed}.onnx"
         summary = retrain(dataset_path, out, seed=seed, **options)
@@ -88,7 +88,7 @@ def torch_inner_loop(dataset: Dataset, init_path: Path | None = None):
     own init with `seed` or from `init_path`: seed -> (obs -> env-unit action, summary)."""
     import torch
 
-    from models.bc import BCParams, gaussian_nll, init_params, policy_mean, train_bc
+    from tinypolicy.models.bc import BCParams, gaussian_nll, init_params, policy_mean, train_bc
 
     torch.set_num_threads(1)
     recipe = replace(dataset.recipe, hidden=(64, 64), activation="tanh")

@@ -1,0 +1,3 @@
+from tinypolicy.pipeline.cli import main
+
+raise SystemExit(main())
