@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
 
-.PHONY: install test test-fast compress bench-train bench-embedded clean embedded-deps render-deps distill ad
+.PHONY: install test test-fast lint-imports compress bench-train bench-embedded clean embedded-deps render-deps distill ad
 
 # MuJoCo renders offscreen through EGL (Mesa's software driver when there is no GPU)
 export MUJOCO_GL ?= egl
@@ -35,6 +35,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
+
+# The layering contract (.importlinter) alone; `make test` runs it too. It checks a staged
+# copy in which ondevice/, models/, export/ and pipeline/ sit inside tinypolicy/, as installed.
+lint-imports: $(STAMP)
+	$(PY) -m pytest -q tests/test_layout.py -k import_linter
 
 # The embedded and rendering stages need Debian packages; without root they are skipped
 # (the report says so) rather than failing the whole pipeline.

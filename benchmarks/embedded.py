@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.export_docs import untrained_checkpoint
+from tinypolicy.export.bundle import export_bundle, load_bundle
 from tinypolicy.export.embedded import TARGETS, embedded_report, write_embedded_json
 from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.ondevice.errors import UserError
@@ -33,8 +34,6 @@ UNTRAINED = (("halfcheetah-90", "HalfCheetah-v5", 0.90), ("halfcheetah-95", "Hal
 
 
 def exported(checkpoint: Path, bundle: Path, parity_samples: int, progress: bool) -> dict:
-    from tinypolicy.export.bundle import export_bundle, load_bundle
-
     try:
         return load_bundle(bundle)
     except UserError:  # not exported yet, or interrupted: export (again)

@@ -16,8 +16,13 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
+from tinypolicy.checkpoint import save_checkpoint
+from tinypolicy.envs import make_env
 from tinypolicy.export.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, bench_bundle
 from tinypolicy.export.bundle import MANIFEST, export_bundle
+from tinypolicy.models import TwinCritic, make_actor, sparsify
 
 
 def table(results: dict[str, tuple[dict, dict]]) -> str:
@@ -60,13 +65,6 @@ def results_in(work: Path) -> dict[str, tuple[dict, dict]]:
 
 def untrained_checkpoint(env_id: str, sparsity: float, path: Path, seed: int = 0) -> Path:
     """A checkpoint of a TD3 actor (256-256) with RLx2's initial topology, never trained."""
-    import torch
-
-    from tinypolicy.models import TwinCritic, make_actor
-    from tinypolicy.checkpoint import save_checkpoint
-    from tinypolicy.envs import make_env
-    from tinypolicy.models import sparsify
-
     env = make_env(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high

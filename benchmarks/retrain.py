@@ -5,7 +5,7 @@
    (taskset); the median of the trainer's own clock and of the whole command's wall time.
 2. Returns: for each seed, the NumPy retrained ONNX actor run under ONNX Runtime and the
    torch inner loop's policy trained on the same dataset with the same seed, each
-   evaluated deterministically in MuJoCo (pipeline.envs.evaluate_policy); in-process
+   evaluated deterministically in MuJoCo (tinypolicy.envs.evaluate_policy); in-process
    training times (wall and CPU) of both side by side, one thread each.
 3. With `--init INIT.npz` (a HaDES-F dataset's fixed init): both trainers once from it.
 4. With `--mask ACTOR.onnx`: retraining with the exported actor's topology, hidden tanh
@@ -31,9 +31,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from tinypolicy.ondevice.dataset import Dataset, load_dataset
 from tinypolicy.envs import evaluate_policy
+from tinypolicy.models.bc import BCParams, gaussian_nll, init_params, policy_mean, train_bc
+from tinypolicy.ondevice.dataset import Dataset, load_dataset
 from tinypolicy.ondevice.retrain import read_init, retrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,10 +88,6 @@ def numpy_retrain(dataset_path: Path, workdir: Path, **options):
 def torch_inner_loop(dataset: Dataset, init_path: Path | None = None):
     """The HaDES inner loop (models/bc.py, torch, one thread) as a 64-64 tanh policy, from its
     own init with `seed` or from `init_path`: seed -> (obs -> env-unit action, summary)."""
-    import torch
-
-    from tinypolicy.models.bc import BCParams, gaussian_nll, init_params, policy_mean, train_bc
-
     torch.set_num_threads(1)
     recipe = replace(dataset.recipe, hidden=(64, 64), activation="tanh")
     states, actions = torch.as_tensor(dataset.states), torch.as_tensor(dataset.actions)

@@ -13,17 +13,17 @@ budget? Evaluation matches `tinypolicy train`: every `--eval-interval` env steps
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.envs import evaluate_policy, make_env
+from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.train import Schedule, TrainConfig
+from tinypolicy.tables import CsvLog
 
 
 def sb3_model(cfg: TrainConfig, env, learning_starts: int):
@@ -70,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     model = sb3_model(cfg, env, warmup)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    metrics = args.out / "metrics.csv"
-    fields = ["step", "eval_return", "eval_return_std", "elapsed_s"]
-    with metrics.open("w", newline="") as f:
-        csv.DictWriter(f, fields).writeheader()
+    metrics = CsvLog(args.out / "metrics.csv", ["step", "eval_return", "eval_return_std", "elapsed_s"])
     start = time.perf_counter()
 
     def evaluate() -> np.ndarray:
@@ -84,10 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         def _on_step(self) -> bool:
             if self.num_timesteps % cfg.eval_interval == 0:
                 returns = evaluate()
-                with metrics.open("a", newline="") as f:
-                    csv.DictWriter(f, fields).writerow({
-                        "step": self.num_timesteps, "eval_return": float(returns.mean()),
-                        "eval_return_std": float(returns.std()), "elapsed_s": time.perf_counter() - start})
+                metrics.write({"step": self.num_timesteps, "eval_return": float(returns.mean()),
+                               "eval_return_std": float(returns.std()), "elapsed_s": time.perf_counter() - start})
                 print(f"step {self.num_timesteps}: return {returns.mean():.1f}", flush=True)
             return True
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tinypolicy.pipeline.sweep import summarise_run
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.sweep import summarise_run
+from tinypolicy.plots import save_figure, subplots
 
 
 def summarise_reference(run: Path) -> dict:
@@ -100,12 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table + "\n")
     if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         envs = list(dict.fromkeys(env for env, _ in [*groups, *ref_groups]))
-        fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
+        fig, axes = subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
         for ax, env in zip(axes[0], envs):
             for (e, label), group in groups.items():
                 if e != env:
@@ -123,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             ax.set(title=f"{env}, TD3, one line per seed", xlabel="env steps", ylabel="eval return (10 episodes)")
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.tight_layout()
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot, dpi=110)
+        save_figure(fig, args.plot)
     return 0
 
 

@@ -27,20 +27,21 @@ SB3 bounds what can be reached here.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from benchmarks.sb3_reference import sb3_model
+from tinypolicy.envs import make_env
+from tinypolicy.export.bench import cpu_model
 from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.pipeline.train import PRECISIONS, TrainConfig, Trainer, native_bf16
 
 
 def tinypolicy_runner(env_id: str, algo: str, method: str, precision: str, warmup: int, threads: int,
                       seed: int) -> Callable[[int], None]:
-    from tinypolicy.pipeline.train import Trainer, TrainConfig
-
     cfg = TrainConfig(env_id=env_id, algo=algo, method=method, actor_sparsity=0.9, critic_sparsity=0.85,
                       total_steps=300_000, learning_starts=warmup, nstep_start=0, threads=threads, seed=seed,
                       precision=precision)
@@ -56,10 +57,6 @@ def tinypolicy_runner(env_id: str, algo: str, method: str, precision: str, warmu
 
 
 def sb3_runner(env_id: str, algo: str, warmup: int, threads: int, seed: int) -> Callable[[int], None]:
-    from benchmarks.sb3_reference import sb3_model
-    from tinypolicy.envs import make_env
-    from tinypolicy.pipeline.train import TrainConfig
-
     torch.set_num_threads(threads)
     cfg = TrainConfig(env_id=env_id, algo=algo, method="dense", total_steps=300_000, seed=seed)
     model = sb3_model(cfg, make_env(env_id), warmup)
@@ -104,9 +101,6 @@ def floor_runner(env_id: str, algo: str, precision: str, warmup: int, threads: i
                  seed: int) -> Callable[[int], None]:
     """`precision` "bf16" multiplies every product in bfloat16, the first and last layers
     too (tinypolicy keeps those in float32), so it bounds the bf16 trainers from above."""
-    from tinypolicy.envs import make_env
-    from tinypolicy.pipeline.train import PRECISIONS, TrainConfig
-
     torch.set_num_threads(threads)
     cfg = TrainConfig(env_id=env_id, algo=algo)
     env = make_env(env_id, seed=seed)
@@ -261,9 +255,6 @@ def handwritten_runner(env_id: str, precision: str, warmup: int, threads: int, s
     """Env step, one-row policy forward, then `HandwrittenTD3.update` on a fixed random
     batch: what tinypolicy's TD3 would reach without autograd and modules, before paying
     for replay sampling (an upper bound for such a rewrite, not a trainer)."""
-    from tinypolicy.envs import make_env
-    from tinypolicy.pipeline.train import PRECISIONS, TrainConfig
-
     torch.set_num_threads(threads)
     cfg = TrainConfig(env_id=env_id, algo="td3")
     env = make_env(env_id, seed=seed)
@@ -292,16 +283,6 @@ def handwritten_runner(env_id: str, precision: str, warmup: int, threads: int, s
     return run
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v5")
@@ -322,8 +303,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least --chunk, and --chunk positive")
     if not all(t.strip().isdigit() and int(t) > 0 for t in args.threads.split(",")):
         parser.error("--threads must be positive integers separated by commas, e.g. 1,2")
-
-    from tinypolicy.pipeline.train import native_bf16
 
     thread_counts = [int(t) for t in args.threads.split(",")]
     precisions = args.precisions or ("fp32,bf16" if native_bf16() else "fp32")
@@ -359,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             r["ratio_to_fastest_sb3"] = r["steps_per_s"] / max(sb3.values())
         rows += algo_rows
 
-    print(f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}): {args.env}, {args.steps} timed env steps "
+    print(f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}): {args.env}, {args.steps} timed env steps "
           f"each after {args.warmup} warm-up, interleaved in chunks of {args.chunk}")
     print(f"{'algo':5} {'implementation':23} {'threads':>7} {'env steps/s':>12} {'vs SB3':>7} {'vs fastest SB3':>15}"
           f"  chunk range")
@@ -372,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"env": args.env, "steps": args.steps, "warmup": args.warmup, "threads": thread_counts,
                   "chunk": args.chunk,
                   "seed": args.seed, "torch": torch.__version__, "sb3": stable_baselines3.__version__,
-                  "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "date": time.strftime("%Y-%m-%d"),
+                  "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "date": time.strftime("%Y-%m-%d"),
                   "rows": rows}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, result)

@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tinypolicy.export.runtimes import ort_session
 from tinypolicy.models.ad_transformer import ADStepPolicy, ADTransformer
+from tinypolicy.ondevice.artefact import atomic_write
 
 OPSET = 17
 INPUTS = ("states", "prev_actions", "prev_rewards", "valid_length")
@@ -33,11 +33,9 @@ def export_step_onnx(model: ADTransformer, path: Path) -> Path:
                torch.zeros(1, window), torch.tensor([window], dtype=torch.long))
     step = ADStepPolicy(model).eval()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.onnx")
     # The TorchScript exporter: the dynamo one needs onnxscript, which the project does not ship.
-    torch.onnx.export(step, example, tmp, dynamo=False, opset_version=OPSET, input_names=list(INPUTS),
-                      output_names=["logits"])
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.onnx.export(step, example, tmp, dynamo=False, opset_version=OPSET,
+                                                     input_names=list(INPUTS), output_names=["logits"]))
     return path
 
 

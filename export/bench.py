@@ -30,14 +30,16 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
+from tinypolicy.envs import evaluate_policy
 from tinypolicy.export.bundle import FILES, load_bundle
 from tinypolicy.export.embedded import update_bench_report
 from tinypolicy.export.mlp import MLPPolicy
-from tinypolicy.ondevice.onnx_mlp import read_policy_onnx, save_onnx
 from tinypolicy.export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
-from tinypolicy.ondevice.artefact import write_json
-from tinypolicy.envs import evaluate_policy
+from tinypolicy.export.settings import BenchConfig
+from tinypolicy.ondevice.artefact import write_json, write_text
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.ondevice.onnx_mlp import read_policy_onnx, save_onnx
+from tinypolicy.plots import save_figure, subplots
 
 BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
 VARIANTS = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense")
@@ -90,7 +92,8 @@ def _gcc_version() -> str:
         return "unknown"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, for the machine line of every benchmark."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -100,8 +103,9 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, calls: int = 5_000,
-                 c_calls: int = 100_000, rounds: int = 5, episodes: int = 5, seed: int = 1000,
+def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, calls: int = BenchConfig.calls,
+                 c_calls: int = BenchConfig.c_calls, rounds: int = BenchConfig.rounds,
+                 episodes: int = BenchConfig.episodes, seed: int = BenchConfig.seed,
                  progress: bool = True) -> dict[str, Any]:
     """Measure every variant of the bundle; writes bench.json, bench.md and bench.png into
     `out_dir` (default the bundle) and returns the bench.json content."""
@@ -175,7 +179,7 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
         "bundle": str(folder), "env_id": manifest["env_id"],
         "checkpoint": manifest["checkpoint"],
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpu": _cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
                     "onnxruntime": ort.__version__, "numpy": np.__version__, "gcc": _gcc_version(),
                     "threads": 1, "c_flags": "-std=c99 -O2 (shared library, -fPIC)"},
         "settings": {"calls": calls, "c_calls": c_calls, "rounds": rounds, "warmup_fraction": 0.1,
@@ -222,20 +226,14 @@ def _write_markdown(path: Path, r: dict[str, Any]) -> None:
               "| parameter bytes: dense fp32 | pruned fp32 | sparse tables (C) |", "|---:|---:|---:|",
               f"| {b['dense_fp32']:,} | {b['pruned_fp32']:,} | {b['sparse_fp32']:,} |", "",
               "| file | bytes |", "|---|---:|", *(f"| {FILES[k]} | {v:,} |" for k, v in f.items()), ""]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text(path, "\n".join(lines))
 
 
 def _plot(path: Path, r: dict[str, Any]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [*VARIANTS, "ort_identity"]
     p50 = np.array([r["latency"][n]["p50_us"] for n in names])
     p99 = np.array([r["latency"][n]["p99_us"] for n in names])
-    fig, (ax_lat, ax_ret) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax_lat, ax_ret) = subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     y = np.arange(len(names))
     ax_lat.barh(y, p50, xerr=[np.zeros_like(p50), p99 - p50], color="tab:blue", capsize=3)
     ax_lat.set_yticks(y, [LABELS[n] for n in names])
@@ -250,8 +248,4 @@ def _plot(path: Path, r: dict[str, Any]) -> None:
     ax_ret.set_xticks(range(len(ret_names)), ret_names, rotation=30, ha="right")
     ax_ret.set_ylabel(f"return ({r['settings']['episodes']} episodes)")
     ax_ret.set_title("return of each variant")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

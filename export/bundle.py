@@ -26,17 +26,18 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from tinypolicy.export.c_codegen import DENSE, HEADER, SPARSE, sparse_table_bytes, write_c_sources
-from tinypolicy.export.mlp import MLPPolicy, policy_from_actor
-from tinypolicy.ondevice.onnx_mlp import save_onnx
-from tinypolicy.export.prune import PruneResult, remove_dead_neurons
-from tinypolicy.export.runtimes import CKernels, ort_actions, ort_session
-from tinypolicy.models import sparse_layers
 from tinypolicy import __version__
 from tinypolicy.checkpoint import Checkpoint, load_checkpoint
-from tinypolicy.ondevice.artefact import read_manifest, sha256_file, write_json
-from tinypolicy.envs import actor_policy, evaluate_policy, make_env
+from tinypolicy.envs import actor_policy, evaluate_policy, make_env, rollout
+from tinypolicy.export.c_codegen import DENSE, HEADER, SPARSE, sparse_table_bytes, write_c_sources
+from tinypolicy.export.mlp import MLPPolicy, policy_from_actor
+from tinypolicy.export.prune import PruneResult, remove_dead_neurons
+from tinypolicy.export.runtimes import CKernels, ort_actions, ort_session
+from tinypolicy.export.settings import ExportConfig
+from tinypolicy.models import sparse_layers
+from tinypolicy.ondevice.artefact import atomic_write, read_manifest, sha256_file, write_json
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.ondevice.onnx_mlp import save_onnx
 
 FORMAT, VERSION = "tinypolicy.export", 1
 MANIFEST = "export.json"
@@ -72,17 +73,7 @@ def _validated_actor(ckpt: Checkpoint) -> torch.nn.Module:
 
 def rollout_observations(policy, env_id: str, count: int, seed: int) -> np.ndarray:
     """`count` observations visited by `policy` in `env_id` (episodes seeded seed, seed+1, ...)."""
-    env = make_env(env_id)
-    observations, episode = [], 0
-    obs, _ = env.reset(seed=seed)
-    while len(observations) < count:
-        observations.append(obs)
-        obs, _, terminated, truncated, _ = env.step(policy(obs))
-        if terminated or truncated:
-            episode += 1
-            obs, _ = env.reset(seed=seed + episode)
-    env.close()
-    return np.asarray(observations, dtype=np.float32)
+    return np.asarray([step.obs for step in rollout(env_id, policy, seed, steps=count)], dtype=np.float32)
 
 
 def extreme_observations(visited: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -166,8 +157,9 @@ def _max_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
-def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, parity_samples: int = 10_000,
-                  episodes: int = 5, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
+                  parity_samples: int = ExportConfig.parity_samples, episodes: int = ExportConfig.episodes,
+                  seed: int = ExportConfig.seed, progress: bool = True) -> dict[str, Any]:
     """Export a checkpoint's actor to `out_dir`; returns the manifest (export.json).
 
     Raises UserError for an unusable checkpoint and for a failed parity check (the
@@ -200,9 +192,12 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, parity_sampl
     save_onnx(dense.onnx({**metadata, "variant": "masked dense (dead neurons kept)"}), out / FILES["onnx_dense"])
     quantize_int8(out / FILES["onnx"], out / FILES["onnx_int8"], visited, metadata)
     write_c_sources(pruned.policy, out, dense=dense)
-    tmp = out / (FILES["observations"] + ".tmp.npy")
-    np.save(tmp, observations)
-    tmp.replace(out / FILES["observations"])
+
+    def save_observations(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # given a name, NumPy would append ".npy" to the temporary one
+            np.save(f, observations)
+
+    atomic_write(out / FILES["observations"], save_observations)
     steps.update()
 
     with torch.no_grad():

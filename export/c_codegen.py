@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tinypolicy.export.mlp import MLPPolicy
+from tinypolicy.ondevice.artefact import write_text
 
 HEADER, SPARSE, DENSE = "actor.h", "actor.c", "actor_dense.c"
 ROW_WISE_MAX_ROWS = 16
@@ -266,9 +267,7 @@ def write_c_sources(sparse: MLPPolicy, out_dir: str | Path, dense: MLPPolicy | N
     texts = {HEADER: _header(sparse, "policy API"), SPARSE: sparse_source(sparse), DENSE: dense_source(dense)}
     paths = []
     for name, text in texts.items():
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        write_text(out / name, text)
         paths.append(out / name)
     return paths
 

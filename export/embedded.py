@@ -24,7 +24,6 @@ export/embedded_c/, and a third build links the harness alone:
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -37,7 +36,8 @@ from tqdm import tqdm
 
 from tinypolicy.export.bundle import FILES, PARITY_TOLERANCE, load_bundle
 from tinypolicy.export.runtimes import ort_actions, ort_session
-from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.export.settings import TARGETS, Target
+from tinypolicy.ondevice.artefact import write_json, write_text
 from tinypolicy.ondevice.errors import UserError
 
 KERNELS = {"sparse": ("actor.c", "tp_actor"), "dense": ("actor_dense.c", "tp_actor_dense")}
@@ -45,47 +45,6 @@ PARITY_OBSERVATIONS = 16
 QEMU_TIMEOUT_S = 300
 APT_PACKAGES = ("gcc gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm qemu-user "
                 "gcc-aarch64-linux-gnu libc6-dev-arm64-cross")
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    part: str                    # the real chip or board the memory sizes and clock are from
-    prefix: str                  # binutils/gcc prefix
-    cflags: tuple[str, ...]
-    qemu: tuple[str, ...]        # emulator command before the plugin and the program
-    clock_mhz: float
-    cpi: tuple[float, float]     # assumed cycles per instruction, for the estimate only
-    cpi_note: str
-    flash_kib: int | None = None  # None: a Linux target, no link-time memory limit
-    ram_kib: int | None = None
-    stack_window: int = 12 * 1024  # bytes painted below the harness's frame
-
-    @property
-    def bare_metal(self) -> bool:
-        return self.flash_kib is not None
-
-
-_CORTEX_M_COMMON = ("-mthumb", "-mfloat-abi=hard")
-TARGETS = {
-    "cortex-m4": Target(
-        "cortex-m4", "STM32F405 (Cortex-M4F, 1024 KiB flash, 192 KiB RAM, 168 MHz)", "arm-none-eabi-",
-        ("-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", *_CORTEX_M_COMMON),
-        ("qemu-system-arm", "-M", "mps2-an386"), 168.0, (1.2, 2.0),
-        "single-issue M4F: 1-cycle ALU, 2-cycle loads, 3-cycle VFMA, branch refill; flash wait "
-        "states assumed hidden by the ART accelerator",
-        flash_kib=1024, ram_kib=192),
-    "cortex-m7": Target(
-        "cortex-m7", "STM32F746 (Cortex-M7 with single-precision FPU, 1024 KiB flash, 320 KiB RAM, 216 MHz)",
-        "arm-none-eabi-", ("-mcpu=cortex-m7", "-mfpu=fpv5-sp-d16", *_CORTEX_M_COMMON),
-        ("qemu-system-arm", "-M", "mps2-an500"), 216.0, (0.7, 1.5),
-        "dual-issue M7 with caches warm; flash wait states assumed hidden by the ART/cache",
-        flash_kib=1024, ram_kib=320),
-    "aarch64": Target(
-        "aarch64", "Raspberry Pi 4 (Cortex-A72, Linux, 1.5 GHz)", "aarch64-linux-gnu-",
-        ("-mcpu=cortex-a72",), ("qemu-aarch64", "-cpu", "cortex-a72"), 1500.0, (0.5, 1.2),
-        "out-of-order A72, weights in L2/L1 after the first call", stack_window=64 * 1024),
-}
 CORTEX_M_HEAP_BYTES = 4 * 1024    # newlib-nano stdio buffers for the semihosted files
 CORTEX_M_STACK_BYTES = 16 * 1024
 
@@ -409,9 +368,7 @@ def update_bench_report(markdown_path: str | Path, bundle_dir: str | Path) -> No
     if EMBEDDED_HEADING in text:
         text = text[:text.index(EMBEDDED_HEADING)]
     text = text.rstrip("\n") + "\n\n" + markdown_section(json.loads(results.read_text()))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def summary_lines(report: dict) -> list[str]:

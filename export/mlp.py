@@ -20,8 +20,8 @@ import onnx
 import torch
 from torch import nn
 
-from tinypolicy.ondevice.onnx_mlp import HIDDEN_ACTIVATIONS, OUTPUTS, policy_onnx
 from tinypolicy.models import DeterministicActor, GaussianActor, sparse_layers
+from tinypolicy.ondevice.onnx_mlp import HIDDEN_ACTIVATIONS, OUTPUTS, policy_onnx
 
 
 @dataclass(frozen=True)

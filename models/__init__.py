@@ -3,9 +3,9 @@
 No environment or training-loop code: the export stage and the stages import it on its own.
 Above `tinypolicy.ondevice` and below everything else in the layering (docs/DESIGN.md).
 """
-from tinypolicy.models.sparse import SparseLinear, sparse_layers, weight_sparsity, apply_masks
-from tinypolicy.models.topology import er_densities, layer_nnz, random_masks, sparsify, drop_fraction, rigl_update
 from tinypolicy.models.networks import DeterministicActor, GaussianActor, TwinCritic, make_actor
+from tinypolicy.models.sparse import SparseLinear, apply_masks, sparse_layers, weight_sparsity
+from tinypolicy.models.topology import drop_fraction, er_densities, layer_nnz, random_masks, rigl_update, sparsify
 
 __all__ = [
     "SparseLinear", "sparse_layers", "weight_sparsity", "apply_masks",

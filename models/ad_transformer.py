@@ -18,15 +18,17 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ADConfig:
-    num_states: int = 81
-    num_actions: int = 5
-    window: int = 80            # context length T in transitions
-    dim: int = 64
-    layers: int = 4
-    heads: int = 4
-    ff_dim: int = 256
-    dropout: float = 0.1        # residual and embedding dropout
-    attn_dropout: float = 0.3
+    """The transformer's shape, as a checkpoint stores it; the defaults a run starts from are
+    `ad train`'s (tinypolicy.pipeline.settings.ADTrainConfig)."""
+    num_states: int
+    num_actions: int
+    window: int                 # context length T in transitions
+    dim: int
+    layers: int
+    heads: int
+    ff_dim: int
+    dropout: float              # residual and embedding dropout
+    attn_dropout: float
 
     def __post_init__(self):
         if self.dim % self.heads:

@@ -1,6 +1,6 @@
 """Batched behaviour cloning: P independent policies trained at once on P datasets.
 
-This is the HaDES inner loop (pipeline/dataset.py `BCRecipe`) written as one batched
+This is the HaDES inner loop (`tinypolicy.ondevice.dataset.BCRecipe`) written as one batched
 computation: every layer's weights are stacked over the population ([P, out, in]) and the
 forward pass is a batched matmul, so a whole ES population trains in a few tensor ops
 instead of a Python loop over members. The on-device NumPy trainer follows the same
@@ -30,6 +30,8 @@ OUTPUT_GAIN = 0.01
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu}
 
 
+# Deliberate twin: ondevice/retrain.py trains the same recipe in NumPy (a robot has no torch),
+# with the same parameter layout; tests/test_retrain.py checks the two step for step.
 @dataclass
 class BCParams:
     """Parameters of P MLP policies: weights[k] [P, out, in], biases[k] [P, out], log_std [P, act]."""

@@ -31,16 +31,39 @@ def sha256_file(path: Path) -> str:
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """`write(tmp)` then rename over `path`: a crash leaves the old file or the new, never half."""
+    """`write(tmp)` then rename over `path`: a crash leaves the old file or the new, never half.
+
+    `tmp` is `path` with ".tmp" appended; a `write` that raises leaves the old file and
+    removes `tmp`."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically write `text`."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: Path, data: Any) -> None:
     """Atomically write `data` as indented JSON."""
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:
+    """Atomically write `arrays` as an .npz file."""
+    save = np.savez_compressed if compressed else np.savez
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # given a name, NumPy would append ".npz" to the temporary one
+            save(f, **arrays)
+
+    atomic_write(path, write)
 
 
 def artefact_files(path: Path, stem: str, what: str, hint: str = "") -> tuple[Path, Path]:

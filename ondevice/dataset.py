@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .artefact import (artefact_files, atomic_write, check_hash, load_arrays, read_manifest, sha256_file,
-                               write_json)
+from .artefact import artefact_files, check_hash, load_arrays, read_manifest, sha256_file, write_json, write_npz
 from .errors import UserError
 
 FORMAT = "tinypolicy.dataset"
@@ -130,12 +129,7 @@ def save_dataset(dataset: Dataset, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     npz = directory / "dataset.npz"
-
-    def write_npz(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez(f, **{name: getattr(dataset, name) for name in ARRAYS})
-
-    atomic_write(npz, write_npz)
+    write_npz(npz, {name: getattr(dataset, name) for name in ARRAYS})
     dataset.sha256 = sha256_file(npz)
     info = {"format": FORMAT, "version": VERSION, "env_id": dataset.env_id, "size": dataset.size,
             "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim, "sha256": dataset.sha256,

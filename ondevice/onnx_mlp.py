@@ -15,13 +15,13 @@ PyTorch is not installed.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .artefact import atomic_write
 from .errors import UserError
 
 OPSET = 17
@@ -93,9 +93,7 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write atomically (a temporary name, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(model.SerializeToString()))
     return path
 
 

@@ -1,6 +1,6 @@
 """On-device retraining: behaviour cloning from a distilled dataset with NumPy alone.
 
-A robot that receives a distilled dataset (pipeline/dataset.py) retrains its own policy,
+A robot that receives a distilled dataset (ondevice/dataset.py) retrains its own policy,
 at its own size, in about a second, with no PyTorch and no simulator, and writes an ONNX
 actor with the export stage's contract (observation in env units in, action in env units
 out, normalisation inside).
@@ -46,6 +46,7 @@ import numpy as np
 from . import __version__
 from .dataset import ACTIVATIONS, BCRecipe, Dataset, load_dataset
 from .errors import UserError
+from .flags import layer_sizes, positive_float, positive_int
 from .onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
 
 ADAM_BETAS = (0.9, 0.999)
@@ -53,6 +54,8 @@ CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (norm + 1e-6); matc
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+# Deliberate twin: tinypolicy.models.bc trains the same recipe batched in torch (the HaDES inner
+# loop) with the same parameter layout; this copy exists because a robot has no torch.
 @dataclass
 class MLPParams:
     """weights[l] is [out, in] (the ONNX writer's layout); log_std is [act_dim]."""
@@ -348,38 +351,16 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
     }
 
 
-def _hidden_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"hidden sizes look like 64,64, got {text!r}") from None
-    if min(sizes) <= 0:
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
-    return sizes
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0 or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-        return value
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The retrain options, shared by `tinypolicy retrain` and `python -m ondevice.retrain` on a robot."""
     parser.add_argument("dataset", type=Path, metavar="DATASET", help="a dataset directory (or its dataset.npz)")
     parser.add_argument("--out", required=True, type=Path, metavar="POLICY.onnx")
-    parser.add_argument("--hidden", type=_hidden_sizes, default=None, metavar="W,W",
+    parser.add_argument("--hidden", type=layer_sizes, default=None, metavar="W,W",
                         help="hidden sizes (default: the dataset recipe's; with --mask: the mask's)")
     parser.add_argument("--activation", choices=ACTIVATIONS, default=None,
                         help="hidden activation (default: the dataset recipe's, also with --mask)")
-    parser.add_argument("--steps", type=_positive(int), default=None, metavar="N", help="full-batch Adam steps (default: recipe)")
-    parser.add_argument("--lr", type=_positive(float), default=None, metavar="X", help="Adam learning rate (default: recipe)")
+    parser.add_argument("--steps", type=positive_int, default=None, metavar="N", help="full-batch Adam steps (default: recipe)")
+    parser.add_argument("--lr", type=positive_float, default=None, metavar="X", help="Adam learning rate (default: recipe)")
     parser.add_argument("--mask", type=Path, default=None, metavar="ACTOR.onnx",
                         help="keep the sparse topology of this exported actor (same env and dims)")
     parser.add_argument("--init", type=Path, default=None, metavar="INIT.npz",

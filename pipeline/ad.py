@@ -18,10 +18,9 @@ Four stages, each reading the previous one's artefact:
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,40 +29,50 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from tinypolicy.checkpoint import load_torch_artefact, save_torch_artefact
+from tinypolicy.config import check_choices, from_dict, refuse_other_settings
 from tinypolicy.export.ad_onnx import OPSET as ONNX_OPSET
 from tinypolicy.export.ad_onnx import export_step_onnx, ort_step_function, step_latency_ms
 from tinypolicy.export.runtimes import ort_session
 from tinypolicy.models.ad_transformer import ADConfig, ADTransformer
-from tinypolicy.pipeline.darkroom import (CENTRE, DARK_ROOM_STEPS, NUM_ACTIONS, NUM_STATES, BatchDarkRoom, all_cells,
-                               optimal_return)
-from tinypolicy.ondevice.artefact import (artefact_files, atomic_write, check_hash, load_arrays, read_manifest, sha256_file,
-                               write_json)
-from tinypolicy.checkpoint import load_torch_artefact, save_torch_artefact
+from tinypolicy.ondevice.artefact import (
+    artefact_files,
+    check_hash,
+    load_arrays,
+    read_manifest,
+    sha256_file,
+    write_json,
+    write_npz,
+)
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.darkroom import (
+    CENTRE,
+    DARK_ROOM_STEPS,
+    NUM_ACTIONS,
+    NUM_STATES,
+    BatchDarkRoom,
+    all_cells,
+    optimal_return,
+)
+from tinypolicy.pipeline.settings import (
+    SOURCES,
+    ADCollectConfig,
+    ADEvalConfig,
+    ADExportConfig,
+    ADTrainConfig,
+    QLearningConfig,
+)
+from tinypolicy.plots import save_figure, subplots
+from tinypolicy.tables import CsvLog, write_csv
 
 HISTORY_FORMAT = "tinypolicy.ad-histories"
 CHECKPOINT_FORMAT = "tinypolicy.ad-checkpoint"
 VERSION = 1
 NO_ACTION = NUM_ACTIONS  # the "previous action" of a history's first token
-SOURCES = ("learning", "expert")
 HISTORY_ARRAYS = ("states", "actions", "rewards", "goals")
 
 
 # --------------------------------------------------------------------------- collect
-
-@dataclass(frozen=True)
-class QLearningConfig:
-    """Tabular epsilon-greedy Q-learning (Tarasov et al. 2025 / Headless-AD use lr 0.9933,
-    200 episodes). Epsilon falls linearly from 1 to 0 over `decay_episodes`; ties between
-    equal Q-values break at random, so an agent that has seen no reward walks at random."""
-
-    lr: float = 0.9933
-    gamma: float = 0.9
-    decay_episodes: int = 50
-
-    def epsilon(self, episode: int) -> float:
-        return max(0.0, 1.0 - episode / self.decay_episodes)
-
 
 def q_learning(goals: np.ndarray, episodes: int, rng: np.random.Generator,
                cfg: QLearningConfig = QLearningConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,8 +150,10 @@ class Histories:
         return {k: self.arrays[f"{name}_{k}"] for k in HISTORY_ARRAYS}
 
 
-def collect(out_dir: Path, test_goals: int = 16, seeds_per_goal: int = 25, episodes: int = 200,
-            keep_every: int = 10, seed: int = 0, q_cfg: QLearningConfig = QLearningConfig()) -> dict:
+def collect(out_dir: Path, test_goals: int = ADCollectConfig.test_goals,
+            seeds_per_goal: int = ADCollectConfig.seeds_per_goal, episodes: int = ADCollectConfig.episodes,
+            keep_every: int = ADCollectConfig.keep_every, seed: int = ADCollectConfig.seed,
+            q_cfg: QLearningConfig = QLearningConfig()) -> dict:
     """Write histories.npz/.json into out_dir; returns a summary. Histories already there with
     the same parameters are kept (so checkpoints trained on them stay valid)."""
     if keep_every <= 0 or episodes < keep_every or seeds_per_goal <= 0:
@@ -187,12 +198,7 @@ def save_histories(histories: Histories, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     npz = out_dir / "histories.npz"
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez_compressed(f, **histories.arrays)
-
-    atomic_write(npz, write)
+    write_npz(npz, histories.arrays, compressed=True)
     histories.sha256 = sha256_file(npz)
     info = {"format": HISTORY_FORMAT, "version": VERSION, "sha256": histories.sha256, "meta": histories.meta}
     write_json(out_dir / "histories.json", info)
@@ -220,38 +226,16 @@ def load_histories(path: Path) -> Histories:
 
 # --------------------------------------------------------------------------- train
 
-@dataclass
-class TrainConfig:
-    source: str = "learning"     # "learning" (AD) or "expert" (ED)
-    steps: int = 20_000
-    batch: int = 64
-    lr: float = 1e-3
-    warmup: int = 200
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    seed: int = 0
-    window: int = 60
-    dim: int = 64
-    layers: int = 3
-    heads: int = 4
-    ff_dim: int = 256
-    dropout: float = 0.1
-    attn_dropout: float = 0.3
-    checkpoint_every: int = 500
+METRIC_COLUMNS = ("step", "loss", "accuracy", "lr", "train_seconds")
 
-    def model_config(self) -> ADConfig:
-        try:
-            return ADConfig(NUM_STATES, NUM_ACTIONS, self.window, self.dim, self.layers, self.heads,
-                            self.ff_dim, self.dropout, self.attn_dropout)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
 
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to 1% of the peak."""
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
-        return self.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+def model_config(cfg: ADTrainConfig) -> ADConfig:
+    """The transformer `cfg` describes, on Dark Room's states and actions."""
+    try:
+        return ADConfig(NUM_STATES, NUM_ACTIONS, cfg.window, cfg.dim, cfg.layers, cfg.heads, cfg.ff_dim, cfg.dropout,
+                        cfg.attn_dropout)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def history_tokens(states: np.ndarray, actions: np.ndarray, rewards: np.ndarray):
@@ -282,7 +266,7 @@ def load_ad_checkpoint(path: Path) -> dict:
 
 def build_model(checkpoint: dict) -> ADTransformer:
     """The trained transformer from a loaded checkpoint, in eval mode."""
-    model = ADTransformer(ADConfig(**checkpoint["model_config"]))
+    model = ADTransformer(from_dict(ADConfig, checkpoint["model_config"], "AD checkpoint model_config"))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
@@ -290,10 +274,9 @@ def build_model(checkpoint: dict) -> ADTransformer:
     return model.eval()
 
 
-def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True) -> dict:
+def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = True) -> dict:
     """Train AD (cfg.source "learning") or ED ("expert"); resumes from out_dir/checkpoint.pt."""
-    if cfg.source not in SOURCES:
-        raise UserError(f"source must be one of {SOURCES}, got {cfg.source!r}")
+    check_choices(cfg, "ad train")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UserError(f"--lr must be a positive number, got {cfg.lr}")
     histories = load_histories(data_dir)
@@ -304,18 +287,15 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, sha = out_dir / "checkpoint.pt", histories.sha256
     torch.manual_seed(cfg.seed)
-    model = ADTransformer(cfg.model_config())
+    model = ADTransformer(model_config(cfg))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     step, seconds, resumed_from = 0, 0.0, []
     if ckpt_path.exists():
         ckpt = load_ad_checkpoint(ckpt_path)
-        # --steps (and how often to checkpoint) may change between runs: a run can be extended or
-        # cut short, its cosine schedule then follows the new length from the current step on.
-        resumable = {k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every")}
-        if ({k: ckpt["train_config"].get(k) for k in resumable} != resumable
-                or ckpt["histories_sha256"] != sha):
-            raise UserError(f"{ckpt_path} was trained with another config or data; use a new --out")
+        refuse_other_settings(ckpt["train_config"] | {"histories_sha256": ckpt["histories_sha256"]},
+                              asdict(cfg) | {"histories_sha256": sha}, ckpt_path, ignore=cfg.RESUMABLE,
+                              hint="use a new --out")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         generator.set_state(ckpt["generator"])
@@ -327,16 +307,14 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
 
     def checkpoint() -> None:
         save_ad_checkpoint(ckpt_path, {
-            "model_config": cfg.model_config().to_dict(), "model": model.state_dict(), "train_config": asdict(cfg),
+            "model_config": model_config(cfg).to_dict(), "model": model.state_dict(), "train_config": asdict(cfg),
             "step": step, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "histories_sha256": sha,
             "resumed_from": resumed_from, "source_q_learning": histories.meta.get("q_learning", {}),
             "test_goals": torch.as_tensor(histories.test_goals), "train_goals": torch.as_tensor(histories.train_goals)})
 
     tokens = history_tokens(data["states"], data["actions"], data["rewards"])
-    metrics_path = out_dir / "metrics.csv"
-    if step == 0:
-        metrics_path.write_text("step,loss,accuracy,lr,train_seconds\n")
+    metrics = CsvLog(out_dir / "metrics.csv", METRIC_COLUMNS, resume_step=step)
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, unit="step", desc=f"ad train ({cfg.source})")
     losses, hits = [], []
@@ -359,8 +337,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, progress: bool = True
         seconds += time.time() - started
         bar.update(1)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            with metrics_path.open("a") as f:
-                f.write(f"{step},{np.mean(losses):.5f},{np.mean(hits):.4f},{cfg.lr_at(step - 1):.3g},{seconds:.1f}\n")
+            metrics.write([step, f"{np.mean(losses):.5f}", f"{np.mean(hits):.4f}", f"{cfg.lr_at(step - 1):.3g}",
+                           f"{seconds:.1f}"])
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(hits):.3f}")
             losses, hits = [], []
             checkpoint()
@@ -434,17 +412,7 @@ def random_returns(goals: np.ndarray, episodes: int, seed: int) -> np.ndarray:
     return returns
 
 
-@dataclass
-class EvalConfig:
-    episodes: int = 500          # AD on held-out goals
-    seeds: int = 3               # evaluation seeds per goal
-    short_episodes: int = 150    # ED, AD on training goals and the ablations
-    ablation_window: int = 10    # under one episode
-    seed: int = 1000
-    greedy: bool = False
-
-
-def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint: Path | None = None,
+def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoint: Path | None = None,
              progress: bool = True) -> dict:
     """Every curve of the AD benchmark; writes curves.json, curves.csv, curves.png and
     context_ablation.png."""
@@ -482,7 +450,8 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint:
     run("ad_reset_each_episode",
         lambda: in_context_returns(step_fn, test_seeded, cfg.short_episodes, window, cfg.seed, greedy=cfg.greedy,
                                    reset_each_episode=True, progress=progress, desc="AD context reset"))
-    source_cfg = QLearningConfig(**ckpt["source_q_learning"])  # the Q-learner the histories came from
+    # the Q-learner the histories came from
+    source_cfg = from_dict(QLearningConfig, ckpt["source_q_learning"], f"{ad_checkpoint} source_q_learning")
     run("source", lambda: q_learning(test_seeded, cfg.episodes, np.random.default_rng(cfg.seed),
                                      source_cfg)[2].sum(-1, dtype=np.float64))
     run("random", lambda: random_returns(test_seeded, cfg.episodes, cfg.seed))
@@ -518,24 +487,13 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: EvalConfig, ed_checkpoint:
 
 def write_curves_csv(path: Path, curves: dict[str, np.ndarray]) -> None:
     names = list(curves)
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["episode", *names])
-            for e in range(max(len(c) for c in curves.values())):
-                writer.writerow([e + 1, *(f"{curves[n][e]:.3f}" if e < len(curves[n]) else "" for n in names)])
-
-    atomic_write(path, write)
+    write_csv(path, ["episode", *names],
+              ([e + 1, *(f"{curves[n][e]:.3f}" if e < len(curves[n]) else "" for n in names)]
+               for e in range(max(len(c) for c in curves.values()))))
 
 
 def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str, smooth: int = 10) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = subplots(figsize=(8, 5))
     for name, curve in curves.items():
         k = min(smooth, len(curve))
         smoothed = np.convolve(curve, np.ones(k) / k, mode="valid")
@@ -546,21 +504,13 @@ def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str, smooth: i
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def train_config_from(values: dict) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in names and v is not None})
+    save_figure(fig, path, dpi=120)
 
 
 # --------------------------------------------------------------------------- export
 
-def export(checkpoint_path: Path, out_dir: Path, episodes: int = 100, seed: int = 1000,
+def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.episodes,
+           seed: int = ADExportConfig.seed,
            progress: bool = True) -> dict:
     """Export ad.onnx into out_dir and compare it with PyTorch on the held-out in-context
     curve (one evaluation seed per held-out goal, the same uniforms for both, so the two

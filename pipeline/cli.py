@@ -9,46 +9,27 @@ import argparse
 import json
 import sys
 import tomllib
-from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
 from tinypolicy import __version__
+from tinypolicy.config import add_flags, flag_values, from_dict
+from tinypolicy.export.settings import BenchConfig, EmbeddedConfig, ExportConfig
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.ondevice.flags import positive_int
 from tinypolicy.ondevice.retrain import add_arguments as add_retrain_arguments
-
-DEFAULT_ENV = "Hopper-v5"
-EMBEDDED_TARGETS = ("cortex-m4", "cortex-m7", "aarch64")  # export.embedded.TARGETS, without importing it
-
-
-def _sparsity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"hidden sizes look like 256,256, got {text!r}") from None
-    if not sizes or min(sizes) <= 0:
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
-    return sizes
+from tinypolicy.ondevice.retrain import run as run_retrain
+from tinypolicy.pipeline.settings import (
+    BACKENDS,
+    ADCollectConfig,
+    ADEvalConfig,
+    ADExportConfig,
+    ADTrainConfig,
+    DistillConfig,
+    GeneraliseConfig,
+    QLearningConfig,
+    TrainConfig,
+)
 
 
 def _override(text: str) -> tuple[str, str, object]:
@@ -63,29 +44,6 @@ def _override(text: str) -> tuple[str, str, object]:
     return stage, name, value
 
 
-def _add_train_options(p: argparse.ArgumentParser, defaults: bool) -> None:
-    """Training flags. Without defaults (compress), unset flags leave the preset's value."""
-    d = (lambda v: v) if defaults else (lambda v: None)
-    p.add_argument("--algo", choices=["td3", "sac"], default=d("td3"))
-    p.add_argument("--method", choices=["dense", "static", "set", "rigl", "rlx2"], default=d("rlx2"),
-                   help="dense; static sparse (SS); SET (random grow); RigL (gradient grow); "
-                        "RLx2 (RigL + delayed n-step target + dynamic buffer)")
-    p.add_argument("--actor-sparsity", type=_sparsity, default=d(0.9), metavar="S")
-    p.add_argument("--critic-sparsity", type=_sparsity, default=d(0.85), metavar="S")
-    p.add_argument("--steps", dest="total_steps", type=_positive_int, default=d(300_000), metavar="N",
-                   help="env steps; every schedule scales with it")
-    p.add_argument("--seed", type=int, default=d(0), metavar="K")
-    p.add_argument("--hidden", type=_hidden, default=d((256, 256)), metavar="W,W")
-    p.add_argument("--eval-interval", type=_positive_int, default=d(5_000), metavar="N")
-    p.add_argument("--eval-episodes", type=_positive_int, default=d(10), metavar="N")
-    p.add_argument("--checkpoint-interval", type=_positive_int, default=d(25_000), metavar="N",
-                   help="env steps between checkpoints (a killed run resumes from the last one)")
-    p.add_argument("--lr", type=float, default=d(3e-4), metavar="X", help="Adam learning rate")
-    p.add_argument("--threads", type=_positive_int, default=d(1), metavar="N", help="torch threads")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=d("fp32"),
-                   help="compute dtype of the hidden layers (bf16: mixed precision, faster on AVX-512 BF16 CPUs)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinypolicy", description="Compress RL control policies for robots and microcontrollers.")
@@ -97,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "command resumes from the last checkpoint in --out.")
     p.add_argument("--env", dest="env_id", required=True, metavar="ENV", help="Gymnasium env id, e.g. Hopper-v5")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    _add_train_options(p, defaults=True)
+    add_flags(p, TrainConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint's deterministic policy",
@@ -105,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     p.add_argument("--env", dest="env_id", default=None, metavar="ENV",
                    help="env id (default: the one the checkpoint was trained on)")
-    p.add_argument("--episodes", type=_positive_int, default=10, metavar="N")
+    p.add_argument("--episodes", type=positive_int, default=10, metavar="N")
     p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
 
     p = sub.add_parser("compress", help="run the whole pipeline on one env",
@@ -113,12 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "export -> bench -> embedded -> distill (HaDES) -> retrain -> report. Each stage "
                                    "leaves a stamp; re-running skips finished stages, resumes an interrupted one "
                                    "and reruns one whose parameters or inputs changed.")
-    p.add_argument("--env", dest="env_id", default=DEFAULT_ENV, metavar="ENV")
+    p.add_argument("--env", dest="env_id", default=TrainConfig.env_id, metavar="ENV",
+                   help=f"Gymnasium env id (default: {TrainConfig.env_id})")
     p.add_argument("--preset", default="quick", metavar="NAME", help="tiny, quick or full (default quick)")
     p.add_argument("--presets", type=Path, default=None, metavar="FILE",
                    help="a TOML file of presets (default: the packaged pipeline/presets.toml)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default artifacts/ENV")
-    _add_train_options(p, defaults=False)
+    add_flags(p.add_argument_group("training (an unset flag keeps the preset's value)"), TrainConfig,
+              with_defaults=False)
     p.add_argument("--set", dest="overrides", action="append", default=[], type=_override, metavar="STAGE.KEY=VALUE",
                    help="override one stage parameter, e.g. --set distill.generations=50 (repeatable; VALUE is "
                         "TOML: 64, 0.5, \"expert\", [64,64])")
@@ -132,10 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm, qemu-user, "
                                    "gcc-aarch64-linux-gnu (make embedded-deps).")
     p.add_argument("bundle", type=Path, metavar="DIR", help="an export bundle (tinypolicy export)")
-    p.add_argument("--target", dest="targets", nargs="+", choices=EMBEDDED_TARGETS, default=list(EMBEDDED_TARGETS),
-                   metavar="TARGET", help=f"one or more of {', '.join(EMBEDDED_TARGETS)} (default: all): "
-                                          "cortex-m4 = STM32F405 on mps2-an386, cortex-m7 = STM32F746 on "
-                                          "mps2-an500, aarch64 = Raspberry Pi 4 class Linux on qemu-aarch64")
+    add_flags(p, EmbeddedConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("export", help="export a checkpoint's actor to ONNX (fp32, int8) and C",
@@ -144,10 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with parity against PyTorch on rollout and extreme observations.")
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    p.add_argument("--parity-samples", type=_positive_int, default=10_000, metavar="N",
-                   help="observations for the parity check (80%% rollouts, 20%% extremes)")
-    p.add_argument("--episodes", type=_positive_int, default=5, metavar="N", help="episodes for the int8 return")
-    p.add_argument("--seed", type=int, default=0, metavar="K")
+    add_flags(p, ExportConfig)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("bench", help="latency, size and return of every variant of an export bundle",
@@ -156,11 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bench.md and bench.png.")
     p.add_argument("bundle", type=Path, metavar="DIR", help="an export bundle (from tinypolicy export)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default: the bundle")
-    p.add_argument("--calls", type=_positive_int, default=5_000, metavar="N", help="timed calls per Python variant")
-    p.add_argument("--c-calls", type=_positive_int, default=100_000, metavar="N", help="calls timed inside C")
-    p.add_argument("--rounds", type=_positive_int, default=5, metavar="N", help="interleaved timing rounds")
-    p.add_argument("--episodes", type=_positive_int, default=5, metavar="N")
-    p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
+    add_flags(p, BenchConfig)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("sweep", help="run many training jobs (envs x methods x sparsities x seeds)",
@@ -168,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Ray tasks, then write sweep.csv, sweep.md and sweep.png with the ultimate "
                                    "compression ratio per env. Re-running resumes unfinished jobs.")
     p.add_argument("config", type=Path, metavar="CONFIG")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
+    p.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
                    help="local: one job after another in this process; ray: one Ray task per job")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="an existing Ray cluster (default: start a local one)")
@@ -179,30 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a policy trained on them by behaviour cloning does well in ENV. Writes "
                                    "dataset.npz/.json, fitness.csv/.png and states.png into --out; re-running the "
                                    "same command resumes (a larger --generations extends the run).")
-    p.add_argument("--env", dest="env_id", required=True, metavar="ENV", help="Gymnasium env id, e.g. Hopper-v5")
-    p.add_argument("--size", type=_positive_int, default=64, metavar="D", help="state-action pairs (default 64)")
-    p.add_argument("--mode", choices=["r", "f"], default="f",
-                   help="f: one fixed policy init (HaDES-F); r: a random init per member (HaDES-R)")
-    p.add_argument("--population", type=_positive_int, default=64, metavar="P", help="even ES population")
-    p.add_argument("--generations", type=_positive_int, default=200, metavar="G")
-    p.add_argument("--init", choices=["zeros", "expert"], default="zeros",
-                   help="zeros: the paper's start; expert: states and actions from an expert's rollouts")
-    p.add_argument("--expert", default=None, metavar="CHECKPOINT", help="expert checkpoint for --init expert")
-    p.add_argument("--sigma", type=float, default=0.03, metavar="X", help="ES noise scale (fixed)")
-    p.add_argument("--lr", type=float, default=0.05, metavar="X", help="Adam lr on the ES mean")
-    p.add_argument("--shaping", choices=["raw", "centred-rank"], default="raw", help="fitness shaping")
-    p.add_argument("--hidden", type=_hidden, default=(64, 64), metavar="W,W", help="BC policy hidden sizes")
-    p.add_argument("--bc-steps", type=_positive_int, default=200, metavar="N")
-    p.add_argument("--bc-lr", type=float, default=5e-3, metavar="X")
-    p.add_argument("--seed", type=int, default=0, metavar="K")
-    p.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="rollout processes")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="rollouts in local worker processes, or on Ray workers (pip install -e '.[ray]')")
-    p.add_argument("--ray-address", default=None, metavar="ADDR", help="an existing Ray cluster (default: a local one)")
-    p.add_argument("--final-seeds", type=_positive_int, default=5, metavar="N",
-                   help="fresh policies retrained and evaluated on the final dataset")
-    p.add_argument("--mean-episodes", type=_positive_int, default=4, metavar="N",
-                   help="episodes of the search mean per generation; the best-scoring mean is the dataset")
+    add_flags(p, DistillConfig)
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -211,9 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "lr x1/4..x4 and BC steps x1/2..x2; writes a table and a plot.")
     p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset directory or its dataset.npz")
     p.add_argument("--env", dest="env_id", required=True, metavar="ENV")
-    p.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="policies per variant")
-    p.add_argument("--episodes", type=_positive_int, default=2, metavar="N", help="episodes per policy")
-    p.add_argument("--workers", type=_positive_int, default=2, metavar="N")
+    add_flags(p, GeneraliseConfig)
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default DATASET_DIR/generalise")
     p.add_argument("--quiet", action="store_true")
 
@@ -239,14 +164,8 @@ def _add_ad_parser(sub) -> None:
                                       "training goal with several seeds and keep every k-th episode; also roll "
                                       "out the optimal policy (data for the ED baseline). Writes histories.npz.")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    # Unset flags take `ad.collect`'s and `ad.QLearningConfig`'s defaults (one place for them).
-    s.add_argument("--test-goals", type=_positive_int, metavar="N", help="held-out goals")
-    s.add_argument("--seeds-per-goal", type=_positive_int, metavar="N", help="Q-learners per training goal")
-    s.add_argument("--episodes", type=_positive_int, metavar="N", help="source episodes per history")
-    s.add_argument("--keep-every", type=_positive_int, metavar="K", help="keep every K-th episode")
-    s.add_argument("--epsilon-decay", type=_positive_int, metavar="N",
-                   help="source episodes over which Q-learning's epsilon falls from 1 to 0")
-    s.add_argument("--seed", type=int, default=0, metavar="K", help="seed of the goal split and the learners")
+    add_flags(s, ADCollectConfig)
+    add_flags(s, QLearningConfig)
 
     s = stages.add_parser("train", help="train the AD (or ED) transformer; re-running resumes",
                           description="Train the causal transformer to predict the source's actions on random "
@@ -254,15 +173,7 @@ def _add_ad_parser(sub) -> None:
                                       "Checkpoints every --checkpoint-every steps; re-running resumes.")
     s.add_argument("--data", required=True, type=Path, metavar="DIR", help="the directory `ad collect` wrote")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    s.add_argument("--source", choices=["learning", "expert"], default="learning",
-                   help="learning histories (AD, default) or expert episodes (ED)")
-    for name, kind, help_text in (("steps", _positive_int, "gradient steps"), ("batch", _positive_int, "windows per step"),
-                                  ("lr", float, "peak AdamW learning rate"),
-                                  ("window", _positive_int, "context length T in transitions"),
-                                  ("dim", _positive_int, None), ("layers", _positive_int, None),
-                                  ("heads", _positive_int, None), ("ff-dim", _positive_int, None),
-                                  ("checkpoint-every", _positive_int, None), ("seed", int, None)):
-        s.add_argument(f"--{name}", type=kind, default=None, metavar="X", help=help_text)
+    add_flags(s, ADTrainConfig)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = stages.add_parser("evaluate", help="in-context curves on held-out goals (frozen weights)",
@@ -272,12 +183,7 @@ def _add_ad_parser(sub) -> None:
     s.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="the AD checkpoint.pt")
     s.add_argument("--ed", type=Path, default=None, metavar="CHECKPOINT", help="the ED checkpoint.pt (optional)")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    s.add_argument("--episodes", type=_positive_int, default=500, metavar="N", help="AD, source, random (default 500)")
-    s.add_argument("--short-episodes", type=_positive_int, default=150, metavar="N",
-                   help="ED, AD on training goals and the ablations (default 150)")
-    s.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="evaluation seeds per goal")
-    s.add_argument("--seed", type=int, default=1000, metavar="K")
-    s.add_argument("--greedy", action="store_true", help="argmax actions instead of sampling")
+    add_flags(s, ADEvalConfig)
     s.add_argument("--quiet", action="store_true")
 
     s = stages.add_parser("export", help="ONNX step function, checked under ONNX Runtime",
@@ -285,19 +191,13 @@ def _add_ad_parser(sub) -> None:
                                       "curve under ONNX Runtime next to PyTorch. Writes ad.onnx and export.json.")
     s.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    s.add_argument("--episodes", type=_positive_int, default=100, metavar="N")
-    s.add_argument("--seed", type=int, default=1000, metavar="K")
+    add_flags(s, ADExportConfig)
     s.add_argument("--quiet", action="store_true")
 
 
-def _train_config(args: argparse.Namespace):
-    from tinypolicy.pipeline.train import TrainConfig
-
-    names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if "hidden" in values:
-        values["hidden"] = tuple(values["hidden"])
-    return TrainConfig(**values)
+def _config(cls: type, args: argparse.Namespace, **fixed):
+    """The `cls` config the command line's flags describe."""
+    return from_dict(cls, flag_values(args, cls), f"tinypolicy {args.command}", fixed=fixed)
 
 
 def load_presets(path: Path | None) -> dict:
@@ -308,10 +208,13 @@ def load_presets(path: Path | None) -> dict:
         raise UserError(f"cannot read presets {path}: {exc}") from None
 
 
+# Each command imports its stage when it runs: `tinypolicy retrain` must work where torch is
+# not installed, and `tinypolicy --help` stays fast.
+
 def cmd_train(args) -> int:
     from tinypolicy.pipeline.train import train
 
-    summary = train(_train_config(args), args.out, progress=not args.quiet)
+    summary = train(_config(TrainConfig, args, env_id=args.env_id), args.out, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("mean_return", "std_return", "actor_sparsity", "steps")}))
     return 0
 
@@ -337,13 +240,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_compress(args) -> int:
     from tinypolicy.pipeline.compress import PipelineConfig, compress
-    from tinypolicy.pipeline.train import TrainConfig
 
     presets = load_presets(args.presets)
     if args.preset not in presets:
         raise UserError(f"unknown preset {args.preset!r}; available: {', '.join(presets)}")
-    train_flags = {f.name for f in fields(TrainConfig)} - {"env_id"}
-    overrides: dict[str, dict] = {"train": {k: v for k, v in vars(args).items() if k in train_flags and v is not None}}
+    overrides: dict[str, dict] = {"train": flag_values(args, TrainConfig)}
     for stage, key, value in args.overrides:
         overrides.setdefault(stage, {})[key] = value
     config = PipelineConfig.from_preset(args.env_id, presets[args.preset], overrides)
@@ -404,8 +305,7 @@ def cmd_embedded(args) -> int:
 def cmd_export(args) -> int:
     from tinypolicy.export.bundle import export_bundle
 
-    m = export_bundle(args.checkpoint, args.out, parity_samples=args.parity_samples, episodes=args.episodes,
-                      seed=args.seed, progress=not args.quiet)
+    m = export_bundle(args.checkpoint, args.out, progress=not args.quiet, **flag_values(args, ExportConfig))
     print(json.dumps({"out": str(args.out), "widths": m["widths"], "macs": m["macs"],
                       "parity_max_abs_error": max(m["parity"]["max_abs_error"].values()),
                       "parity_within_1e-5": m["parity"]["within_tolerance"],
@@ -416,8 +316,7 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from tinypolicy.export.bench import BENCH_MD, bench_bundle
 
-    bench_bundle(args.bundle, args.out, calls=args.calls, c_calls=args.c_calls, rounds=args.rounds,
-                 episodes=args.episodes, seed=args.seed, progress=not args.quiet)
+    bench_bundle(args.bundle, args.out, progress=not args.quiet, **flag_values(args, BenchConfig))
     print((Path(args.out or args.bundle) / BENCH_MD).read_text())
     return 0
 
@@ -432,9 +331,9 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from tinypolicy.pipeline.distill import config_from_args, distill
+    from tinypolicy.pipeline.distill import distill
 
-    summary = distill(config_from_args(vars(args)), args.out, progress=not args.quiet)
+    summary = distill(_config(DistillConfig, args), args.out, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
 
@@ -446,20 +345,15 @@ def cmd_ad(args) -> int:
 
     torch.set_num_threads(1)
     if args.ad_command == "collect":
-        given = {name: getattr(args, name) for name in ("test_goals", "seeds_per_goal", "episodes", "keep_every")
-                 if getattr(args, name) is not None}
-        source = {} if args.epsilon_decay is None else {"decay_episodes": args.epsilon_decay}
-        summary = ad.collect(args.out, seed=args.seed, q_cfg=ad.QLearningConfig(**source), **given)
+        summary = ad.collect(args.out, q_cfg=_config(QLearningConfig, args), **flag_values(args, ADCollectConfig))
     elif args.ad_command == "train":
-        cfg = ad.train_config_from({k.replace("-", "_"): v for k, v in vars(args).items()})
-        summary = ad.train(args.data, args.out, cfg, progress=not args.quiet)
+        summary = ad.train(args.data, args.out, _config(ADTrainConfig, args), progress=not args.quiet)
     elif args.ad_command == "evaluate":
-        cfg = ad.EvalConfig(episodes=args.episodes, seeds=args.seeds, short_episodes=args.short_episodes,
-                            seed=args.seed, greedy=args.greedy)
-        result = ad.evaluate(args.checkpoint, args.out, cfg, ed_checkpoint=args.ed, progress=not args.quiet)
+        result = ad.evaluate(args.checkpoint, args.out, _config(ADEvalConfig, args), ed_checkpoint=args.ed,
+                             progress=not args.quiet)
         summary = {k: result[k] for k in ("return_at_episode", "mean_last_50", "eval_seconds")}
     else:
-        result = ad.export(args.checkpoint, args.out, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
+        result = ad.export(args.checkpoint, args.out, progress=not args.quiet, **flag_values(args, ADExportConfig))
         summary = {k: v for k, v in result.items() if k != "curves"}
     print(json.dumps(summary))
     return 0
@@ -468,21 +362,15 @@ def cmd_ad(args) -> int:
 def cmd_generalise(args) -> int:
     from tinypolicy.pipeline.generalise import generalise
 
-    summary = generalise(args.dataset, args.env_id, args.out, seeds=args.seeds, episodes=args.episodes,
-                         workers=args.workers, progress=not args.quiet)
+    summary = generalise(args.dataset, args.env_id, args.out, progress=not args.quiet,
+                         **flag_values(args, GeneraliseConfig))
     print(summary["table"])
     return 0
 
 
-def cmd_retrain(args) -> int:
-    from tinypolicy.ondevice.retrain import run
-
-    return run(args)
-
-
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "sweep": cmd_sweep,
             "export": cmd_export, "bench": cmd_bench, "embedded": cmd_embedded,
-            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": cmd_retrain, "ad": cmd_ad}
+            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": run_retrain, "ad": cmd_ad}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,10 @@ parameters or inputs changed (its folder is cleared first), and resumes an inter
 stage (training and distillation pick up their last checkpoint). A kill at any moment
 loses nothing that a finished stage wrote.
 
-A preset (pipeline/presets.toml) holds one table of parameters per stage; `overrides`
-(`--set stage.key=value` on the command line) change single values.
+Each stage's settings are one dataclass (pipeline/settings.py, export/settings.py) whose
+defaults a preset (pipeline/presets.toml, one table per stage) and `overrides` (`--set
+stage.key=value` on the command line) change; both are checked against the dataclass
+before any stage runs.
 """
 from __future__ import annotations
 
@@ -18,27 +20,33 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.config import from_dict
+from tinypolicy.envs import actor_policy, evaluate_policy, random_policy_returns
+from tinypolicy.export.bench import bench_bundle
+from tinypolicy.export.bundle import export_bundle
+from tinypolicy.export.embedded import embedded_report, missing_tools, write_embedded_json
+from tinypolicy.export.runtimes import ort_actions, ort_session
+from tinypolicy.export.settings import BenchConfig, EmbeddedConfig, ExportConfig
 from tinypolicy.ondevice.artefact import sha256_file, write_json
 from tinypolicy.ondevice.errors import UserError
-from tinypolicy.pipeline.train import TrainConfig, train
+from tinypolicy.ondevice.retrain import retrain
+from tinypolicy.pipeline.distill import distill
+from tinypolicy.pipeline.report import write_report
+from tinypolicy.pipeline.settings import DistillConfig, EvaluateConfig, ReportConfig, RetrainConfig, TrainConfig
+from tinypolicy.pipeline.train import train
 
 STAMP = "stamp.json"
-STAGES = ("train", "evaluate", "export", "bench", "embedded", "distill", "retrain", "report")
-
-# Parameters of the stages that have no config class of their own; a preset may set any of them.
-STAGE_DEFAULTS = {
-    "evaluate": {"episodes": 10, "seed": 10_000},
-    "export": {"parity_samples": 10_000, "episodes": 5, "seed": 0},
-    "bench": {"calls": 5_000, "c_calls": 100_000, "rounds": 5, "episodes": 5, "seed": 1000},
-    "embedded": {"targets": ["cortex-m4", "cortex-m7", "aarch64"]},
-    "distill": {"init": "expert"},
-    "retrain": {"episodes": 5, "seed": 0},
-    "report": {},
-}
+STAGE_CONFIGS = {"train": TrainConfig, "evaluate": EvaluateConfig, "export": ExportConfig, "bench": BenchConfig,
+                 "embedded": EmbeddedConfig, "distill": DistillConfig, "retrain": RetrainConfig,
+                 "report": ReportConfig}
+STAGES = tuple(STAGE_CONFIGS)  # in the order they run
+# compress distils from the expert it has just trained; `tinypolicy distill` starts from zeros, as the paper does.
+PIPELINE_DEFAULTS = {"distill": {"init": "expert"}}
 
 
 def params_hash(params: dict) -> str:
@@ -88,65 +96,58 @@ class Stage:
 
 @dataclass
 class PipelineConfig:
-    """Everything `compress` needs: the env and one parameter table per stage."""
+    """Everything `compress` needs: the env and, per stage, the settings that the preset and
+    the overrides give (the others keep their dataclass's defaults)."""
     env_id: str
     stages: dict[str, dict]
 
     @classmethod
     def from_preset(cls, env_id: str, preset: dict, overrides: dict[str, dict] | None = None) -> "PipelineConfig":
-        unknown = sorted(set(preset) - set(STAGES))
-        if unknown:
-            raise UserError(f"preset has tables for unknown stages {unknown}; stages are {', '.join(STAGES)}")
-        stages = {}
-        for name in STAGES:
-            values = dict(STAGE_DEFAULTS.get(name, {})) | dict(preset.get(name, {})) | dict((overrides or {}).get(name, {}))
-            stages[name] = values
-        config = cls(env_id, stages)
-        config.train_config()  # fail early, before any work, on a bad training or distillation key
+        overrides = overrides or {}
+        for source, tables in (("preset", preset), ("--set overrides", overrides)):
+            unknown = sorted(set(tables) - set(STAGES))
+            if unknown:
+                raise UserError(f"unknown stages {unknown} in the {source}; stages are {', '.join(STAGES)}")
+            if not all(isinstance(table, dict) for table in tables.values()):
+                raise UserError(f"the {source} must hold one table per stage")
+        config = cls(env_id, {name: PIPELINE_DEFAULTS.get(name, {}) | preset.get(name, {}) | overrides.get(name, {})
+                              for name in STAGES})
+        config.train_config()  # fail early, before any work, on a bad key or value of any stage
         config.distill_config(Path("checkpoint.pt"))
+        for name in STAGES:
+            if name not in ("train", "distill"):
+                config.settings(name)
         return config
 
+    def settings(self, stage: str, **fixed):
+        """`stage`'s config; `fixed` are values compress sets itself (the env, the expert), which
+        neither the preset nor the overrides may."""
+        return from_dict(STAGE_CONFIGS[stage], self.stages[stage], f"stage {stage}", fixed=fixed)
+
     def train_config(self) -> TrainConfig:
-        values = _known(TrainConfig, self.stages["train"], "train") | {"env_id": self.env_id}
-        if "hidden" in values:
-            values["hidden"] = tuple(values["hidden"])
-        cfg = TrainConfig(**values)
+        cfg = self.settings("train", env_id=self.env_id)
         cfg.validate()
         return cfg
 
-    def distill_config(self, expert: Path):
-        from tinypolicy.pipeline.distill import DistillConfig
-
-        values = _known(DistillConfig, self.stages["distill"], "distill") | {"env_id": self.env_id}
-        if values.get("init", "zeros") == "expert":
-            values["expert"] = str(expert)
-        return DistillConfig(**values)
-
-
-def _known(cls, values: dict, stage: str) -> dict:
-    names = {f.name for f in fields(cls)} - {"env_id"}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise UserError(f"unknown {stage} parameters {unknown}; known: {', '.join(sorted(names))}")
-    return dict(values)
+    def distill_config(self, expert: Path) -> DistillConfig:
+        from_expert = self.stages["distill"].get("init") == "expert"
+        return self.settings("distill", env_id=self.env_id, **({"expert": str(expert)} if from_expert else {}))
 
 
 def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stage]:
-    p = config.stages
-    train_cfg = config.train_config()
     checkpoint = out / "train" / "checkpoint.pt"
     bundle = out / "export"
     dataset = out / "distill"
+    train_cfg, distill_cfg = config.train_config(), config.distill_config(checkpoint)
+    evaluate_cfg, export_cfg, bench_cfg, embedded_cfg, retrain_cfg = (
+        config.settings(name) for name in ("evaluate", "export", "bench", "embedded", "retrain"))
 
     def run_train(folder: Path) -> dict:
         return train(train_cfg, folder, progress=progress)
 
     def run_evaluate(folder: Path) -> dict:
-        from tinypolicy.checkpoint import load_checkpoint
-        from tinypolicy.envs import actor_policy, evaluate_policy, random_policy_returns
-
         actor = load_checkpoint(checkpoint).build_actor()
-        episodes, seed = p["evaluate"]["episodes"], p["evaluate"]["seed"]  # seeds never seen in training
+        episodes, seed = evaluate_cfg.episodes, evaluate_cfg.seed
         returns = evaluate_policy(actor_policy(actor), config.env_id, episodes, seed)
         random = random_policy_returns(config.env_id, episodes, seed)
         summary = {"env_id": config.env_id, "episodes": episodes, "seed": seed,
@@ -156,24 +157,18 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         return summary
 
     def run_export(folder: Path) -> dict:
-        from tinypolicy.export.bundle import export_bundle
-
-        manifest = export_bundle(checkpoint, folder, progress=progress, **p["export"])
+        manifest = export_bundle(checkpoint, folder, progress=progress, **asdict(export_cfg))
         return {"widths": manifest["widths"], "macs": manifest["macs"],
                 "parity_within_1e-5": manifest["parity"]["within_tolerance"]}
 
     def run_bench(folder: Path) -> dict:
-        from tinypolicy.export.bench import bench_bundle
-
-        result = bench_bundle(bundle, folder, progress=progress, **p["bench"])
+        result = bench_bundle(bundle, folder, progress=progress, **asdict(bench_cfg))
         return {"latency_p50_us": {name: v["p50_us"] for name, v in result["latency"].items()},
                 "speedup": result["speedup"]}
 
     def run_embedded(folder: Path) -> dict:
-        from tinypolicy.export.embedded import embedded_report, missing_tools, write_embedded_json
-
         reports, skipped = [], {}
-        for target in p["embedded"]["targets"]:
+        for target in embedded_cfg.targets:
             missing = missing_tools(target)
             if missing:
                 skipped[target] = f"not installed: {', '.join(missing)} (make embedded-deps)"
@@ -187,15 +182,9 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         return summary
 
     def run_distill(folder: Path) -> dict:
-        from tinypolicy.pipeline.distill import distill
-
-        return distill(config.distill_config(checkpoint), folder, progress=progress)
+        return distill(distill_cfg, folder, progress=progress)
 
     def run_retrain(folder: Path) -> dict:
-        from tinypolicy.export.runtimes import ort_actions, ort_session
-        from tinypolicy.envs import evaluate_policy
-        from tinypolicy.ondevice.retrain import retrain
-
         # A HaDES-F dataset is evolved for one policy init, which distill ships beside it; the
         # sparse topology of the exported actor needs a fresh (masked) init.
         fixed_init = dataset / "policy_init.npz"
@@ -203,10 +192,10 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         for name, mask in (("dense", None), ("sparse", bundle / "actor.onnx")):
             init = fixed_init if mask is None and fixed_init.exists() else None
             result = retrain(dataset, folder / f"policy.{name}.onnx", mask_path=mask, init_path=init,
-                             seed=p["retrain"]["seed"])
+                             seed=retrain_cfg.seed)
             session = ort_session(folder / f"policy.{name}.onnx")
             returns = evaluate_policy(lambda obs: ort_actions(session, obs[None])[0], config.env_id,
-                                      p["retrain"]["episodes"], seed=1000)
+                                      retrain_cfg.episodes, seed=1000)
             summary[name] = {k: result[k] for k in ("hidden", "activation", "sparsity", "nnz", "final_loss",
                                                     "train_seconds")} | {
                 "mean_return": float(returns.mean()), "std_return": float(returns.std())}
@@ -214,25 +203,25 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         return summary
 
     def run_report(folder: Path) -> dict:
-        from tinypolicy.pipeline.report import write_report
-
         write_report(out, folder)
         return {"report": str(folder / "report.md")}
 
     return [
         Stage("train", asdict(train_cfg) | {"hidden": list(train_cfg.hidden)}, [],
               ["checkpoint.pt", "metrics.csv", "eval.json"], run_train),
-        Stage("evaluate", p["evaluate"], [checkpoint], ["eval.json"], run_evaluate),
-        Stage("export", p["export"], [checkpoint],
+        Stage("evaluate", asdict(evaluate_cfg), [checkpoint], ["eval.json"], run_evaluate),
+        Stage("export", asdict(export_cfg), [checkpoint],
               ["actor.onnx", "actor.dense.onnx", "actor.int8.onnx", "actor.c", "actor.h", "actor_dense.c",
                "export.json"], run_export),
-        Stage("bench", p["bench"], [bundle / "export.json", bundle / "actor.onnx"],
+        Stage("bench", asdict(bench_cfg), [bundle / "export.json", bundle / "actor.onnx"],
               ["bench.json", "bench.md", "bench.png"], run_bench),
-        Stage("embedded", p["embedded"], [bundle / "actor.c", bundle / "actor_dense.c"], ["embedded.json"],
+        Stage("embedded", asdict(embedded_cfg), [bundle / "actor.c", bundle / "actor_dense.c"], ["embedded.json"],
               run_embedded),
-        Stage("distill", p["distill"], [checkpoint] if p["distill"].get("init") == "expert" else [],
+        # Only the settings given: the whole config names the expert by its path, which moves
+        # with the output folder (the expert's content is the checkpoint input).
+        Stage("distill", config.stages["distill"], [checkpoint] if distill_cfg.init == "expert" else [],
               ["dataset.npz", "dataset.json", "fitness.csv", "fitness.png"], run_distill),
-        Stage("retrain", p["retrain"], [dataset / "dataset.npz", bundle / "actor.onnx"],
+        Stage("retrain", asdict(retrain_cfg), [dataset / "dataset.npz", bundle / "actor.onnx"],
               ["policy.dense.onnx", "policy.sparse.onnx", "retrain.json"], run_retrain),
         Stage("report", {}, [checkpoint, out / "train" / "metrics.csv", out / "evaluate" / "eval.json",
                              bundle / "export.json", out / "bench" / "bench.json", out / "embedded" / "embedded.json",

@@ -20,26 +20,32 @@ an uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
 import json
+import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.config import refuse_other_settings
+from tinypolicy.envs import make_env, random_policy_returns, rollout
 from tinypolicy.models.bc import BCParams, init_params, train_bc
-from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.ondevice.artefact import atomic_write, write_json, write_npz
 from tinypolicy.ondevice.dataset import BCRecipe, Dataset, save_dataset
-from tinypolicy.envs import make_env, random_policy_returns
 from tinypolicy.ondevice.errors import UserError
-from tinypolicy.pipeline.es import SHAPINGS, Adam, antithetic_noise, es_gradient, shape_fitness
+from tinypolicy.pipeline.es import Adam, antithetic_noise, es_gradient, shape_fitness
 from tinypolicy.pipeline.rollouts import PopulationEvaluator, population_evaluator
+from tinypolicy.pipeline.settings import DistillConfig
+from tinypolicy.plots import save_figure, subplots
+from tinypolicy.tables import write_csv
 
 STATE_FILE = "es_state.npz"
 FIXED_INIT_OFFSET = 420  # HaDES-F's init seed is 420 + run seed, as in the official code
@@ -48,110 +54,37 @@ HISTORY_COLUMNS = ("generation", "mean_fitness", "best_fitness", "worst_fitness"
 STD_FLOOR = 1e-2  # constant observation dims must not blow up the normalised states
 
 
-@dataclass
-class DistillConfig:
-    env_id: str
-    size: int = 64
-    mode: str = "f"                  # "f": fixed policy init, "r": random init per member
-    population: int = 64
-    generations: int = 200
-    init: str = "zeros"              # "zeros" (paper) or "expert" (RLx2 rollouts)
-    expert: str | None = None
-    sigma: float = 0.03
-    lr: float = 0.05
-    shaping: str = "raw"
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    bc_steps: int = 200
-    bc_lr: float = 5e-3
-    seed: int = 0
-    workers: int = 2
-    backend: str = "local"           # rollouts in local worker processes, or on Ray ("ray")
-    ray_address: str | None = None   # an existing Ray cluster; None starts a local one
-    max_episode_steps: int = 1000
-    stats_steps: int = 10_000        # env steps of rollouts for the fixed observation statistics
-    final_seeds: int = 5             # fresh-init retrainings evaluated on the final dataset
-    final_episodes: int = 3
-    mean_episodes: int = 4           # rollouts of the search mean per generation (selects the dataset)
-
-    # fields that may change between a run and its resumption
-    RESUMABLE = ("generations", "workers", "backend", "ray_address", "final_seeds", "final_episodes")
-
-    def __post_init__(self):
-        self.hidden = tuple(int(h) for h in self.hidden)
-        if self.mode not in ("r", "f"):
-            raise UserError(f"--mode must be r or f, got {self.mode!r}")
-        if self.init not in ("zeros", "expert"):
-            raise UserError(f"--init must be zeros or expert, got {self.init!r}")
-        if self.init == "expert" and not self.expert:
-            raise UserError("--init expert needs --expert CHECKPOINT")
-        if self.population < 2 or self.population % 2:
-            raise UserError(f"--population must be even and >= 2 (antithetic pairs), got {self.population}")
-        if self.shaping not in SHAPINGS:
-            raise UserError(f"--shaping must be one of {', '.join(SHAPINGS)}, got {self.shaping!r}")
-        if min(self.size, self.generations, self.bc_steps, self.workers, self.final_seeds, self.mean_episodes) <= 0:
-            raise UserError("size, generations, BC steps, workers, final seeds and mean episodes must be positive")
-        if not (self.sigma > 0 and self.lr > 0 and self.bc_lr > 0):
-            raise UserError("sigma and learning rates must be positive")
-
-    @property
-    def recipe(self) -> BCRecipe:
-        return BCRecipe(hidden=self.hidden, activation=self.activation, steps=self.bc_steps, lr=self.bc_lr)
-
-    def identity(self) -> dict:
-        """The settings a resumed run must share with the run it continues."""
-        return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE}
-
-
 # ---------------------------------------------------------------------------------------------
 # Starting point: fixed observation statistics and the initial search mean
 
 def _random_rollout_states(env_id: str, steps: int, seed: int) -> np.ndarray:
-    env = make_env(env_id, seed=seed)
-    states, episode = [], 0
-    obs, _ = env.reset(seed=seed)
-    while len(states) < steps:
-        states.append(obs)
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            episode += 1
-            obs, _ = env.reset(seed=seed + episode)
-    env.close()
-    return np.asarray(states, dtype=np.float64)
+    return np.asarray([step.obs for step in rollout(env_id, None, seed, steps=steps)], dtype=np.float64)
 
 
 def _expert_rollouts(actor, env_id: str, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """States visited by the expert's deterministic policy and its actions in policy units."""
-    env = make_env(env_id, seed=seed)
-    states, actions, returns, episode, total = [], [], [], 0, 0.0
-    obs, _ = env.reset(seed=seed)
-    with torch.no_grad():
-        while len(states) < steps:
-            squashed = actor.squashed(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
-            states.append(obs)
-            actions.append(squashed)
-            obs, reward, terminated, truncated, _ = env.step(actor.to_env_units(torch.as_tensor(squashed)).numpy())
-            total += float(reward)
-            if terminated or truncated:
-                returns.append(total)
-                episode, total = episode + 1, 0.0
-                obs, _ = env.reset(seed=seed + episode)
-    env.close()
-    return np.asarray(states), np.asarray(actions), returns
+    """States visited by the expert's deterministic policy, its actions in policy units and
+    the returns of its finished episodes."""
+    squashed_actions = []
+
+    @torch.no_grad()
+    def policy(obs: np.ndarray) -> np.ndarray:
+        squashed = actor.squashed(torch.as_tensor(obs, dtype=torch.float32)[None])[0].numpy()
+        squashed_actions.append(squashed)  # the env gets env units, the dataset policy units
+        return actor.to_env_units(torch.as_tensor(squashed)).numpy()
+
+    trajectory = list(rollout(env_id, policy, seed, steps=steps))
+    return (np.asarray([step.obs for step in trajectory]), np.asarray(squashed_actions),
+            [step.episode_return for step in trajectory if step.done])
 
 
 def _load_expert(cfg: DistillConfig, out: Path):
     """Copy the expert checkpoint into the run folder (training may still rewrite the original)."""
-    from tinypolicy.checkpoint import load_checkpoint
-
     copy = out / "expert.pt"
     if not copy.exists():
         source = Path(cfg.expert)
         if not source.is_file():
             raise UserError(f"expert checkpoint {source} does not exist")
-        tmp = copy.with_name(copy.name + ".tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, copy)
+        atomic_write(copy, lambda tmp: shutil.copyfile(source, tmp))
     ckpt = load_checkpoint(copy)
     if ckpt.env_id != cfg.env_id:
         raise UserError(f"expert {cfg.expert} was trained on {ckpt.env_id}, not {cfg.env_id}")
@@ -233,11 +166,11 @@ def run_generation(cfg: DistillConfig, mu: np.ndarray, generation: int, evaluato
 # Checkpoint
 
 def _save_state(path: Path, cfg: DistillConfig, mu, best_mu, adam: Adam, obs_mean, obs_std, history, info) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mu=mu, best_mu=best_mu, adam_m=adam.m, adam_v=adam.v, adam_t=np.int64(adam.t), obs_mean=obs_mean,
-             obs_std=obs_std, history=np.asarray(history, dtype=np.float64).reshape(-1, len(HISTORY_COLUMNS)),
-             identity=np.array(json.dumps(cfg.identity(), sort_keys=True)), info=np.array(json.dumps(info)))
-    os.replace(tmp, path)
+    write_npz(path, dict(mu=mu, best_mu=best_mu, adam_m=adam.m, adam_v=adam.v, adam_t=np.int64(adam.t),
+                         obs_mean=obs_mean, obs_std=obs_std,
+                         history=np.asarray(history, dtype=np.float64).reshape(-1, len(HISTORY_COLUMNS)),
+                         identity=np.array(json.dumps(cfg.identity(), sort_keys=True)),
+                         info=np.array(json.dumps(info))))
 
 
 def _load_state(path: Path, cfg: DistillConfig) -> dict:
@@ -249,11 +182,8 @@ def _load_state(path: Path, cfg: DistillConfig) -> dict:
     missing = {"mu", "best_mu", "adam_m", "adam_v", "adam_t", "obs_mean", "obs_std", "history", "identity", "info"} - state.keys()
     if missing:
         raise UserError(f"{path} lacks {', '.join(sorted(missing))}; delete it to start over")
-    saved, current = json.loads(str(state["identity"])), json.loads(json.dumps(cfg.identity()))
-    if saved != current:
-        changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
-        raise UserError(f"{path.parent} holds a distillation run with other settings ({', '.join(changed)}); "
-                        "use another --out or the same settings to resume")
+    refuse_other_settings(json.loads(str(state["identity"])), json.loads(json.dumps(cfg.identity())), path.parent,
+                          hint="use another --out or the same settings to resume")
     return state
 
 
@@ -277,21 +207,13 @@ def retrain_and_evaluate(dataset: Dataset, evaluator: PopulationEvaluator, seeds
 
 
 def write_fitness_csv(out: Path, history: np.ndarray) -> None:
-    tmp = out / "fitness.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(HISTORY_COLUMNS)
-        for row in history:
-            writer.writerow([int(row[0]), *(f"{v:.3f}" for v in row[1:5]), int(row[5]), *(f"{v:.3f}" for v in row[6:])])
-    os.replace(tmp, out / "fitness.csv")
+    write_csv(out / "fitness.csv", HISTORY_COLUMNS,
+              ([int(row[0]), *(f"{v:.3f}" for v in row[1:5]), int(row[5]), *(f"{v:.3f}" for v in row[6:])]
+               for row in history))
 
 
 def plot_fitness(out: Path, history: np.ndarray, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     gen = history[:, 0]
     ax.fill_between(gen, history[:, 3], history[:, 2], alpha=0.2, label="population min-max")
     ax.plot(gen, history[:, 1], label="population mean")
@@ -300,19 +222,13 @@ def plot_fitness(out: Path, history: np.ndarray, title: str) -> None:
     ax.set_ylabel("return (1 episode)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "fitness.png.tmp.png", dpi=110)
-    plt.close(fig)
-    os.replace(out / "fitness.png.tmp.png", out / "fitness.png")
+    save_figure(fig, out / "fitness.png")
 
 
 def _render_worker(env_id: str, observations: np.ndarray, path: str, queue) -> None:
     try:
-        import mujoco
         import gymnasium as gym
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import mujoco
 
         env = gym.make(env_id).unwrapped
         model, data = env.model, env.data
@@ -333,17 +249,14 @@ def _render_worker(env_id: str, observations: np.ndarray, path: str, queue) -> N
             images.append(renderer.render())
         columns = min(8, len(images))
         rows = -(-len(images) // columns)
-        fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.6 * rows), squeeze=False)
+        fig, axes = subplots(rows, columns, figsize=(1.6 * columns, 1.6 * rows), squeeze=False)
         for ax in axes.ravel():
             ax.axis("off")
         for k, (ax, image) in enumerate(zip(axes.ravel(), images)):
             ax.imshow(image)
             ax.set_title(str(k), fontsize=7)
         fig.suptitle(f"{env_id}: the {len(images)} synthetic states", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path + ".tmp.png", dpi=100)
-        plt.close(fig)
-        os.replace(path + ".tmp.png", path)
+        save_figure(fig, path, dpi=100)
         queue.put(None)
     except Exception as exc:  # rendering is a picture for people; a missing GL must not lose the run
         queue.put(f"{type(exc).__name__}: {exc}")
@@ -351,8 +264,6 @@ def _render_worker(env_id: str, observations: np.ndarray, path: str, queue) -> N
 
 def render_states(dataset: Dataset, path: Path, limit: int = 64) -> str | None:
     """Render the dataset's states with MuJoCo offscreen (MUJOCO_GL, default egl); returns an error or None."""
-    import multiprocessing as mp
-
     os.environ.setdefault("MUJOCO_GL", "egl")  # read by mujoco at import, in the fresh process
     context = mp.get_context("spawn")
     queue = context.Queue()
@@ -371,8 +282,6 @@ def render_states(dataset: Dataset, path: Path, limit: int = 64) -> str | None:
 
 def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Run (or resume) HaDES and write the dataset and its reports into `out_dir`; returns a summary."""
-    from tqdm import tqdm
-
     cfg, out = config, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = make_env(cfg.env_id)
@@ -460,8 +369,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
     save_dataset(dataset, out)
     if cfg.mode == "f":  # HaDES-F datasets are tuned to this init: ship it so a robot can start from it
         init_arrays = policy_inits(cfg, 1, obs_dim, act_dim, 0).numpy()
-        np.savez(out / "policy_init.tmp.npz", **{k: v[0] for k, v in init_arrays.items()})
-        os.replace(out / "policy_init.tmp.npz", out / "policy_init.npz")
+        write_npz(out / "policy_init.npz", {k: v[0] for k, v in init_arrays.items()})
     write_fitness_csv(out, history_array)
     plot_fitness(out, history_array, f"HaDES-{cfg.mode.upper()} {cfg.env_id}, D={cfg.size}, N={cfg.population}")
     render_error = render_states(dataset, out / "states.png")
@@ -481,7 +389,3 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
     write_json(out / "summary.json", summary)
     return summary
 
-
-def config_from_args(values: dict) -> DistillConfig:
-    names = {f.name for f in fields(DistillConfig)}
-    return DistillConfig(**{k: v for k, v in values.items() if k in names and v is not None})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tinypolicy.ondevice.artefact import write_text
 
 
 @dataclass
@@ -75,8 +76,6 @@ class Document:
         paths = []
         for suffix, text in ((".md", self.markdown()), (".html", self.html(folder))):
             path = folder / f"{stem}{suffix}"
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            write_text(path, text)
             paths.append(path)
         return paths

@@ -21,8 +21,8 @@ import torch
 
 from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.ondevice.dataset import BCRecipe, Dataset, save_dataset
-from tinypolicy.pipeline.distill import STD_FLOOR, _expert_rollouts
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.distill import STD_FLOOR, _expert_rollouts
 
 
 def expert_dataset(checkpoint_path: str | Path, size: int, steps: int, seed: int) -> Dataset:

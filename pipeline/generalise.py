@@ -8,19 +8,20 @@ generalise.csv, generalise.md and generalise.png.
 """
 from __future__ import annotations
 
-import csv
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from tinypolicy.ondevice.artefact import write_json
-from tinypolicy.ondevice.dataset import BCRecipe, load_dataset
-from tinypolicy.pipeline.distill import retrain_and_evaluate
 from tinypolicy.envs import random_policy_returns
+from tinypolicy.ondevice.artefact import write_json, write_text
+from tinypolicy.ondevice.dataset import BCRecipe, load_dataset
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.distill import retrain_and_evaluate
 from tinypolicy.pipeline.rollouts import PopulationEvaluator
+from tinypolicy.pipeline.settings import GeneraliseConfig
+from tinypolicy.plots import save_figure, subplots
+from tinypolicy.tables import write_csv
 
 WIDTHS = (32, 64, 128, 256, 512)
 DEPTHS = (1, 2, 3)
@@ -41,8 +42,9 @@ def variants(recipe: BCRecipe) -> list[tuple[str, str, BCRecipe]]:
     return rows
 
 
-def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None = None, seeds: int = 3,
-               episodes: int = 2, workers: int = 2, progress: bool = True) -> dict:
+def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None = None,
+               seeds: int = GeneraliseConfig.seeds, episodes: int = GeneraliseConfig.episodes,
+               workers: int = GeneraliseConfig.workers, progress: bool = True) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -65,11 +67,8 @@ def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None
                          "returns": [round(float(r), 1) for r in returns]})
     random_return = float(random_policy_returns(env_id, 10, 1000).mean())
 
-    with (out / "generalise.csv.tmp").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({**r, "returns": " ".join(map(str, r["returns"]))} for r in rows)
-    os.replace(out / "generalise.csv.tmp", out / "generalise.csv")
+    write_csv(out / "generalise.csv", list(rows[0]),
+              ({**r, "returns": " ".join(map(str, r["returns"]))} for r in rows))
 
     lines = [f"Dataset {dataset.sha256[:12]} ({env_id}, D={dataset.size}); {seeds} fresh inits x {episodes} "
              f"episodes per variant; random policy {random_return:.1f}", "",
@@ -78,15 +77,11 @@ def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None
     lines += [f"| {r['factor']} | {r['variant']} | {r['hidden']} | {r['activation']} | {r['lr']:.4g} | "
               f"{r['bc_steps']} | {r['mean_return']:.1f} +- {r['std_return']:.1f} |" for r in rows]
     table = "\n".join(lines)
-    (out / "generalise.md").write_text(table + "\n")
+    write_text(out / "generalise.md", table + "\n")
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = subplots(figsize=(9, 4))
     positions = np.arange(len(rows))
-    colours = {f: plt.cm.tab10(k) for k, f in enumerate(dict.fromkeys(r["factor"] for r in rows))}
+    colours = {f: f"C{k}" for k, f in enumerate(dict.fromkeys(r["factor"] for r in rows))}
     ax.bar(positions, [r["mean_return"] for r in rows], yerr=[r["std_return"] for r in rows],
            color=[colours[r["factor"]] for r in rows], capsize=2)
     ax.axhline(rows[0]["mean_return"], color="k", lw=0.8, ls="--", label="distillation recipe")
@@ -95,10 +90,7 @@ def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None
     ax.set_ylabel("return")
     ax.set_title(f"{env_id}, D={dataset.size}: retraining with other architectures and hyperparameters")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "generalise.tmp.png", dpi=110)
-    plt.close(fig)
-    os.replace(out / "generalise.tmp.png", out / "generalise.png")
+    save_figure(fig, out / "generalise.png")
     summary = {"env_id": env_id, "dataset": str(dataset_path), "random_policy_return": random_return,
                "rows": rows, "table": table, "out": str(out)}
     write_json(out / "generalise.json", summary)

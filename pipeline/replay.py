@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinypolicy.ondevice.artefact import write_npz
 from tinypolicy.ondevice.errors import UserError
 
 
@@ -131,9 +132,7 @@ class ReplayBuffer:
 
     def save(self, path: Path) -> None:
         idx = self._physical(np.arange(self.size))
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, capacity=np.int64(self.capacity), **{f: self.field(f)[idx] for f in self.FIELDS})
-        tmp.replace(path)
+        write_npz(path, {"capacity": np.int64(self.capacity), **{f: self.field(f)[idx] for f in self.FIELDS}})
 
     @classmethod
     def load(cls, path: Path, obs_dim: int, act_dim: int, capacity: int) -> "ReplayBuffer":

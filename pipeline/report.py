@@ -6,28 +6,23 @@ import json
 import shutil
 from pathlib import Path
 
-from tinypolicy.models.flops import inference_flops, weight_count
-from tinypolicy.models import sparse_layers
 from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.models import sparse_layers
+from tinypolicy.models.flops import inference_flops, weight_count
 from tinypolicy.pipeline.document import Document
+from tinypolicy.plots import save_figure, subplots
 
 
 def _plot_learning_curve(rows: list[dict], title: str, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [int(r["step"]) for r in rows]
     mean = [float(r["eval_return"]) for r in rows]
     std = [float(r["eval_return_std"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = subplots(figsize=(6, 3.6))
     ax.plot(steps, mean, marker="o", markersize=3)
     ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
     ax.set(title=title, xlabel="env steps", ylabel="eval return")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(out: Path, folder: Path) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinypolicy.envs import make_env
 from tinypolicy.ondevice.errors import UserError
 
 _ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
@@ -97,8 +98,6 @@ class PopulationEvaluator:
     """
 
     def __init__(self, env_id: str, workers: int = 2, max_steps: int = 1000):
-        from tinypolicy.envs import make_env
-
         make_env(env_id).close()  # a bad env id fails here, with a clear error, not in a worker
         self.env_id, self.max_steps = env_id, max_steps
         context = mp.get_context("spawn")  # never fork a process that has started torch threads
@@ -158,8 +157,6 @@ class RayPopulationEvaluator:
     or an existing cluster (`address`). Same split, same rollouts, same results."""
 
     def __init__(self, env_id: str, workers: int = 2, max_steps: int = 1000, address: str | None = None):
-        from tinypolicy.envs import make_env
-
         try:
             import ray
         except ImportError:

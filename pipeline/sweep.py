@@ -25,13 +25,20 @@ import json
 import os
 import tomllib
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.config import from_dict
 from tinypolicy.models.flops import inference_flops, training_flops_per_step, weight_count
+from tinypolicy.ondevice.artefact import write_text
 from tinypolicy.ondevice.errors import UserError
-from tinypolicy.pipeline.train import METHODS, TrainConfig
+from tinypolicy.pipeline.train import METHODS, TrainConfig, train
+from tinypolicy.plots import save_figure, subplots
+from tinypolicy.tables import write_csv
 
 WITHIN_DENSE = 0.97  # "within 3% of dense", RLx2's definition of the ultimate compression ratio
 RESULT_FIELDS = ["env", "method", "actor_sparsity", "critic_sparsity", "seed", "steps", "score", "final_return",
@@ -40,12 +47,13 @@ RESULT_FIELDS = ["env", "method", "actor_sparsity", "critic_sparsity", "seed", "
 
 @dataclass
 class SweepConfig:
+    """The sweep's TOML file (see the module docstring)."""
     out: Path
     envs: list[str]
     methods: list[str]
-    sparsities: list[tuple[float, float]]
     seeds: list[int]
-    train: dict = field(default_factory=dict)
+    sparsities: list[tuple[float, float]] = field(default_factory=lambda: [(0.9, 0.85)])
+    train: dict = field(default_factory=dict)  # TrainConfig fields shared by all jobs
 
     def jobs(self) -> list[tuple[str, TrainConfig]]:
         """(folder name, config) of every run; the dense baseline once per env and seed."""
@@ -55,8 +63,9 @@ class SweepConfig:
                 pairs = [self.sparsities[0]] if method == "dense" else self.sparsities
                 for actor_sparsity, critic_sparsity in pairs:
                     for seed in self.seeds:
-                        cfg = TrainConfig(**{**self.train, "env_id": env, "method": method, "seed": seed,
-                                             "actor_sparsity": actor_sparsity, "critic_sparsity": critic_sparsity})
+                        cfg = from_dict(TrainConfig, self.train, "sweep config [train]", fixed={
+                            "env_id": env, "method": method, "seed": seed, "actor_sparsity": actor_sparsity,
+                            "critic_sparsity": critic_sparsity})
                         name = (f"{env}-{cfg.algo}-dense-s{seed}" if method == "dense" else
                                 f"{env}-{cfg.algo}-{method}-a{actor_sparsity:g}-c{critic_sparsity:g}-s{seed}")
                         jobs.append((name, cfg))
@@ -68,24 +77,12 @@ def load_sweep_config(path: Path) -> SweepConfig:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read sweep config {path}: {exc}") from None
-    missing = [k for k in ("out", "envs", "methods", "seeds") if k not in raw]
-    if missing:
-        raise UserError(f"sweep config {path} lacks {', '.join(missing)}")
-    unknown = [m for m in raw["methods"] if m not in METHODS]
+    config = from_dict(SweepConfig, raw, f"sweep config {path}")
+    unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise UserError(f"sweep config {path}: unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    train = dict(raw.get("train", {}))
-    names = {f.name for f in fields(TrainConfig)} - {"env_id", "method", "seed", "actor_sparsity", "critic_sparsity"}
-    bad = sorted(set(train) - names)
-    if bad:
-        raise UserError(f"sweep config {path}: [train] has unknown keys {bad}")
-    if "hidden" in train:
-        train["hidden"] = tuple(train["hidden"])
-    pairs = [tuple(float(x) for x in pair) for pair in raw.get("sparsities", [[0.9, 0.85]])]
-    if any(len(p) != 2 or not all(0 <= x < 1 for x in p) for p in pairs):
+    if not config.sparsities or any(not all(0 <= x < 1 for x in p) for p in config.sparsities):
         raise UserError(f"sweep config {path}: sparsities must be [actor, critic] pairs in [0, 1)")
-    config = SweepConfig(Path(raw["out"]), list(raw["envs"]), list(raw["methods"]), pairs,
-                         [int(s) for s in raw["seeds"]], train)
     for _, cfg in config.jobs():
         cfg.validate()
     return config
@@ -135,11 +132,7 @@ def is_finished(folder: Path, cfg: TrainConfig) -> bool:
 
 def run_job(config: dict, folder: str) -> dict:
     """One training run, resumed from its checkpoint when one exists; returns its summary."""
-    import torch
-
-    from tinypolicy.pipeline.train import train
-
-    cfg = TrainConfig(**{**config, "hidden": tuple(config["hidden"])})
+    cfg = from_dict(TrainConfig, config, f"sweep job {folder}")
     torch.set_num_threads(cfg.threads)
     (Path(folder) / "job.pid").write_text(str(os.getpid()))  # lets a user (or a test) find and stop one job
     if not is_finished(Path(folder), cfg):
@@ -153,8 +146,6 @@ def run_job(config: dict, folder: str) -> dict:
 def run_sweep(config: SweepConfig, backend: str = "local", ray_address: str | None = None,
               progress: bool = True) -> list[dict]:
     """Run every unfinished job, then collect and write the results; returns one row per job."""
-    from tqdm import tqdm
-
     jobs = config.jobs()
     config.out.mkdir(parents=True, exist_ok=True)
     for name, _ in jobs:
@@ -219,16 +210,7 @@ def ultimate_compression(rows: list[dict]) -> dict[str, dict]:
 
 def write_results(out: Path, rows: list[dict]) -> None:
     """sweep.csv (one row per job), sweep.md (per-config means and the ultimate ratio), sweep.png."""
-    def atomic(path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-
-    with (out / "sweep.csv.tmp").open("w", newline="") as f:
-        writer = csv.DictWriter(f, RESULT_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "sweep.csv.tmp").replace(out / "sweep.csv")
+    write_csv(out / "sweep.csv", RESULT_FIELDS, rows)
 
     groups = defaultdict(list)
     for r in rows:
@@ -246,14 +228,10 @@ def write_results(out: Path, rows: list[dict]) -> None:
         text = (f"{u['compression_ratio']:.0f}x (actor {u['actor_sparsity']:g}, critic {u['critic_sparsity']:g})"
                 if u["actor_sparsity"] is not None else "no sparse run within 3% of dense")
         lines.append(f"| {env} | {text} |")
-    atomic(out / "sweep.md", "\n".join(lines) + "\n")
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    write_text(out / "sweep.md", "\n".join(lines) + "\n")
 
     envs = sorted({r["env"] for r in rows})
-    fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
+    fig, axes = subplots(1, len(envs), figsize=(5.5 * len(envs), 4), squeeze=False)
     for ax, env in zip(axes[0], envs):
         for method in sorted({m for (e, m, _, _) in groups if e == env}):
             points = sorted((a, sum(r["score"] for r in g) / len(g)) for (e, m, a, _), g in groups.items()
@@ -266,7 +244,4 @@ def write_results(out: Path, rows: list[dict]) -> None:
         ax.set(title=env, xlabel="actor sparsity", ylabel="score (mean of last 10% evals)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "sweep.png.tmp.png", dpi=110)
-    plt.close(fig)
-    (out / "sweep.png.tmp.png").replace(out / "sweep.png")
+    save_figure(fig, out / "sweep.png")

@@ -11,9 +11,7 @@ Every schedule length of the paper's 3M-step runs is scaled by total_steps / 3M 
 from __future__ import annotations
 
 import copy
-import csv
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,85 +21,30 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tinypolicy.models import (GaussianActor, TwinCritic, apply_masks, drop_fraction, make_actor, rigl_update,
-                               sparse_layers, sparsify, weight_sparsity)
-from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.checkpoint import load_checkpoint, save_checkpoint
+from tinypolicy.config import refuse_other_settings
 from tinypolicy.envs import actor_policy, evaluate_policy, make_env
+from tinypolicy.models import (
+    GaussianActor,
+    TwinCritic,
+    apply_masks,
+    drop_fraction,
+    make_actor,
+    rigl_update,
+    sparse_layers,
+    sparsify,
+    weight_sparsity,
+)
+from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.replay import Batch, ReplayBuffer
+from tinypolicy.pipeline.settings import HIDDEN_DTYPES, METHODS, TrainConfig
+from tinypolicy.tables import CsvLog
 
 PAPER_STEPS = 3_000_000
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # compute dtype of the hidden layers
+# --precision -> compute dtype of the hidden layers (None: float32)
+PRECISIONS = {name: getattr(torch, dtype) if dtype else None for name, dtype in HIDDEN_DTYPES.items()}
 PAPER_BUFFER_MIN = {"td3": 100_000, "sac": 200_000}  # the dynamic buffer's floor at 3M steps
-
-
-@dataclass(frozen=True)
-class Method:
-    sparse: bool
-    grow: str | None          # None (static topology), "random" (SET) or "gradient" (RigL)
-    multi_step: bool          # delayed n-step TD target
-    dynamic_buffer: bool      # policy-distance capacity rule
-
-
-METHODS = {
-    "dense": Method(sparse=False, grow=None, multi_step=False, dynamic_buffer=False),
-    "static": Method(sparse=True, grow=None, multi_step=False, dynamic_buffer=False),
-    "set": Method(sparse=True, grow="random", multi_step=False, dynamic_buffer=False),
-    "rigl": Method(sparse=True, grow="gradient", multi_step=False, dynamic_buffer=False),
-    "rlx2": Method(sparse=True, grow="gradient", multi_step=True, dynamic_buffer=True),
-}
-
-
-@dataclass
-class TrainConfig:
-    env_id: str = "Hopper-v5"
-    algo: str = "td3"
-    method: str = "rlx2"
-    actor_sparsity: float = 0.9
-    critic_sparsity: float = 0.85
-    total_steps: int = 300_000
-    seed: int = 0
-    hidden: tuple[int, ...] = (256, 256)
-    batch_size: int = 256
-    gamma: float = 0.99
-    tau: float = 0.005
-    lr: float = 3e-4
-    policy_noise: float = 0.2       # TD3 target smoothing noise, in [-1, 1] action units
-    noise_clip: float = 0.5
-    policy_freq: int = 2            # TD3 delayed actor updates
-    exploration_noise: float = 0.1  # TD3
-    n_step: int = 3
-    drop_fraction: float = 0.5      # RigL zeta_0
-    buffer_threshold: float = 0.2
-    policy_distance_samples: int = 2048
-    buffer_capacity: int = 1_000_000
-    eval_interval: int = 5_000
-    eval_episodes: int = 10
-    checkpoint_interval: int = 25_000
-    threads: int = 1
-    precision: str = "fp32"         # "bf16": hidden layers in bfloat16 (models.networks.MLP)
-    # None: scaled from total_steps with the paper's proportions (see Schedule).
-    learning_starts: int | None = None
-    topology_interval: int | None = None
-    nstep_start: int | None = None
-    buffer_min: int | None = None
-
-    def validate(self) -> None:
-        if self.algo not in ("td3", "sac"):
-            raise UserError(f"unknown algorithm {self.algo!r}; choose td3 or sac")
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        for name in ("actor_sparsity", "critic_sparsity"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
-                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.total_steps <= 0:
-            raise UserError(f"--steps must be positive, got {self.total_steps}")
-        if not self.hidden or min(self.hidden) <= 0:
-            raise UserError(f"hidden sizes must be positive, got {self.hidden}")
 
 
 @dataclass(frozen=True)
@@ -451,10 +394,7 @@ class Trainer:
         ckpt = load_checkpoint(self.out / "checkpoint.pt")
         # Settings added after a run was saved take their defaults, as that run used them.
         saved = config_record(TrainConfig(env_id=self.cfg.env_id)) | dict(ckpt.config)
-        current = config_record(self.cfg)
-        if saved != current:
-            diff = ", ".join(f"{k}: {saved.get(k)} -> {v}" for k, v in current.items() if saved.get(k) != v)
-            raise UserError(f"{self.out} holds a run with other settings ({diff}); use another --out")
+        refuse_other_settings(saved, config_record(self.cfg), self.out)
         d, ts = ckpt.data, ckpt.data["train_state"]
         self.actor.load_state_dict(d["actor"])
         self.critic.load_state_dict(d["critic"])
@@ -485,20 +425,11 @@ class MetricsLog:
     def __init__(self, out: Path, resume_step: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.path = out / "metrics.csv"
-        rows = []
-        if resume_step and self.path.exists():
-            with self.path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        self.csv = CsvLog(out / "metrics.csv", METRIC_FIELDS, resume_step)
         self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step or None)
 
     def write(self, row: dict) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, METRIC_FIELDS).writerow(row)
+        self.csv.write(row)
         for key, value in row.items():
             if key != "step" and value != "":
                 self.tb.add_scalar(key, value, row["step"])

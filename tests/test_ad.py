@@ -12,11 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from tinypolicy.models.ad_transformer import ADConfig, ADTransformer
-from tinypolicy.pipeline import ad
-from tinypolicy.pipeline.darkroom import (CENTRE, NUM_ACTIONS, BatchDarkRoom, DarkKeyToDoorEnv, DarkRoomEnv, all_cells,
-                               cell_index, optimal_return)
+from tinypolicy.models.ad_transformer import ADTransformer
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline import ad
+from tinypolicy.pipeline.darkroom import (
+    CENTRE,
+    NUM_ACTIONS,
+    BatchDarkRoom,
+    DarkKeyToDoorEnv,
+    DarkRoomEnv,
+    all_cells,
+    cell_index,
+    optimal_return,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LEFT, RIGHT, UP, DOWN, STAY = range(5)
@@ -141,7 +149,7 @@ def test_collect_keeps_existing_histories_and_refuses_tampered_ones(histories_di
 
 def test_causal_mask_no_future_leakage():
     torch.manual_seed(0)
-    model = ADTransformer(ADConfig(window=24, dim=32, layers=2, heads=4, ff_dim=64)).eval()
+    model = ADTransformer(ad.model_config(ad.ADTrainConfig(window=24, dim=32, layers=2, heads=4, ff_dim=64))).eval()
     states = torch.randint(0, 81, (2, 24))
     actions = torch.randint(0, 6, (2, 24))
     rewards = torch.randint(0, 2, (2, 24)).float()
@@ -165,7 +173,7 @@ def test_causal_mask_no_future_leakage():
 
 
 def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch):
-    cfg = ad.TrainConfig(steps=30, batch=16, window=40, dim=32, layers=1, heads=2, ff_dim=64, warmup=5,
+    cfg = ad.ADTrainConfig(steps=30, batch=16, window=40, dim=32, layers=1, heads=2, ff_dim=64, warmup=5,
                          checkpoint_every=10)
     summary = ad.train(histories_dir, tmp_path / "run", cfg, progress=False)
     assert summary["steps"] == 30
@@ -176,7 +184,7 @@ def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch
     assert ad.train(histories_dir, tmp_path / "run", cfg, progress=False)["steps"] == 30
     longer = ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40), progress=False)
     assert longer["steps"] == 40 and longer["resumed_from"] == [{"step": 30, "steps_before": 30}]
-    with pytest.raises(UserError, match="another config"):
+    with pytest.raises(UserError, match=r"other settings \(lr: 0.001 -> 0.0003\)"):
         ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40, lr=3e-4), progress=False)
     # The checkpoint names the Q-learner behind its histories; evaluation runs that one as "source".
     checkpoint = tmp_path / "run" / "checkpoint.pt"
@@ -184,7 +192,7 @@ def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch
     used = []
     real_q_learning = ad.q_learning
     monkeypatch.setattr(ad, "q_learning", lambda *a: used.append(a[3]) or real_q_learning(*a))
-    ad.evaluate(checkpoint, tmp_path / "eval", ad.EvalConfig(episodes=2, seeds=1, short_episodes=1), progress=False)
+    ad.evaluate(checkpoint, tmp_path / "eval", ad.ADEvalConfig(episodes=2, seeds=1, short_episodes=1), progress=False)
     assert used == [SOURCE]
     # Tokens: (s_t, a_{t-1}, r_{t-1}) with "no action" first, target a_t.
     data = ad.load_histories(histories_dir).source("learning")
@@ -199,7 +207,7 @@ def test_onnx_step_function_matches_torch(tmp_path):
     from tinypolicy.export.runtimes import ort_session
 
     torch.manual_seed(1)
-    model = ADTransformer(ADConfig(window=40, dim=32, layers=2, heads=4, ff_dim=64)).eval()
+    model = ADTransformer(ad.model_config(ad.ADTrainConfig(window=40, dim=32, layers=2, heads=4, ff_dim=64))).eval()
     session = ort_session(export_step_onnx(model, tmp_path / "ad.onnx"))
     rng = np.random.default_rng(0)
     step = ad.torch_step_function(model)
@@ -255,7 +263,7 @@ def test_cli_ad_stages_end_to_end(histories_dir, tmp_path):
 
 def test_last_only_forward_equals_full_forward():
     torch.manual_seed(2)
-    model = ADTransformer(ADConfig(window=30, dim=32, layers=3, heads=4, ff_dim=64)).eval()
+    model = ADTransformer(ad.model_config(ad.ADTrainConfig(window=30, dim=32, layers=3, heads=4, ff_dim=64))).eval()
     states, actions = torch.randint(0, 81, (4, 30)), torch.randint(0, 6, (4, 30))
     rewards = torch.randint(0, 2, (4, 30)).float()
     for n in (1, 12, 30):

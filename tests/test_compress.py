@@ -12,11 +12,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tinypolicy.pipeline.cli import load_presets
-from tinypolicy.ondevice.artefact import sha256_file
-from tinypolicy.pipeline.compress import STAGES, PipelineConfig
-from tinypolicy.ondevice.errors import UserError
 from tests.conftest import ROOT
+from tinypolicy.ondevice.artefact import sha256_file
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.cli import load_presets
+from tinypolicy.pipeline.compress import STAGES, PipelineConfig
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_presets_and_overrides_are_validated():
     assert {"tiny", "quick", "full"} <= set(presets)
     config = PipelineConfig.from_preset("Hopper-v5", presets["tiny"], {"distill": {"generations": 3}})
     assert config.stages["distill"]["generations"] == 3 and config.train_config().total_steps == 4000
-    with pytest.raises(UserError, match="unknown distill parameters"):
+    with pytest.raises(UserError, match="stage distill: unknown key generation"):
         PipelineConfig.from_preset("Hopper-v5", presets["tiny"], {"distill": {"generation": 3}})
     with pytest.raises(UserError, match="unknown stages"):
         PipelineConfig.from_preset("Hopper-v5", {"trian": {}})

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tinypolicy.ondevice.dataset import load_dataset, save_dataset
-from tinypolicy.pipeline.distill import DistillConfig, distill
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.distill import DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(env_id="Hopper-v5", size=4, population=4, bc_steps=20, stats_steps=500, final_seeds=2,

@@ -15,12 +15,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_export import sparse_actor, write_checkpoint
 
 from tinypolicy.export.bundle import export_bundle
-from tinypolicy.export.embedded import (TARGETS, build_firmware, build_plugin, embedded_report, missing_tools, read_bundle,
-                              run_firmware, symbol_address)
-from tinypolicy.pipeline.cli import EMBEDDED_TARGETS
-from test_export import sparse_actor, write_checkpoint
+from tinypolicy.export.embedded import (
+    TARGETS,
+    build_firmware,
+    build_plugin,
+    embedded_report,
+    missing_tools,
+    read_bundle,
+    run_firmware,
+    symbol_address,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = sorted({tool for target in TARGETS for tool in missing_tools(target)})
@@ -45,10 +52,6 @@ def make_bundle(root: Path, hidden: tuple[int, ...], sparsity: float) -> Path:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("small"), (64, 64), 0.9)
-
-
-def test_cli_targets_are_the_supported_ones():
-    assert set(EMBEDDED_TARGETS) == set(TARGETS)
 
 
 def test_missing_toolchain_is_a_one_line_error(tmp_path):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tinypolicy.models import TwinCritic, apply_masks, make_actor, random_masks, sparse_layers
 from tinypolicy.checkpoint import save_checkpoint
+from tinypolicy.models import TwinCritic, apply_masks, make_actor, random_masks, sparse_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = {"obs_dim": 11, "act_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3,

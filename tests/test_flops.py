@@ -1,9 +1,8 @@
 import pytest
 import torch
 
+from tinypolicy.models import DeterministicActor, TwinCritic, sparsify
 from tinypolicy.models.flops import inference_flops, training_flops_per_step, weight_count
-from tinypolicy.models import DeterministicActor, TwinCritic
-from tinypolicy.models import sparsify
 
 
 def test_counts_follow_masks():

@@ -8,9 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tinypolicy.ondevice.onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
-from tinypolicy.ondevice.errors import UserError
 from tests.conftest import ROOT
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.ondevice.onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
 
 
 def _random_policy(rng, sizes):

@@ -6,7 +6,6 @@ power-of-two rewards every expected value is exact in float32.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -16,11 +16,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tinypolicy.ondevice.onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
-from tinypolicy.ondevice.dataset import BCRecipe, Dataset, load_dataset, save_dataset
-from tinypolicy.ondevice.retrain import (MLPParams, _FlatLayout, init_params, loss_and_grad, policy_mean, retrain,
-                              train_bc)
 from tests.conftest import ROOT
+from tinypolicy.ondevice.dataset import BCRecipe, Dataset, load_dataset, save_dataset
+from tinypolicy.ondevice.onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
+from tinypolicy.ondevice.retrain import (
+    MLPParams,
+    _FlatLayout,
+    init_params,
+    loss_and_grad,
+    policy_mean,
+    retrain,
+    train_bc,
+)
 
 # What a robot copies: the ondevice/ folder, exactly (ondevice/__init__.py says the same).
 ROBOT_FOLDER = ROOT / "ondevice"

@@ -12,7 +12,7 @@ import torch
 
 from tinypolicy.models import sparse_layers
 from tinypolicy.pipeline.replay import Batch
-from tinypolicy.pipeline.train import Trainer, TrainConfig
+from tinypolicy.pipeline.train import TrainConfig, Trainer
 
 sb3 = pytest.importorskip("stable_baselines3")
 

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from tinypolicy.models import DeterministicActor, TwinCritic, apply_masks, sparse_layers, weight_sparsity
+from tinypolicy.models import DeterministicActor, TwinCritic, apply_masks, sparse_layers, sparsify, weight_sparsity
 from tinypolicy.models.topology import drop_fraction, layer_nnz
 from tinypolicy.pipeline.replay import Batch
-from tinypolicy.models import sparsify
 from tinypolicy.pipeline.train import MaskedAdam, Schedule, TrainConfig, Trainer, soft_update
-
 
 # --------------------------------------------------------------------------- helpers
 

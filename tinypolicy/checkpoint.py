@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from tinypolicy.models import TwinCritic, make_actor, sparse_layers
+from tinypolicy.ondevice.artefact import atomic_write
 from tinypolicy.ondevice.errors import UserError
 
 FORMAT = "tinypolicy.checkpoint"
@@ -67,10 +68,7 @@ class Checkpoint:
 def save_torch_artefact(path: Path, fmt: str, version: int, data: dict[str, Any]) -> None:
     """`torch.save` with a format and version, atomically: a crash mid-write leaves the
     previous file intact."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": fmt, "version": version, **data}, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save({"format": fmt, "version": version, **data}, tmp))
 
 
 def load_torch_artefact(path: str | Path, fmt: str, version: int, required: tuple[str, ...],

@@ -1,12 +1,16 @@
-"""Gymnasium environment construction with clear errors for ids we cannot train on."""
+"""Gymnasium environment construction with clear errors for ids we cannot train on, and
+seeded rollouts of a policy."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
 
 from tinypolicy.ondevice.errors import UserError
+
+Policy = Callable[[np.ndarray], np.ndarray]
 
 
 def make_env(env_id: str, seed: int | None = None) -> gym.Env:
@@ -33,7 +37,7 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
     return env
 
 
-def actor_policy(actor) -> Callable[[np.ndarray], np.ndarray]:
+def actor_policy(actor) -> Policy:
     """Wrap a torch actor (obs batch -> action batch in env units) as obs -> action."""
     import torch
 
@@ -44,23 +48,50 @@ def actor_policy(actor) -> Callable[[np.ndarray], np.ndarray]:
     return policy
 
 
-def evaluate_policy(policy, env_id: str, episodes: int, seed: int) -> np.ndarray:
-    """Returns of `episodes` deterministic episodes; `policy` maps an obs array to an action."""
-    env = make_env(env_id)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return np.asarray(returns)
+class Step(NamedTuple):
+    obs: np.ndarray          # what the action was chosen on
+    action: np.ndarray
+    reward: float
+    done: bool               # this step ended the episode (terminated or truncated)
+    episode_return: float    # the episode's rewards so far, this step's included
+
+
+def rollout(env_id: str, policy: Policy | None, seed: int, *, steps: int | None = None,
+            episodes: int | None = None) -> Iterator[Step]:
+    """Every step of `policy` in a fresh `env_id` env for `steps` env steps or `episodes`
+    episodes (exactly one of the two), episode k reset with seed `seed + k`.
+
+    `policy` None acts uniformly at random, the action space seeded with `seed`. The env
+    is closed when the generator is exhausted or closed."""
+    if (steps is None) == (episodes is None):
+        raise ValueError("rollout needs exactly one of steps and episodes")
+    env = make_env(env_id, seed=seed)
+    act = policy if policy is not None else lambda obs: env.action_space.sample()
+    episode, taken = 0, 0
+    try:
+        # A bound left as None never equals a count, so it never stops the loop.
+        while episode != episodes and taken != steps:
+            obs, _ = env.reset(seed=seed + episode)
+            total, done = 0.0, False
+            while not done and taken != steps:
+                action = act(obs)
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = bool(terminated or truncated)
+                taken += 1
+                yield Step(obs, action, float(reward), done, total)
+                obs = next_obs
+            episode += 1
+    finally:
+        env.close()
+
+
+def evaluate_policy(policy: Policy | None, env_id: str, episodes: int, seed: int) -> np.ndarray:
+    """Returns of `episodes` episodes, episode k seeded `seed + k`; `policy` maps an obs array
+    to an action (None: uniformly random actions)."""
+    return np.asarray([step.episode_return for step in rollout(env_id, policy, seed, episodes=episodes) if step.done])
 
 
 def random_policy_returns(env_id: str, episodes: int, seed: int) -> np.ndarray:
     """Returns of `episodes` episodes of uniformly random actions: the floor every policy must beat."""
-    space = make_env(env_id, seed=seed).action_space
-    return evaluate_policy(lambda obs: space.sample(), env_id, episodes, seed)
+    return evaluate_policy(None, env_id, episodes, seed)

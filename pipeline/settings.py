@@ -1,0 +1,266 @@
+"""Settings of the pipeline's stages, one dataclass per stage: the only place a default lives.
+
+`tinypolicy train|distill|ad|generalise` build their flags from these classes, compress's
+presets (pipeline/presets.toml) and `--set` overrides are checked against them, and
+checkpoints store them as plain dicts (tinypolicy.config). The stage modules import their
+class from here; this module imports no torch, so `tinypolicy --help` and the torch-free
+`retrain` command can build every command's flags.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+
+from tinypolicy.config import check_choices, option
+from tinypolicy.ondevice.dataset import BCRecipe
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.es import SHAPINGS
+
+BACKENDS = ("local", "ray")  # where rollouts or sweep jobs run
+
+
+# --------------------------------------------------------------------------- train
+
+@dataclass(frozen=True)
+class Method:
+    sparse: bool
+    grow: str | None          # None (static topology), "random" (SET) or "gradient" (RigL)
+    multi_step: bool          # delayed n-step TD target
+    dynamic_buffer: bool      # policy-distance capacity rule
+
+
+METHODS = {
+    "dense": Method(sparse=False, grow=None, multi_step=False, dynamic_buffer=False),
+    "static": Method(sparse=True, grow=None, multi_step=False, dynamic_buffer=False),
+    "set": Method(sparse=True, grow="random", multi_step=False, dynamic_buffer=False),
+    "rigl": Method(sparse=True, grow="gradient", multi_step=False, dynamic_buffer=False),
+    "rlx2": Method(sparse=True, grow="gradient", multi_step=True, dynamic_buffer=True),
+}
+
+# --precision: the torch dtype (by name) of the hidden layers' compute; None keeps float32.
+HIDDEN_DTYPES = {"fp32": None, "bf16": "bfloat16"}
+
+
+def sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {value}")
+    return value
+
+
+@dataclass
+class TrainConfig:
+    """One training run: `tinypolicy train`, compress's train stage, each sweep job."""
+    env_id: str = "Hopper-v5"
+    algo: str = option("td3", choices=("td3", "sac"))
+    method: str = option("rlx2", "dense; static sparse (SS); SET (random grow); RigL (gradient grow); "
+                                 "RLx2 (RigL + delayed n-step target + dynamic buffer)", choices=METHODS)
+    actor_sparsity: float = option(0.9, metavar="S", parse=sparsity)
+    critic_sparsity: float = option(0.85, metavar="S", parse=sparsity)
+    total_steps: int = option(300_000, "env steps; every schedule scales with it", flag="--steps")
+    seed: int = option(0, metavar="K", parse=int)
+    hidden: tuple[int, ...] = option((256, 256))
+    batch_size: int = 256
+    gamma: float = 0.99
+    tau: float = 0.005
+    lr: float = option(3e-4, "Adam learning rate")
+    policy_noise: float = 0.2       # TD3 target smoothing noise, in [-1, 1] action units
+    noise_clip: float = 0.5
+    policy_freq: int = 2            # TD3 delayed actor updates
+    exploration_noise: float = 0.1  # TD3
+    n_step: int = 3
+    drop_fraction: float = 0.5      # RigL zeta_0
+    buffer_threshold: float = 0.2
+    policy_distance_samples: int = 2048
+    buffer_capacity: int = 1_000_000
+    eval_interval: int = option(5_000)
+    eval_episodes: int = option(10)
+    checkpoint_interval: int = option(25_000, "env steps between checkpoints (a killed run resumes from the last one)")
+    threads: int = option(1, "torch threads")
+    precision: str = option("fp32", "compute dtype of the hidden layers (bf16: mixed precision, faster on "
+                                    "AVX-512 BF16 CPUs)", choices=HIDDEN_DTYPES)
+    # None: scaled from total_steps with the paper's proportions (pipeline.train.Schedule).
+    learning_starts: int | None = None
+    topology_interval: int | None = None
+    nstep_start: int | None = None
+    buffer_min: int | None = None
+
+    def validate(self) -> None:
+        check_choices(self, "train")
+        for name in ("actor_sparsity", "critic_sparsity"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
+                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if self.total_steps <= 0:
+            raise UserError(f"--steps must be positive, got {self.total_steps}")
+        if not self.hidden or min(self.hidden) <= 0:
+            raise UserError(f"hidden sizes must be positive, got {self.hidden}")
+
+
+# --------------------------------------------------------------------------- distill, generalise
+
+@dataclass
+class DistillConfig:
+    """HaDES behaviour distillation: `tinypolicy distill` and compress's distill stage."""
+    env_id: str = option(help="Gymnasium env id, e.g. Hopper-v5", flag="--env", metavar="ENV")
+    size: int = option(64, "state-action pairs", metavar="D")
+    mode: str = option("f", "f: one fixed policy init (HaDES-F); r: a random init per member (HaDES-R)",
+                       choices=("r", "f"))
+    population: int = option(64, "even ES population", metavar="P")
+    generations: int = option(200, metavar="G")
+    init: str = option("zeros", "zeros: the paper's start; expert: states and actions from an expert's rollouts",
+                       choices=("zeros", "expert"))
+    expert: str | None = option(None, "expert checkpoint for --init expert", metavar="CHECKPOINT")
+    sigma: float = option(0.03, "ES noise scale (fixed)")
+    lr: float = option(0.05, "Adam lr on the ES mean")
+    shaping: str = option("raw", "fitness shaping", choices=SHAPINGS)
+    # the behaviour-cloning recipe: the robot's own defaults (ondevice/ imports nothing of ours)
+    hidden: tuple[int, ...] = option(BCRecipe.hidden, "BC policy hidden sizes")
+    activation: str = BCRecipe.activation
+    bc_steps: int = option(BCRecipe.steps)
+    bc_lr: float = option(BCRecipe.lr)
+    seed: int = option(0, metavar="K", parse=int)
+    workers: int = option(2, "rollout processes")
+    backend: str = option("local", "rollouts in local worker processes, or on Ray workers (pip install -e '.[ray]')",
+                          choices=BACKENDS)
+    ray_address: str | None = option(None, "an existing Ray cluster (default: a local one)", metavar="ADDR")
+    max_episode_steps: int = 1000
+    stats_steps: int = 10_000        # env steps of rollouts for the fixed observation statistics
+    final_seeds: int = option(5, "fresh policies retrained and evaluated on the final dataset")
+    final_episodes: int = 3
+    mean_episodes: int = option(4, "episodes of the search mean per generation; the best-scoring mean is the dataset")
+
+    # fields that may change between a run and its resumption
+    RESUMABLE = ("generations", "workers", "backend", "ray_address", "final_seeds", "final_episodes")
+
+    def __post_init__(self):
+        check_choices(self, "distill")
+        if self.init == "expert" and not self.expert:
+            raise UserError("--init expert needs --expert CHECKPOINT")
+        if self.population < 2 or self.population % 2:
+            raise UserError(f"--population must be even and >= 2 (antithetic pairs), got {self.population}")
+        if min(self.size, self.generations, self.bc_steps, self.workers, self.final_seeds, self.mean_episodes) <= 0:
+            raise UserError("size, generations, BC steps, workers, final seeds and mean episodes must be positive")
+        if not (self.sigma > 0 and self.lr > 0 and self.bc_lr > 0):
+            raise UserError("sigma and learning rates must be positive")
+
+    @property
+    def recipe(self) -> BCRecipe:
+        return BCRecipe(hidden=self.hidden, activation=self.activation, steps=self.bc_steps, lr=self.bc_lr)
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE}
+
+
+@dataclass
+class GeneraliseConfig:
+    """`tinypolicy generalise`: retraining a dataset with other architectures."""
+    seeds: int = option(3, "policies per variant")
+    episodes: int = option(2, "episodes per policy")
+    workers: int = option(2)
+
+
+# --------------------------------------------------------------------------- compress's own stages
+
+@dataclass
+class EvaluateConfig:
+    """compress's evaluate stage (`tinypolicy evaluate` has its own flags: another default seed)."""
+    episodes: int = 10
+    seed: int = 10_000  # episodes never seen in training
+
+
+@dataclass
+class RetrainConfig:
+    """compress's retrain stage: a dense and a sparse-mask policy retrained from the dataset."""
+    episodes: int = 5
+    seed: int = 0
+
+
+@dataclass
+class ReportConfig:
+    """compress's report stage has no settings; its presets table must be empty."""
+
+
+# --------------------------------------------------------------------------- Algorithm Distillation
+
+SOURCES = ("learning", "expert")  # what `ad train` learns from: learning histories (AD) or expert episodes (ED)
+
+
+@dataclass(frozen=True)
+class QLearningConfig:
+    """Tabular epsilon-greedy Q-learning (Tarasov et al. 2025 / Headless-AD use lr 0.9933,
+    200 episodes). Epsilon falls linearly from 1 to 0 over `decay_episodes`; ties between
+    equal Q-values break at random, so an agent that has seen no reward walks at random."""
+
+    lr: float = 0.9933
+    gamma: float = 0.9
+    decay_episodes: int = option(50, "source episodes over which Q-learning's epsilon falls from 1 to 0",
+                                 flag="--epsilon-decay")
+
+    def epsilon(self, episode: int) -> float:
+        return max(0.0, 1.0 - episode / self.decay_episodes)
+
+
+@dataclass
+class ADCollectConfig:
+    """`ad collect`: the goal split and the source's learning histories."""
+    test_goals: int = option(16, "held-out goals")
+    seeds_per_goal: int = option(25, "Q-learners per training goal")
+    episodes: int = option(200, "source episodes per history")
+    keep_every: int = option(10, "keep every K-th episode", metavar="K")
+    seed: int = option(0, "seed of the goal split and the learners", metavar="K", parse=int)
+
+
+@dataclass
+class ADTrainConfig:
+    """`ad train`: the causal transformer and its optimiser."""
+    source: str = option("learning", "learning histories (AD) or expert episodes (ED)", choices=SOURCES)
+    steps: int = option(20_000, "gradient steps")
+    batch: int = option(64, "windows per step")
+    lr: float = option(1e-3, "peak AdamW learning rate")
+    warmup: int = 200
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    seed: int = option(0, metavar="K", parse=int)
+    window: int = option(60, "context length T in transitions")
+    dim: int = option(64)
+    layers: int = option(3)
+    heads: int = option(4)
+    ff_dim: int = option(256)
+    dropout: float = 0.1
+    attn_dropout: float = 0.3
+    checkpoint_every: int = option(500, "gradient steps between checkpoints")
+
+    # fields that may change between a run and its resumption: a run can be extended or cut
+    # short, its cosine schedule then follows the new length from the current step on
+    RESUMABLE = ("steps", "checkpoint_every")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 1% of the peak."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+@dataclass
+class ADEvalConfig:
+    """`ad evaluate`: the in-context curves."""
+    episodes: int = option(500, "AD, source, random")
+    seeds: int = option(3, "evaluation seeds per goal")
+    short_episodes: int = option(150, "ED, AD on training goals and the ablations")
+    ablation_window: int = 10    # under one episode
+    seed: int = option(1000, metavar="K", parse=int)
+    greedy: bool = option(False, "argmax actions instead of sampling")
+
+
+@dataclass
+class ADExportConfig:
+    """`ad export`: the held-out curve run under PyTorch and ONNX Runtime."""
+    episodes: int = option(100)
+    seed: int = option(1000, metavar="K", parse=int)
