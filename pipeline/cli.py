@@ -44,108 +44,104 @@ def _override(text: str) -> tuple[str, str, object]:
     return stage, name, value
 
 
+def _command(sub, name: str, help: str, description: str, *, inputs: tuple[tuple[str, str, str], ...] = (),
+             out: bool | str = True, config: type | None = None, quiet: bool = True) -> argparse.ArgumentParser:
+    """A subcommand: positional input paths (name, metavar, help), `--out DIR` (required when
+    `out` is True; optional with `out` as its help text), the flags of `config`, `--quiet`."""
+    p = sub.add_parser(name, help=help, description=description)
+    for argument, metavar, text in inputs:
+        p.add_argument(argument, type=Path, metavar=metavar, help=text)
+    if out is True:
+        p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    elif out:
+        p.add_argument("--out", type=Path, default=None, metavar="DIR", help=out)
+    if config is not None:
+        add_flags(p, config)
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinypolicy", description="Compress RL control policies for robots and microcontrollers.")
     parser.add_argument("--version", action="version", version=f"tinypolicy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a sparse TD3/SAC agent (RLx2 and baselines)",
-                       description="Train a sparse TD3 or SAC agent from scratch. Re-running the same "
-                                   "command resumes from the last checkpoint in --out.")
+    p = _command(sub, "train", "train a sparse TD3/SAC agent (RLx2 and baselines)",
+                 "Train a sparse TD3 or SAC agent from scratch. Re-running the same command resumes from the "
+                 "last checkpoint in --out.", config=TrainConfig)
     p.add_argument("--env", dest="env_id", required=True, metavar="ENV", help="Gymnasium env id, e.g. Hopper-v5")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    add_flags(p, TrainConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint's deterministic policy",
-                       description="Print the mean and std return over N deterministic episodes as JSON.")
-    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    p = _command(sub, "evaluate", "evaluate a checkpoint's deterministic policy",
+                 "Print the mean and std return over N deterministic episodes as JSON.",
+                 inputs=(("checkpoint", "CHECKPOINT", None),), out=False, quiet=False)
     p.add_argument("--env", dest="env_id", default=None, metavar="ENV",
                    help="env id (default: the one the checkpoint was trained on)")
     p.add_argument("--episodes", type=positive_int, default=10, metavar="N")
     p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
 
-    p = sub.add_parser("compress", help="run the whole pipeline on one env",
-                       description="Run every pipeline stage on ENV with a preset: train (RLx2) -> evaluate -> "
-                                   "export -> bench -> embedded -> distill (HaDES) -> retrain -> report. Each stage "
-                                   "leaves a stamp; re-running skips finished stages, resumes an interrupted one "
-                                   "and reruns one whose parameters or inputs changed.")
+    p = _command(sub, "compress", "run the whole pipeline on one env",
+                 "Run every pipeline stage on ENV with a preset: train (RLx2) -> evaluate -> export -> bench -> "
+                 "embedded -> distill (HaDES) -> retrain -> report. Each stage leaves a stamp; re-running skips "
+                 "finished stages, resumes an interrupted one and reruns one whose parameters or inputs changed.",
+                 out="default artifacts/ENV")
     p.add_argument("--env", dest="env_id", default=TrainConfig.env_id, metavar="ENV",
                    help=f"Gymnasium env id (default: {TrainConfig.env_id})")
     p.add_argument("--preset", default="quick", metavar="NAME", help="tiny, quick or full (default quick)")
     p.add_argument("--presets", type=Path, default=None, metavar="FILE",
                    help="a TOML file of presets (default: the packaged pipeline/presets.toml)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default artifacts/ENV")
     add_flags(p.add_argument_group("training (an unset flag keeps the preset's value)"), TrainConfig,
               with_defaults=False)
     p.add_argument("--set", dest="overrides", action="append", default=[], type=_override, metavar="STAGE.KEY=VALUE",
                    help="override one stage parameter, e.g. --set distill.generations=50 (repeatable; VALUE is "
                         "TOML: 64, 0.5, \"expert\", [64,64])")
-    p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("embedded", help="build the exported C actor as Cortex-M firmware and for aarch64, and measure it",
-                       description="Cross-compile an export bundle's C actor (sparse and dense) for each target, "
-                                   "report the model's flash and RAM, run it under QEMU, check its actions against "
-                                   "ONNX Runtime and count instructions per inference. Writes DIR/embedded.json "
-                                   "and keeps the firmware in DIR/embedded/TARGET/. Needs Debian's "
-                                   "gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm, qemu-user, "
-                                   "gcc-aarch64-linux-gnu (make embedded-deps).")
-    p.add_argument("bundle", type=Path, metavar="DIR", help="an export bundle (tinypolicy export)")
-    add_flags(p, EmbeddedConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _command(sub, "embedded", "build the exported C actor as Cortex-M firmware and for aarch64, and measure it",
+             "Cross-compile an export bundle's C actor (sparse and dense) for each target, report the model's "
+             "flash and RAM, run it under QEMU, check its actions against ONNX Runtime and count instructions "
+             "per inference. Writes DIR/embedded.json and keeps the firmware in DIR/embedded/TARGET/. Needs "
+             "Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm, qemu-user, "
+             "gcc-aarch64-linux-gnu (make embedded-deps).",
+             inputs=(("bundle", "DIR", "an export bundle (tinypolicy export)"),), out=False, config=EmbeddedConfig)
 
-    p = sub.add_parser("export", help="export a checkpoint's actor to ONNX (fp32, int8) and C",
-                       description="Write an export bundle: actor.onnx (dead neurons removed), actor.dense.onnx, "
-                                   "actor.int8.onnx, actor.c/actor.h (sparse) and actor_dense.c, export.json "
-                                   "with parity against PyTorch on rollout and extreme observations.")
-    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    add_flags(p, ExportConfig)
-    p.add_argument("--quiet", action="store_true")
+    _command(sub, "export", "export a checkpoint's actor to ONNX (fp32, int8) and C",
+             "Write an export bundle: actor.onnx (dead neurons removed), actor.dense.onnx, actor.int8.onnx, "
+             "actor.c/actor.h (sparse) and actor_dense.c, export.json with parity against PyTorch on rollout "
+             "and extreme observations.", inputs=(("checkpoint", "CHECKPOINT", None),), config=ExportConfig)
 
-    p = sub.add_parser("bench", help="latency, size and return of every variant of an export bundle",
-                       description="Measure batch-1 latency (p50/p99) of PyTorch, ONNX Runtime (dense, pruned, "
-                                   "int8) and the C kernels, MACs, sizes and returns; writes bench.json, "
-                                   "bench.md and bench.png.")
-    p.add_argument("bundle", type=Path, metavar="DIR", help="an export bundle (from tinypolicy export)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default: the bundle")
-    add_flags(p, BenchConfig)
-    p.add_argument("--quiet", action="store_true")
+    _command(sub, "bench", "latency, size and return of every variant of an export bundle",
+             "Measure batch-1 latency (p50/p99) of PyTorch, ONNX Runtime (dense, pruned, int8) and the C "
+             "kernels, MACs, sizes and returns; writes bench.json, bench.md and bench.png.",
+             inputs=(("bundle", "DIR", "an export bundle (from tinypolicy export)"),), out="default: the bundle",
+             config=BenchConfig)
 
-    p = sub.add_parser("sweep", help="run many training jobs (envs x methods x sparsities x seeds)",
-                       description="Run every job of a sweep config (TOML, see pipeline/sweep.py), locally or as "
-                                   "Ray tasks, then write sweep.csv, sweep.md and sweep.png with the ultimate "
-                                   "compression ratio per env. Re-running resumes unfinished jobs.")
-    p.add_argument("config", type=Path, metavar="CONFIG")
+    p = _command(sub, "sweep", "run many training jobs (envs x methods x sparsities x seeds)",
+                 "Run every job of a sweep config (TOML, see pipeline/sweep.py), locally or as Ray tasks, then "
+                 "write sweep.csv, sweep.md and sweep.png with the ultimate compression ratio per env. "
+                 "Re-running resumes unfinished jobs.", inputs=(("config", "CONFIG", None),), out=False)
     p.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
                    help="local: one job after another in this process; ray: one Ray task per job")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="an existing Ray cluster (default: start a local one)")
-    p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("distill", help="distil a tiny synthetic dataset with HaDES",
-                       description="Behaviour distillation (HaDES): evolve D state-action pairs with OpenAI-ES so that "
-                                   "a policy trained on them by behaviour cloning does well in ENV. Writes "
-                                   "dataset.npz/.json, fitness.csv/.png and states.png into --out; re-running the "
-                                   "same command resumes (a larger --generations extends the run).")
-    add_flags(p, DistillConfig)
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _command(sub, "distill", "distil a tiny synthetic dataset with HaDES",
+             "Behaviour distillation (HaDES): evolve D state-action pairs with OpenAI-ES so that a policy "
+             "trained on them by behaviour cloning does well in ENV. Writes dataset.npz/.json, fitness.csv/.png "
+             "and states.png into --out; re-running the same command resumes (a larger --generations extends "
+             "the run).", config=DistillConfig)
 
-    p = sub.add_parser("generalise", help="retrain a distilled dataset with other architectures",
-                       description="Retrain policies on DATASET with widths 32-512, depths 1-3, tanh/relu, "
-                                   "lr x1/4..x4 and BC steps x1/2..x2; writes a table and a plot.")
-    p.add_argument("dataset", type=Path, metavar="DATASET", help="dataset directory or its dataset.npz")
+    p = _command(sub, "generalise", "retrain a distilled dataset with other architectures",
+                 "Retrain policies on DATASET with widths 32-512, depths 1-3, tanh/relu, lr x1/4..x4 and BC "
+                 "steps x1/2..x2; writes a table and a plot.",
+                 inputs=(("dataset", "DATASET", "dataset directory or its dataset.npz"),),
+                 out="default DATASET_DIR/generalise", config=GeneraliseConfig)
     p.add_argument("--env", dest="env_id", required=True, metavar="ENV")
-    add_flags(p, GeneraliseConfig)
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="default DATASET_DIR/generalise")
-    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("retrain", help="retrain a policy from a distilled dataset (NumPy + onnx only)",
                        description="Behaviour-clone an MLP on a distilled dataset with its recipe and write an "
                                    "ONNX actor (env units in and out). Needs no torch; a robot runs the same "
-                                   "as `python -m tinypolicy.ondevice.retrain`.")
+                                   "as `python -m ondevice.retrain` from a copy of the ondevice/ folder.")
     add_retrain_arguments(p)
     _add_ad_parser(sub)
     return parser
@@ -159,40 +155,29 @@ def _add_ad_parser(sub) -> None:
                                    "on held-out goals with frozen weights, export its step function to ONNX.")
     stages = p.add_subparsers(dest="ad_command", required=True, metavar="STAGE")
 
-    s = stages.add_parser("collect", help="learning histories of tabular Q-learning, and expert data",
-                          description="Split the 81 goals into train / held-out, run Q-learning on every "
-                                      "training goal with several seeds and keep every k-th episode; also roll "
-                                      "out the optimal policy (data for the ED baseline). Writes histories.npz.")
-    s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    add_flags(s, ADCollectConfig)
+    s = _command(stages, "collect", "learning histories of tabular Q-learning, and expert data",
+                 "Split the 81 goals into train / held-out, run Q-learning on every training goal with several "
+                 "seeds and keep every k-th episode; also roll out the optimal policy (data for the ED baseline). "
+                 "Writes histories.npz.", config=ADCollectConfig, quiet=False)
     add_flags(s, QLearningConfig)
 
-    s = stages.add_parser("train", help="train the AD (or ED) transformer; re-running resumes",
-                          description="Train the causal transformer to predict the source's actions on random "
-                                      "across-episode windows. --source expert trains the ED baseline. "
-                                      "Checkpoints every --checkpoint-every steps; re-running resumes.")
+    s = _command(stages, "train", "train the AD (or ED) transformer; re-running resumes",
+                 "Train the causal transformer to predict the source's actions on random across-episode "
+                 "windows. --source expert trains the ED baseline. Checkpoints every --checkpoint-every steps; "
+                 "re-running resumes.", config=ADTrainConfig)
     s.add_argument("--data", required=True, type=Path, metavar="DIR", help="the directory `ad collect` wrote")
-    s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    add_flags(s, ADTrainConfig)
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    s = stages.add_parser("evaluate", help="in-context curves on held-out goals (frozen weights)",
-                          description="From an empty context: return per episode of AD, ED, the source, random and "
-                                      "optimal on the held-out goals, AD on training goals and the context "
-                                      "ablations. Writes curves.json, curves.csv, curves.png and context_ablation.png.")
-    s.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="the AD checkpoint.pt")
+    s = _command(stages, "evaluate", "in-context curves on held-out goals (frozen weights)",
+                 "From an empty context: return per episode of AD, ED, the source, random and optimal on the "
+                 "held-out goals, AD on training goals and the context ablations. Writes curves.json, "
+                 "curves.csv, curves.png and context_ablation.png.",
+                 inputs=(("checkpoint", "CHECKPOINT", "the AD checkpoint.pt"),), config=ADEvalConfig)
     s.add_argument("--ed", type=Path, default=None, metavar="CHECKPOINT", help="the ED checkpoint.pt (optional)")
-    s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    add_flags(s, ADEvalConfig)
-    s.add_argument("--quiet", action="store_true")
 
-    s = stages.add_parser("export", help="ONNX step function, checked under ONNX Runtime",
-                          description="Export the [1, T] step function to ONNX and re-run the held-out in-context "
-                                      "curve under ONNX Runtime next to PyTorch. Writes ad.onnx and export.json.")
-    s.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
-    s.add_argument("--out", required=True, type=Path, metavar="DIR")
-    add_flags(s, ADExportConfig)
-    s.add_argument("--quiet", action="store_true")
+    _command(stages, "export", "ONNX step function, checked under ONNX Runtime",
+             "Export the [1, T] step function to ONNX and re-run the held-out in-context curve under ONNX "
+             "Runtime next to PyTorch. Writes ad.onnx and export.json.",
+             inputs=(("checkpoint", "CHECKPOINT", None),), config=ADExportConfig)
 
 
 def _config(cls: type, args: argparse.Namespace, **fixed):
@@ -254,34 +239,34 @@ def cmd_compress(args) -> int:
     print(f"\ntinypolicy compress: {args.env_id}, preset {args.preset}, artefacts in {out}")
     print(f"  {'stage':9} {'status':11} {'time':>8}  result")
     for r in records:
-        print(f"  {r['stage']:9} {r['status']:11} {r['seconds']:7.1f}s  {_stage_result(r['stage'], r['summary'])}")
+        print(f"  {r['stage']:9} {r['status']:11} {r['seconds']:7.1f}s  {STAGE_RESULTS[r['stage']](r['summary'])}")
     return 0
 
 
-def _stage_result(stage: str, s: dict) -> str:
-    """One line of the compress summary table."""
-    if stage == "train":
-        return f"actor sparsity {s['actor_sparsity']:.3f}, critic {s['critic_sparsity']:.3f}, {s['steps']:,} steps"
-    if stage == "evaluate":
-        return f"return {s['mean_return']:.1f} +- {s['std_return']:.1f} (random {s['random_mean_return']:.1f})"
-    if stage == "export":
-        return (f"widths {s['widths']}, nonzero MACs {s['macs']['nonzero']:,} of {s['macs']['dense']:,}, "
-                f"parity {'ok' if s['parity_within_1e-5'] else 'beyond 1e-5'}")
-    if stage == "bench":
-        return (f"C sparse {s['latency_p50_us']['c_sparse']:.2f} us: {s['speedup']['c_sparse_vs_ort_dense']:.1f}x "
-                f"ORT dense, {s['speedup']['c_sparse_vs_c_dense']:.1f}x C dense")
-    if stage == "embedded":
-        parts = [f"{t} sparse {s[t]['sparse']['flash_bytes'] / 1024:.1f} KiB flash" for t in s["targets"]
-                 if s[t].get("sparse", {}).get("flash_bytes")]
-        parts += [f"{t} skipped" for t in s["skipped"]]
-        return ", ".join(parts) or "no target"
-    if stage == "distill":
-        return (f"D={s['size']} HaDES-{s['mode'].upper()}, retrained return "
-                f"{s['fresh_init_mean']:.1f} (random {s['random_policy_return']:.1f})")
-    if stage == "retrain":
-        return (f"return dense {s['dense']['mean_return']:.1f}, sparse-mask {s['sparse']['mean_return']:.1f} "
-                f"({s['sparse']['sparsity']:.0%} sparse)")
-    return s["report"]
+def _embedded_result(s: dict) -> str:
+    parts = [f"{t} sparse {s[t]['sparse']['flash_bytes'] / 1024:.1f} KiB flash" for t in s["targets"]
+             if s[t].get("sparse", {}).get("flash_bytes")]
+    return ", ".join(parts + [f"{t} skipped" for t in s["skipped"]]) or "no target"
+
+
+# One line of the compress summary table per stage, from the summary its stamp records.
+STAGE_RESULTS = {
+    "train": lambda s: f"actor sparsity {s['actor_sparsity']:.3f}, critic {s['critic_sparsity']:.3f}, "
+                       f"{s['steps']:,} steps",
+    "evaluate": lambda s: f"return {s['mean_return']:.1f} +- {s['std_return']:.1f} "
+                          f"(random {s['random_mean_return']:.1f})",
+    "export": lambda s: f"widths {s['widths']}, nonzero MACs {s['macs']['nonzero']:,} of {s['macs']['dense']:,}, "
+                        f"parity {'ok' if s['parity_within_1e-5'] else 'beyond 1e-5'}",
+    "bench": lambda s: f"C sparse {s['latency_p50_us']['c_sparse']:.2f} us: "
+                       f"{s['speedup']['c_sparse_vs_ort_dense']:.1f}x ORT dense, "
+                       f"{s['speedup']['c_sparse_vs_c_dense']:.1f}x C dense",
+    "embedded": _embedded_result,
+    "distill": lambda s: f"D={s['size']} HaDES-{s['mode'].upper()}, retrained return {s['fresh_init_mean']:.1f} "
+                         f"(random {s['random_policy_return']:.1f})",
+    "retrain": lambda s: f"return dense {s['dense']['mean_return']:.1f}, sparse-mask "
+                         f"{s['sparse']['mean_return']:.1f} ({s['sparse']['sparsity']:.0%} sparse)",
+    "report": lambda s: s["report"],
+}
 
 
 def cmd_embedded(args) -> int:

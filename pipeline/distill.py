@@ -61,7 +61,7 @@ def _random_rollout_states(env_id: str, steps: int, seed: int) -> np.ndarray:
     return np.asarray([step.obs for step in rollout(env_id, None, seed, steps=steps)], dtype=np.float64)
 
 
-def _expert_rollouts(actor, env_id: str, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def expert_rollouts(actor, env_id: str, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """States visited by the expert's deterministic policy, its actions in policy units and
     the returns of its finished episodes."""
     squashed_actions = []
@@ -105,7 +105,7 @@ def initial_state(cfg: DistillConfig, out: Path, obs_dim: int, act_dim: int) -> 
         actor = ckpt.build_actor()
         if not hasattr(actor, "squashed"):
             raise UserError(f"expert {cfg.expert} has no squashed-action actor")
-        visited, labels, returns = _expert_rollouts(actor, cfg.env_id, cfg.stats_steps,
+        visited, labels, returns = expert_rollouts(actor, cfg.env_id, cfg.stats_steps,
                                                     seed=cfg.seed * 1000 + 10_000_000)
         if visited.shape[1] != obs_dim or labels.shape[1] != act_dim:
             raise UserError(f"expert {cfg.expert} has dims {visited.shape[1]}/{labels.shape[1]}, "

@@ -22,12 +22,12 @@ import torch
 from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.ondevice.dataset import BCRecipe, Dataset, save_dataset
 from tinypolicy.ondevice.errors import UserError
-from tinypolicy.pipeline.distill import STD_FLOOR, _expert_rollouts
+from tinypolicy.pipeline.distill import STD_FLOOR, expert_rollouts
 
 
 def expert_dataset(checkpoint_path: str | Path, size: int, steps: int, seed: int) -> Dataset:
     ckpt = load_checkpoint(checkpoint_path)
-    visited, labels, returns = _expert_rollouts(ckpt.build_actor(), ckpt.env_id, steps, seed)
+    visited, labels, returns = expert_rollouts(ckpt.build_actor(), ckpt.env_id, steps, seed)
     if size > len(visited):
         raise UserError(f"--size {size} is more than the {len(visited)} states visited; use more --steps")
     mean, std = visited.mean(axis=0), np.maximum(visited.std(axis=0), STD_FLOOR)
