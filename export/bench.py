@@ -36,7 +36,7 @@ from tinypolicy.export.embedded import update_bench_report
 from tinypolicy.export.mlp import MLPPolicy
 from tinypolicy.export.runtimes import FLOAT_P, CKernels, ort_actions, ort_session
 from tinypolicy.export.settings import BenchConfig
-from tinypolicy.ondevice.artefact import write_json, write_text
+from tinypolicy.ondevice.artefact import prepare_output_dir, write_json, write_text
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.onnx_mlp import read_policy_onnx, save_onnx
 from tinypolicy.plots import save_figure, subplots
@@ -112,8 +112,7 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
     torch.set_num_threads(1)
     manifest = load_bundle(bundle_dir)
     folder = Path(bundle_dir)
-    out = Path(out_dir) if out_dir else folder
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out_dir or folder)
     n_rollout = manifest["parity"]["rollout_observations"]
     observations = np.load(folder / FILES["observations"], allow_pickle=False)[:n_rollout]
     rows = [np.ascontiguousarray(o[None]) for o in observations]

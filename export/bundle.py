@@ -35,7 +35,7 @@ from tinypolicy.export.prune import PruneResult, remove_dead_neurons
 from tinypolicy.export.runtimes import CKernels, ort_actions, ort_session
 from tinypolicy.export.settings import ExportConfig
 from tinypolicy.models import sparse_layers
-from tinypolicy.ondevice.artefact import atomic_write, read_manifest, sha256_file, write_json
+from tinypolicy.ondevice.artefact import atomic_write, prepare_output_dir, read_manifest, sha256_file, write_json
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.onnx_mlp import save_onnx
 
@@ -54,13 +54,11 @@ QUANTIZATION = ("int8 static QDQ calibrated on rollouts: U8 activations, S8 per-
 
 
 def _validated_actor(ckpt: Checkpoint) -> torch.nn.Module:
-    """The checkpoint's actor, refusing masks and weights that disagree or are not finite."""
-    actor = ckpt.build_actor()  # refuses nonzero weights outside the mask
+    """The checkpoint's actor, refusing masks that are not binary."""
+    actor = ckpt.build_actor()  # refuses non-finite weights and nonzero weights outside the mask
     for k, layer in enumerate(sparse_layers(actor)):
         if not bool(((layer.mask == 0) | (layer.mask == 1)).all()):
             raise UserError(f"{ckpt.path}: actor layer {k} has a mask that is not binary")
-        if not (torch.isfinite(layer.weight).all() and torch.isfinite(layer.bias).all()):
-            raise UserError(f"{ckpt.path}: actor layer {k} has NaN or infinite weights")
     spaces = ckpt.data["spaces"]
     env = make_env(ckpt.env_id)
     dims = env.observation_space.shape[0], env.action_space.shape[0]
@@ -169,9 +167,9 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
     actor on extreme observations is itself 1e-5 away from exact arithmetic in PyTorch.
     """
     start = time.time()
-    out = Path(out_dir)
     ckpt = load_checkpoint(checkpoint_path)
     actor = _validated_actor(ckpt)
+    out = prepare_output_dir(out_dir)  # before the minute of rollouts, quantization and compiling
     steps = tqdm(total=6, desc="export", disable=not progress, unit="step")
 
     dense = policy_from_actor(actor)
@@ -185,7 +183,6 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
     observations = np.concatenate([visited, extreme_observations(visited, n_extreme, rng)])
     steps.update()
 
-    out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # the bundle is incomplete until the manifest is back
     metadata = _metadata(ckpt, dense, pruned, macs)
     save_onnx(pruned.policy.onnx(metadata), out / FILES["onnx"])
@@ -245,7 +242,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
     manifest = {
         "format": FORMAT, "version": VERSION, "tinypolicy_version": __version__,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "checkpoint": {"path": str(Path(checkpoint_path).resolve()), "sha256": metadata["checkpoint_sha256"],
+        "checkpoint": {"path": str(ckpt.path.resolve()), "sha256": metadata["checkpoint_sha256"],
                        "steps_done": ckpt.steps_done, "algo": ckpt.config.get("algo"),
                        "method": ckpt.config.get("method")},
         "env_id": ckpt.env_id, "obs_dim": dense.obs_dim, "act_dim": dense.act_dim,
@@ -280,8 +277,9 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
 def load_bundle(bundle_dir: str | Path) -> dict[str, Any]:
     """The manifest of a complete, unmodified export bundle, with `dir` set to its folder.
 
-    Refuses a folder without export.json, a manifest of another format or version, and a
-    missing, truncated or changed file."""
+    Refuses a folder without export.json, a manifest of another format or version, a
+    missing, truncated or changed file, and an env id or dimensions in export.json (which
+    records the other files' hashes, not its own) that disagree with the ONNX actors'."""
     folder = Path(bundle_dir)
     path = folder / MANIFEST
     if not path.is_file():
@@ -296,4 +294,25 @@ def load_bundle(bundle_dir: str | Path) -> dict[str, Any]:
             raise UserError(f"export bundle {folder} is missing {name}")
         if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
             raise UserError(f"{file} is truncated or was changed after export (hash mismatch)")
+    for key in ("onnx", "onnx_dense", "onnx_int8"):
+        facts = _onnx_facts(folder / FILES[key])
+        differ = [f"{name} {manifest.get(name)!r} where {FILES[key]} has {value!r}" for name, value in facts.items()
+                  if manifest.get(name) != value]
+        if differ:
+            raise UserError(f"{path} records {', '.join(differ)}: it was edited; export the checkpoint again")
+    if any(len(manifest.get(key) or ()) != manifest["act_dim"] for key in ("action_low", "action_high")):
+        raise UserError(f"{path}: action_low and action_high must hold act_dim {manifest['act_dim']} values each")
     return {**manifest, "dir": str(folder)}
+
+
+def _onnx_facts(path: Path) -> dict[str, Any]:
+    """What an actor ONNX file says of itself: its env (metadata) and the widths of its `obs`
+    input and `actions` output."""
+    model = onnx.load(str(path))
+
+    def width(values, name: str) -> int | None:
+        dims = next((v.type.tensor_type.shape.dim for v in values if v.name == name), None)
+        return dims[-1].dim_value if dims else None
+
+    return {"env_id": next((p.value for p in model.metadata_props if p.key == "env_id"), None),
+            "obs_dim": width(model.graph.input, "obs"), "act_dim": width(model.graph.output, "actions")}

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from tinypolicy.export.bundle import FILES, PARITY_TOLERANCE, load_bundle
 from tinypolicy.export.runtimes import ort_actions, ort_session
 from tinypolicy.export.settings import TARGETS, Target
-from tinypolicy.ondevice.artefact import write_json, write_text
+from tinypolicy.ondevice.artefact import prepare_output_dir, write_json, write_text
 from tinypolicy.ondevice.errors import UserError
 
 KERNELS = {"sparse": ("actor.c", "tp_actor"), "dense": ("actor_dense.c", "tp_actor_dense")}
@@ -271,6 +271,7 @@ def embedded_report(bundle_dir: str | Path, target: str, observations: np.ndarra
         raise UserError(f"{', '.join(missing)} not found; install the Debian packages with `make embedded-deps` "
                         f"(as root) or apt-get install --no-install-recommends {APT_PACKAGES}")
     sources, recorded = read_bundle(Path(bundle_dir))
+    prepare_output_dir(sources.directory)  # the firmware goes into the bundle
     source = ("given by the caller" if observations is not None
               else f"{len(recorded)} rows evenly spaced through the bundle's observations.npy")
     if observations is None:
@@ -285,15 +286,19 @@ def embedded_report(bundle_dir: str | Path, target: str, observations: np.ndarra
     out = final.with_name(f".{target}.tmp")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    with tqdm(total=2 + len(KERNELS), desc=f"embedded {target}", disable=not progress, unit="build") as bar:
-        plugin = build_plugin(out)
-        harness_elf, _ = build_firmware(t, sources, None, out)
-        harness = section_sizes(t, harness_elf)
-        bar.update(2)
-        kernels = {}
-        for kernel in KERNELS:
-            kernels[kernel] = _kernel_report(t, sources, kernel, out, plugin, harness, observations, reference)
-            bar.update()
+    try:
+        with tqdm(total=2 + len(KERNELS), desc=f"embedded {target}", disable=not progress, unit="build") as bar:
+            plugin = build_plugin(out)
+            harness_elf, _ = build_firmware(t, sources, None, out)
+            harness = section_sizes(t, harness_elf)
+            bar.update(2)
+            kernels = {}
+            for kernel in KERNELS:
+                kernels[kernel] = _kernel_report(t, sources, kernel, out, plugin, harness, observations, reference)
+                bar.update()
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a failed build (a full disk, a tool's error) leaves no .tmp behind
+        raise
     shutil.rmtree(final, ignore_errors=True)
     out.rename(final)
     for k in kernels.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tinypolicy.config import option
+from tinypolicy.ondevice.flags import random_seed
 
 
 # The embedded targets: what `tinypolicy embedded --target` offers and how each is built and run.
@@ -59,7 +60,7 @@ class ExportConfig:
     """`tinypolicy export` and compress's export stage."""
     parity_samples: int = option(10_000, "observations for the parity check (80%% rollouts, 20%% extremes)")
     episodes: int = option(5, "episodes for the int8 return")
-    seed: int = option(0, metavar="K", parse=int)
+    seed: int = option(0, metavar="K", parse=random_seed)
 
 
 @dataclass
@@ -69,7 +70,7 @@ class BenchConfig:
     c_calls: int = option(100_000, "calls timed inside C")
     rounds: int = option(5, "interleaved timing rounds")
     episodes: int = option(5)
-    seed: int = option(1000, "seed of the first episode", metavar="K", parse=int)
+    seed: int = option(1000, "seed of the first episode", metavar="K", parse=random_seed)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """What every artefact's saver and loader share: atomic writes, file hashes, versioned JSON
-manifests and validated .npz arrays.
+manifests and validated .npz arrays; and the check every command runs on its outputs
+before it starts working (`prepare_output_dir`, `check_output_file`).
 
 Each typed artefact (distilled dataset, export bundle, AD histories, compress stamps) is a
 JSON manifest that names its format and version and records the SHA-256 of its data files,
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -34,13 +36,17 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """`write(tmp)` then rename over `path`: a crash leaves the old file or the new, never half.
 
     `tmp` is `path` with ".tmp" appended; a `write` that raises leaves the old file and
-    removes `tmp`."""
+    removes `tmp`. An OSError that names no file, or only `tmp`, is given `path`: a full
+    disk fails a `write()` call, which knows no name, and its one-line report must say
+    which output could not be written."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+            exc.filename = str(path)
         raise
     os.replace(tmp, path)
 
@@ -67,15 +73,64 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], compressed: bool = Fals
 
 
 def artefact_files(path: Path, stem: str, what: str, hint: str = "") -> tuple[Path, Path]:
-    """`stem.npz` and its manifest `stem.json`, given their folder or either file; refused,
-    with `hint` appended, if either is missing."""
+    """`stem.npz` and its manifest `stem.json`, given their folder or either file.
+
+    Any other path is refused, naming the path given and what was expected (with `hint`
+    appended): a mistyped name must not fall back to the artefact in its parent folder."""
     path = Path(path)
-    directory = path if path.is_dir() else path.parent
+    if path.is_dir():
+        directory = path
+    elif path.name in (f"{stem}.npz", f"{stem}.json"):
+        directory = path.parent
+    else:
+        problem = "is a file of another name" if path.exists() else "does not exist"
+        raise UserError(f"{what} {path} {problem}; expected a folder holding {stem}.npz and {stem}.json, "
+                        f"or one of those files{hint}")
     npz, manifest = directory / f"{stem}.npz", directory / f"{stem}.json"
     for required in (npz, manifest):
         if not required.is_file():
-            raise UserError(f"{what} {required} does not exist{hint}")
+            raise UserError(f"{what} file {required} does not exist{hint}")
     return npz, manifest
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first of `path` and its parents that exists and is not a folder."""
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def prepare_output_dir(path: Path, what: str = "output folder") -> Path:
+    """Create the folder `path` (and its parents) and check that a file can be written in it.
+
+    A command calls this before its long work, so a file in the way or a read-only place is
+    refused with one line at once rather than as a traceback at its first write."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot create {what} {path}: {_file_in_the_way(path)} is a file, not a folder") from None
+    except OSError as exc:
+        raise UserError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    try:
+        # Permission bits do not tell (root, read-only mounts, ACLs): only a write does.
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tinypolicy-", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write into {what} {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def check_output_file(path: Path, what: str, inputs: tuple[Path | None, ...] = ()) -> Path:
+    """Refuse an output file that is a folder or one of the command's `inputs` (compared as
+    resolved paths; None entries are skipped), and prepare its folder (`prepare_output_dir`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    if path.resolve() in {Path(p).resolve() for p in inputs if p is not None}:
+        raise UserError(f"{what} {path} is also an input of this command and would be overwritten; "
+                        "give another name")
+    prepare_output_dir(path.parent, f"the folder of {what}")
+    return path
 
 
 def read_manifest(path: Path, fmt: str, version: int, what: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ This module imports only NumPy and the standard library: the on-device retrainin
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ class BCRecipe:
             raise UserError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if not self.hidden or min(self.hidden) <= 0:
             raise UserError(f"hidden sizes must be positive, got {self.hidden}")
-        if self.steps <= 0 or self.lr <= 0:
-            raise UserError("BC steps and learning rate must be positive")
+        # A dataset.json is edited by hand, too: nan passes `<= 0` and would train a NaN policy.
+        if self.steps <= 0 or not all(math.isfinite(x) and x > 0 for x in (self.lr, self.adam_eps, self.grad_clip)):
+            raise UserError("BC steps, learning rate, Adam eps and gradient clip must be positive and finite")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "BCRecipe":
@@ -138,13 +140,18 @@ def save_dataset(dataset: Dataset, directory: str | Path) -> Path:
     return npz
 
 
+def dataset_files(path: str | Path) -> tuple[Path, Path]:
+    """dataset.npz and dataset.json, given their folder or either file; any other path is refused."""
+    return artefact_files(path, "dataset", "dataset")
+
+
 def load_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
     """Read and validate a dataset (its directory, dataset.npz or dataset.json).
 
     Refuses, with a `UserError`, a missing, truncated or tampered file, wrong shapes,
     NaNs, or a dataset for another env than `env_id` (when given).
     """
-    npz, info_path = artefact_files(path, "dataset", "dataset file")
+    npz, info_path = dataset_files(path)
     info = read_manifest(info_path, FORMAT, VERSION, "dataset description")
     digest = check_hash(npz, info.get("sha256"), info_path.name)
     arrays = load_arrays(npz, ARRAYS, "dataset")
@@ -155,7 +162,7 @@ def load_dataset(path: str | Path, env_id: str | None = None) -> Dataset:
         raise UserError(f"{npz} was distilled for {info.get('env_id')}, not {env_id}")
     try:
         recipe = BCRecipe.from_dict(info.get("recipe", {}))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, UserError) as exc:
         raise UserError(f"{info_path}: invalid BC recipe ({exc})") from None
     dataset = Dataset(env_id=str(info.get("env_id")), recipe=recipe, meta=info.get("meta", {}),
                       sha256=digest, **arrays)

@@ -44,9 +44,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .dataset import ACTIVATIONS, BCRecipe, Dataset, load_dataset
-from .errors import UserError
-from .flags import layer_sizes, positive_float, positive_int
+from .artefact import check_output_file
+from .dataset import ACTIVATIONS, BCRecipe, Dataset, dataset_files, load_dataset
+from .errors import UserError, run_command
+from .flags import ArgumentParser, layer_sizes, positive_float, positive_int, random_seed
 from .onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
 
 ADAM_BETAS = (0.9, 0.999)
@@ -288,10 +289,12 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
     Unset options keep the dataset recipe's values; with `mask_path` or `init_path` the hidden
     sizes are that file's (a different `hidden` is refused); `init_path` replaces the seeded
     init (and `seed` is then unused). Raises `UserError` for a dataset or mask that
-    does not fit, and if the ONNX file's outputs differ from the NumPy forward pass.
+    does not fit, an `out_path` that is a folder or one of the inputs (before training), and
+    if the ONNX file's outputs differ from the NumPy forward pass.
     """
     started = time.perf_counter()
     dataset = load_dataset(dataset_path)
+    check_output_file(out_path, "output", (*dataset_files(dataset_path), mask_path, init_path))
     overrides = {"hidden": hidden, "activation": activation, "steps": steps, "lr": lr}
     recipe = replace(dataset.recipe, **{k: v for k, v in overrides.items() if v is not None})
     if mask_path is not None and init_path is not None:
@@ -354,7 +357,8 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The retrain options, shared by `tinypolicy retrain` and `python -m ondevice.retrain` on a robot."""
     parser.add_argument("dataset", type=Path, metavar="DATASET", help="a dataset directory (or its dataset.npz)")
-    parser.add_argument("--out", required=True, type=Path, metavar="POLICY.onnx")
+    parser.add_argument("--out", required=True, type=Path, metavar="POLICY.onnx",
+                        help="the ONNX file to write (none of the input files)")
     parser.add_argument("--hidden", type=layer_sizes, default=None, metavar="W,W",
                         help="hidden sizes (default: the dataset recipe's; with --mask: the mask's)")
     parser.add_argument("--activation", choices=ACTIVATIONS, default=None,
@@ -366,7 +370,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, default=None, metavar="INIT.npz",
                         help="start from these parameters (w0, b0, ..., log_std), e.g. the policy_init.npz a "
                              "HaDES-F dataset was distilled for; hidden sizes from the file")
-    parser.add_argument("--seed", type=int, default=0, metavar="K", help="init seed (without --init)")
+    parser.add_argument("--seed", type=random_seed, default=0, metavar="K", help="init seed (without --init)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -381,14 +385,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ondevice.retrain",
-                                     description="Retrain a policy from a distilled dataset (NumPy + onnx only).")
+    parser = ArgumentParser(prog="python -m ondevice.retrain",
+                            description="Retrain a policy from a distilled dataset (NumPy + onnx only).")
     add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except UserError as exc:
-        print(f"retrain: error: {exc}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    return run_command("retrain", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from tinypolicy.checkpoint import load_torch_artefact, save_torch_artefact
-from tinypolicy.config import check_choices, from_dict, refuse_other_settings
+from tinypolicy.checkpoint import load_torch_artefact, nonfinite_tensors, save_torch_artefact
+from tinypolicy.config import check_settings, from_dict, refuse_other_settings
 from tinypolicy.export.ad_onnx import OPSET as ONNX_OPSET
 from tinypolicy.export.ad_onnx import export_step_onnx, ort_step_function, step_latency_ms
 from tinypolicy.export.runtimes import ort_session
@@ -39,6 +39,7 @@ from tinypolicy.ondevice.artefact import (
     artefact_files,
     check_hash,
     load_arrays,
+    prepare_output_dir,
     read_manifest,
     sha256_file,
     write_json,
@@ -158,6 +159,7 @@ def collect(out_dir: Path, test_goals: int = ADCollectConfig.test_goals,
     the same parameters are kept (so checkpoints trained on them stay valid)."""
     if keep_every <= 0 or episodes < keep_every or seeds_per_goal <= 0:
         raise UserError("need --episodes >= --keep-every >= 1 and --seeds-per-goal >= 1")
+    prepare_output_dir(out_dir)
     params = {"seed": seed, "seeds_per_goal": seeds_per_goal, "source_episodes": episodes,
               "keep_every": keep_every, "q_learning": asdict(q_cfg)}
     if (Path(out_dir) / "histories.json").is_file():
@@ -207,7 +209,7 @@ def save_histories(histories: Histories, out_dir: Path) -> Path:
 
 def load_histories(path: Path) -> Histories:
     """Read and validate histories (a directory or its histories.npz)."""
-    npz, info_path = artefact_files(path, "histories", "history file", " (run `tinypolicy ad collect` first)")
+    npz, info_path = artefact_files(path, "histories", "AD histories", "; run `tinypolicy ad collect` first")
     info = read_manifest(info_path, HISTORY_FORMAT, VERSION, "AD history description")
     digest = check_hash(npz, info.get("sha256"), info_path.name)
     names = ["train_goals", "test_goals"] + [f"{s}_{k}" for s in SOURCES for k in HISTORY_ARRAYS]
@@ -276,15 +278,12 @@ def build_model(checkpoint: dict) -> ADTransformer:
 
 def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = True) -> dict:
     """Train AD (cfg.source "learning") or ED ("expert"); resumes from out_dir/checkpoint.pt."""
-    check_choices(cfg, "ad train")
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise UserError(f"--lr must be a positive number, got {cfg.lr}")
+    check_settings(cfg, "ad train")
     histories = load_histories(data_dir)
     data = histories.source(cfg.source)
     if data["states"].shape[1] < cfg.window:
         raise UserError(f"histories hold {data['states'].shape[1]} transitions, fewer than --window {cfg.window}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(out_dir)
     ckpt_path, sha = out_dir / "checkpoint.pt", histories.sha256
     torch.manual_seed(cfg.seed)
     model = ADTransformer(model_config(cfg))
@@ -306,6 +305,9 @@ def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = Tr
             resumed_from.append({"step": step, "steps_before": ckpt["train_config"]["steps"]})
 
     def checkpoint() -> None:
+        bad = nonfinite_tensors(model)
+        if bad:  # an update after the last finite loss; the last good checkpoint stays
+            raise UserError(f"training diverged at step {step} ({bad[0]} is not finite); lower --lr")
         save_ad_checkpoint(ckpt_path, {
             "model_config": model_config(cfg).to_dict(), "model": model.state_dict(), "train_config": asdict(cfg),
             "step": step, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
@@ -418,6 +420,13 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
     context_ablation.png."""
     ckpt = load_ad_checkpoint(ad_checkpoint)
     model = build_model(ckpt)
+    ed_model = None
+    if ed_checkpoint is not None:  # checked before the AD curve's minutes, not after
+        ed = load_ad_checkpoint(ed_checkpoint)
+        if ed["histories_sha256"] != ckpt["histories_sha256"]:
+            raise UserError(f"{ed_checkpoint} was trained on other histories than {ad_checkpoint}")
+        ed_model = build_model(ed)
+    out_dir = prepare_output_dir(out_dir)
     window = model.cfg.window
     test_goals = ckpt["test_goals"].numpy()
     train_goals = ckpt["train_goals"].numpy()
@@ -433,11 +442,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
 
     run("ad", lambda: in_context_returns(step_fn, test_seeded, cfg.episodes, window, cfg.seed, greedy=cfg.greedy,
                                          progress=progress, desc="AD held-out"))
-    if ed_checkpoint is not None:
-        ed = load_ad_checkpoint(ed_checkpoint)
-        if ed["histories_sha256"] != ckpt["histories_sha256"]:
-            raise UserError(f"{ed_checkpoint} was trained on other histories than {ad_checkpoint}")
-        ed_model = build_model(ed)
+    if ed_model is not None:
         run("ed", lambda: in_context_returns(torch_step_function(ed_model), test_seeded, cfg.short_episodes,
                                              ed_model.cfg.window, cfg.seed, greedy=cfg.greedy,
                                              progress=progress, desc="ED held-out"))
@@ -473,8 +478,6 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
             for goal, per_seed in zip(test_goals, curves["ad"][:, -50:].mean(1).reshape(len(test_goals), cfg.seeds))],
         "curves": {name: [round(float(v), 3) for v in m] for name, m in mean.items()},
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "curves.json", summary)
     write_curves_csv(out_dir / "curves.csv", mean)
     title = f"Dark Room, {len(test_goals)} held-out goals x {cfg.seeds} seeds"
@@ -518,8 +521,7 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
     ckpt = load_ad_checkpoint(checkpoint_path)
     model = build_model(ckpt)
     window = model.cfg.window
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(out_dir)
     onnx_path = export_step_onnx(model, out_dir / "ad.onnx")
     session = ort_session(onnx_path)
     goals = ckpt["test_goals"].numpy()

@@ -1,12 +1,14 @@
 """`tinypolicy` command-line interface.
 
 A user's mistake (bad env id, bad sparsity, unreadable file) is reported on one line with
-exit status 2; Ctrl-C exits with 130 and the run resumes when the same command is re-run.
+exit status 2, an OSError (a full disk, a read-only folder) on one line with status 1;
+Ctrl-C exits with 130 and the run resumes when the same command is re-run.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tomllib
 from importlib import resources
@@ -15,8 +17,8 @@ from pathlib import Path
 from tinypolicy import __version__
 from tinypolicy.config import add_flags, flag_values, from_dict
 from tinypolicy.export.settings import BenchConfig, EmbeddedConfig, ExportConfig
-from tinypolicy.ondevice.errors import UserError
-from tinypolicy.ondevice.flags import positive_int
+from tinypolicy.ondevice.errors import UserError, run_command
+from tinypolicy.ondevice.flags import ArgumentParser, positive_int, random_seed
 from tinypolicy.ondevice.retrain import add_arguments as add_retrain_arguments
 from tinypolicy.ondevice.retrain import run as run_retrain
 from tinypolicy.pipeline.settings import (
@@ -30,6 +32,8 @@ from tinypolicy.pipeline.settings import (
     QLearningConfig,
     TrainConfig,
 )
+
+CHECKPOINT_HELP = "a checkpoint.pt, or the run folder holding it (tinypolicy train --out)"
 
 
 def _override(text: str) -> tuple[str, str, object]:
@@ -63,7 +67,7 @@ def _command(sub, name: str, help: str, description: str, *, inputs: tuple[tuple
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tinypolicy", description="Compress RL control policies for robots and microcontrollers.")
     parser.add_argument("--version", action="version", version=f"tinypolicy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,16 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "evaluate", "evaluate a checkpoint's deterministic policy",
                  "Print the mean and std return over N deterministic episodes as JSON.",
-                 inputs=(("checkpoint", "CHECKPOINT", None),), out=False, quiet=False)
+                 inputs=(("checkpoint", "CHECKPOINT", CHECKPOINT_HELP),), out=False, quiet=False)
     p.add_argument("--env", dest="env_id", default=None, metavar="ENV",
                    help="env id (default: the one the checkpoint was trained on)")
     p.add_argument("--episodes", type=positive_int, default=10, metavar="N")
-    p.add_argument("--seed", type=int, default=1000, metavar="K", help="seed of the first episode")
+    p.add_argument("--seed", type=random_seed, default=1000, metavar="K", help="seed of the first episode")
 
     p = _command(sub, "compress", "run the whole pipeline on one env",
                  "Run every pipeline stage on ENV with a preset: train (RLx2) -> evaluate -> export -> bench -> "
                  "embedded -> distill (HaDES) -> retrain -> report. Each stage leaves a stamp; re-running skips "
-                 "finished stages, resumes an interrupted one and reruns one whose parameters or inputs changed.",
+                 "finished stages and resumes an interrupted one. Work in --out done with other parameters is "
+                 "refused before anything runs, unless --force or --rerun allow it.",
                  out="default artifacts/ENV")
     p.add_argument("--env", dest="env_id", default=TrainConfig.env_id, metavar="ENV",
                    help=f"Gymnasium env id (default: {TrainConfig.env_id})")
@@ -96,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], type=_override, metavar="STAGE.KEY=VALUE",
                    help="override one stage parameter, e.g. --set distill.generations=50 (repeatable; VALUE is "
                         "TOML: 64, 0.5, \"expert\", [64,64])")
+    p.add_argument("--force", action="store_true",
+                   help="rerun every stage whose parameters changed (or whose outputs were edited), discarding "
+                        "its earlier output in --out")
+    p.add_argument("--rerun", action="append", default=[], metavar="STAGE",
+                   help="rerun STAGE even if it is up to date, discarding its earlier output (repeatable)")
 
     _command(sub, "embedded", "build the exported C actor as Cortex-M firmware and for aarch64, and measure it",
              "Cross-compile an export bundle's C actor (sparse and dense) for each target, report the model's "
@@ -108,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "export", "export a checkpoint's actor to ONNX (fp32, int8) and C",
              "Write an export bundle: actor.onnx (dead neurons removed), actor.dense.onnx, actor.int8.onnx, "
              "actor.c/actor.h (sparse) and actor_dense.c, export.json with parity against PyTorch on rollout "
-             "and extreme observations.", inputs=(("checkpoint", "CHECKPOINT", None),), config=ExportConfig)
+             "and extreme observations.", inputs=(("checkpoint", "CHECKPOINT", CHECKPOINT_HELP),),
+             config=ExportConfig)
 
     _command(sub, "bench", "latency, size and return of every variant of an export bundle",
              "Measure batch-1 latency (p50/p99) of PyTorch, ONNX Runtime (dense, pruned, int8) and the C "
@@ -189,7 +200,7 @@ def load_presets(path: Path | None) -> dict:
     try:
         text = path.read_text() if path else resources.files("tinypolicy.pipeline").joinpath("presets.toml").read_text()
         return tomllib.loads(text)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read presets {path}: {exc}") from None
 
 
@@ -218,8 +229,10 @@ def cmd_evaluate(args) -> int:
                         f"{env.action_space.shape[0]}, the checkpoint expects {spaces['obs_dim']}/{spaces['act_dim']}")
     env.close()
     returns = evaluate_policy(actor_policy(actor), env_id, args.episodes, args.seed)
-    print(json.dumps({"env_id": env_id, "episodes": args.episodes, "mean_return": float(returns.mean()),
-                      "std_return": float(returns.std())}))
+    mean, std = float(returns.mean()), float(returns.std())
+    if not (math.isfinite(mean) and math.isfinite(std)):  # NaN is not JSON: say so instead of printing it
+        raise UserError(f"{env_id} gave non-finite returns for {ckpt.path}'s policy (the simulation diverged)")
+    print(json.dumps({"env_id": env_id, "episodes": args.episodes, "mean_return": mean, "std_return": std}))
     return 0
 
 
@@ -234,7 +247,7 @@ def cmd_compress(args) -> int:
         overrides.setdefault(stage, {})[key] = value
     config = PipelineConfig.from_preset(args.env_id, presets[args.preset], overrides)
     out = args.out or Path("artifacts") / args.env_id
-    records = compress(config, out, progress=not args.quiet)
+    records = compress(config, out, progress=not args.quiet, force=args.force, rerun=args.rerun)
 
     print(f"\ntinypolicy compress: {args.env_id}, preset {args.preset}, artefacts in {out}")
     print(f"  {'stage':9} {'status':11} {'time':>8}  result")
@@ -361,10 +374,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compre
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
-    except UserError as exc:
-        print(f"tinypolicy: error: {exc}", file=sys.stderr)
-        return 2
+        return run_command("tinypolicy", lambda: COMMANDS[args.command](args))
     except KeyboardInterrupt:
         print("\ntinypolicy: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -2,12 +2,17 @@
 
     train -> evaluate -> export -> bench -> embedded -> distill -> retrain -> report
 
-Every stage writes its artefacts into its own folder under the output directory and,
-when it finishes, a `stamp.json` with the hash of its parameters and of every input and
-output file. Re-running skips a stage whose stamp still matches, reruns a stage whose
-parameters or inputs changed (its folder is cleared first), and resumes an interrupted
-stage (training and distillation pick up their last checkpoint). A kill at any moment
-loses nothing that a finished stage wrote.
+Every stage writes its artefacts into its own folder under the output directory, with a
+`stamp.json` that records its parameters (and their hash) and the hash of every input file
+when it starts, and of every output file when it finishes. Re-running skips a stage whose
+stamp still matches and resumes an interrupted one (training and distillation pick up
+their last checkpoint). Before anything runs, a folder holding work (finished or not) done
+with other parameters, or a finished one whose outputs were edited since, is refused with
+one line naming each such stage and what differs; `force` (`--force`) reruns those stages
+and `rerun` (`--rerun STAGE`) reruns a stage even when it is up to date, discarding the
+folder's earlier content. A stage whose inputs changed because an earlier stage ran again
+reruns without asking: its folder is derived from theirs. A kill at any moment loses
+nothing that a finished stage wrote.
 
 Each stage's settings are one dataclass (pipeline/settings.py, export/settings.py) whose
 defaults a preset (pipeline/presets.toml, one table per stage) and `overrides` (`--set
@@ -22,17 +27,17 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from tinypolicy.checkpoint import load_checkpoint
-from tinypolicy.config import from_dict
-from tinypolicy.envs import actor_policy, evaluate_policy, random_policy_returns
+from tinypolicy.config import from_dict, setting_changes
+from tinypolicy.envs import actor_policy, evaluate_policy, make_env, random_policy_returns
 from tinypolicy.export.bench import bench_bundle
 from tinypolicy.export.bundle import export_bundle
 from tinypolicy.export.embedded import embedded_report, missing_tools, write_embedded_json
 from tinypolicy.export.runtimes import ort_actions, ort_session
 from tinypolicy.export.settings import BenchConfig, EmbeddedConfig, ExportConfig
-from tinypolicy.ondevice.artefact import sha256_file, write_json
+from tinypolicy.ondevice.artefact import prepare_output_dir, sha256_file, write_json
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.retrain import retrain
 from tinypolicy.pipeline.distill import distill
@@ -61,11 +66,16 @@ class Stage:
     outputs: list[str]            # files (relative to the stage folder) it must produce
     run: Callable[[Path], dict]   # writes the outputs into the folder, returns a summary
 
+    def __post_init__(self):
+        self.params = json.loads(json.dumps(self.params))  # as a stamp stores them: tuples are lists
+
     def folder(self, out: Path) -> Path:
         return out / self.name
 
     def expected_stamp(self) -> dict:
-        return {"params": params_hash(self.params), "inputs": {str(p): sha256_file(p) for p in self.inputs}}
+        """The stamp of a run with these parameters and inputs, before it has outputs."""
+        return {"params": params_hash(self.params), "settings": self.params,
+                "inputs": {str(p): sha256_file(p) for p in self.inputs}}
 
     def stamp(self, out: Path) -> dict | None:
         """The folder's stamp; an unreadable one reads as empty (never trusted)."""
@@ -73,12 +83,15 @@ class Stage:
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
+            stamp = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return {}
+        return stamp if isinstance(stamp, dict) else {}
 
     def _matches(self, stamp: dict) -> bool:
-        return {k: stamp.get(k) for k in ("params", "inputs")} == self.expected_stamp()
+        # Inputs compare by content alone: the same output folder given by another path is the same work.
+        return (stamp.get("params") == params_hash(self.params)
+                and list(stamp.get("inputs", {}).values()) == [sha256_file(p) for p in self.inputs])
 
     def is_done(self, out: Path) -> bool:
         stamp = self.stamp(out)
@@ -88,10 +101,38 @@ class Stage:
         return all((self.folder(out) / name).exists() and sha256_file(self.folder(out) / name) == outputs.get(name)
                    for name in self.outputs)
 
-    def params_changed(self, out: Path) -> bool:
-        """True when the folder holds work done with other parameters or inputs."""
+    def holds_work(self, out: Path) -> bool:
+        """Whether the folder holds anything besides the stamp (a stamp alone is a start that
+        failed before any work)."""
+        folder = self.folder(out)
+        return folder.is_dir() and any(path.name != STAMP for path in folder.iterdir())
+
+    def conflicts(self, out: Path) -> list[str]:
+        """What sets the folder's work apart from this run's, other than its inputs: settings that
+        differ, outputs edited since the stage finished. An input differs only when the stage
+        that writes it ran again (a file edited there is that stage's conflict)."""
         stamp = self.stamp(out)
-        return stamp is not None and not self._matches(stamp)
+        if stamp is None or not self.holds_work(out):
+            return []
+        if not stamp:
+            return [f"unreadable {STAMP}"]
+        if stamp.get("params") != params_hash(self.params):
+            saved = stamp.get("settings")  # stamps written before they recorded settings hold the hash alone
+            return (setting_changes(saved, self.params) if isinstance(saved, dict) else []) or ["parameters changed"]
+        folder = self.folder(out)
+        return [f"{name} changed since the stage finished" for name, digest in stamp.get("outputs", {}).items()
+                if (folder / name).is_file() and sha256_file(folder / name) != digest]
+
+    def discard_reasons(self, out: Path, rerun: bool) -> list[str]:
+        """Why the folder's work cannot be resumed; empty when there is none, or when it was done
+        with this run's parameters and inputs."""
+        if not self.holds_work(out):
+            return []
+        reasons = (["--rerun"] if rerun else []) + self.conflicts(out)
+        stamp = self.stamp(out)
+        if not reasons and stamp and not self._matches(stamp):
+            reasons.append("its inputs changed")
+        return reasons
 
 
 @dataclass
@@ -105,11 +146,11 @@ class PipelineConfig:
     def from_preset(cls, env_id: str, preset: dict, overrides: dict[str, dict] | None = None) -> "PipelineConfig":
         overrides = overrides or {}
         for source, tables in (("preset", preset), ("--set overrides", overrides)):
+            if not isinstance(tables, dict) or not all(isinstance(table, dict) for table in tables.values()):
+                raise UserError(f"the {source} must hold one table per stage")
             unknown = sorted(set(tables) - set(STAGES))
             if unknown:
                 raise UserError(f"unknown stages {unknown} in the {source}; stages are {', '.join(STAGES)}")
-            if not all(isinstance(table, dict) for table in tables.values()):
-                raise UserError(f"the {source} must hold one table per stage")
         config = cls(env_id, {name: PIPELINE_DEFAULTS.get(name, {}) | preset.get(name, {}) | overrides.get(name, {})
                               for name in STAGES})
         config.train_config()  # fail early, before any work, on a bad key or value of any stage
@@ -139,6 +180,7 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
     bundle = out / "export"
     dataset = out / "distill"
     train_cfg, distill_cfg = config.train_config(), config.distill_config(checkpoint)
+    from_expert = distill_cfg.init == "expert"
     evaluate_cfg, export_cfg, bench_cfg, embedded_cfg, retrain_cfg = (
         config.settings(name) for name in ("evaluate", "export", "bench", "embedded", "retrain"))
 
@@ -207,7 +249,7 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         return {"report": str(folder / "report.md")}
 
     return [
-        Stage("train", asdict(train_cfg) | {"hidden": list(train_cfg.hidden)}, [],
+        Stage("train", asdict(train_cfg), [],
               ["checkpoint.pt", "metrics.csv", "eval.json"], run_train),
         Stage("evaluate", asdict(evaluate_cfg), [checkpoint], ["eval.json"], run_evaluate),
         Stage("export", asdict(export_cfg), [checkpoint],
@@ -218,8 +260,10 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         Stage("embedded", asdict(embedded_cfg), [bundle / "actor.c", bundle / "actor_dense.c"], ["embedded.json"],
               run_embedded),
         # Only the settings given: the whole config names the expert by its path, which moves
-        # with the output folder (the expert's content is the checkpoint input).
-        Stage("distill", config.stages["distill"], [checkpoint] if distill_cfg.init == "expert" else [],
+        # with the output folder (the expert's content, and with it the env, is the checkpoint
+        # input; without an expert nothing else records the env).
+        Stage("distill", config.stages["distill"] | ({} if from_expert else {"env_id": config.env_id}),
+              [checkpoint] if from_expert else [],
               ["dataset.npz", "dataset.json", "fitness.csv", "fitness.png"], run_distill),
         Stage("retrain", asdict(retrain_cfg), [dataset / "dataset.npz", bundle / "actor.onnx"],
               ["policy.dense.onnx", "policy.sparse.onnx", "retrain.json"], run_retrain),
@@ -230,34 +274,58 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
     ]
 
 
-def compress(config: PipelineConfig, out: Path, progress: bool = True) -> list[dict]:
-    """Run (or resume) every stage; returns one record per stage for the summary table."""
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
+def refuse_other_work(stages: list[Stage], out: Path, rerun: Collection[str]) -> None:
+    """Raise UserError naming every stage (but those in `rerun`) whose folder holds work this
+    run would discard, and what differs; touches nothing."""
+    found = {stage.name: stage.conflicts(out) for stage in stages if stage.name not in rerun}
+    found = {name: conflicts for name, conflicts in found.items() if conflicts}
+    if found:
+        listed = "; ".join(f"{name} ({', '.join(conflicts)})" for name, conflicts in found.items())
+        flags = " ".join(f"--rerun {name}" for name in found)
+        raise UserError(f"{out} holds work this run would discard: {listed}. Nothing was changed: to rerun and "
+                        f"discard it pass --force (or {flags}), or use another --out")
+
+
+def compress(config: PipelineConfig, out: Path, progress: bool = True, force: bool = False,
+             rerun: Collection[str] = ()) -> list[dict]:
+    """Run (or resume) every stage; returns one record per stage for the summary table.
+
+    Before anything runs, work in `out` done with other settings is refused (`refuse_other_work`)
+    unless `force`; the stages in `rerun` run again even when they are up to date."""
+    unknown = sorted(set(rerun) - set(STAGES))
+    if unknown:
+        raise UserError(f"--rerun {', '.join(unknown)}: no such stage; stages are {', '.join(STAGES)}")
     stages = build_stages(config, out, progress)
+    if not force:
+        refuse_other_work(stages, out, rerun)
+    make_env(config.env_id).close()  # an id that names no usable env must not create a folder
+    prepare_output_dir(out)
+    records = []
     for index, stage in enumerate(stages, 1):
         folder = stage.folder(out)
         header = f"[{index}/{len(stages)}] {stage.name}"
-        if stage.is_done(out):
+        if stage.name not in rerun and stage.is_done(out):
             stamp = stage.stamp(out)
             records.append({"stage": stage.name, "status": "up to date", "seconds": stamp["seconds"],
                             "summary": stamp["summary"]})
             print(f"{header}: up to date", flush=True)
             continue
-        if stage.params_changed(out):
-            print(f"{header}: parameters or inputs changed, rerunning", flush=True)
+        discard = stage.discard_reasons(out, stage.name in rerun)
+        if discard:
+            print(f"{header}: discarding {folder} ({'; '.join(discard)}), rerunning", flush=True)
             shutil.rmtree(folder)
         else:
-            print(f"{header}: running" + (" (resuming)" if folder.exists() else ""), flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
+            print(f"{header}: running" + (" (resuming)" if stage.holds_work(out) else ""), flush=True)
+        prepare_output_dir(folder, f"the {stage.name} stage's folder")
+        stamp = stage.expected_stamp()
+        write_json(folder / STAMP, stamp)  # records the settings of the work until the stage finishes
         started = time.perf_counter()
         summary = stage.run(folder)
         missing = [name for name in stage.outputs if not (folder / name).exists()]
         if missing:
             raise UserError(f"stage {stage.name} did not write {', '.join(missing)}")
-        stamp = stage.expected_stamp() | {
-            "outputs": {name: sha256_file(folder / name) for name in stage.outputs},
-            "summary": summary, "seconds": time.perf_counter() - started}
+        stamp |= {"outputs": {name: sha256_file(folder / name) for name in stage.outputs},
+                  "summary": summary, "seconds": time.perf_counter() - started}
         write_json(folder / STAMP, stamp)
         records.append({"stage": stage.name, "status": "done", "seconds": stamp["seconds"], "summary": summary})
     return records

@@ -38,7 +38,7 @@ from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.config import refuse_other_settings
 from tinypolicy.envs import make_env, random_policy_returns, rollout
 from tinypolicy.models.bc import BCParams, init_params, train_bc
-from tinypolicy.ondevice.artefact import atomic_write, write_json, write_npz
+from tinypolicy.ondevice.artefact import atomic_write, prepare_output_dir, write_json, write_npz
 from tinypolicy.ondevice.dataset import BCRecipe, Dataset, save_dataset
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.es import Adam, antithetic_noise, es_gradient, shape_fitness
@@ -78,17 +78,19 @@ def expert_rollouts(actor, env_id: str, steps: int, seed: int) -> tuple[np.ndarr
 
 
 def _load_expert(cfg: DistillConfig, out: Path):
-    """Copy the expert checkpoint into the run folder (training may still rewrite the original)."""
+    """The expert checkpoint and its actor. A first run checks `cfg.expert` and only then copies
+    it into the run folder, which a resumed run reads (training may still rewrite the original)."""
     copy = out / "expert.pt"
-    if not copy.exists():
-        source = Path(cfg.expert)
-        if not source.is_file():
-            raise UserError(f"expert checkpoint {source} does not exist")
-        atomic_write(copy, lambda tmp: shutil.copyfile(source, tmp))
-    ckpt = load_checkpoint(copy)
+    resumed = copy.exists()
+    ckpt = load_checkpoint(copy if resumed else cfg.expert)
     if ckpt.env_id != cfg.env_id:
         raise UserError(f"expert {cfg.expert} was trained on {ckpt.env_id}, not {cfg.env_id}")
-    return ckpt
+    actor = ckpt.build_actor()
+    if not hasattr(actor, "squashed"):
+        raise UserError(f"expert {cfg.expert} has no squashed-action actor")
+    if not resumed:
+        atomic_write(copy, lambda tmp: shutil.copyfile(ckpt.path, tmp))
+    return ckpt, actor
 
 
 def initial_state(cfg: DistillConfig, out: Path, obs_dim: int, act_dim: int) -> dict:
@@ -101,10 +103,7 @@ def initial_state(cfg: DistillConfig, out: Path, obs_dim: int, act_dim: int) -> 
         states = np.zeros((cfg.size, obs_dim))  # every state = the mean observation
         actions = np.zeros((cfg.size, act_dim))
     else:
-        ckpt = _load_expert(cfg, out)
-        actor = ckpt.build_actor()
-        if not hasattr(actor, "squashed"):
-            raise UserError(f"expert {cfg.expert} has no squashed-action actor")
+        ckpt, actor = _load_expert(cfg, out)
         visited, labels, returns = expert_rollouts(actor, cfg.env_id, cfg.stats_steps,
                                                     seed=cfg.seed * 1000 + 10_000_000)
         if visited.shape[1] != obs_dim or labels.shape[1] != act_dim:
@@ -282,12 +281,12 @@ def render_states(dataset: Dataset, path: Path, limit: int = 64) -> str | None:
 
 def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Run (or resume) HaDES and write the dataset and its reports into `out_dir`; returns a summary."""
-    cfg, out = config, Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg = config
     env = make_env(cfg.env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     action_low, action_high = env.action_space.low.copy(), env.action_space.high.copy()
     env.close()
+    out = prepare_output_dir(out_dir)
     torch.set_num_threads(1)
 
     state_path = out / STATE_FILE

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from tinypolicy.envs import random_policy_returns
-from tinypolicy.ondevice.artefact import write_json, write_text
+from tinypolicy.ondevice.artefact import prepare_output_dir, write_json, write_text
 from tinypolicy.ondevice.dataset import BCRecipe, load_dataset
-from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.distill import retrain_and_evaluate
 from tinypolicy.pipeline.rollouts import PopulationEvaluator
 from tinypolicy.pipeline.settings import GeneraliseConfig
@@ -50,11 +49,8 @@ def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None
 
     torch.set_num_threads(1)
     source = Path(dataset_path)
-    if not source.exists():
-        raise UserError(f"dataset {source} does not exist")
     dataset = load_dataset(source, env_id=env_id)
-    out = Path(out_dir) if out_dir else (source if source.is_dir() else source.parent) / "generalise"
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out_dir or (source if source.is_dir() else source.parent) / "generalise")
     rows = []
     init_seeds = list(range(200, 200 + seeds))
     with PopulationEvaluator(env_id, workers=workers) as evaluator:

@@ -8,13 +8,13 @@ class from here; this module imports no torch, so `tinypolicy --help` and the to
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass
 
-from tinypolicy.config import check_choices, option
+from tinypolicy.config import check_settings, option, setting
 from tinypolicy.ondevice.dataset import BCRecipe
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.ondevice.flags import float_in, nonnegative_int, positive_float, positive_int, random_seed
 from tinypolicy.pipeline.es import SHAPINGS
 
 BACKENDS = ("local", "ray")  # where rollouts or sweep jobs run
@@ -42,14 +42,10 @@ METHODS = {
 HIDDEN_DTYPES = {"fp32": None, "bf16": "bfloat16"}
 
 
-def sparsity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {value}")
-    return value
+# Value parsers (flags) and range checks (settings) of the fields below.
+fraction = float_in(0.0, 1.0)              # [0, 1): sparsities, dropout rates
+unit_interval = float_in(0.0, 1.0, "(]")   # (0, 1]: discount factors, Polyak rates, Q-learning's lr
+nonnegative = float_in(0.0)                # [0, inf): noise scales, weight decay
 
 
 @dataclass
@@ -59,46 +55,40 @@ class TrainConfig:
     algo: str = option("td3", choices=("td3", "sac"))
     method: str = option("rlx2", "dense; static sparse (SS); SET (random grow); RigL (gradient grow); "
                                  "RLx2 (RigL + delayed n-step target + dynamic buffer)", choices=METHODS)
-    actor_sparsity: float = option(0.9, metavar="S", parse=sparsity)
-    critic_sparsity: float = option(0.85, metavar="S", parse=sparsity)
+    actor_sparsity: float = option(0.9, metavar="S", parse=fraction)
+    critic_sparsity: float = option(0.85, metavar="S", parse=fraction)
     total_steps: int = option(300_000, "env steps; every schedule scales with it", flag="--steps")
-    seed: int = option(0, metavar="K", parse=int)
+    seed: int = option(0, metavar="K", parse=random_seed)
     hidden: tuple[int, ...] = option((256, 256))
-    batch_size: int = 256
-    gamma: float = 0.99
-    tau: float = 0.005
+    batch_size: int = setting(256, positive_int)
+    gamma: float = setting(0.99, unit_interval)
+    tau: float = setting(0.005, unit_interval)
     lr: float = option(3e-4, "Adam learning rate")
-    policy_noise: float = 0.2       # TD3 target smoothing noise, in [-1, 1] action units
-    noise_clip: float = 0.5
-    policy_freq: int = 2            # TD3 delayed actor updates
-    exploration_noise: float = 0.1  # TD3
-    n_step: int = 3
-    drop_fraction: float = 0.5      # RigL zeta_0
-    buffer_threshold: float = 0.2
-    policy_distance_samples: int = 2048
-    buffer_capacity: int = 1_000_000
+    policy_noise: float = setting(0.2, nonnegative)  # TD3 target smoothing noise, in [-1, 1] action units
+    noise_clip: float = setting(0.5, nonnegative)
+    policy_freq: int = setting(2, positive_int)      # TD3 delayed actor updates
+    exploration_noise: float = setting(0.1, nonnegative)  # TD3
+    n_step: int = setting(3, positive_int)
+    drop_fraction: float = setting(0.5, float_in(0.0, 1.0, "[]"))  # RigL zeta_0
+    buffer_threshold: float = setting(0.2, nonnegative)
+    policy_distance_samples: int = setting(2048, positive_int)
+    buffer_capacity: int = setting(1_000_000, positive_int)
     eval_interval: int = option(5_000)
     eval_episodes: int = option(10)
     checkpoint_interval: int = option(25_000, "env steps between checkpoints (a killed run resumes from the last one)")
-    threads: int = option(1, "torch threads")
+    # One thread: on 2 cores, 2 threads train 1.47x faster when the machine is idle but at 0.05x
+    # beside one other busy process (docs/results/reliability.json); a robot's computer is never idle.
+    threads: int = option(1, "torch threads (more is faster only on an otherwise idle machine)")
     precision: str = option("fp32", "compute dtype of the hidden layers (bf16: mixed precision, faster on "
                                     "AVX-512 BF16 CPUs)", choices=HIDDEN_DTYPES)
     # None: scaled from total_steps with the paper's proportions (pipeline.train.Schedule).
-    learning_starts: int | None = None
-    topology_interval: int | None = None
-    nstep_start: int | None = None
-    buffer_min: int | None = None
+    learning_starts: int | None = setting(None, nonnegative_int)
+    topology_interval: int | None = setting(None, positive_int)
+    nstep_start: int | None = setting(None, nonnegative_int)
+    buffer_min: int | None = setting(None, positive_int)
 
     def validate(self) -> None:
-        check_choices(self, "train")
-        for name in ("actor_sparsity", "critic_sparsity"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
-                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
-        if self.total_steps <= 0:
-            raise UserError(f"--steps must be positive, got {self.total_steps}")
-        if not self.hidden or min(self.hidden) <= 0:
-            raise UserError(f"hidden sizes must be positive, got {self.hidden}")
+        check_settings(self, "train")
 
 
 # --------------------------------------------------------------------------- distill, generalise
@@ -123,30 +113,26 @@ class DistillConfig:
     activation: str = BCRecipe.activation
     bc_steps: int = option(BCRecipe.steps)
     bc_lr: float = option(BCRecipe.lr)
-    seed: int = option(0, metavar="K", parse=int)
+    seed: int = option(0, metavar="K", parse=random_seed)
     workers: int = option(2, "rollout processes")
     backend: str = option("local", "rollouts in local worker processes, or on Ray workers (pip install -e '.[ray]')",
                           choices=BACKENDS)
     ray_address: str | None = option(None, "an existing Ray cluster (default: a local one)", metavar="ADDR")
-    max_episode_steps: int = 1000
-    stats_steps: int = 10_000        # env steps of rollouts for the fixed observation statistics
+    max_episode_steps: int = setting(1000, positive_int)
+    stats_steps: int = setting(10_000, positive_int)  # env steps of rollouts for the fixed observation statistics
     final_seeds: int = option(5, "fresh policies retrained and evaluated on the final dataset")
-    final_episodes: int = 3
+    final_episodes: int = setting(3, positive_int)
     mean_episodes: int = option(4, "episodes of the search mean per generation; the best-scoring mean is the dataset")
 
     # fields that may change between a run and its resumption
     RESUMABLE = ("generations", "workers", "backend", "ray_address", "final_seeds", "final_episodes")
 
     def __post_init__(self):
-        check_choices(self, "distill")
+        check_settings(self, "distill")
         if self.init == "expert" and not self.expert:
             raise UserError("--init expert needs --expert CHECKPOINT")
         if self.population < 2 or self.population % 2:
             raise UserError(f"--population must be even and >= 2 (antithetic pairs), got {self.population}")
-        if min(self.size, self.generations, self.bc_steps, self.workers, self.final_seeds, self.mean_episodes) <= 0:
-            raise UserError("size, generations, BC steps, workers, final seeds and mean episodes must be positive")
-        if not (self.sigma > 0 and self.lr > 0 and self.bc_lr > 0):
-            raise UserError("sigma and learning rates must be positive")
 
     @property
     def recipe(self) -> BCRecipe:
@@ -170,15 +156,15 @@ class GeneraliseConfig:
 @dataclass
 class EvaluateConfig:
     """compress's evaluate stage (`tinypolicy evaluate` has its own flags: another default seed)."""
-    episodes: int = 10
-    seed: int = 10_000  # episodes never seen in training
+    episodes: int = setting(10, positive_int)
+    seed: int = setting(10_000, random_seed)  # episodes never seen in training
 
 
 @dataclass
 class RetrainConfig:
     """compress's retrain stage: a dense and a sparse-mask policy retrained from the dataset."""
-    episodes: int = 5
-    seed: int = 0
+    episodes: int = setting(5, positive_int)
+    seed: int = setting(0, random_seed)
 
 
 @dataclass
@@ -197,8 +183,8 @@ class QLearningConfig:
     200 episodes). Epsilon falls linearly from 1 to 0 over `decay_episodes`; ties between
     equal Q-values break at random, so an agent that has seen no reward walks at random."""
 
-    lr: float = 0.9933
-    gamma: float = 0.9
+    lr: float = setting(0.9933, unit_interval)
+    gamma: float = setting(0.9, unit_interval)
     decay_episodes: int = option(50, "source episodes over which Q-learning's epsilon falls from 1 to 0",
                                  flag="--epsilon-decay")
 
@@ -213,7 +199,7 @@ class ADCollectConfig:
     seeds_per_goal: int = option(25, "Q-learners per training goal")
     episodes: int = option(200, "source episodes per history")
     keep_every: int = option(10, "keep every K-th episode", metavar="K")
-    seed: int = option(0, "seed of the goal split and the learners", metavar="K", parse=int)
+    seed: int = option(0, "seed of the goal split and the learners", metavar="K", parse=random_seed)
 
 
 @dataclass
@@ -223,17 +209,17 @@ class ADTrainConfig:
     steps: int = option(20_000, "gradient steps")
     batch: int = option(64, "windows per step")
     lr: float = option(1e-3, "peak AdamW learning rate")
-    warmup: int = 200
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    seed: int = option(0, metavar="K", parse=int)
+    warmup: int = setting(200, nonnegative_int)
+    weight_decay: float = setting(1e-4, nonnegative)
+    grad_clip: float = setting(1.0, positive_float)
+    seed: int = option(0, metavar="K", parse=random_seed)
     window: int = option(60, "context length T in transitions")
     dim: int = option(64)
     layers: int = option(3)
     heads: int = option(4)
     ff_dim: int = option(256)
-    dropout: float = 0.1
-    attn_dropout: float = 0.3
+    dropout: float = setting(0.1, fraction)
+    attn_dropout: float = setting(0.3, fraction)
     checkpoint_every: int = option(500, "gradient steps between checkpoints")
 
     # fields that may change between a run and its resumption: a run can be extended or cut
@@ -254,8 +240,8 @@ class ADEvalConfig:
     episodes: int = option(500, "AD, source, random")
     seeds: int = option(3, "evaluation seeds per goal")
     short_episodes: int = option(150, "ED, AD on training goals and the ablations")
-    ablation_window: int = 10    # under one episode
-    seed: int = option(1000, metavar="K", parse=int)
+    ablation_window: int = setting(10, positive_int)  # under one episode
+    seed: int = option(1000, metavar="K", parse=random_seed)
     greedy: bool = option(False, "argmax actions instead of sampling")
 
 
@@ -263,4 +249,4 @@ class ADEvalConfig:
 class ADExportConfig:
     """`ad export`: the held-out curve run under PyTorch and ONNX Runtime."""
     episodes: int = option(100)
-    seed: int = option(1000, metavar="K", parse=int)
+    seed: int = option(1000, metavar="K", parse=random_seed)

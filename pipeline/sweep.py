@@ -1,17 +1,19 @@
 """`tinypolicy sweep CONFIG`: many training runs (envs x methods x sparsities x seeds) as
 one job list, run locally one after another or as Ray tasks across a cluster.
 
-Each job is an ordinary `train` run in its own folder, so it checkpoints and resumes on
-its own: a killed job (or a whole killed sweep) is picked up by re-running the command,
-and Ray retries a task whose worker died, which resumes from the job's last checkpoint.
-A finished job is never run again. When all jobs are done the results are collected into
+The config is checked whole (every list non-empty, every env id usable, every job's
+settings, no two jobs in one folder) before any folder is created. Each job is an
+ordinary `train` run in its own folder, so it checkpoints and resumes on its own: a
+killed job (or a whole killed sweep) is picked up by re-running the command, and Ray
+retries a task whose worker died, which resumes from the job's last checkpoint. A
+finished job is never run again. When all jobs are done the results are collected into
 `sweep.csv`, `sweep.md` and `sweep.png`, with RLx2's ultimate compression ratio per env:
 the highest actor sparsity whose mean score stays within 3% of the dense baseline's.
 
 Config (TOML):
 
     out = "runs/sweep-hopper"          # where job folders and results go
-    envs = ["Hopper-v5"]
+    envs = ["Hopper-v5"]               # plain Gymnasium ids: each starts its jobs' folder names
     methods = ["dense", "rlx2"]
     sparsities = [[0.9, 0.85], [0.98, 0.95]]   # (actor, critic) pairs; dense runs once
     seeds = [0, 1]
@@ -23,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import tomllib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -33,14 +36,17 @@ from tqdm import tqdm
 
 from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.config import from_dict
+from tinypolicy.envs import make_env
 from tinypolicy.models.flops import inference_flops, training_flops_per_step, weight_count
-from tinypolicy.ondevice.artefact import write_text
+from tinypolicy.ondevice.artefact import prepare_output_dir, write_text
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.train import METHODS, TrainConfig, train
 from tinypolicy.plots import save_figure, subplots
 from tinypolicy.tables import write_csv
 
 WITHIN_DENSE = 0.97  # "within 3% of dense", RLx2's definition of the ultimate compression ratio
+# A Gymnasium id without a namespace: it starts job folder names, so it must hold no path.
+PLAIN_ENV_ID = re.compile(r"[\w:.-]+")
 RESULT_FIELDS = ["env", "method", "actor_sparsity", "critic_sparsity", "seed", "steps", "score", "final_return",
                  "actor_nnz", "actor_weights", "critic_nnz", "critic_weights", "infer_flops", "steps_per_s", "run"]
 
@@ -75,16 +81,29 @@ class SweepConfig:
 def load_sweep_config(path: Path) -> SweepConfig:
     try:
         raw = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read sweep config {path}: {exc}") from None
     config = from_dict(SweepConfig, raw, f"sweep config {path}")
+    empty = [name for name in ("envs", "methods", "sparsities", "seeds") if not getattr(config, name)]
+    if empty:
+        raise UserError(f"sweep config {path}: {', '.join(empty)} must not be empty")
     unknown = [m for m in config.methods if m not in METHODS]
     if unknown:
         raise UserError(f"sweep config {path}: unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    if not config.sparsities or any(not all(0 <= x < 1 for x in p) for p in config.sparsities):
+    if any(not all(0 <= x < 1 for x in p) for p in config.sparsities):
         raise UserError(f"sweep config {path}: sparsities must be [actor, critic] pairs in [0, 1)")
-    for _, cfg in config.jobs():
+    for env in config.envs:
+        if not PLAIN_ENV_ID.fullmatch(env):
+            raise UserError(f"sweep config {path}: env id {env!r} is not a plain Gymnasium id such as Hopper-v5 "
+                            "(no folders, no namespace)")
+        make_env(env).close()
+    names = []
+    for name, cfg in config.jobs():
         cfg.validate()
+        if name in names:  # two jobs would train into one folder
+            raise UserError(f"sweep config {path}: job {name} appears twice; repeat no env, method, sparsity "
+                            "pair or seed")
+        names.append(name)
     return config
 
 
@@ -147,7 +166,7 @@ def run_sweep(config: SweepConfig, backend: str = "local", ray_address: str | No
               progress: bool = True) -> list[dict]:
     """Run every unfinished job, then collect and write the results; returns one row per job."""
     jobs = config.jobs()
-    config.out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(config.out, "sweep out folder")
     for name, _ in jobs:
         (config.out / name).mkdir(exist_ok=True)
     payload = [(asdict(cfg) | {"hidden": list(cfg.hidden)}, str(config.out / name)) for name, cfg in jobs]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tinypolicy.checkpoint import load_checkpoint, save_checkpoint
+from tinypolicy.checkpoint import CHECKPOINT_FILE, load_checkpoint, nonfinite_tensors, save_checkpoint
 from tinypolicy.config import refuse_other_settings
 from tinypolicy.envs import actor_policy, evaluate_policy, make_env
 from tinypolicy.models import (
@@ -35,7 +35,7 @@ from tinypolicy.models import (
     sparsify,
     weight_sparsity,
 )
-from tinypolicy.ondevice.artefact import write_json
+from tinypolicy.ondevice.artefact import prepare_output_dir, write_json
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.replay import Batch, ReplayBuffer
 from tinypolicy.pipeline.settings import HIDDEN_DTYPES, METHODS, TrainConfig
@@ -386,15 +386,35 @@ class Trainer:
             data["train_state"]["alpha_opt"] = self.alpha_opt.state_dict()
         return data
 
+    def check_finite(self) -> None:
+        """Refuse to go on once a weight is NaN or infinite, leaving the last checkpoint as it is.
+
+        Cheap enough for every evaluation and checkpoint (a pass over the weights), not for
+        every step: a diverged run is caught within one interval."""
+        nets = {"actor": self.actor, "critic": self.critic}
+        bad = [f"{net} {name}" for net, module in nets.items() for name in nonfinite_tensors(module)]
+        if self.cfg.algo == "sac" and not bool(torch.isfinite(self.log_alpha).all()):
+            bad.append("log_alpha")
+        if bad:
+            kept = f"; {self.out / CHECKPOINT_FILE} keeps the last good state" \
+                if (self.out / CHECKPOINT_FILE).exists() else ""
+            raise UserError(f"training diverged at step {self.step} ({bad[0]} is not finite); lower --lr "
+                            f"(now {self.cfg.lr:g}) and use another --out{kept}")
+
     def save(self) -> None:
         self.buffer.save(self.out / "replay.npz")
-        save_checkpoint(self.out / "checkpoint.pt", self.state())
+        save_checkpoint(self.out / CHECKPOINT_FILE, self.state())
 
     def restore(self) -> None:
-        ckpt = load_checkpoint(self.out / "checkpoint.pt")
+        ckpt = load_checkpoint(self.out / CHECKPOINT_FILE)
         # Settings added after a run was saved take their defaults, as that run used them.
         saved = config_record(TrainConfig(env_id=self.cfg.env_id)) | dict(ckpt.config)
         refuse_other_settings(saved, config_record(self.cfg), self.out)
+        needed = ["train_state", "critic_target"] + ["actor_target"] * (self.actor_target is not None)
+        missing = [key for key in needed if key not in ckpt.data]
+        if missing:
+            raise UserError(f"{ckpt.path} has no {', '.join(missing)} to resume training from (it was not written "
+                            "by `tinypolicy train`); use another --out")
         d, ts = ckpt.data, ckpt.data["train_state"]
         self.actor.load_state_dict(d["actor"])
         self.critic.load_state_dict(d["critic"])
@@ -441,10 +461,9 @@ class MetricsLog:
 
 def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     """Train (or resume) a run in `out`; returns the final evaluation summary."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out)
     trainer = Trainer(cfg, out)
-    if (out / "checkpoint.pt").exists():
+    if (out / CHECKPOINT_FILE).exists():
         trainer.restore()
     log = MetricsLog(out, trainer.step)
     trainer.reset_env()
@@ -461,6 +480,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             at_eval = trainer.step % cfg.eval_interval == 0 or trainer.step == cfg.total_steps
             at_checkpoint = trainer.step % cfg.checkpoint_interval == 0 or trainer.step == cfg.total_steps
             if at_eval or at_checkpoint:
+                trainer.check_finite()  # a diverged run stops before it evaluates or saves NaNs
                 elapsed = time.perf_counter() - window_start
                 trainer.train_time += elapsed
                 steps_per_s = window_steps / elapsed

@@ -200,6 +200,37 @@ def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch
     assert prev_actions[0, 0] == ad.NO_ACTION and torch.equal(prev_actions[:, 1:], targets[:, :-1])
 
 
+def test_an_update_that_diverges_at_a_checkpoint_is_not_saved(histories_dir, tmp_path, monkeypatch):
+    """The loss is checked every step; an update after the last finite loss is caught before the
+    checkpoint it would have been saved in. The step-10 checkpoint stays as it was."""
+    cfg = ad.ADTrainConfig(steps=20, batch=8, window=40, dim=16, layers=1, heads=2, ff_dim=32, checkpoint_every=10)
+    ad.train(histories_dir, tmp_path, replace(cfg, steps=10), progress=False)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    real_clip, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def clip_then_poison(parameters, max_norm):
+        parameters = list(parameters)
+        calls.append(real_clip(parameters, max_norm))
+        if len(calls) == 10:  # step 20's update: its loss was finite, its weights will not be
+            for p in parameters:
+                p.grad.fill_(float("nan"))
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_then_poison)
+    with pytest.raises(UserError, match=r"^training diverged at step 20 \(.* is not finite\); lower --lr$"):
+        ad.train(histories_dir, tmp_path, cfg, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
+
+
+@pytest.mark.parametrize("given, problem", [("typo", "does not exist"), ("histories.txt", "is a file of another name")])
+def test_a_wrong_histories_path_is_refused_naming_it(given, problem, histories_dir, tmp_path):
+    (tmp_path / "histories.txt").write_text("")
+    path = (histories_dir if given == "typo" else tmp_path) / given
+    with pytest.raises(UserError) as caught:
+        ad.load_histories(path)
+    assert str(caught.value) == (f"AD histories {path} {problem}; expected a folder holding histories.npz and "
+                                 "histories.json, or one of those files; run `tinypolicy ad collect` first")
+
+
 # ---------------------------------------------------------------- ONNX
 
 def test_onnx_step_function_matches_torch(tmp_path):

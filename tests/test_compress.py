@@ -1,12 +1,16 @@
-"""`tinypolicy compress` end to end on the tiny preset: every artefact, kill-and-resume,
-and reruns of exactly the stages whose parameters changed."""
+"""`tinypolicy compress`: work done with other settings is refused before anything runs and
+rerun only with --force or --rerun (fast, every stage's work replaced by writing its outputs);
+end to end on the tiny preset: every artefact, kill-and-resume, refusals that leave every
+file as it was, and reruns of exactly the stages asked for."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -15,10 +19,152 @@ import pytest
 from tests.conftest import ROOT
 from tinypolicy.ondevice.artefact import sha256_file
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline import cli
+from tinypolicy.pipeline import compress as pipeline
 from tinypolicy.pipeline.cli import load_presets
 from tinypolicy.pipeline.compress import STAGES, PipelineConfig
 
-pytestmark = pytest.mark.integration
+TINY = load_presets(None)["tiny"]
+
+
+def tiny(env: str = "Hopper-v5", **overrides: dict) -> PipelineConfig:
+    return PipelineConfig.from_preset(env, TINY, overrides)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by its path relative to it."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@dataclasses.dataclass
+class Work:
+    """What the stages did instead of their work: write their outputs, new content each time (so
+    a stage that runs again changes the inputs of the stages that read it)."""
+    ran: list[str] = dataclasses.field(default_factory=list)
+    interrupt: str | None = None  # this stage writes a partial file, then is interrupted
+    runs: int = 0  # never reset, unlike `ran`
+
+    def stage(self, stage: pipeline.Stage) -> pipeline.Stage:
+        def run(folder: Path) -> dict:
+            if stage.name == self.interrupt:
+                (folder / "partial").write_text("half of the work\n")
+                raise KeyboardInterrupt
+            self.ran.append(stage.name)
+            self.runs += 1
+            for name in stage.outputs:
+                (folder / name).write_text(f"{stage.name} {name} run {self.runs}\n")
+            return {}
+        return dataclasses.replace(stage, run=run)
+
+
+@pytest.fixture
+def work(monkeypatch) -> Work:
+    work = Work()
+    build = pipeline.build_stages
+    monkeypatch.setattr(pipeline, "build_stages",
+                        lambda config, out, progress: [work.stage(s) for s in build(config, out, progress)])
+    monkeypatch.setattr(cli, "STAGE_RESULTS", dict.fromkeys(STAGES, str))
+    return work
+
+
+@pytest.fixture
+def finished(tmp_path, work) -> Path:
+    out = tmp_path / "out"
+    pipeline.compress(tiny(), out, progress=False)
+    assert work.ran == list(STAGES)
+    work.ran.clear()
+    return out
+
+
+def run_cli(out: Path, *args: str) -> int:
+    return cli.main(["compress", "--env", "Hopper-v5", "--preset", "tiny", "--out", str(out), "--quiet", *args])
+
+
+@pytest.mark.parametrize("args, listed", [
+    (["--env", "Walker2d-v5"], "train (env_id: Hopper-v5 -> Walker2d-v5)"),
+    (["--set", "train.total_steps=5000"], "train (total_steps: 4000 -> 5000)"),
+    (["--steps", "5000", "--set", "distill.generations=3"],
+     "train (total_steps: 4000 -> 5000); distill (generations: 2 -> 3). "),
+])
+def test_other_settings_in_a_finished_out_are_refused_touching_nothing(finished, work, capsys, args, listed):
+    before = snapshot(finished)
+    assert run_cli(finished, *args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and listed in err and "--force" in err, err
+    assert work.ran == [] and snapshot(finished) == before
+
+
+def test_force_reruns_the_changed_stage_and_those_reading_its_outputs(finished, work, capsys):
+    assert run_cli(finished, "--set", "retrain.episodes=2", "--force") == 0
+    assert work.ran == ["retrain", "report"]
+    stdout = capsys.readouterr().out
+    assert f"[7/8] retrain: discarding {finished / 'retrain'} (episodes: 1 -> 2), rerunning" in stdout
+    assert f"[8/8] report: discarding {finished / 'report'} (its inputs changed), rerunning" in stdout
+    assert run_cli(finished, "--set", "retrain.episodes=2") == 0 and work.ran == ["retrain", "report"]
+    work.ran.clear()
+    assert run_cli(finished, "--env", "Walker2d-v5", "--force") == 0 and work.ran == list(STAGES)
+
+
+def test_rerun_reruns_an_up_to_date_stage_and_those_reading_its_outputs(finished, work):
+    assert run_cli(finished, "--rerun", "export") == 0
+    assert work.ran == ["export", "bench", "embedded", "retrain", "report"]  # distill reads the checkpoint alone
+    work.ran.clear()
+    assert run_cli(finished, "--rerun", "train", "--set", "retrain.episodes=2") == 2  # allows no other change
+    assert run_cli(finished, "--rerun", "retrain", "--rerun", "report", "--set", "retrain.episodes=2") == 0
+    assert work.ran == ["retrain", "report"]
+    with pytest.raises(UserError, match="--rerun trian: no such stage"):
+        pipeline.compress(tiny(), finished, rerun=["trian"])
+
+
+def test_interrupted_work_resumes_with_its_settings_and_is_refused_with_others(tmp_path, work, capsys):
+    out = tmp_path / "out"
+    work.interrupt = "distill"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.compress(tiny(), out, progress=False)
+    work.interrupt = None
+    before = snapshot(out)
+    with pytest.raises(UserError, match=r"distill \(generations: 2 -> 3\)"):
+        pipeline.compress(tiny(distill={"generations": 3}), out, progress=False)
+    assert snapshot(out) == before
+    work.ran.clear()
+    pipeline.compress(tiny(), out, progress=False)
+    assert work.ran == ["distill", "retrain", "report"] and (out / "distill" / "partial").exists()
+    assert "[6/8] distill: running (resuming)" in capsys.readouterr().out
+
+
+def test_a_start_that_failed_before_any_work_is_not_refused(tmp_path, work):
+    out = tmp_path / "out"
+    other = pipeline.build_stages(tiny("Walker2d-v5"), out, False)[0]
+    other.folder(out).mkdir(parents=True)
+    (other.folder(out) / pipeline.STAMP).write_text(json.dumps(other.expected_stamp()))
+    pipeline.compress(tiny(), out, progress=False)
+    assert work.ran == list(STAGES)
+
+
+def test_an_edited_output_is_refused_until_its_stage_reruns(finished, work):
+    (finished / "export" / "actor.onnx").write_text("my own actor\n")
+    with pytest.raises(UserError, match=r"export \(actor.onnx changed since the stage finished\).*--rerun export"):
+        pipeline.compress(tiny(), finished, progress=False)
+    assert work.ran == [] and (finished / "export" / "actor.onnx").read_text() == "my own actor\n"
+    pipeline.compress(tiny(), finished, progress=False, force=True)
+    assert work.ran == ["export", "bench", "embedded", "retrain", "report"]
+
+
+def test_a_stamp_without_settings_still_resumes_and_refuses(finished, work):
+    path = finished / "train" / pipeline.STAMP
+    stamp = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in stamp.items() if k != "settings"}))
+    pipeline.compress(tiny(), finished, progress=False)
+    assert work.ran == []
+    with pytest.raises(UserError, match=r"train \(parameters changed\)"):
+        pipeline.compress(tiny(train={"total_steps": 5000}), finished, progress=False)
+
+
+def test_a_moved_out_folder_is_still_up_to_date(finished, work, tmp_path):
+    moved = tmp_path / "elsewhere"
+    finished.rename(moved)
+    pipeline.compress(tiny(), moved, progress=False)
+    assert work.ran == []
 
 
 def compress(out, *extra):
@@ -32,6 +178,7 @@ def stage_status(stdout: str) -> dict[str, str]:
     return {row[2:11].strip(): row[12:23].strip() for row in rows}
 
 
+@pytest.mark.integration
 def test_tiny_pipeline_survives_a_kill_and_reruns_only_what_changed(tmp_path):
     out = tmp_path / "hopper"
     first = subprocess.Popen(compress(out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -42,7 +189,7 @@ def test_tiny_pipeline_survives_a_kill_and_reruns_only_what_changed(tmp_path):
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert not (out / "distill" / "stamp.json").exists()
+    assert "outputs" not in json.loads((out / "distill" / "stamp.json").read_text())  # started, not finished
     finished = {s: (out / s / "stamp.json").read_text() for s in ("train", "evaluate", "export", "bench", "embedded")}
 
     resumed = subprocess.run(compress(out), cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -69,10 +216,26 @@ def test_tiny_pipeline_survives_a_kill_and_reruns_only_what_changed(tmp_path):
     actions = session.run(["actions"], {"obs": np.zeros((4, 11), np.float32)})[0]
     assert actions.shape == (4, 3) and np.all(np.abs(actions) <= 1.0)
 
-    again = subprocess.run(compress(out, "--set", "retrain.episodes=2"), cwd=ROOT, capture_output=True,
+    before = snapshot(out)
+    for extra, listed in ((("--env", "Walker2d-v5"), "train (env_id: Hopper-v5 -> Walker2d-v5)"),
+                          (("--set", "train.total_steps=5000"), "train (total_steps: 4000 -> 5000)"),
+                          (("--set", "retrain.episodes=2"), "retrain (episodes: 1 -> 2)")):
+        refused = subprocess.run(compress(out, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-3000:]
+        assert listed in refused.stderr and "--force" in refused.stderr, refused.stderr
+        assert snapshot(out) == before
+
+    again = subprocess.run(compress(out, "--set", "retrain.episodes=2", "--force"), cwd=ROOT, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [stage_status(again.stdout)[s] for s in STAGES] == ["up to date"] * 6 + ["done"] * 2
+    assert "[7/8] retrain: discarding" in again.stdout
+
+    exported = subprocess.run(compress(out, "--set", "retrain.episodes=2", "--rerun", "export"), cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    status = stage_status(exported.stdout)
+    assert status["export"] == "done" and {status[s] for s in ("train", "evaluate", "distill")} == {"up to date"}
 
 
 def test_presets_and_overrides_are_validated():

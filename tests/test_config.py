@@ -2,6 +2,7 @@
 stage (tinypolicy.config), and a bad key or value is one line, before any work."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from tinypolicy.pipeline.settings import (
     ADExportConfig,
     ADTrainConfig,
     DistillConfig,
+    EvaluateConfig,
     GeneraliseConfig,
     QLearningConfig,
     TrainConfig,
@@ -80,10 +82,10 @@ def test_unset_flags_are_the_dataclass_defaults(argv, expected):
 
 def test_flags_parse_into_the_config():
     args = _parsed(["train", "--env", "Pendulum-v1", "--out", "x", "--steps", "4000", "--hidden", "64,32",
-                    "--actor-sparsity", "0.95", "--precision", "bf16", "--seed", "-1"])
+                    "--actor-sparsity", "0.95", "--precision", "bf16", "--seed", "7"])
     cfg = from_dict(TrainConfig, flag_values(args, TrainConfig), "flags", fixed={"env_id": args.env_id})
     assert cfg == TrainConfig(env_id="Pendulum-v1", total_steps=4000, hidden=(64, 32), actor_sparsity=0.95,
-                              precision="bf16", seed=-1)
+                              precision="bf16", seed=7)
     args = _parsed(["embedded", "bundle", "--target", "aarch64", "cortex-m4"])
     assert from_dict(EmbeddedConfig, flag_values(args, EmbeddedConfig), "flags").targets == ("aarch64", "cortex-m4")
     assert _parsed(["ad", "evaluate", "ckpt", "--out", "x", "--greedy"]).greedy is True
@@ -92,7 +94,8 @@ def test_flags_parse_into_the_config():
 @pytest.mark.parametrize("argv, message", [
     (["embedded", "bundle", "--target", "cortex-m9"], "argument --target: invalid choice: 'cortex-m9'"),
     (["train", "--env", "E", "--out", "x", "--steps", "0"], "argument --steps: must be positive, got 0"),
-    (["train", "--env", "E", "--out", "x", "--actor-sparsity", "1"], "argument --actor-sparsity: sparsity must be in [0, 1)"),
+    (["train", "--env", "E", "--out", "x", "--actor-sparsity", "1"],
+     "argument --actor-sparsity: must be in [0, 1), got '1'"),
     (["distill", "--env", "E", "--out", "x", "--hidden", "64,x"], "argument --hidden: expected sizes like 256,256"),
     (["distill", "--out", "x"], "the following arguments are required: --env"),
 ])
@@ -100,7 +103,8 @@ def test_bad_flag_values_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as caught:
         _parsed(argv)
     assert caught.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.endswith("(see tinypolicy " + argv[0] + " --help)\n"), err
 
 
 def test_embedded_target_choices_are_the_targets():
@@ -130,6 +134,10 @@ def test_compress_defaults_are_the_stage_dataclasses():
     ("embedded.targets=[\"cortex-m9\"]", "stage embedded: unknown targets 'cortex-m9'"),
     ("report.pages=2", "stage report: unknown key pages (known: none)"),
     ("train.env_id=\"Ant-v5\"", "stage train: env_id cannot be set here"),
+    ("train.lr=nan", "stage train: lr: must be a positive number, got 'nan'"),
+    ("train.gamma=-inf", "stage train: gamma: must be in (0, 1], got '-inf'"),
+    ("distill.sigma=-1", "stage distill: sigma: must be a positive number, got '-1.0'"),
+    ("evaluate.episodes=0", "stage evaluate: episodes: must be positive, got 0"),
 ])
 def test_compress_refuses_bad_overrides_before_any_work(override, message, tmp_path, capsys, monkeypatch):
     def no_work(*args, **kwargs):
@@ -157,3 +165,77 @@ def test_resume_check_names_every_changed_setting(saved, current, ignore, messag
     with pytest.raises(UserError) as caught:
         refuse_other_settings(saved, current, "runs/x", ignore=ignore)
     assert str(caught.value).startswith("runs/x holds a run with other settings ") and message in str(caught.value)
+
+
+@pytest.mark.parametrize("cls, values, message", [
+    (TrainConfig, {"lr": float("nan")}, "where: lr: must be a positive number, got 'nan'"),
+    (TrainConfig, {"lr": -1}, "where: lr: must be a positive number, got '-1.0'"),
+    (TrainConfig, {"lr": float("inf")}, "where: lr: must be a positive number, got 'inf'"),
+    (TrainConfig, {"gamma": 1.5}, "where: gamma: must be in (0, 1], got '1.5'"),
+    (TrainConfig, {"tau": 0}, "where: tau: must be in (0, 1], got '0.0'"),
+    (TrainConfig, {"policy_noise": -0.1}, "where: policy_noise: must be in [0, inf), got '-0.1'"),
+    (TrainConfig, {"batch_size": 0}, "where: batch_size: must be positive, got 0"),
+    (TrainConfig, {"learning_starts": -1}, "where: learning_starts: must be zero or more, got -1"),
+    (TrainConfig, {"actor_sparsity": 1.0}, "where: actor_sparsity: must be in [0, 1), got '1.0'"),
+    (TrainConfig, {"hidden": []}, "where: hidden: expected sizes like 256,256, got ''"),
+    (DistillConfig, {"env_id": "E", "sigma": float("nan")}, "where: sigma: must be a positive number"),
+    (DistillConfig, {"env_id": "E", "bc_lr": 0}, "where: bc_lr: must be a positive number"),
+    (ADTrainConfig, {"dropout": 1.0}, "where: dropout: must be in [0, 1), got '1.0'"),
+    (ADTrainConfig, {"warmup": -5}, "where: warmup: must be zero or more, got -5"),
+    (QLearningConfig, {"lr": 0}, "where: lr: must be in (0, 1], got '0.0'"),
+    (ADEvalConfig, {"ablation_window": 0}, "where: ablation_window: must be positive, got 0"),
+    (ExportConfig, {"parity_samples": -5}, "where: parity_samples: must be positive, got -5"),
+    (BenchConfig, {"calls": 0}, "where: calls: must be positive, got 0"),
+    (EvaluateConfig, {"episodes": 0}, "where: episodes: must be positive, got 0"),
+    (GeneraliseConfig, {"seeds": -1}, "where: seeds: must be positive, got -1"),
+    (TrainConfig, {"seed": -1}, "where: seed: must be in [0, 4294967295], got -1"),  # NumPy refuses it
+    (ADEvalConfig, {"seed": 2**64}, "where: seed: must be in [0, 4294967295]"),     # torch overflows
+    (EvaluateConfig, {"seed": -3}, "where: seed: must be in [0, 4294967295], got -3"),
+])
+def test_from_dict_refuses_values_outside_a_settings_range(cls, values, message):
+    """Presets, --set and stored configs get the range checks the command-line flags get."""
+    with pytest.raises(UserError) as caught:
+        from_dict(cls, values, "where")
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_range_checks_accept_the_edges_a_setting_allows():
+    cfg = from_dict(TrainConfig, {"learning_starts": 0, "policy_noise": 0, "gamma": 1, "seed": 2**32 - 1,
+                                  "actor_sparsity": 0}, "where")
+    assert (cfg.learning_starts, cfg.policy_noise, cfg.gamma, cfg.seed) == (0, 0.0, 1.0, 2**32 - 1)
+    assert from_dict(ADTrainConfig, {"dropout": 0, "warmup": 0}, "where").dropout == 0.0
+    with pytest.raises(UserError, match="train: gamma: must be in"):
+        TrainConfig(gamma=2.0).validate()  # a config built in Python is checked by the stage
+    with pytest.raises(UserError, match="distill: sigma: must be a positive number"):
+        DistillConfig(env_id="E", sigma=-1.0)
+
+
+def _numeric_flags(parser: argparse.ArgumentParser, command: tuple[str, ...] = ()):
+    """(subcommand words, action) of every flag of every command that parses a number."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _numeric_flags(sub, (*command, name))
+        elif action.option_strings and action.type not in (None, str, Path) and action.choices is None:
+            yield command, action
+
+
+NUMERIC_FLAGS = list(_numeric_flags(cli.build_parser()))
+
+
+def test_every_command_has_its_numeric_flags_checked():
+    commands = {" ".join(command) for command, _ in NUMERIC_FLAGS}
+    assert commands >= {"train", "evaluate", "compress", "export", "bench", "distill", "generalise", "retrain",
+                        "ad collect", "ad train", "ad evaluate", "ad export"}
+    assert len(NUMERIC_FLAGS) > 50
+
+
+@pytest.mark.parametrize("command, action", NUMERIC_FLAGS,
+                         ids=[f"{' '.join(c)} {a.option_strings[-1]}" for c, a in NUMERIC_FLAGS])
+def test_every_numeric_flag_refuses_nan_inf_and_negatives(command, action, capsys):
+    flag = action.option_strings[-1]
+    for value in ("nan", "inf", "-1"):
+        with pytest.raises(SystemExit) as caught:
+            cli.build_parser().parse_args([*command, flag, value])
+        assert caught.value.code == 2
+        assert f"argument {' / '.join(action.option_strings)}: " in capsys.readouterr().err, (flag, value)

@@ -342,3 +342,127 @@ def test_a_dense_layer_with_32_bit_pointers_compiles_and_matches(tmp_path):
     assert "uint32_t" in (tmp_path / "actor.c").read_text()
     obs = np.random.default_rng(6).normal(size=(50, 11)).astype(np.float32)
     assert np.abs(CKernels(tmp_path, tmp_path, 11, 3).actions(obs) - policy(obs)).max() < 1e-5
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_and_a_run_folder_is_read(tmp_path, capsys):
+    """`evaluate` never prints NaN (not JSON): a diverged actor is refused when it is built; and
+    given the run folder, it reads the folder's checkpoint.pt."""
+    from tinypolicy.pipeline.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_checkpoint(run / "checkpoint.pt", sparse_actor("td3", 0.9, hidden=(16, 16)), hidden=(16, 16))
+    assert main(["evaluate", str(run), "--episodes", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 1 and np.isfinite(result["mean_return"])
+
+    actor = sparse_actor("td3", 0.9, hidden=(16, 16))
+    with torch.no_grad():
+        sparse_layers(actor)[0].weight[sparse_layers(actor)[0].mask == 1] = float("inf")
+    write_checkpoint(run / "checkpoint.pt", actor, hidden=(16, 16))
+    assert main(["evaluate", str(run), "--episodes", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"{run / 'checkpoint.pt'}: actor" in err and "NaN or infinite" in err
+
+
+def _small_bundle(folder: Path) -> Path:
+    """A bundle that `load_bundle` accepts: real 11 -> 3 ONNX actors and observations, placeholder
+    C sources (nothing checks their content but their hashes)."""
+    from tinypolicy.export.bundle import FILES, FORMAT, MANIFEST, VERSION
+    from tinypolicy.ondevice.artefact import sha256_file, write_json
+    from tinypolicy.ondevice.onnx_mlp import policy_onnx, save_onnx
+
+    rng = np.random.default_rng(0)
+    model = policy_onnx([rng.normal(size=(8, 11)), rng.normal(size=(3, 8))], [np.zeros(8), np.zeros(3)], "relu",
+                        "tanh", np.zeros(11), np.ones(11), -np.ones(3), np.ones(3), {"env_id": "Hopper-v5"})
+    folder.mkdir()
+    for key, name in FILES.items():
+        if key.startswith("onnx"):
+            save_onnx(model, folder / name)
+        elif key == "observations":
+            np.save(folder / name, rng.normal(size=(20, 11)).astype(np.float32))
+        else:
+            (folder / name).write_text(f"placeholder for {name}\n")
+    files = {key: {"name": name, "bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+             for key, name in FILES.items()}
+    write_json(folder / MANIFEST, {"format": FORMAT, "version": VERSION, "env_id": "Hopper-v5", "obs_dim": 11,
+                                   "act_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3,
+                                   "parity": {"failure_threshold": 1e-5}, "files": files})
+    return folder
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"obs_dim": 12}, "export.json records obs_dim 12 where actor.onnx has 11: it was edited"),
+    ({"act_dim": 2, "env_id": "Walker2d-v5"},
+     "records env_id 'Walker2d-v5' where actor.onnx has 'Hopper-v5', act_dim 2 where actor.onnx has 3"),
+    ({"action_high": [1.0, 1.0]}, "action_low and action_high must hold act_dim 3 values each"),
+])
+def test_a_manifest_that_disagrees_with_its_onnx_is_refused_by_bench_and_embedded(edit, message, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from tinypolicy.export.bundle import MANIFEST, load_bundle
+    from tinypolicy.ondevice.errors import UserError
+    from tinypolicy.pipeline.cli import main
+
+    monkeypatch.setattr("tinypolicy.export.embedded.missing_tools", lambda target: [])  # the bundle is what is checked
+    bundle = _small_bundle(tmp_path / "bundle")
+    assert load_bundle(bundle)["obs_dim"] == 11
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    (bundle / MANIFEST).write_text(json.dumps(manifest | edit))
+    with pytest.raises(UserError, match=message):
+        load_bundle(bundle)
+    for command in (["bench", str(bundle), "--out", str(tmp_path / "bench")], ["embedded", str(bundle)]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (command, err)
+    assert not (tmp_path / "bench").exists() and not (bundle / "embedded").exists()
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the command started working before checking its output")
+
+
+@pytest.mark.parametrize("command", ["train", "export", "bench", "distill", "generalise", "ad collect"])
+@pytest.mark.parametrize("place", ["a file", "under a file"])
+def test_commands_refuse_an_output_they_cannot_write_before_any_work(command, place, tmp_path, monkeypatch, capsys):
+    from tinypolicy.ondevice.dataset import Dataset, save_dataset
+    from tinypolicy.pipeline.cli import main
+
+    (tmp_path / "file").write_text("keep")
+    out = str(tmp_path / "file" if place == "a file" else tmp_path / "file" / "out")
+    for target in ("tinypolicy.pipeline.train.Trainer", "tinypolicy.export.bundle.rollout_observations",
+                   "tinypolicy.export.bench.ort_session", "tinypolicy.pipeline.distill.expert_rollouts",
+                   "tinypolicy.pipeline.generalise.PopulationEvaluator", "tinypolicy.pipeline.ad.q_learning"):
+        monkeypatch.setattr(target, _no_work)
+    rng = np.random.default_rng(0)
+    save_dataset(Dataset("Hopper-v5", rng.normal(size=(8, 11)), rng.normal(size=(8, 3)), np.zeros(11), np.ones(11),
+                         -np.ones(3), np.ones(3)), tmp_path / "dataset")
+    argv = {"train": ["train", "--env", "Pendulum-v1", "--out", out],
+            "export": ["export", str(write_checkpoint(tmp_path / "ckpt.pt", sparse_actor("td3", 0.9, hidden=(16, 16)),
+                                                      hidden=(16, 16))), "--out", out],
+            "bench": ["bench", str(_small_bundle(tmp_path / "bundle")), "--out", out],
+            "distill": ["distill", "--env", "Pendulum-v1", "--out", out],
+            "generalise": ["generalise", str(tmp_path / "dataset"), "--env", "Hopper-v5", "--out", out],
+            "ad collect": ["ad", "collect", "--out", out]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"tinypolicy: error: cannot create output folder {out}: {tmp_path / 'file'} is a file, not a folder\n"
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_a_full_disk_during_an_embedded_build_is_one_line_and_leaves_no_build_folder(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from tinypolicy.pipeline.cli import main
+
+    def full_disk(out):
+        (out / "insn_count_plugin.so").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "insn_count_plugin.so"))
+
+    monkeypatch.setattr("tinypolicy.export.embedded.missing_tools", lambda target: [])
+    monkeypatch.setattr("tinypolicy.export.embedded.build_plugin", full_disk)
+    bundle = _small_bundle(tmp_path / "bundle")
+    assert main(["embedded", str(bundle), "--target", "cortex-m4", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    written = bundle / "embedded" / ".cortex-m4.tmp" / "insn_count_plugin.so"
+    assert err == f"tinypolicy: error: {written}: No space left on device\n"
+    assert list((bundle / "embedded").iterdir()) == []

@@ -1,13 +1,22 @@
-"""The shared helpers: atomic writes, figures, CSV tables and logs, env rollouts."""
+"""The shared helpers: atomic writes, output checks, figures, CSV tables and logs, env rollouts."""
 from __future__ import annotations
 
 import csv
+import errno
+import tempfile
 
 import numpy as np
 import pytest
 
 from tinypolicy.envs import evaluate_policy, make_env, random_policy_returns, rollout
-from tinypolicy.ondevice.artefact import atomic_write, write_npz, write_text
+from tinypolicy.ondevice.artefact import (
+    atomic_write,
+    check_output_file,
+    prepare_output_dir,
+    write_npz,
+    write_text,
+)
+from tinypolicy.ondevice.errors import UserError, os_error_line
 from tinypolicy.plots import save_figure, subplots
 from tinypolicy.tables import CsvLog, write_csv
 
@@ -89,3 +98,68 @@ def test_rollout_reproduces_the_hand_written_loops():
     assert steps[199].episode_return == _reference_returns(policy, 1, 5)[0]
     with pytest.raises(ValueError):
         next(rollout(ENV, policy, 0))
+
+
+def test_a_failed_write_names_the_output_and_leaves_no_temporary_file(tmp_path):
+    """A full disk fails inside write(), which names no file: the error must name the output."""
+    path = tmp_path / "policy.onnx"
+    write_text(path, "old")
+
+    def full_disk(tmp):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(path, full_disk)
+    assert os_error_line(caught.value) == f"{path}: No space left on device"
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["policy.onnx"]
+
+
+def _read_only(monkeypatch):
+    # Root writes into a chmod 555 folder, so the refusal the OS gives is simulated.
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", dir)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("a file where the folder goes", "x is a file, not a folder"),
+    ("a file where a parent folder goes", "x is a file, not a folder"),
+    ("a read-only folder", "Permission denied"),
+])
+def test_an_output_folder_that_cannot_be_written_is_refused_on_one_line(case, message, tmp_path, monkeypatch):
+    (tmp_path / "x").write_text("keep")
+    target = {"a file where the folder goes": tmp_path / "x",
+              "a file where a parent folder goes": tmp_path / "x" / "run"}.get(case, tmp_path / "ro")
+    if case == "a read-only folder":
+        _read_only(monkeypatch)
+    with pytest.raises(UserError) as caught:
+        prepare_output_dir(target, "--out")
+    assert message in str(caught.value) and str(target) in str(caught.value) and "\n" not in str(caught.value)
+    assert (tmp_path / "x").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["ro", "x"] if case == "a read-only folder" else ["x"])
+
+
+def test_an_output_folder_is_created_and_left_without_a_probe(tmp_path):
+    assert prepare_output_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir() and not any((tmp_path / "a" / "b").iterdir())
+    prepare_output_dir(tmp_path / "a" / "b")  # an existing folder is fine
+
+
+@pytest.mark.parametrize("case, message", [
+    ("an existing folder", "is a folder; give a file name"),
+    ("an input", "is also an input of this command"),
+    ("an input, by another spelling", "is also an input of this command"),
+    ("under a file", "in.npz is a file, not a folder"),
+])
+def test_an_output_file_that_is_a_folder_or_an_input_is_refused(case, message, tmp_path):
+    (tmp_path / "in.npz").write_bytes(b"input")
+    out = {"an existing folder": tmp_path, "an input": tmp_path / "in.npz",
+           "an input, by another spelling": tmp_path / "sub" / ".." / "in.npz",
+           "under a file": tmp_path / "in.npz" / "out.onnx"}[case]
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(UserError, match=message):
+        check_output_file(out, "--out", (tmp_path / "in.npz", None))
+    assert (tmp_path / "in.npz").read_bytes() == b"input"
+    assert check_output_file(tmp_path / "new" / "out.onnx", "--out", (tmp_path / "in.npz",)).parent.is_dir()

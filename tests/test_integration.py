@@ -93,9 +93,10 @@ def test_resume_refuses_other_settings(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["train", "--env", "NoSuchEnv-v0", "--out", "x"], "unknown or unavailable environment"),
     (["train", "--env", "CartPole-v1", "--out", "x"], "Discrete action space"),
-    (["train", "--env", "Hopper-v5", "--actor-sparsity", "1.0", "--out", "x"], "sparsity must be in [0, 1)"),
-    (["train", "--env", "Hopper-v5", "--critic-sparsity", "-0.1", "--out", "x"], "sparsity must be in [0, 1)"),
-    (["train", "--env", "Hopper-v5", "--actor-sparsity", "nan", "--out", "x"], "sparsity must be in [0, 1)"),
+    (["train", "--env", "Hopper-v5", "--actor-sparsity", "1.0", "--out", "x"], "--actor-sparsity: must be in [0, 1)"),
+    (["train", "--env", "Hopper-v5", "--critic-sparsity", "-0.1", "--out", "x"],
+     "--critic-sparsity: must be in [0, 1)"),
+    (["train", "--env", "Hopper-v5", "--actor-sparsity", "nan", "--out", "x"], "--actor-sparsity: must be in [0, 1)"),
     (["evaluate", "missing.pt"], "does not exist"),
 ])
 def test_cli_bad_input_one_line_error(tmp_path, args, message):

@@ -333,3 +333,94 @@ def test_64_64_tanh_on_64_pairs_trains_in_well_under_a_second():
         train_bc(data.states, data.actions, recipe, init)
         times.append(time.perf_counter() - started)
     assert statistics.median(times) < 1.0, times
+
+
+def _inputs(tmp_path, dataset_dir) -> dict[str, Path]:
+    _mask_onnx(tmp_path / "mask.onnx", [11, 32, 3])
+    init = init_params([11, 8, 3], seed=0)
+    np.savez(tmp_path / "init.npz", w0=init.weights[0], b0=init.biases[0], w1=init.weights[1],
+             b1=init.biases[1], log_std=init.log_std)
+    return {"npz": dataset_dir / "dataset.npz", "json": dataset_dir / "dataset.json",
+            "mask": tmp_path / "mask.onnx", "init": tmp_path / "init.npz"}
+
+
+@pytest.mark.parametrize("case, out, flags, message", [
+    ("the dataset file", "npz", [], "is also an input"),
+    ("the dataset description", "json", [], "is also an input"),
+    ("the dataset file, by another spelling", "npz/../dataset/dataset.npz", [], "is also an input"),
+    ("the dataset folder", "folder", [], "is a folder; give a file name"),
+    ("the mask", "mask", ["--mask", "mask"], "is also an input"),
+    ("the init", "init", ["--init", "init"], "is also an input"),
+])
+def test_out_that_is_an_input_is_refused_and_every_input_kept(case, out, flags, message, tmp_path, dataset_dir,
+                                                             capsys):
+    from tinypolicy.pipeline.cli import main
+
+    files = _inputs(tmp_path, dataset_dir)
+    before = {name: path.read_bytes() for name, path in files.items()}
+    first, _, rest = out.partition("/")
+    target = dataset_dir if first == "folder" else files[first].parent / rest if rest else files[first]
+    args = [str(dataset_dir), "--out", str(target), *(str(files.get(f, f)) for f in flags)]
+    assert main(["retrain", *args]) == 2, case
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and str(target) in err, (case, err)
+    assert {name: path.read_bytes() for name, path in files.items()} == before, case
+    assert sorted(p.name for p in dataset_dir.iterdir()) == ["dataset.json", "dataset.npz"], case
+
+
+@pytest.mark.parametrize("given, problem", [
+    ("typo_name", "does not exist"),                    # inside the dataset folder: no fallback to it
+    ("dataset.npz/typo", "does not exist"),
+    ("renamed.npz", "is a file of another name"),
+])
+def test_a_wrong_dataset_path_is_refused_naming_the_path_given(given, problem, tmp_path, dataset_dir, capsys):
+    from tinypolicy.pipeline.cli import main
+
+    shutil.copy(dataset_dir / "dataset.npz", dataset_dir / "renamed.npz")
+    path = dataset_dir / given
+    assert main(["retrain", str(path), "--out", str(tmp_path / "out.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"tinypolicy: error: dataset {path} {problem}; expected a folder holding dataset.npz and "
+                   "dataset.json, or one of those files\n")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("main_module, prog", [("tinypolicy.pipeline.cli", "tinypolicy"),
+                                               ("tinypolicy.ondevice.retrain", "retrain")])
+def test_a_full_disk_is_one_line_and_leaves_the_old_policy(main_module, prog, tmp_path, dataset_dir, monkeypatch,
+                                                           capsys):
+    import errno
+    import importlib
+
+    import tinypolicy.ondevice.onnx_mlp as onnx_mlp
+
+    out = tmp_path / "policy.onnx"
+    out.write_bytes(b"the policy from yesterday")
+    real = onnx_mlp.atomic_write
+
+    def full_disk(path, write):
+        def half(tmp):
+            tmp.write_bytes(b"half a policy")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, half)
+
+    monkeypatch.setattr(onnx_mlp, "atomic_write", full_disk)
+    argv = ["retrain"] * (prog == "tinypolicy") + [str(dataset_dir), "--out", str(out), "--steps", "5"]
+    assert importlib.import_module(main_module).main(argv) == 1
+    assert capsys.readouterr().err == f"{prog}: error: {out}: No space left on device\n"
+    assert out.read_bytes() == b"the policy from yesterday"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "policy.onnx"]
+
+
+@pytest.mark.parametrize("key, value", [("lr", float("nan")), ("adam_eps", -1.0), ("grad_clip", float("inf")),
+                                        ("steps", 0)])
+def test_a_dataset_recipe_outside_its_range_is_refused_when_read(key, value, dataset_dir):
+    """dataset.json's hash check covers dataset.npz only; its recipe is checked as it is read."""
+    from tinypolicy.ondevice.errors import UserError
+
+    info = json.loads((dataset_dir / "dataset.json").read_text())
+    info["recipe"][key] = value
+    (dataset_dir / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=r"dataset.json: invalid BC recipe \(BC steps, learning rate, Adam eps and "
+                                        r"gradient clip must be positive and finite\)"):
+        load_dataset(dataset_dir)

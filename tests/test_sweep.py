@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline import cli
 from tinypolicy.pipeline.sweep import load_sweep_config, ultimate_compression
 
 CONFIG = """
@@ -44,6 +46,37 @@ def test_bad_configs_are_refused(tmp_path):
         load_sweep_config(path)
     path.write_text(CONFIG.format(out=tmp_path, steps=1000) + "bogus = 1\n")
     with pytest.raises(UserError, match=r"sweep config \[train\]: unknown key bogus"):
+        load_sweep_config(path)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"envs": '["../../escape"]'}, "env id '../../escape' is not a plain Gymnasium id"),
+    ({"envs": '["tinypolicy/Hopper-v5"]'}, "is not a plain Gymnasium id"),
+    ({"envs": '["CartPole-v1"]'}, "CartPole-v1 has a Discrete action space"),
+    ({"envs": "[]"}, "envs must not be empty"),
+    ({"methods": "[]", "seeds": "[]"}, "methods, seeds must not be empty"),
+    ({"envs": '"Pendulum-v1"'}, "envs must be a list, each a string, got 'Pendulum-v1'"),
+    ({"seeds": '[0, "1"]'}, "seeds must be a list, each an integer"),
+    ({"sparsities": "[0.9, 0.85]"}, "sparsities must be a list, each a list of 2"),
+    ({"seeds": "[0, 0]"}, "job Pendulum-v1-td3-dense-s0 appears twice"),
+])
+def test_bad_configs_are_refused_before_any_folder_exists(tmp_path, capsys, fields, message):
+    path = tmp_path / "a" / "b" / "sweep.toml"
+    path.parent.mkdir(parents=True)
+    text = CONFIG.format(out=path.parent / "out", steps=1000)
+    for key, value in fields.items():
+        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+    path.write_text(text)
+    assert cli.main(["sweep", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert sorted(tmp_path.rglob("*")) == [tmp_path / "a", path.parent, path]
+
+
+def test_a_config_of_random_bytes_is_refused(tmp_path):
+    path = tmp_path / "sweep.toml"
+    path.write_bytes(bytes(range(128, 256)))
+    with pytest.raises(UserError, match=f"cannot read sweep config {path}"):
         load_sweep_config(path)
 
 

@@ -1,6 +1,6 @@
 """Masks stay exact through Adam steps, topology updates and Polyak updates; TD targets.
 
-No training runs here: a handful of optimiser steps on tiny (32-unit) networks.
+A handful of optimiser steps on tiny (32-unit) networks; one 600-step Pendulum run that diverges.
 """
 from __future__ import annotations
 
@@ -456,3 +456,35 @@ def test_unknown_precision_is_refused(tmp_path):
 
     with pytest.raises(UserError, match="unknown precision"):
         make_trainer(tmp_path, precision="fp8")
+
+
+@pytest.mark.parametrize("algo, poison", [("td3", "critic"), ("td3", "actor"), ("sac", "log_alpha")])
+def test_a_diverged_run_stops_on_one_line_and_keeps_the_last_checkpoint(algo, poison, tmp_path, monkeypatch):
+    """Weights turned NaN after the step-200 checkpoint: the step-400 check stops the run before
+    it evaluates or saves, and the step-200 checkpoint stays byte for byte."""
+    from tinypolicy.ondevice.errors import UserError
+    from tinypolicy.pipeline.train import train
+
+    saved = {}
+    real_step = Trainer.env_step
+
+    def env_step(self):
+        real_step(self)
+        if self.step == 300:
+            saved["checkpoint"] = (tmp_path / "checkpoint.pt").read_bytes()
+            with torch.no_grad():
+                tensor = self.log_alpha if poison == "log_alpha" else next(getattr(self, poison).parameters())
+                tensor.fill_(float("nan"))
+
+    monkeypatch.setattr(Trainer, "env_step", env_step)
+    cfg = TrainConfig(env_id="Pendulum-v1", algo=algo, method="rlx2", total_steps=600, hidden=(16, 16),
+                      batch_size=16, learning_starts=100, eval_interval=200, eval_episodes=1,
+                      checkpoint_interval=200)
+    with pytest.raises(UserError) as caught:
+        train(cfg, tmp_path, progress=False)
+    message = str(caught.value)
+    assert message.startswith("training diverged at step 400 (") and "is not finite); lower --lr" in message
+    assert "\n" not in message and f"{tmp_path / 'checkpoint.pt'} keeps the last good state" in message
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved["checkpoint"]
+    assert not (tmp_path / "eval.json").exists()
+    assert [row.split(",")[0] for row in (tmp_path / "metrics.csv").read_text().splitlines()] == ["step", "200"]

@@ -19,6 +19,13 @@ from tinypolicy.ondevice.errors import UserError
 FORMAT = "tinypolicy.checkpoint"
 VERSION = 1
 REQUIRED = ("format", "version", "config", "spaces", "actor", "critic", "steps_done")
+CHECKPOINT_FILE = "checkpoint.pt"  # its name in a run folder (`train --out`, `ad train --out`)
+
+
+def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
+    """The names of `module`'s floating-point parameters and buffers that hold NaN or inf."""
+    return [name for name, t in module.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 @dataclass
@@ -39,7 +46,8 @@ class Checkpoint:
         return int(self.data["steps_done"])
 
     def build_actor(self) -> torch.nn.Module:
-        """The trained actor in eval mode, with its masks."""
+        """The trained actor in eval mode, with its masks; refused if any weight is NaN or
+        infinite (a diverged run), so no later stage reports NaN returns or exports NaNs."""
         spaces = self.data["spaces"]
         actor = make_actor(self.config["algo"], spaces["obs_dim"], spaces["act_dim"],
                            list(self.config["hidden"]), spaces["action_low"], spaces["action_high"])
@@ -48,6 +56,9 @@ class Checkpoint:
         except RuntimeError as exc:
             raise UserError(f"{self.path}: actor weights do not fit the recorded architecture "
                             f"({str(exc).splitlines()[0]})") from None
+        bad = nonfinite_tensors(actor)
+        if bad:
+            raise UserError(f"{self.path}: actor {bad[0]} has NaN or infinite weights (a diverged run)")
         for layer in sparse_layers(actor):
             if bool((layer.weight.detach() * (1 - layer.mask)).abs().max() > 0):
                 raise UserError(f"{self.path}: actor weights are nonzero outside their mask")
@@ -71,11 +82,18 @@ def save_torch_artefact(path: Path, fmt: str, version: int, data: dict[str, Any]
     atomic_write(path, lambda tmp: torch.save({"format": fmt, "version": version, **data}, tmp))
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """`path`, or its CHECKPOINT_FILE when it is a run folder."""
+    path = Path(path)
+    return path / CHECKPOINT_FILE if path.is_dir() else path
+
+
 def load_torch_artefact(path: str | Path, fmt: str, version: int, required: tuple[str, ...],
                         what: str) -> dict[str, Any]:
-    """A file written by `save_torch_artefact`, loaded with `weights_only=True`; refused with
-    one line if it is missing, truncated, foreign, of another version or incomplete."""
-    path = Path(path)
+    """A file written by `save_torch_artefact` (or the run folder holding it, `checkpoint_file`),
+    loaded with `weights_only=True`; refused with one line if it is missing, truncated,
+    foreign, of another version or incomplete."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist")
     try:
@@ -97,4 +115,6 @@ def save_checkpoint(path: Path, data: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    return Checkpoint(Path(path), load_torch_artefact(path, FORMAT, VERSION, REQUIRED, "checkpoint"))
+    """A training checkpoint, given its file or its run folder."""
+    path = checkpoint_file(path)
+    return Checkpoint(path, load_torch_artefact(path, FORMAT, VERSION, REQUIRED, "checkpoint"))

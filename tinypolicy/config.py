@@ -5,9 +5,11 @@ tinypolicy.export.settings); everything else is derived from it here:
 
 - `from_dict` builds a config from a dict (a presets table, `--set` overrides, a checkpoint's
   stored config, parsed flags), refusing unknown keys, values of the wrong type and values
-  outside a field's choices with one line;
+  outside a field's choices or range with one line (`check_settings` does the same for a
+  config built directly);
 - `option` declares a field that is also a command-line flag, and `add_flags` adds those
   flags to a parser: name, parsing, choices, metavar, help and the default --help shows;
+  `setting` declares the range of a field that is no flag;
 - `refuse_other_settings` is the check every resumable stage runs before it continues a run.
 
 ondevice/ keeps its own small argparse and `BCRecipe.from_dict`: a robot copies that folder
@@ -27,6 +29,7 @@ from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.flags import layer_sizes, positive_float, positive_int
 
 CLI = "tinypolicy.cli"  # the field metadata key `option` writes
+CHECK = "tinypolicy.check"  # the field metadata key `setting` writes
 
 
 def option(default: Any = dataclasses.MISSING, help: str | None = None, *, flag: str | None = None,
@@ -36,11 +39,18 @@ def option(default: Any = dataclasses.MISSING, help: str | None = None, *, flag:
 
     `parse` turns the flag's text into the value; by default the field's type decides: int a
     positive integer, float a positive finite number, tuple of ints "256,256", tuple of str one or more words,
-    bool a switch. A field without a default is a required flag. `choices` are enforced for
-    every way a config is built (`from_dict`, `check_choices`), not only on the command line."""
+    bool a switch. A field without a default is a required flag. `choices`, and the range
+    `parse` accepts, are enforced for every way a config is built (`from_dict`,
+    `check_settings`), not only on the command line."""
     spec = {"flag": flag, "help": help, "metavar": metavar, "choices": tuple(choices) if choices else None,
             "parse": parse}
     return dataclasses.field(default=default, metadata={CLI: spec})
+
+
+def setting(default: Any, parse: Callable[[str], Any]) -> Any:
+    """A dataclass field that is no command-line flag, whose values `parse` checks as it would
+    check a flag's text (e.g. `float_in(0, 1, "(]")` for a discount factor)."""
+    return dataclasses.field(default=default, metadata={CHECK: parse})
 
 
 # ----------------------------------------------------------------------------- flag parsers
@@ -115,20 +125,32 @@ def _coerce(hint: Any, value: Any) -> Any:
     raise TypeError
 
 
-def _check_choice(where: str, f: dataclasses.Field, value: Any) -> None:
-    choices = f.metadata.get(CLI, {}).get("choices")
-    if choices is None:
-        return
+def _check_value(where: str, f: dataclasses.Field, hint: Any, value: Any) -> None:
+    """Refuse a value outside the field's choices, or one its flag's parser (or its `setting`'s)
+    would refuse: a preset's lr = nan is refused as `--lr nan` is."""
+    spec = f.metadata.get(CLI, {})
+    choices = spec.get("choices") or ()
     for item in value if isinstance(value, tuple) else (value,):
-        if item is not None and item not in choices:
+        if choices and item is not None and item not in choices:
             raise UserError(f"{where}: unknown {f.name.replace('_', ' ')} {item!r}; "
                             f"choose one of {', '.join(map(str, choices))}")
+    if value is None or isinstance(value, bool):
+        return
+    parse = f.metadata.get(CHECK) or (_flag_parser(spec, hint) if spec else None)
+    if parse is None:
+        return
+    try:
+        parse(_shown(value))
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"{where}: {f.name}: {exc}") from None
 
 
-def check_choices(config: Any, where: str) -> None:
-    """Refuse a field value outside its `option(choices=...)`, for a config built directly."""
+def check_settings(config: Any, where: str) -> None:
+    """Refuse, for a config built directly, a field value that `from_dict` would refuse: outside
+    its choices or its range."""
+    hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        _check_choice(where, f, getattr(config, f.name))
+        _check_value(where, f, hints[f.name], getattr(config, f.name))
 
 
 def from_dict(cls: type, values: dict[str, Any], where: str, *, fixed: dict[str, Any] | None = None) -> Any:
@@ -136,8 +158,8 @@ def from_dict(cls: type, values: dict[str, Any], where: str, *, fixed: dict[str,
 
     `fixed` holds values the caller sets itself (e.g. the env id of a compress run): they
     must not appear in `values`. Lists become tuples where a field is a tuple; unknown keys,
-    missing required fields, wrong types and values outside a field's choices raise
-    UserError."""
+    missing required fields, wrong types and values outside a field's choices or range
+    (`_check_value`) raise UserError."""
     fixed = fixed or {}
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     taken = sorted(set(values) & set(fixed))
@@ -159,7 +181,7 @@ def from_dict(cls: type, values: dict[str, Any], where: str, *, fixed: dict[str,
             checked[name] = _coerce(hints[name], value)
         except TypeError:
             raise UserError(f"{where}: {name} must be {_describe(hints[name])}, got {value!r}") from None
-        _check_choice(where, fields[name], checked[name])
+        _check_value(where, fields[name], hints[name], checked[name])
     return cls(**checked)
 
 
@@ -169,6 +191,17 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return (",".join if value and isinstance(value[0], int) else " ".join)(map(str, value))
     return str(value)
+
+
+def _words(hint: Any) -> bool:
+    """Whether a field of this (non-optional) type is a flag of one or more words."""
+    return typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is str
+
+
+def _flag_parser(spec: dict[str, Any], hint: Any) -> Callable[[str], Any]:
+    """What turns an `option` field's flag text (one word, for a list of words) into its value."""
+    hint = _optional_of(hint)
+    return spec["parse"] or (str if _words(hint) else PARSERS[typing.get_origin(hint) or hint])
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, with_defaults: bool = True) -> None:
@@ -182,6 +215,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, with_defaults: bool
             continue
         hint = _optional_of(hints[f.name])
         kind = typing.get_origin(hint) or hint
+        word_list = _words(hint)
         required = with_defaults and _required(f)
         default = f.default if with_defaults and not required else None
         text = spec["help"] or ""
@@ -191,8 +225,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, with_defaults: bool
         if kind is bool:
             kwargs["action"] = "store_true"
         else:
-            word_list = kind is tuple and typing.get_args(hint)[0] is str
-            kwargs.update(type=spec["parse"] or (str if word_list else PARSERS[kind]), choices=spec["choices"],
+            kwargs.update(type=_flag_parser(spec, hint), choices=spec["choices"],
                           metavar=spec["metavar"] or (None if spec["choices"] else METAVARS.get(kind)),
                           required=required, nargs="+" if word_list else None)
         parser.add_argument(spec["flag"] or "--" + f.name.replace("_", "-"), **kwargs)
@@ -206,14 +239,20 @@ def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- resuming
 
+def setting_changes(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """Every setting that differs between `saved` and `current`, as "lr: 0.0003 -> 0.001",
+    except those in `ignore`."""
+    ignored = set(ignore)
+    names = [*current, *(k for k in saved if k not in current)]
+    return [f"{k}: {saved.get(k)} -> {current.get(k)}" for k in names
+            if k not in ignored and saved.get(k) != current.get(k)]
+
+
 def refuse_other_settings(saved: dict[str, Any], current: dict[str, Any], where: str | Path, *,
                           ignore: Iterable[str] = (), hint: str = "use another --out") -> None:
     """A stage resumes a run only with the settings it was started with: raise UserError
-    naming every setting that differs ("lr: 0.0003 -> 0.001"), except those in `ignore`
+    naming every setting that differs (`setting_changes`), except those in `ignore`
     (settings a run may change when it resumes, e.g. its length)."""
-    ignored = set(ignore)
-    names = [*current, *(k for k in saved if k not in current)]
-    changed = [f"{k}: {saved.get(k)} -> {current.get(k)}" for k in names
-               if k not in ignored and saved.get(k) != current.get(k)]
+    changed = setting_changes(saved, current, ignore)
     if changed:
         raise UserError(f"{where} holds a run with other settings ({', '.join(changed)}); {hint}")
