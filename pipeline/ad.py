@@ -156,7 +156,8 @@ def collect(out_dir: Path, test_goals: int = ADCollectConfig.test_goals,
             keep_every: int = ADCollectConfig.keep_every, seed: int = ADCollectConfig.seed,
             q_cfg: QLearningConfig = QLearningConfig()) -> dict:
     """Write histories.npz/.json into out_dir; returns a summary. Histories already there with
-    the same parameters are kept (so checkpoints trained on them stay valid)."""
+    the same parameters are kept (so checkpoints trained on them stay valid); with other
+    parameters they are refused, never replaced."""
     if keep_every <= 0 or episodes < keep_every or seeds_per_goal <= 0:
         raise UserError("need --episodes >= --keep-every >= 1 and --seeds-per-goal >= 1")
     prepare_output_dir(out_dir)
@@ -164,8 +165,10 @@ def collect(out_dir: Path, test_goals: int = ADCollectConfig.test_goals,
               "keep_every": keep_every, "q_learning": asdict(q_cfg)}
     if (Path(out_dir) / "histories.json").is_file():
         existing = load_histories(out_dir)
-        if len(existing.test_goals) == test_goals and all(existing.meta.get(k) == v for k, v in params.items()):
-            return _collect_summary(existing, status="exists")
+        saved = {k: existing.meta.get(k) for k in params} | {"test_goals": len(existing.test_goals)}
+        refuse_other_settings(saved, params | {"test_goals": test_goals}, out_dir,
+                              hint="use another --out (AD checkpoints trained on these histories need them)")
+        return _collect_summary(existing, status="exists")
     train_goals, held_out = split_goals(test_goals, seed)
     goals = np.repeat(train_goals, seeds_per_goal, axis=0)
     rng = np.random.default_rng(seed + 1)

@@ -145,6 +145,13 @@ def test_collect_keeps_existing_histories_and_refuses_tampered_ones(histories_di
         ad.load_histories(copy)
 
 
+def test_collect_refuses_to_replace_histories_collected_with_other_settings(histories_dir):
+    before = {path.name: path.read_bytes() for path in histories_dir.iterdir()}
+    with pytest.raises(UserError, match=r"other settings \(seeds_per_goal: 2 -> 3\)"):
+        ad.collect(histories_dir, test_goals=16, seeds_per_goal=3, episodes=120, keep_every=4, q_cfg=SOURCE)
+    assert {path.name: path.read_bytes() for path in histories_dir.iterdir()} == before
+
+
 # ---------------------------------------------------------------- the transformer
 
 def test_causal_mask_no_future_leakage():
