@@ -155,6 +155,17 @@ def _max_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
+def _refuse_another_bundle(out: Path, checkpoint_sha256: str) -> None:
+    """Re-exporting the same checkpoint into its bundle replaces it (the user named that
+    output); a bundle of another checkpoint, or a foreign export.json, is never replaced."""
+    if not (out / MANIFEST).is_file():
+        return
+    existing = read_manifest(out / MANIFEST, FORMAT, VERSION, "export manifest")
+    if existing.get("checkpoint", {}).get("sha256") != checkpoint_sha256:
+        raise UserError(f"{out} holds the export bundle of another checkpoint "
+                        f"({existing.get('checkpoint', {}).get('path')}); use another --out")
+
+
 def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
                   parity_samples: int = ExportConfig.parity_samples, episodes: int = ExportConfig.episodes,
                   seed: int = ExportConfig.seed, progress: bool = True) -> dict[str, Any]:
@@ -170,6 +181,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
     ckpt = load_checkpoint(checkpoint_path)
     actor = _validated_actor(ckpt)
     out = prepare_output_dir(out_dir)  # before the minute of rollouts, quantization and compiling
+    _refuse_another_bundle(out, sha256_file(ckpt.path))
     steps = tqdm(total=6, desc="export", disable=not progress, unit="step")
 
     dense = policy_from_actor(actor)

@@ -299,7 +299,7 @@ def embedded_report(bundle_dir: str | Path, target: str, observations: np.ndarra
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # a failed build (a full disk, a tool's error) leaves no .tmp behind
         raise
-    shutil.rmtree(final, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)  # this command's own earlier report for this bundle and target
     out.rename(final)
     for k in kernels.values():
         if "firmware" in k:

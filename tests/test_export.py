@@ -279,6 +279,16 @@ def test_cli_refusal_is_one_line_with_status_2(tmp_path):
 
 
 @pytest.mark.integration
+def test_a_bundle_of_another_checkpoint_is_never_replaced(bundle, tmp_path):
+    before = {path.name: path.read_bytes() for path in bundle.iterdir() if path.is_file()}
+    other = write_checkpoint(tmp_path / "other.pt", sparse_actor("td3", 0.95, seed=1))
+    result = tinypolicy("export", str(other), "--out", str(bundle), "--quiet")
+    assert result.returncode == 2 and "export bundle of another checkpoint" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {path.name: path.read_bytes() for path in bundle.iterdir() if path.is_file()} == before
+
+
+@pytest.mark.integration
 def test_changed_bundle_file_is_refused(bundle, tmp_path):
     import shutil
 
