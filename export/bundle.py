@@ -95,7 +95,8 @@ def _layer_stats(dense: MLPPolicy, pruned: PruneResult) -> list[dict[str, Any]]:
     return stats
 
 
-def _metadata(ckpt: Checkpoint, dense: MLPPolicy, pruned: PruneResult, macs: dict[str, int]) -> dict[str, str]:
+def _metadata(ckpt: Checkpoint, checkpoint_sha256: str, dense: MLPPolicy, pruned: PruneResult,
+              macs: dict[str, int]) -> dict[str, str]:
     layers = _layer_stats(dense, pruned)
     return {
         "env_id": ckpt.env_id,
@@ -110,7 +111,7 @@ def _metadata(ckpt: Checkpoint, dense: MLPPolicy, pruned: PruneResult, macs: dic
         "dense_macs": str(macs["dense"]), "structural_macs": str(macs["structural"]),
         "nonzero_macs": str(macs["nonzero"]),
         "kept_neurons": json.dumps(pruned.kept),
-        "checkpoint_sha256": sha256_file(ckpt.path),
+        "checkpoint_sha256": checkpoint_sha256,
         "checkpoint_steps": str(ckpt.steps_done),
         "tinypolicy_version": __version__,
     }
@@ -181,7 +182,8 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
     ckpt = load_checkpoint(checkpoint_path)
     actor = _validated_actor(ckpt)
     out = prepare_output_dir(out_dir)  # before the minute of rollouts, quantization and compiling
-    _refuse_another_bundle(out, sha256_file(ckpt.path))
+    checkpoint_sha256 = sha256_file(ckpt.path)
+    _refuse_another_bundle(out, checkpoint_sha256)
     steps = tqdm(total=6, desc="export", disable=not progress, unit="step")
 
     dense = policy_from_actor(actor)
@@ -196,7 +198,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
     steps.update()
 
     (out / MANIFEST).unlink(missing_ok=True)  # the bundle is incomplete until the manifest is back
-    metadata = _metadata(ckpt, dense, pruned, macs)
+    metadata = _metadata(ckpt, checkpoint_sha256, dense, pruned, macs)
     save_onnx(pruned.policy.onnx(metadata), out / FILES["onnx"])
     save_onnx(dense.onnx({**metadata, "variant": "masked dense (dead neurons kept)"}), out / FILES["onnx_dense"])
     quantize_int8(out / FILES["onnx"], out / FILES["onnx_int8"], visited, metadata)

@@ -51,11 +51,7 @@ class Checkpoint:
         spaces = self.data["spaces"]
         actor = make_actor(self.config["algo"], spaces["obs_dim"], spaces["act_dim"],
                            list(self.config["hidden"]), spaces["action_low"], spaces["action_high"])
-        try:
-            actor.load_state_dict(self.data["actor"])
-        except RuntimeError as exc:
-            raise UserError(f"{self.path}: actor weights do not fit the recorded architecture "
-                            f"({str(exc).splitlines()[0]})") from None
+        self._load(actor, "actor")
         bad = nonfinite_tensors(actor)
         if bad:
             raise UserError(f"{self.path}: actor {bad[0]} has NaN or infinite weights (a diverged run)")
@@ -68,12 +64,15 @@ class Checkpoint:
         """The trained twin critic (online weights), with its masks."""
         spaces = self.data["spaces"]
         critic = TwinCritic(spaces["obs_dim"], spaces["act_dim"], list(self.config["hidden"]))
-        try:
-            critic.load_state_dict(self.data["critic"])
-        except RuntimeError as exc:
-            raise UserError(f"{self.path}: critic weights do not fit the recorded architecture "
-                            f"({str(exc).splitlines()[0]})") from None
+        self._load(critic, "critic")
         return critic.eval()
+
+    def _load(self, module: torch.nn.Module, key: str) -> None:
+        try:
+            module.load_state_dict(self.data[key])
+        except RuntimeError as exc:
+            raise UserError(f"{self.path}: {key} weights do not fit the recorded architecture "
+                            f"({str(exc).splitlines()[0]})") from None
 
 
 def save_torch_artefact(path: Path, fmt: str, version: int, data: dict[str, Any]) -> None:
