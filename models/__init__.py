@@ -5,10 +5,21 @@ Above `tinypolicy.ondevice` and below everything else in the layering (docs/DESI
 """
 from tinypolicy.models.networks import DeterministicActor, GaussianActor, TwinCritic, make_actor
 from tinypolicy.models.sparse import SparseLinear, apply_masks, sparse_layers, weight_sparsity
-from tinypolicy.models.topology import drop_fraction, er_densities, layer_nnz, random_masks, rigl_update, sparsify
+from tinypolicy.models.topology import (
+    drop_fraction,
+    er_densities,
+    gmp_sparsity,
+    layer_nnz,
+    magnitude_prune,
+    prune_to,
+    random_masks,
+    rigl_update,
+    sparsify,
+)
 
 __all__ = [
     "SparseLinear", "sparse_layers", "weight_sparsity", "apply_masks",
     "er_densities", "layer_nnz", "random_masks", "sparsify", "drop_fraction", "rigl_update",
+    "gmp_sparsity", "magnitude_prune", "prune_to",
     "DeterministicActor", "GaussianActor", "TwinCritic", "make_actor",
 ]

@@ -116,3 +116,41 @@ def rigl_update(layer: SparseLinear, dense_grad: torch.Tensor | None, fraction: 
     weight[changed] = 0.0  # dropped weights vanish, grown weights start at zero
     mask.copy_(new_mask.float())
     return changed.view_as(layer.mask)
+
+
+def gmp_sparsity(step: int, start: int, end: int, final: float) -> float:
+    """Zhu & Gupta's (2017) cubic schedule s_t = s_f * (1 - (1 - (t - t0) / (t1 - t0))^3),
+    from 0 at `start` to `final` at `end`: it prunes fast while the network is redundant and
+    slowly as it approaches the target."""
+    if step <= start:
+        return 0.0
+    if step >= end:
+        return final
+    return final * (1.0 - (1.0 - (step - start) / (end - start)) ** 3)
+
+
+@torch.no_grad()
+def magnitude_prune(layer: SparseLinear, nnz: int) -> torch.Tensor:
+    """Keep the `nnz` largest-|w| weights among those alive in each ensemble member, zero
+    the rest for good (pruning never regrows). Returns a bool tensor of the positions
+    removed (callers reset optimiser state there)."""
+    mask = layer.mask.view(layer.ensemble, -1)
+    weight = layer.weight.detach().view(layer.ensemble, -1)  # shares the version counter: casts refresh
+    alive = int(mask[0].sum())
+    if nnz >= alive:
+        return torch.zeros_like(layer.mask, dtype=torch.bool)
+    score = torch.where(mask.bool(), weight.abs(), torch.tensor(-math.inf))
+    kept = torch.zeros_like(mask, dtype=torch.bool)
+    kept.scatter_(1, score.topk(nnz, dim=1).indices, True)
+    removed = mask.bool() & ~kept
+    weight[removed] = 0.0
+    mask.copy_(kept.float())
+    return removed.view_as(layer.mask)
+
+
+def prune_to(layers: Sequence[SparseLinear], sparsity: float) -> list[torch.Tensor]:
+    """Magnitude-prune each layer to its ER share of `sparsity` (the per-layer densities a
+    sparse-from-scratch network of that sparsity has, so both end with the same shapes and
+    FLOPs). Returns each layer's removed positions."""
+    shapes = [(l.out_features, l.in_features) for l in layers]
+    return [magnitude_prune(layer, nnz) for layer, nnz in zip(layers, layer_nnz(shapes, sparsity))]

@@ -25,7 +25,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Collection
 
@@ -65,9 +65,23 @@ class Stage:
     inputs: list[Path]            # files of earlier stages this stage reads
     outputs: list[str]            # files (relative to the stage folder) it must produce
     run: Callable[[Path], dict]   # writes the outputs into the folder, returns a summary
+    # Settings added to the stage since a stamp was written take these values, as that run used them.
+    defaults: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.params = json.loads(json.dumps(self.params))  # as a stamp stores them: tuples are lists
+        # as a stamp stores them: tuples are lists
+        self.params, self.defaults = json.loads(json.dumps([self.params, self.defaults]))
+
+    def saved_settings(self, stamp: dict) -> dict | None:
+        """The stamp's settings, completed with the defaults of settings it predates (None for
+        a stamp that recorded only their hash)."""
+        saved = stamp.get("settings")
+        if not isinstance(saved, dict):
+            return None
+        return {k: self.defaults[k] for k in self.params if k not in saved and k in self.defaults} | saved
+
+    def same_params(self, stamp: dict) -> bool:
+        return stamp.get("params") == params_hash(self.params) or self.saved_settings(stamp) == self.params
 
     def folder(self, out: Path) -> Path:
         return out / self.name
@@ -90,7 +104,7 @@ class Stage:
 
     def _matches(self, stamp: dict) -> bool:
         # Inputs compare by content alone: the same output folder given by another path is the same work.
-        return (stamp.get("params") == params_hash(self.params)
+        return (self.same_params(stamp)
                 and list(stamp.get("inputs", {}).values()) == [sha256_file(p) for p in self.inputs])
 
     def is_done(self, out: Path) -> bool:
@@ -116,9 +130,9 @@ class Stage:
             return []
         if not stamp:
             return [f"unreadable {STAMP}"]
-        if stamp.get("params") != params_hash(self.params):
-            saved = stamp.get("settings")  # stamps written before they recorded settings hold the hash alone
-            return (setting_changes(saved, self.params) if isinstance(saved, dict) else []) or ["parameters changed"]
+        if not self.same_params(stamp):
+            saved = self.saved_settings(stamp)  # stamps written before they recorded settings hold the hash alone
+            return (setting_changes(saved, self.params) if saved is not None else []) or ["parameters changed"]
         folder = self.folder(out)
         return [f"{name} changed since the stage finished" for name, digest in stamp.get("outputs", {}).items()
                 if (folder / name).is_file() and sha256_file(folder / name) != digest]
@@ -250,7 +264,8 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
 
     return [
         Stage("train", asdict(train_cfg), [],
-              ["checkpoint.pt", "metrics.csv", "eval.json"], run_train),
+              ["checkpoint.pt", "metrics.csv", "eval.json"], run_train,
+              defaults=asdict(TrainConfig(env_id=train_cfg.env_id))),
         Stage("evaluate", asdict(evaluate_cfg), [checkpoint], ["eval.json"], run_evaluate),
         Stage("export", asdict(export_cfg), [checkpoint],
               ["actor.onnx", "actor.dense.onnx", "actor.int8.onnx", "actor.c", "actor.h", "actor_dense.c",

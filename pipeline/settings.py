@@ -24,18 +24,20 @@ BACKENDS = ("local", "ray")  # where rollouts or sweep jobs run
 
 @dataclass(frozen=True)
 class Method:
-    sparse: bool
+    sparse: bool              # sparse from the first step
+    prune: bool               # dense at first, magnitude-pruned to the target sparsity (GMP)
     grow: str | None          # None (static topology), "random" (SET) or "gradient" (RigL)
     multi_step: bool          # delayed n-step TD target
     dynamic_buffer: bool      # policy-distance capacity rule
 
 
 METHODS = {
-    "dense": Method(sparse=False, grow=None, multi_step=False, dynamic_buffer=False),
-    "static": Method(sparse=True, grow=None, multi_step=False, dynamic_buffer=False),
-    "set": Method(sparse=True, grow="random", multi_step=False, dynamic_buffer=False),
-    "rigl": Method(sparse=True, grow="gradient", multi_step=False, dynamic_buffer=False),
-    "rlx2": Method(sparse=True, grow="gradient", multi_step=True, dynamic_buffer=True),
+    "dense": Method(sparse=False, prune=False, grow=None, multi_step=False, dynamic_buffer=False),
+    "prune": Method(sparse=False, prune=True, grow=None, multi_step=False, dynamic_buffer=False),
+    "static": Method(sparse=True, prune=False, grow=None, multi_step=False, dynamic_buffer=False),
+    "set": Method(sparse=True, prune=False, grow="random", multi_step=False, dynamic_buffer=False),
+    "rigl": Method(sparse=True, prune=False, grow="gradient", multi_step=False, dynamic_buffer=False),
+    "rlx2": Method(sparse=True, prune=False, grow="gradient", multi_step=True, dynamic_buffer=True),
 }
 
 # --precision: the torch dtype (by name) of the hidden layers' compute; None keeps float32.
@@ -53,7 +55,8 @@ class TrainConfig:
     """One training run: `tinypolicy train`, compress's train stage, each sweep job."""
     env_id: str = "Hopper-v5"
     algo: str = option("td3", choices=("td3", "sac"))
-    method: str = option("rlx2", "dense; static sparse (SS); SET (random grow); RigL (gradient grow); "
+    method: str = option("rlx2", "dense; prune (dense, then gradual magnitude pruning to the target sparsity); "
+                                 "static sparse (SS); SET (random grow); RigL (gradient grow); "
                                  "RLx2 (RigL + delayed n-step target + dynamic buffer)", choices=METHODS)
     actor_sparsity: float = option(0.9, metavar="S", parse=fraction)
     critic_sparsity: float = option(0.85, metavar="S", parse=fraction)
@@ -86,9 +89,18 @@ class TrainConfig:
     topology_interval: int | None = setting(None, positive_int)
     nstep_start: int | None = setting(None, nonnegative_int)
     buffer_min: int | None = setting(None, positive_int)
+    # --method prune: the fractions of total_steps where pruning starts and reaches the target
+    # (Graesser et al. 2022 prune over 20%-80% of training), and the env steps between two
+    # pruning steps (None: 1,000 per million env steps).
+    prune_start: float = setting(0.2, fraction)
+    prune_end: float = setting(0.8, unit_interval)
+    prune_interval: int | None = setting(None, positive_int)
 
     def validate(self) -> None:
         check_settings(self, "train")
+        if self.prune_start >= self.prune_end:
+            raise UserError(f"train: prune_start ({self.prune_start:g}) must come before prune_end "
+                            f"({self.prune_end:g}), both as fractions of the run")
 
 
 # --------------------------------------------------------------------------- distill, generalise

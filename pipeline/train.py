@@ -1,7 +1,8 @@
 """Sparse TD3 and SAC from scratch: RLx2 and its baselines in one implementation.
 
-The five methods differ only in four switches (see METHODS): whether the networks are
-sparse, how the topology evolves (not at all, SET's random growth or RigL's gradient
+The six methods differ only in five switches (see METHODS): whether the networks are
+sparse from the start, or dense and then gradually magnitude-pruned (GMP, Zhu & Gupta
+2017), how the topology evolves (not at all, SET's random growth or RigL's gradient
 growth), whether the TD target switches to n-step after a delay, and whether the replay
 buffer's capacity follows the policy-distance rule. Everything else is shared.
 
@@ -29,7 +30,9 @@ from tinypolicy.models import (
     TwinCritic,
     apply_masks,
     drop_fraction,
+    gmp_sparsity,
     make_actor,
+    prune_to,
     rigl_update,
     sparse_layers,
     sparsify,
@@ -56,6 +59,9 @@ class Schedule:
     nstep_start: int
     buffer_check: int
     buffer_min: int
+    prune_start: int         # GMP: env steps where pruning starts, reaches the target, and between two prunings
+    prune_end: int
+    prune_interval: int
 
     @classmethod
     def for_config(cls, cfg: TrainConfig) -> "Schedule":
@@ -72,6 +78,9 @@ class Schedule:
             buffer_check=interval,
             buffer_min=cfg.buffer_min if cfg.buffer_min is not None else
             max(cfg.batch_size, round(PAPER_BUFFER_MIN[cfg.algo] * scale)),
+            prune_start=round(cfg.prune_start * cfg.total_steps),
+            prune_end=round(cfg.prune_end * cfg.total_steps),
+            prune_interval=cfg.prune_interval or max(1, round(cfg.total_steps / 1_000)),
         )
 
 
@@ -109,8 +118,13 @@ class MaskedAdam:
         modular = isinstance(net, nn.Module)
         self.params = list(net.parameters()) if modular else list(net)
         self.optimizer = torch.optim.Adam(self.params, lr=lr, fused=True)
-        self.sparse_layers = [l for l in sparse_layers(net) if not bool(l.mask.all())] if modular else []
+        self.layers = sparse_layers(net) if modular else []
+        self._find_sparse_layers()
         self._state: tuple[list, list, list] | None = None
+
+    def _find_sparse_layers(self) -> None:
+        # Masking a dense layer's gradient costs a multiply per weight and changes nothing.
+        self.sparse_layers = [l for l in self.layers if not bool(l.mask.all())]
 
     @torch.no_grad()
     def step(self) -> None:
@@ -144,18 +158,28 @@ class MaskedAdam:
         """One drop-and-grow update of every sparse layer, from the gradients in .grad."""
         for layer in self.sparse_layers:
             dense_grad = layer.weight.grad if grow == "gradient" else None
-            changed = rigl_update(layer, dense_grad, fraction, generator)
-            state = self.optimizer.state.get(layer.weight)
-            if state:
-                state["exp_avg"][changed] = 0.0
-                state["exp_avg_sq"][changed] = 0.0
+            self._reset_moments(layer, rigl_update(layer, dense_grad, fraction, generator))
+
+    def prune(self, sparsity: float) -> None:
+        """Magnitude-prune every layer to its ER share of `sparsity`; pruned weights stay zero."""
+        for layer, removed in zip(self.layers, prune_to(self.layers, sparsity)):
+            self._reset_moments(layer, removed)
+        self._find_sparse_layers()
+
+    def _reset_moments(self, layer, positions: torch.Tensor) -> None:
+        state = self.optimizer.state.get(layer.weight)
+        if state:
+            state["exp_avg"][positions] = 0.0
+            state["exp_avg_sq"][positions] = 0.0
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Load the moments; the network's masks must be loaded first."""
         self.optimizer.load_state_dict(state)
         self._state = None  # the loaded tensors replace the old ones
+        self._find_sparse_layers()
 
 
 @torch.no_grad()
@@ -266,6 +290,23 @@ class Trainer:
             self.train_step()
         if self.method.dynamic_buffer and self.step % self.schedule.buffer_check == 0:
             self.buffer.shrink_if_stale(self.policy_distance(), self.cfg.buffer_threshold, self.schedule.buffer_min)
+        if self.prune_due():
+            self.prune()
+
+    def prune_due(self) -> bool:
+        s = self.schedule
+        if not (self.method.prune and s.prune_start < self.step <= s.prune_end):
+            return False
+        return (self.step - s.prune_start) % s.prune_interval == 0 or self.step == s.prune_end
+
+    def prune(self) -> None:
+        """One GMP step: both networks to their scheduled sparsity (targets share the masks)."""
+        s = self.schedule
+        for opt, target, final in ((self.actor_opt, self.actor_target, self.cfg.actor_sparsity),
+                                   (self.critic_opt, self.critic_target, self.cfg.critic_sparsity)):
+            opt.prune(gmp_sparsity(self.step, s.prune_start, s.prune_end, final))
+            if target is not None:
+                apply_masks(target)
 
     # ---------------------------------------------------------------- learning
     def n_step(self) -> int:

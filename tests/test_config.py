@@ -3,6 +3,7 @@ stage (tinypolicy.config), and a bad key or value is one line, before any work."
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from tinypolicy.config import flag_values, from_dict, refuse_other_settings
 from tinypolicy.export.settings import TARGETS, BenchConfig, EmbeddedConfig, ExportConfig
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline import cli
-from tinypolicy.pipeline.compress import STAGE_CONFIGS, PipelineConfig
+from tinypolicy.pipeline.compress import STAGE_CONFIGS, PipelineConfig, Stage, params_hash
 from tinypolicy.pipeline.settings import (
     ADCollectConfig,
     ADEvalConfig,
@@ -239,3 +240,20 @@ def test_every_numeric_flag_refuses_nan_inf_and_negatives(command, action, capsy
             cli.build_parser().parse_args([*command, flag, value])
         assert caught.value.code == 2
         assert f"argument {' / '.join(action.option_strings)}: " in capsys.readouterr().err, (flag, value)
+
+
+def test_a_stamp_older_than_a_setting_matches_when_that_setting_is_at_its_default(tmp_path):
+    """A compress folder trained before a setting existed (prune_start, added with --method
+    prune) is the same work as long as the new setting keeps its default; changing it is a
+    conflict named by setting."""
+    defaults = {"lr": 3e-4, "prune_start": 0.2}
+    old_stamp = {"params": params_hash({"lr": 3e-4}), "settings": {"lr": 3e-4}}
+    same = Stage("train", {"lr": 3e-4, "prune_start": 0.2}, [], [], lambda folder: {}, defaults=defaults)
+    assert same.same_params(old_stamp)
+    other = Stage("train", {"lr": 3e-4, "prune_start": 0.5}, [], [], lambda folder: {}, defaults=defaults)
+    assert not other.same_params(old_stamp)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "stamp.json").write_text(json.dumps(old_stamp))
+    (tmp_path / "train" / "metrics.csv").write_text("step\n")
+    assert other.conflicts(tmp_path) == ["prune_start: 0.2 -> 0.5"]
+    assert same.conflicts(tmp_path) == []

@@ -1,4 +1,5 @@
-"""ER layer densities, random initial masks, the RigL drop schedule and drop/grow updates."""
+"""ER layer densities, random initial masks, the RigL drop schedule and drop/grow updates,
+the GMP schedule and magnitude pruning."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,16 @@ import pytest
 import torch
 
 from tinypolicy.models.sparse import SparseLinear, apply_masks, weight_sparsity
-from tinypolicy.models.topology import drop_fraction, er_densities, layer_nnz, random_masks, rigl_update
+from tinypolicy.models.topology import (
+    drop_fraction,
+    er_densities,
+    gmp_sparsity,
+    layer_nnz,
+    magnitude_prune,
+    prune_to,
+    random_masks,
+    rigl_update,
+)
 
 
 def _sizes(shapes):
@@ -392,3 +402,46 @@ def test_ensemble_layer_equals_independent_linear_layers(shared_input):
     torch.testing.assert_close(out, reference)
     for got, want in ((layer.weight.grad, weight.grad), (layer.bias.grad, bias.grad), (x.grad, x_ref.grad)):
         torch.testing.assert_close(got, want)
+
+
+# --------------------------------------------------------------------------- gradual magnitude pruning
+
+def test_gmp_schedule_is_zhu_and_gupta_cubic():
+    assert gmp_sparsity(0, 100, 500, 0.9) == 0.0
+    assert gmp_sparsity(100, 100, 500, 0.9) == 0.0
+    assert gmp_sparsity(300, 100, 500, 0.9) == pytest.approx(0.9 * (1 - 0.5 ** 3))
+    assert gmp_sparsity(200, 100, 500, 0.9) == pytest.approx(0.9 * (1 - 0.75 ** 3))
+    assert gmp_sparsity(500, 100, 500, 0.9) == 0.9
+    assert gmp_sparsity(10_000, 100, 500, 0.9) == 0.9
+    values = [gmp_sparsity(t, 100, 500, 0.9) for t in range(0, 600, 10)]
+    steps = np.diff(values[11:51])
+    assert np.all(steps > 0) and np.all(np.diff(steps) < 1e-12)  # rising, ever more slowly
+
+
+def test_magnitude_prune_keeps_the_largest_alive_weights_per_member():
+    layer = SparseLinear(3, 2, ensemble=2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[[5., -1., 3.], [-4., 2., 0.5]],
+                                         [[0.1, 0.2, 0.3], [-0.6, 0.5, -0.4]]]))
+        layer.mask[0, 0, 0] = 0.0  # dead already: its large weight must not come back
+        layer.mask[1, 1, 0] = 0.0
+        layer.weight.mul_(layer.mask)
+    removed = magnitude_prune(layer, 3)
+    assert layer.mask[0].tolist() == [[0, 0, 1], [1, 1, 0]]
+    assert layer.mask[1].tolist() == [[0, 0, 1], [0, 1, 1]]
+    assert torch.equal(layer.weight.detach(), layer.weight.detach() * layer.mask)
+    assert removed[0].tolist() == [[False, True, False], [False, False, True]]
+    assert int(removed.sum()) == 4  # 5 alive -> 3 in each member
+    assert not magnitude_prune(layer, 3).any()  # already there: nothing to remove
+    assert not magnitude_prune(layer, 6).any()  # pruning never regrows
+
+
+def test_prune_to_reaches_the_er_share_of_each_layer():
+    torch.manual_seed(0)
+    layers = [SparseLinear(11, 64), SparseLinear(64, 64), SparseLinear(64, 3)]
+    shapes = [(l.out_features, l.in_features) for l in layers]
+    for sparsity in (0.3, 0.7, 0.95):
+        prune_to(layers, sparsity)
+        assert [int(l.mask.sum()) for l in layers] == layer_nnz(shapes, sparsity)
+    total = sum(l.mask.numel() for l in layers)
+    assert 1 - sum(int(l.mask.sum()) for l in layers) / total == pytest.approx(0.95, abs=1 / total)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tinypolicy.models import DeterministicActor, TwinCritic, apply_masks, sparse_layers, sparsify, weight_sparsity
-from tinypolicy.models.topology import drop_fraction, layer_nnz
+from tinypolicy.models.topology import drop_fraction, gmp_sparsity, layer_nnz
+from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.replay import Batch
 from tinypolicy.pipeline.train import MaskedAdam, Schedule, TrainConfig, Trainer, soft_update
 
@@ -219,10 +220,12 @@ def trainer(tmp_path):
 def test_schedule_scaled_from_total_steps():
     s = Schedule.for_config(TrainConfig(env_id="Pendulum-v1", total_steps=5000))
     assert s == Schedule(learning_starts=1000, topology_end=4000, topology_interval=13,
-                         nstep_start=500, buffer_check=13, buffer_min=256)
+                         nstep_start=500, buffer_check=13, buffer_min=256,
+                         prune_start=1000, prune_end=4000, prune_interval=5)
     s = Schedule.for_config(TrainConfig(total_steps=3_000_000))
     assert (s.learning_starts, s.topology_end, s.topology_interval, s.nstep_start, s.buffer_min) == \
         (25_000, 2_975_000, 10_000, 300_000, 100_000)
+    assert (s.prune_start, s.prune_end, s.prune_interval) == (600_000, 2_400_000, 3_000)
 
 
 def test_trainer_initial_sparsity_and_targets(trainer):
@@ -444,16 +447,12 @@ def test_bf16_hidden_layers_match_fp32_and_keep_masks_exact(tmp_path, monkeypatc
 
 
 def test_bf16_is_refused_without_native_bfloat16(tmp_path, monkeypatch):
-    from tinypolicy.ondevice.errors import UserError
-
     monkeypatch.setattr("tinypolicy.pipeline.train.native_bf16", lambda: False)
     with pytest.raises(UserError, match="native bfloat16"):
         make_trainer(tmp_path, precision="bf16")
 
 
 def test_unknown_precision_is_refused(tmp_path):
-    from tinypolicy.ondevice.errors import UserError
-
     with pytest.raises(UserError, match="unknown precision"):
         make_trainer(tmp_path, precision="fp8")
 
@@ -462,7 +461,6 @@ def test_unknown_precision_is_refused(tmp_path):
 def test_a_diverged_run_stops_on_one_line_and_keeps_the_last_checkpoint(algo, poison, tmp_path, monkeypatch):
     """Weights turned NaN after the step-200 checkpoint: the step-400 check stops the run before
     it evaluates or saves, and the step-200 checkpoint stays byte for byte."""
-    from tinypolicy.ondevice.errors import UserError
     from tinypolicy.pipeline.train import train
 
     saved = {}
@@ -488,3 +486,63 @@ def test_a_diverged_run_stops_on_one_line_and_keeps_the_last_checkpoint(algo, po
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved["checkpoint"]
     assert not (tmp_path / "eval.json").exists()
     assert [row.split(",")[0] for row in (tmp_path / "metrics.csv").read_text().splitlines()] == ["step", "200"]
+
+
+def test_prune_method_trains_dense_then_prunes_on_the_gmp_schedule(tmp_path):
+    """--method prune: dense until prune_start, then magnitude pruning every prune_interval
+    steps to the cubic schedule's ER layer counts, exactly the target at prune_end; masks
+    only shrink, weights, targets and Adam moments stay masked."""
+    t = make_trainer(tmp_path, method="prune", total_steps=2000, learning_starts=100, prune_interval=50)
+    s = t.schedule
+    assert (s.prune_start, s.prune_end, s.prune_interval) == (400, 1600, 50)
+    actor_shapes, critic_shapes = [(32, 3), (32, 32), (1, 32)], [(32, 4), (32, 32), (1, 32)]
+    t.reset_env()
+    previous = [m.clone() for m in masks_of(t.actor) + masks_of(t.critic)]
+    prunings = 0
+    while t.step < 1700:
+        t.env_step()
+        if t.step <= s.prune_start:
+            assert weight_sparsity(t.actor) == 0.0 and weight_sparsity(t.critic) == 0.0
+        masks = masks_of(t.actor) + masks_of(t.critic)
+        if any(not torch.equal(m, p) for m, p in zip(masks, previous)):
+            prunings += 1
+            assert t.prune_due()
+            assert all(bool((m <= p).all()) for m, p in zip(masks, previous))  # never regrows
+            sparsity = gmp_sparsity(t.step, s.prune_start, s.prune_end, 0.9)
+            assert nnz_per_member(t.actor) == [[n] for n in layer_nnz(actor_shapes, sparsity)]
+            for net, opt, target in ((t.actor, t.actor_opt, t.actor_target),
+                                     (t.critic, t.critic_opt, t.critic_target)):
+                assert_weights_masked(net)
+                assert_weights_masked(target)
+                assert_masks_shared(target, net)
+                assert_moments_masked(opt)
+            previous = [m.clone() for m in masks]
+    due = range(s.prune_start + s.prune_interval, s.prune_end + 1, s.prune_interval)
+    counts = [(layer_nnz(actor_shapes, gmp_sparsity(step, s.prune_start, s.prune_end, 0.9)),
+               layer_nnz(critic_shapes, gmp_sparsity(step, s.prune_start, s.prune_end, 0.8))) for step in due]
+    # near the end the cubic moves less than one weight per interval: those steps prune nothing
+    assert prunings == sum(a != b for a, b in zip(counts, [None] + counts[:-1])) > 20
+    assert nnz_per_member(t.actor) == [[n] for n in layer_nnz(actor_shapes, 0.9)]
+    assert nnz_per_member(t.critic) == [[n, n] for n in layer_nnz(critic_shapes, 0.8)]
+    t.env.close()
+
+
+def test_prune_window_must_be_ordered(tmp_path):
+    with pytest.raises(UserError, match="prune_start"):
+        make_trainer(tmp_path, method="prune", prune_start=0.8, prune_end=0.5)
+
+
+def test_prune_resumes_with_its_masks_and_masked_optimiser(tmp_path):
+    t = make_trainer(tmp_path, method="prune", total_steps=2000, learning_starts=100, prune_interval=50)
+    t.reset_env()
+    while t.step < 800:
+        t.env_step()
+    t.save()
+    resumed = make_trainer(tmp_path, method="prune", total_steps=2000, learning_starts=100, prune_interval=50)
+    resumed.restore()
+    assert all(torch.equal(a, b) for a, b in zip(masks_of(resumed.actor) + masks_of(resumed.critic),
+                                                  masks_of(t.actor) + masks_of(t.critic)))
+    assert len(resumed.actor_opt.sparse_layers) == len(t.actor_opt.sparse_layers) > 0
+    assert_masks_shared(resumed.critic_target, resumed.critic)
+    for trainer in (t, resumed):
+        trainer.env.close()
