@@ -139,38 +139,31 @@ def test_sac_rlx2_end_to_end_keeps_exact_sparsity(tmp_path):
     assert "log_alpha" in ckpt.data["train_state"]
 
 
-def test_train_report_compares_against_the_mean_of_dense_seeds(tmp_path):
-    import csv
+def test_returns_collects_finished_runs_and_their_settings(tmp_path):
+    """`benchmarks.returns collect` copies the raw files of finished tinypolicy and SB3 runs
+    (with the settings the report groups them by) and skips or refuses unfinished ones."""
+    import json
 
-    from benchmarks.train_report import main as report
-
-    runs = {"dense-0": ("dense", 0), "dense-1": ("dense", 1), "rlx2-0": ("rlx2", 0)}
-    for name, (method, seed) in runs.items():
-        cfg = TrainConfig(env_id="InvertedPendulum-v5", method=method, actor_sparsity=0.9, critic_sparsity=0.8,
-                          total_steps=1_200, hidden=(32, 32), eval_interval=600, eval_episodes=1, seed=seed)
-        train(cfg, tmp_path / name, progress=False)  # InvertedPendulum: positive returns, so "% of dense" exists
+    from benchmarks.returns import main as returns_main
     from benchmarks.sb3_reference import main as sb3_reference
 
+    pytest.importorskip("rliable")
     pytest.importorskip("stable_baselines3")
+    cfg = TrainConfig(env_id="InvertedPendulum-v5", method="prune", actor_sparsity=0.9, critic_sparsity=0.8,
+                      total_steps=1_200, hidden=(32, 32), eval_interval=600, eval_episodes=1, seed=3)
+    train(cfg, tmp_path / "prune-s3", progress=False)
     assert sb3_reference(["--env", "InvertedPendulum-v5", "--steps", "1200", "--eval-interval", "600",
-                          "--eval-episodes", "1", "--out", str(tmp_path / "sb3")]) == 0
-    table, plot = tmp_path / "table.md", tmp_path / "curves.png"
-    assert report([*(str(tmp_path / n) for n in runs), "--reference", str(tmp_path / "sb3"),
-                   "--markdown", str(table), "--plot", str(plot)]) == 0
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.read_text().splitlines()
-            if line.startswith("| InvertedPendulum-v5")]
-    assert [(row[1], row[2]) for row in rows] == [("dense", "0, 1"), ("rlx2 90/80", "0"),
-                                                  ("SB3 TD3 dense (reference)", "0")]
-    with (tmp_path / "sb3" / "metrics.csv").open() as f:
-        assert [int(r["step"]) for r in csv.DictReader(f)] == [600, 1200]
-    assert rows[0][9:11] == ["1.000", "1.000"] and "±" in rows[0][4]
-
-    def score(name: str) -> float:  # mean eval return over the last 10% of evaluations
-        with (tmp_path / name / "metrics.csv").open() as f:
-            returns = [float(r["eval_return"]) for r in csv.DictReader(f)]
-        tail = returns[-max(1, len(returns) // 10):]
-        return sum(tail) / len(tail)
-
-    dense_mean = (score("dense-0") + score("dense-1")) / 2
-    assert float(rows[1][6]) == pytest.approx(100 * score("rlx2-0") / dense_mean, abs=0.06)
-    assert plot.stat().st_size > 10_000
+                          "--eval-episodes", "1", "--out", str(tmp_path / "sb3-s0")]) == 0
+    (tmp_path / "unfinished").mkdir()
+    into = tmp_path / "collected"
+    assert returns_main(["collect", str(tmp_path / "prune-s3"), str(tmp_path / "sb3-s0"),
+                         str(tmp_path / "unfinished"), "--into", str(into)]) == 0
+    assert sorted(p.name for p in into.iterdir()) == ["prune-s3", "sb3-s0"]
+    record = json.loads((into / "prune-s3" / "run.json").read_text())
+    assert (record["implementation"], record["method"], record["seed"]) == ("tinypolicy", "prune", 3)
+    assert json.loads((into / "sb3-s0" / "run.json").read_text())["implementation"] == "stable-baselines3"
+    assert (into / "prune-s3" / "metrics.csv").read_bytes() == (tmp_path / "prune-s3" / "metrics.csv").read_bytes()
+    assert returns_main(["report", str(into), "--out", str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report" / "returns.md").read_text()
+    assert "| InvertedPendulum-v5 | TD3 | prune 90/80 | 3 | 1,200 |" in table
+    assert "| InvertedPendulum-v5 | TD3 | sb3 | 0 | 1,200 |" in table

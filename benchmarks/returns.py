@@ -1,0 +1,233 @@
+"""Returns of finished training runs, aggregated as the field does (rliable, Agarwal et al. 2021).
+
+Two steps, so that the results page is regenerated from committed raw files alone:
+
+    # copy each finished run's raw results (metrics.csv, eval.json, run.json) into the repository
+    python -m benchmarks.returns collect /work/runs/hopper-td3-* --into docs/results/runs
+    # aggregate them: returns.json, returns.md and one learning-curve plot per env
+    python -m benchmarks.returns report docs/results/runs --out docs/results/returns
+
+A run is a `tinypolicy train` folder or a `benchmarks.sb3_reference` folder (label "sb3").
+Its score is the mean evaluation return over its last 10% of evaluations (one lucky
+evaluation does not decide it). Per env and configuration: the interquartile mean (IQM) of
+the seeds' scores with a 95% stratified bootstrap confidence interval, and each sparse
+configuration's IQM as a percentage of the dense IQM, with an interval from resampling both
+sets of seeds independently. With fewer than MIN_SEEDS seeds a configuration gets no interval
+and no ratio: one seed is an anecdote. Curves: IQM over seeds at every evaluation, shaded
+with its 95% interval.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from rliable import library as rly
+from rliable import metrics
+
+from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.ondevice.artefact import write_json, write_text
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.plots import save_figure, subplots
+
+MIN_SEEDS = 3
+REPS = 20_000  # bootstrap resamples of the scores (a tenth of them per evaluation step of the curves)
+RUN_FILES = ("metrics.csv", "eval.json", "run.json")
+
+
+def iqm(scores: np.ndarray) -> float:
+    return float(metrics.aggregate_iqm(scores))
+
+
+def config_label(config: dict) -> str:
+    """A configuration: method, sparsities of sparse methods, precision other than fp32."""
+    if config.get("implementation") == "stable-baselines3":
+        return "sb3"
+    label = config["method"]
+    if config["method"] != "dense":
+        label += f" {100 * config['actor_sparsity']:g}/{100 * config['critic_sparsity']:g}"
+    if config.get("precision", "fp32") != "fp32":
+        label += f" ({config['precision']})"
+    return label
+
+
+# --------------------------------------------------------------------------- collect
+
+def collect(run: Path, into: Path) -> Path:
+    """Copy a finished run's raw results into `into/<run name>/`, with its settings as run.json."""
+    eval_path = run / "eval.json"
+    if not eval_path.is_file() or not (run / "metrics.csv").is_file():
+        raise UserError(f"{run} is not a finished run (no eval.json or metrics.csv)")
+    final = json.loads(eval_path.read_text())
+    if (run / "checkpoint.pt").is_file():
+        ckpt = load_checkpoint(run / "checkpoint.pt")
+        if ckpt.steps_done != final.get("steps"):
+            raise UserError(f"{run}: eval.json is from step {final.get('steps')}, the checkpoint from "
+                            f"{ckpt.steps_done}; the run is not finished")
+        record = {"implementation": "tinypolicy"} | dict(ckpt.config)
+    else:  # benchmarks.sb3_reference writes no checkpoint; its eval.json says what it ran
+        record = {key: final[key] for key in ("implementation", "env_id", "algo", "seed", "steps")}
+    target = into / run.name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "metrics.csv", target / "metrics.csv")
+    shutil.copyfile(eval_path, target / "eval.json")
+    write_json(target / "run.json", record)
+    return target
+
+
+# --------------------------------------------------------------------------- report
+
+def load_run(folder: Path) -> dict:
+    try:
+        record = json.loads((folder / "run.json").read_text())
+        final = json.loads((folder / "eval.json").read_text())
+        with (folder / "metrics.csv").open() as f:
+            curve = [(int(r["step"]), float(r["eval_return"])) for r in csv.DictReader(f)]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{folder} holds no collected run ({exc}); see `benchmarks.returns collect`") from None
+    if not curve:
+        raise UserError(f"{folder}/metrics.csv has no evaluations")
+    tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
+    return {"name": folder.name, "env": record["env_id"], "algo": record["algo"], "label": config_label(record),
+            "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
+            "final_return": final["mean_return"], "curve": curve}
+
+
+def seed_resampling(seed: int) -> None:
+    """rliable 1.2 draws its resamples from NumPy's global generator whatever random_state says:
+    seeding that is what makes a regenerated page identical."""
+    np.random.seed(seed)
+
+
+def interval(scores: np.ndarray, seed: int, reps: int) -> tuple[float, float]:
+    """95% stratified bootstrap interval of the IQM (one task: resampling runs)."""
+    seed_resampling(seed)
+    _, ci = rly.get_interval_estimates({"x": scores[:, None]}, lambda s: np.array([iqm(s)]), reps=reps)
+    return float(ci["x"][0, 0]), float(ci["x"][1, 0])
+
+
+def ratio_interval(scores: np.ndarray, dense: np.ndarray, seed: int, reps: int) -> tuple[float, float]:
+    """95% percentile interval of IQM(scores) / IQM(dense), the two sets resampled independently."""
+    seed_resampling(seed)
+    boot = rly.StratifiedIndependentBootstrap(scores[:, None], dense[:, None])
+    low, high = boot.conf_int(lambda x, y: np.array([iqm(x) / iqm(y)]), reps=reps, method="percentile")
+    return float(low[0]), float(high[0])
+
+
+def curve_band(runs: list[dict], seed: int, reps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, IQM over seeds at each, and its 95% interval (over the steps every seed reached)."""
+    seed_resampling(seed)
+    steps = sorted(set.intersection(*(set(s for s, _ in r["curve"]) for r in runs)))
+    values = np.array([[dict(r["curve"])[s] for s in steps] for r in runs])  # [seeds, steps]
+    per_step = lambda x: np.array([iqm(x[:, 0, j]) for j in range(x.shape[-1])])  # noqa: E731
+    point, ci = rly.get_interval_estimates({"x": values[:, None, :]}, per_step, reps=reps)
+    return np.array(steps), point["x"], ci["x"][0], ci["x"][1]
+
+
+def aggregate(runs: list[dict], reps: int) -> list[dict]:
+    """One row per (env, algo, configuration) with its seeds' IQM, interval and % of dense."""
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(r["env"], r["algo"], r["label"])].append(r)
+    rows = []
+    for (env, algo, label), group in sorted(groups.items()):
+        group.sort(key=lambda r: r["seed"])
+        scores = np.array([r["score"] for r in group])
+        row = {"env": env, "algo": algo, "label": label, "seeds": [r["seed"] for r in group],
+               "steps": sorted({r["steps"] for r in group}), "scores": scores.tolist(),
+               "final_returns": [r["final_return"] for r in group], "iqm": iqm(scores),
+               "iqm_ci": interval(scores, seed=0, reps=reps) if len(group) >= MIN_SEEDS else None,
+               "pct_of_dense": None, "pct_of_dense_ci": None}
+        dense = groups.get((env, algo, "dense"))
+        if label != "dense" and dense and len(group) >= MIN_SEEDS and len(dense) >= MIN_SEEDS:
+            dense_scores = np.array([r["score"] for r in dense])
+            row["pct_of_dense"] = 100 * row["iqm"] / iqm(dense_scores)
+            row["pct_of_dense_ci"] = [100 * v for v in ratio_interval(scores, dense_scores, seed=1, reps=reps)]
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def ci(values, fmt="{:.0f}"):
+        return f"[{fmt.format(values[0])}, {fmt.format(values[1])}]" if values else "n/a"
+
+    lines = ["| env | algo | configuration | seeds | steps | IQM score | 95% CI | % of dense (IQM) | 95% CI | "
+             "scores per seed |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        pct = f"{r['pct_of_dense']:.1f}" if r["pct_of_dense"] is not None else "n/a"
+        lines.append(f"| {r['env']} | {r['algo'].upper()} | {r['label']} | {', '.join(map(str, r['seeds']))} | "
+                     f"{'/'.join(f'{s:,}' for s in r['steps'])} | {r['iqm']:.0f} | {ci(r['iqm_ci'])} | {pct} | "
+                     f"{ci(r['pct_of_dense_ci'], '{:.1f}')} | {', '.join(f'{s:.0f}' for s in r['scores'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path, env: str, reps: int) -> None:
+    groups = defaultdict(list)
+    for r in runs:
+        if r["env"] == env:
+            groups[(r["algo"], r["label"])].append(r)
+    fig, axes = subplots(1, 1, figsize=(6.5, 4.2), squeeze=False)
+    ax = axes[0][0]
+    for (algo, label), group in sorted(groups.items()):
+        if len(group) >= MIN_SEEDS:
+            steps, mid, low, high = curve_band(group, seed=2, reps=reps)
+            line, = ax.plot(steps, mid, lw=1.5, label=f"{algo.upper()} {label} (IQM of {len(group)} seeds)")
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
+        else:  # too few seeds for an interval: each seed's curve, dotted
+            color, seeds = None, ", ".join(str(g["seed"]) for g in group)
+            for i, r in enumerate(group):
+                line, = ax.plot(*zip(*r["curve"]), lw=1, ls=":", color=color,
+                                label=f"{algo.upper()} {label} (seed {seeds})" if i == 0 else None)
+                color = line.get_color()
+    ax.set(title=f"{env}: evaluation return, 95% bootstrap CI shaded", xlabel="env steps",
+           ylabel="eval return (10 episodes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def report(folder: Path, out: Path, reps: int = REPS) -> str:
+    runs = [load_run(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+    if not runs:
+        raise UserError(f"{folder} holds no collected runs")
+    rows = aggregate(runs, reps)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows)
+    write_json(out / "returns.json", {"min_seeds": MIN_SEEDS, "bootstrap_reps": reps, "rows": rows})
+    write_text(out / "returns.md", table)
+    for env in sorted({r["env"] for r in runs}):
+        plot(runs, out / f"curves_{env.split('-')[0].lower()}.png", env, max(100, reps // 10))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("collect", help="copy finished runs' raw results into the repository")
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--into", type=Path, required=True)
+    p = sub.add_parser("report", help="aggregate collected runs (IQM, bootstrap CIs, curves)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "collect":
+            for run in args.runs:
+                if (run / "eval.json").is_file():
+                    print(collect(run, args.into))
+                else:
+                    print(f"skipped {run}: not finished")
+        else:
+            print(report(args.folder, args.out), end="")
+    except UserError as exc:
+        parser.exit(2, f"returns: error: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""benchmarks.returns: IQM, stratified bootstrap intervals and % of dense over collected runs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.returns import MIN_SEEDS, main as returns_main, report
+
+pytest.importorskip("rliable")
+
+
+def _collected(folder, name, method, seed, curve, sparsity=(0.98, 0.95), implementation="tinypolicy"):
+    run = folder / name
+    run.mkdir(parents=True)
+    record = {"implementation": implementation, "env_id": "Hopper-v5", "algo": "td3", "seed": seed}
+    if implementation == "tinypolicy":
+        record |= {"method": method, "actor_sparsity": sparsity[0], "critic_sparsity": sparsity[1]}
+    (run / "run.json").write_text(json.dumps(record))
+    (run / "eval.json").write_text(json.dumps({"steps": 100 * len(curve), "mean_return": curve[-1]}))
+    rows = ["step,eval_return"] + [f"{100 * (i + 1)},{v}" for i, v in enumerate(curve)]
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_iqm_intervals_and_ratio_to_dense(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    dense = [100.0, 900.0, 1000.0, 1100.0, 5000.0]  # the outer seeds must not move the IQM
+    rlx2 = [800.0, 1200.0, 1300.0, 1400.0, 1500.0]
+    for seed, final in enumerate(dense):
+        _collected(runs, f"dense-s{seed}", "dense", seed, [0.0] * 19 + [final])
+    for seed, final in enumerate(rlx2):
+        _collected(runs, f"rlx2-s{seed}", "rlx2", seed, [0.0] * 18 + [final, final])
+    _collected(runs, "prune-s0", "prune", 0, [0.0] * 19 + [2000.0])
+    _collected(runs, "sb3-s0", None, 0, [0.0] * 19 + [700.0], implementation="stable-baselines3")
+    table = report(runs, out, reps=1000)
+    rows = {r["label"]: r for r in json.loads((out / "returns.json").read_text())["rows"]}
+    # score = the mean of the last 10% of evaluations (the last 2 of 20); IQM of 5 = the middle 3
+    assert rows["dense"]["scores"] == [v / 2 for v in dense]
+    assert rows["dense"]["iqm"] == pytest.approx(np.mean([450.0, 500.0, 550.0]))
+    assert rows["rlx2 98/95"]["iqm"] == pytest.approx(1300.0)
+    low, high = rows["dense"]["iqm_ci"]
+    assert low < rows["dense"]["iqm"] < high
+    assert rows["rlx2 98/95"]["pct_of_dense"] == pytest.approx(100 * 1300.0 / 500.0)
+    low, high = rows["rlx2 98/95"]["pct_of_dense_ci"]
+    assert low < 260.0 < high
+    for one_seed in ("prune 98/95", "sb3"):  # one seed: no interval, no ratio
+        assert rows[one_seed]["iqm_ci"] is None and rows[one_seed]["pct_of_dense"] is None
+    assert MIN_SEEDS == 3
+    assert "| Hopper-v5 | TD3 | prune 98/95 | 0 | 2,000 | 1000 | n/a | n/a | n/a |" in table
+    assert (out / "curves_hopper.png").stat().st_size > 10_000
+    assert report(runs, tmp_path / "again", reps=1000) == table  # the page regenerates identically
+
+
+def test_report_refuses_a_folder_without_collected_runs(tmp_path, capsys):
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        returns_main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds no collected run" in err
