@@ -95,6 +95,9 @@ class TrainConfig:
     prune_start: float = setting(0.2, fraction)
     prune_end: float = setting(0.8, unit_interval)
     prune_interval: int | None = setting(None, positive_int)
+    init_from: str | None = option(None, "start from this checkpoint's actor and critics instead of a fresh init "
+                                         "(fine-tuning; sparse methods start from its largest weights)",
+                                   metavar="CHECKPOINT")
 
     def validate(self) -> None:
         check_settings(self, "train")

@@ -216,13 +216,19 @@ class Trainer:
             "action_low": act_space.low.tolist(), "action_high": act_space.high.tolist(),
         }
         hidden = list(cfg.hidden)
-        self.actor = make_actor(cfg.algo, self.obs_dim, self.act_dim, hidden, act_space.low, act_space.high)
+        init = load_checkpoint(cfg.init_from) if cfg.init_from else None
+        # an imported actor's activation, output squashing or observation normaliser
+        self.actor_arch = self._check_initial(init) if init else {}
+        self.actor = make_actor(cfg.algo, self.obs_dim, self.act_dim, hidden, act_space.low, act_space.high,
+                                **self.actor_arch)
         self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden)
         orthogonal = cfg.algo == "sac"
         actor_sparsity = cfg.actor_sparsity if self.method.sparse else 0.0
         critic_sparsity = cfg.critic_sparsity if self.method.sparse else 0.0
         sparsify(self.actor, actor_sparsity, orthogonal, self.generator)
         sparsify(self.critic, critic_sparsity, orthogonal, self.generator)
+        if init:
+            self._start_from(init, actor_sparsity, critic_sparsity)
         self.actor.net.hidden_dtype = self.critic.net.hidden_dtype = PRECISIONS[cfg.precision]
         # SAC bootstraps with the online actor; only TD3 keeps an actor target.
         self.actor_target = self._frozen_copy(self.actor) if cfg.algo == "td3" else None
@@ -230,7 +236,9 @@ class Trainer:
         self.actor_opt = MaskedAdam(self.actor, cfg.lr)
         self.critic_opt = MaskedAdam(self.critic, cfg.lr)
         if cfg.algo == "sac":
-            self.log_alpha = torch.zeros(1, requires_grad=True)  # alpha_0 = 1
+            # alpha_0 = 1 from scratch; fine-tuning keeps a tinypolicy run's learnt temperature
+            start = init.data.get("train_state", {}).get("log_alpha", torch.zeros(1)) if init else torch.zeros(1)
+            self.log_alpha = start.detach().clone().requires_grad_(True)
             self.alpha_opt = MaskedAdam([self.log_alpha], cfg.lr)
             self.target_entropy = -float(self.act_dim)
 
@@ -239,6 +247,34 @@ class Trainer:
         self.critic_updates = 0
         self.actor_updates = 0
         self.train_time = 0.0
+
+    def _check_initial(self, init) -> dict:
+        """The architecture of the checkpoint `init_from` names, refused unless this run can
+        continue training it (critics, algorithm, widths and env dims all matching)."""
+        cfg, spaces = self.cfg, init.data["spaces"]
+        if "critic" not in init.data:
+            raise UserError(f"{init.path} holds an actor only; fine-tuning needs its critics (`tinypolicy compress "
+                            "--from` distils such a policy into a sparse student instead)")
+        if (spaces["obs_dim"], spaces["act_dim"]) != (self.obs_dim, self.act_dim):
+            raise UserError(f"{init.path} is a policy for {spaces['obs_dim']} observations and {spaces['act_dim']} "
+                            f"actions; {cfg.env_id} has {self.obs_dim} and {self.act_dim}")
+        theirs = {"algo": init.config["algo"], "hidden": list(init.config["hidden"])}
+        ours = {"algo": cfg.algo, "hidden": list(cfg.hidden)}
+        if theirs != ours:
+            raise UserError(f"{init.path} holds a {theirs['algo']} policy with hidden sizes {theirs['hidden']}; "
+                            f"pass --algo {theirs['algo']} --hidden {' '.join(map(str, theirs['hidden']))} to "
+                            "fine-tune it")
+        return dict(init.data.get("actor_arch", {}))
+
+    @torch.no_grad()
+    def _start_from(self, init, actor_sparsity: float, critic_sparsity: float) -> None:
+        """Fine-tuning: the checkpoint's weights (and masks) replace the fresh ones; a sparse
+        method keeps the largest-magnitude weights as its first topology."""
+        init.build_actor()  # refuses NaN weights and weights outside their masks
+        self.actor.load_state_dict(init.data["actor"])
+        self.critic.load_state_dict(init.data["critic"])
+        prune_to(sparse_layers(self.actor), actor_sparsity)
+        prune_to(sparse_layers(self.critic), critic_sparsity)
 
     @staticmethod
     def _frozen_copy(net: nn.Module) -> nn.Module:
@@ -255,7 +291,7 @@ class Trainer:
     @torch.no_grad()
     def explore(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(action to execute, noise-free policy action), both squashed to [-1, 1]."""
-        if self.step < self.schedule.learning_starts:
+        if self.step < self.schedule.learning_starts and not self.cfg.init_from:  # a trained policy explores itself
             action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
             return action, action
         obs_t = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
@@ -422,6 +458,8 @@ class Trainer:
         }
         if self.actor_target is not None:
             data["actor_target"] = self.actor_target.state_dict()
+        if self.actor_arch:
+            data["actor_arch"] = self.actor_arch
         if self.cfg.algo == "sac":
             data["train_state"]["log_alpha"] = self.log_alpha.detach().clone()
             data["train_state"]["alpha_opt"] = self.alpha_opt.state_dict()

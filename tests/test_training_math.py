@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tinypolicy.checkpoint import load_checkpoint, save_checkpoint
 from tinypolicy.models import DeterministicActor, TwinCritic, apply_masks, sparse_layers, sparsify, weight_sparsity
 from tinypolicy.models.topology import drop_fraction, gmp_sparsity, layer_nnz
 from tinypolicy.ondevice.errors import UserError
@@ -546,3 +547,63 @@ def test_prune_resumes_with_its_masks_and_masked_optimiser(tmp_path):
     assert_masks_shared(resumed.critic_target, resumed.critic)
     for trainer in (t, resumed):
         trainer.env.close()
+
+
+# --------------------------------------------------------------------------- fine-tuning (--init-from)
+
+def _teacher(tmp_path, **overrides):
+    """A dense Pendulum checkpoint with non-default weights."""
+    (tmp_path / "teacher").mkdir()
+    t = make_trainer(tmp_path / "teacher", method="dense", **overrides)
+    with torch.no_grad():
+        for p in [*t.actor.parameters(), *t.critic.parameters()]:
+            p.add_(torch.randn_like(p))
+    t.save()
+    t.env.close()
+    return tmp_path / "teacher"
+
+
+def test_init_from_copies_the_weights_and_sparse_methods_keep_the_largest(tmp_path):
+    teacher_dir = _teacher(tmp_path)
+    ckpt = load_checkpoint(teacher_dir)
+    dense = make_trainer(tmp_path / "dense", method="dense", init_from=str(teacher_dir))
+    for name, tensor in ckpt.data["actor"].items():
+        assert torch.equal(dense.actor.state_dict()[name], tensor)
+    assert all(torch.equal(a, b) for a, b in zip(dense.critic_target.parameters(), dense.critic.parameters()))
+    sparse = make_trainer(tmp_path / "sparse", method="rlx2", init_from=str(teacher_dir))
+    shapes = [(32, 3), (32, 32), (1, 32)]
+    assert nnz_per_member(sparse.actor) == [[n] for n in layer_nnz(shapes, 0.9)]
+    for layer, name in zip(sparse_layers(sparse.actor), ("net.layers.0", "net.layers.1", "net.layers.2")):
+        full = ckpt.data["actor"][f"{name}.weight"]
+        kept = layer.mask.bool()
+        assert torch.equal(layer.weight.detach()[kept], full[kept])  # the kept weights are the teacher's
+        if (~kept).any():  # and none dropped is larger than one kept
+            assert float(full[~kept].abs().max()) <= float(full[kept].abs().min())
+    assert_weights_masked(sparse.actor)
+    assert_masks_shared(sparse.critic_target, sparse.critic)
+    # warm-up explores around the teacher's policy, not uniformly at random
+    action, policy = sparse.explore(np.zeros(3, dtype=np.float32))
+    assert torch.allclose(torch.as_tensor(policy), sparse.actor.squashed(torch.zeros(1, 3))[0])
+    for t in (dense, sparse):
+        t.env.close()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"hidden": (16, 16)}, "pass --algo td3 --hidden 32 32"),
+    ({"algo": "sac"}, "holds a td3 policy"),
+    ({"env_id": "InvertedPendulum-v5"}, "is a policy for 3 observations and 1 actions"),
+])
+def test_init_from_refuses_a_policy_this_run_cannot_continue(tmp_path, overrides, message):
+    teacher_dir = _teacher(tmp_path)
+    with pytest.raises(UserError, match=message):
+        make_trainer(tmp_path / "run", init_from=str(teacher_dir), **overrides)
+
+
+def test_init_from_refuses_an_actor_only_checkpoint(tmp_path):
+    data = dict(load_checkpoint(_teacher(tmp_path)).data)
+    for key in ("critic", "critic_target", "train_state"):
+        data.pop(key)
+    data.pop("format"), data.pop("version")
+    save_checkpoint(tmp_path / "actor_only.pt", data)
+    with pytest.raises(UserError, match="holds an actor only; fine-tuning needs its critics"):
+        make_trainer(tmp_path / "run", init_from=str(tmp_path / "actor_only.pt"))
