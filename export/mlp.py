@@ -124,7 +124,9 @@ class TorchPolicy(nn.Module):
 
 
 def policy_from_actor(actor: torch.nn.Module) -> MLPPolicy:
-    """The deterministic policy of a TD3 or SAC actor, with its masked (dense-shaped) weights.
+    """The deterministic policy of a TD3 or SAC actor, with its masked (dense-shaped) weights,
+    its hidden activation, output squashing and observation normalisation (an imported actor's
+    may differ from ReLU, tanh and none).
 
     SAC's actor acts with tanh(mean): the log-std rows of its last layer never reach the
     action, so they are dropped here.
@@ -140,7 +142,9 @@ def policy_from_actor(actor: torch.nn.Module) -> MLPPolicy:
     scale = actor.action_scale.float().numpy()
     offset = actor.action_bias.float().numpy()
     obs_dim = weights[0].shape[1]
-    return MLPPolicy(tuple(weights), tuple(biases), "relu", "tanh",
-                     obs_mean=np.zeros(obs_dim, np.float32), obs_std=np.ones(obs_dim, np.float32),
+    obs_mean, obs_std = ((actor.obs_mean.float().numpy(), actor.obs_std.float().numpy()) if actor.obs_norm else
+                         (np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32)))
+    return MLPPolicy(tuple(weights), tuple(biases), actor.net.activation, actor.output,
+                     obs_mean=obs_mean.copy(), obs_std=obs_std.copy(),
                      action_low=(offset - scale).astype(np.float32),
                      action_high=(offset + scale).astype(np.float32))

@@ -29,6 +29,7 @@ from tinypolicy.pipeline.settings import (
     ADTrainConfig,
     DistillConfig,
     GeneraliseConfig,
+    ImportConfig,
     QLearningConfig,
     TrainConfig,
 )
@@ -114,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
              "Debian's gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm, qemu-user, "
              "gcc-aarch64-linux-gnu (make embedded-deps).",
              inputs=(("bundle", "DIR", "an export bundle (tinypolicy export)"),), out=False, config=EmbeddedConfig)
+
+    p = _command(sub, "import", "import a policy trained elsewhere (Stable-Baselines3, a state dict, ONNX)",
+                 "Write a dense tinypolicy checkpoint (DIR/checkpoint.pt, as `train` writes it) from a "
+                 "Stable-Baselines3 zip (TD3, SAC, DDPG with their critics; PPO, A2C actor only), a PyTorch state "
+                 "dict of an MLP actor (CleanRL's layout) or an ONNX MLP actor, so that evaluate, export, distill "
+                 "--expert and compress take it. No file is unpickled: what only a pickle holds comes from flags.",
+                 inputs=(("source", "SOURCE", "an SB3 model .zip, a state dict .pt/.pth or an .onnx actor"),),
+                 config=ImportConfig, quiet=False)
+    p.add_argument("--env", dest="env_id", required=True, metavar="ENV", help="the Gymnasium env id it acts in")
 
     _command(sub, "export", "export a checkpoint's actor to ONNX (fp32, int8) and C",
              "Write an export bundle: actor.onnx (dead neurons removed), actor.dense.onnx, actor.int8.onnx, "
@@ -233,6 +243,13 @@ def cmd_evaluate(args) -> int:
     if not (math.isfinite(mean) and math.isfinite(std)):  # NaN is not JSON: say so instead of printing it
         raise UserError(f"{env_id} gave non-finite returns for {ckpt.path}'s policy (the simulation diverged)")
     print(json.dumps({"env_id": env_id, "episodes": args.episodes, "mean_return": mean, "std_return": std}))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from tinypolicy.pipeline.import_policy import import_policy
+
+    print(json.dumps(import_policy(args.source, args.env_id, args.out, _config(ImportConfig, args))))
     return 0
 
 
@@ -368,7 +385,8 @@ def cmd_generalise(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compress": cmd_compress, "sweep": cmd_sweep,
             "export": cmd_export, "bench": cmd_bench, "embedded": cmd_embedded,
-            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": run_retrain, "ad": cmd_ad}
+            "distill": cmd_distill, "generalise": cmd_generalise, "retrain": run_retrain, "ad": cmd_ad,
+            "import": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,6 +166,25 @@ class GeneraliseConfig:
     workers: int = option(2)
 
 
+# --------------------------------------------------------------------------- import
+
+@dataclass
+class ImportConfig:
+    """`tinypolicy import`: what a foreign policy file cannot say itself (only its pickles
+    would, and tinypolicy never unpickles a file)."""
+    activation: str | None = option(None, "hidden activation (default: what an SB3 zip names, else SB3's default: "
+                                          "relu for TD3/SAC/DDPG, tanh for PPO/A2C; for a state dict CleanRL's: "
+                                          "tanh with a state-independent log-std, else relu; for ONNX its graph's)",
+                                    choices=("relu", "tanh"))
+    output: str | None = option(None, "how the last layer becomes an action: tanh scaled to the bounds, or clip to "
+                                      "the bounds (default: what the source does)", choices=("tanh", "clip"))
+    obs_stats: str | None = option(None, "observation normalisation the policy was trained with: an .npz or .json "
+                                         "holding mean and var (VecNormalize's obs_rms; its .pkl is refused)",
+                                   metavar="FILE")
+    check_steps: int = option(2000, "env steps on which an ONNX import is checked against ONNX Runtime")
+    seed: int = option(0, "seed of those steps' episodes", metavar="K", parse=random_seed)
+
+
 # --------------------------------------------------------------------------- compress's own stages
 
 @dataclass

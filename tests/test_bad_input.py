@@ -36,6 +36,7 @@ import pytest
 import torch
 
 from tests.test_export import sparse_actor, write_checkpoint
+from tests.test_import import sb3_zip
 from tests.test_retrain import _dataset, _mask_onnx
 from tinypolicy.export.bundle import export_bundle
 from tinypolicy.ondevice.artefact import sha256_file
@@ -314,6 +315,30 @@ CASES = [
     Case("ad-export-episodes-zero", "ad export ad/checkpoint.pt --out x --episodes 0", (AD_RUN,)),
     Case("ad-export-out-is-file", "ad export ad/checkpoint.pt --out notes.txt --episodes 2 --quiet", (AD_RUN, NOTES),
          slow=True),
+
+    # ------------------------------------------------------------------ import
+    Case("import-sb3-dqn", "import dqn.zip --env Pendulum-v1 --out imp",
+         (write("dqn.zip", sb3_zip("stable_baselines3.dqn.policies", "Discrete")),), stderr_has=("DQN",),
+         absent_after=("imp/checkpoint.pt",)),
+    Case("import-sb3-discrete-actions", "import ppo.zip --env Pendulum-v1 --out imp",
+         (write("ppo.zip", sb3_zip("stable_baselines3.common.policies", "Discrete")),), stderr_has=("Discrete",),
+         absent_after=("imp/checkpoint.pt",)),
+    Case("import-discrete-env", "import weights.pt --env CartPole-v1 --out imp", (foreign_torch_file("weights.pt"),),
+         absent_after=("imp/checkpoint.pt",)),
+    # fc: 4 inputs, 3 outputs; Pendulum has 3 observations and 1 action.
+    Case("import-shapes-do-not-fit-env", "import weights.pt --env Pendulum-v1 --out imp",
+         (foreign_torch_file("weights.pt"),), stderr_has=("weights.pt", "takes 4 observations"),
+         absent_after=("imp/checkpoint.pt",)),
+    Case("import-pickle-only", "import vecnormalize.pkl --env Pendulum-v1 --out imp",
+         (write("vecnormalize.pkl", b"\x80\x02cbuiltins\nobject\nq\x00."),), stderr_has=("never unpickles",),
+         absent_after=("imp/checkpoint.pt",)),
+    Case("import-obs-stats-pickle", "import weights.pt --env Pendulum-v1 --out imp --obs-stats vecnormalize.pkl",
+         (foreign_torch_file("weights.pt"), write("vecnormalize.pkl", b"\x80\x02cbuiltins\nobject\nq\x00.")),
+         stderr_has=("vecnormalize.pkl", "never unpickles"), absent_after=("imp/checkpoint.pt",)),
+    Case("import-garbage-onnx", "import actor.onnx --env Pendulum-v1 --out imp", (write("actor.onnx", GARBAGE),),
+         absent_after=("imp/checkpoint.pt",)),
+    Case("import-tinypolicy-checkpoint", "import ckpt.pt --env Pendulum-v1 --out run",
+         (CHECKPOINT, copy("checkpoint", "run/checkpoint.pt")), stderr_has=("tinypolicy checkpoint",)),
 ]
 
 

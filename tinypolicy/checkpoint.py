@@ -2,7 +2,9 @@
 
 One file, loadable with `torch.load(weights_only=True)`: the actor and critics (masks are
 module buffers), their targets, the env's spaces, the run config, the number of env steps
-done, and the optimiser and RNG state needed to resume.
+done, and the optimiser and RNG state needed to resume. An actor-only checkpoint (an
+imported PPO or ONNX policy, a distilled student) has no critics; its `actor_arch` records
+the `make_actor` architecture arguments of an actor that is not a plain ReLU/tanh one.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tinypolicy.ondevice.errors import UserError
 
 FORMAT = "tinypolicy.checkpoint"
 VERSION = 1
-REQUIRED = ("format", "version", "config", "spaces", "actor", "critic", "steps_done")
+REQUIRED = ("format", "version", "config", "spaces", "actor", "steps_done")
 CHECKPOINT_FILE = "checkpoint.pt"  # its name in a run folder (`train --out`, `ad train --out`)
 
 
@@ -50,7 +52,8 @@ class Checkpoint:
         infinite (a diverged run), so no later stage reports NaN returns or exports NaNs."""
         spaces = self.data["spaces"]
         actor = make_actor(self.config["algo"], spaces["obs_dim"], spaces["act_dim"],
-                           list(self.config["hidden"]), spaces["action_low"], spaces["action_high"])
+                           list(self.config["hidden"]), spaces["action_low"], spaces["action_high"],
+                           **self.data.get("actor_arch", {}))
         self._load(actor, "actor")
         bad = nonfinite_tensors(actor)
         if bad:
@@ -62,6 +65,8 @@ class Checkpoint:
 
     def build_critic(self) -> torch.nn.Module:
         """The trained twin critic (online weights), with its masks."""
+        if "critic" not in self.data:
+            raise UserError(f"{self.path} holds an actor only (no critic)")
         spaces = self.data["spaces"]
         critic = TwinCritic(spaces["obs_dim"], spaces["act_dim"], list(self.config["hidden"]))
         self._load(critic, "critic")
