@@ -43,15 +43,18 @@ lint-imports: $(STAMP)
 
 # The embedded and rendering stages need Debian packages; without root they are skipped
 # (the report says so) rather than failing the whole pipeline.
+# FROM=CHECKPOINT compresses that policy (e.g. of `tinypolicy import`) instead of training one.
 compress: $(STAMP)
 	-@$(MAKE) --no-print-directory embedded-deps render-deps
-	$(VENV)/bin/tinypolicy compress --env $(ENV) --preset $(PRESET) --out artifacts/$(ENV)
+	$(VENV)/bin/tinypolicy compress --env $(ENV) --preset $(PRESET) --out artifacts/$(ENV) $(if $(FROM),--from $(FROM))
 
 bench-train: $(STAMP)
 	$(PY) -m benchmarks.train_speed
 
+# Both run on the actor-only checkpoints committed under docs/results/actors/ (see
+# benchmarks/export_docs.py: `save-actor` adds one from a training run); ACTORS=NAME... for some.
 bench-embedded: $(STAMP) embedded-deps
-	$(PY) -m benchmarks.embedded --out docs/results/embedded.json $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(PY) -m benchmarks.embedded run $(ACTORS) --out docs/results/embedded.json
 
 # Mesa's EGL, for MuJoCo's offscreen rendering of distilled states (Debian packages, as root).
 RENDER_APT := libegl1 libegl-mesa0 libgl1-mesa-dri
@@ -74,9 +77,9 @@ ad: $(STAMP)
 clean:
 	rm -rf $(VENV) artifacts runs
 
-# Export + bench of the RLx2 benchmark actors (docs/BENCHMARKS.md, "Export"); a missing
-# checkpoint is skipped. Writes docs/results/export_*.{json,md,png}.
+# Export + bench of the committed benchmark actors (docs/BENCHMARKS.md, "Export"), with
+# emx-onnx-cgen as the external dense peer (the `emx` extra). Writes docs/results/export_*.
 .PHONY: bench-export
 bench-export: $(STAMP)
-	$(PY) -m benchmarks.export_docs runs/hopper-td3-rlx2-s0/checkpoint.pt runs/halfcheetah-td3-rlx2-s0/checkpoint.pt \
-	    --untrained Hopper-v5:0.95
+	-$(PY) -m pip install --quiet -e '.[emx]'
+	$(PY) -m benchmarks.export_docs run $(ACTORS)

@@ -1,48 +1,98 @@
-"""Collect HaDES runs into one Markdown table (docs/BENCHMARKS.md, "Behaviour distillation").
+"""Collect HaDES runs into one Markdown table (docs/BENCHMARKS.md, "Behaviour distillation"),
+and publish their datasets.
 
-Reads each run folder's summary.json (written by `tinypolicy distill`) and, when given, the
-expert's and a random policy's returns, and prints one row per run:
+Reads each run folder's summary.json (written by `tinypolicy distill`) and the expert's return
+(`--expert-return`, else the dataset's meta.expert_return, which a run from an expert records),
+and prints one row per run:
 
-    python -m benchmarks.hades_table runs/hopper-d64-f-zeros runs/hopper-d64-f-expert \
-        --expert-return 2500.0 --out docs/results/hades_hopper.md
+    python -m benchmarks.hades_table runs/hopper-d64-r-expert runs/hopper-d64-a-expert \
+        --out docs/results/hades/hopper-table.md
+
+`--publish DIR` also copies each run's dataset (dataset.npz, dataset.json, and policy_init.npz
+for HaDES-F) with its summary.json, fitness.csv and generalise/ reports, when present, into
+DIR/<run folder name>/, so anyone can retrain from it (they are a few KB). The dataset is read
+and validated first; its meta.expert_return must be known (`--expert-return` records it):
+
+    python -m benchmarks.hades_table runs/hopper-d64-a-expert --publish docs/results/hades
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 from pathlib import Path
+
+from tinypolicy.ondevice.artefact import atomic_write, write_text
+from tinypolicy.ondevice.dataset import load_dataset, save_dataset
+from tinypolicy.ondevice.errors import UserError
+
+VARIANTS = {"f": "HaDES-F", "r": "HaDES-R", "a": "architecture-randomised"}
+COPIED = ("policy_init.npz", "summary.json", "fitness.csv", "generalise/generalise.md", "generalise/generalise.json",
+          "generalise/generalise.csv", "generalise/generalise.png")
+
+
+def _expert_return(run: Path, given: float | None) -> float | None:
+    return given if given is not None else load_dataset(run).meta.get("expert_return")
 
 
 def rows(run_dirs: list[Path], expert_return: float | None) -> list[str]:
     lines = ["| env | variant | D | N x G | env steps | ES wall time | retrained return, fresh inits (mean; per seed) "
-             "| % of expert | fixed init (% of expert) | random |",
+             "| % of expert | own init (% of expert) | random |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for run in run_dirs:
         s = json.loads((run / "summary.json").read_text())
+        expert = _expert_return(run, expert_return)
+
         def share(value: float) -> str:
-            return f"{100 * value / expert_return:.0f}%" if expert_return else "-"
+            return f"{100 * value / expert:.0f}%" if expert else "-"
 
         fixed = (f"{s['fixed_init_return']:.0f} ({share(s['fixed_init_return'])})"
                  if "fixed_init_return" in s else "-")
         per_seed = ", ".join(f"{r:.0f}" for r in s["fresh_init_returns"])
-        lines.append(f"| {s['env_id']} | HaDES-{s['mode'].upper()} from {s['init']} | {s['size']} | "
+        lines.append(f"| {s['env_id']} | {VARIANTS[s['mode']]} from {s['init']} | {s['size']} | "
                      f"{s['population']} x {s['generations']} | {s['env_steps'] / 1e6:.2f}M | "
                      f"{s['distill_seconds'] / 60:.0f} min | {s['fresh_init_mean']:.0f} ({per_seed}) | "
                      f"{share(s['fresh_init_mean'])} | {fixed} | {s['random_policy_return']:.0f} |")
     return lines
 
 
-def main() -> None:
+def publish(run: Path, target_root: Path, expert_return: float | None) -> Path:
+    """Copy `run`'s dataset and reports into target_root/<run name>/; returns that folder."""
+    dataset = load_dataset(run)
+    expert = _expert_return(run, expert_return)
+    if expert is None:
+        raise UserError(f"{run}/dataset.json records no meta.expert_return; give --expert-return")
+    dataset.meta["expert_return"] = expert
+    target = target_root / run.name
+    save_dataset(dataset, target)
+    for name in COPIED:
+        if (run / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target / name, lambda tmp, source=run / name: shutil.copyfile(source, tmp))
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--expert-return", type=float, default=None, metavar="X")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE")
-    args = parser.parse_args()
-    table = "\n".join(rows(args.runs, args.expert_return))
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    parser.add_argument("--publish", type=Path, default=None, metavar="DIR",
+                        help="copy each run's dataset and reports into DIR/<run name>/")
+    args = parser.parse_args(argv)
+    try:
+        table = "\n".join(rows(args.runs, args.expert_return))
+        print(table)
+        if args.out:
+            write_text(args.out, table + "\n")
+        for run in args.runs if args.publish else ():
+            print(f"published {publish(run, args.publish, args.expert_return)}", file=sys.stderr)
+    except UserError as exc:
+        print(f"hades_table: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

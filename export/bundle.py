@@ -6,7 +6,8 @@ The bundle (a folder) is the typed artefact between export and everything downst
     actor.onnx          dead neurons removed, normalisation and action scaling inside
     actor.dense.onnx    the same policy with the masked dense weights (the baseline)
     actor.int8.onnx     ONNX Runtime static QDQ quantization of actor.onnx
-    actor.h, actor.c, actor_dense.c    C99 CSR kernel and dense reference
+    actor.h, actor.c, actor_dense.c, actor_int8.c
+                        C99 kernels: sparse, dense reference, int8 sparse (actor.int8.onnx's quantisation)
     observations.npy    the observations parity was checked on (rollouts + extremes)
     export.json         what all of the above are, with hashes, and the parity results
 
@@ -15,6 +16,7 @@ checks every file against the hashes it records.
 """
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 import time
@@ -29,7 +31,8 @@ from tqdm import tqdm
 from tinypolicy import __version__
 from tinypolicy.checkpoint import Checkpoint, load_checkpoint
 from tinypolicy.envs import actor_policy, evaluate_policy, make_env, rollout
-from tinypolicy.export.c_codegen import DENSE, HEADER, SPARSE, sparse_table_bytes, write_c_sources
+from tinypolicy.export.c_codegen import (DENSE, HEADER, INT8, SPARSE, int8_output_step, int8_table_bytes,
+                                         sparse_table_bytes, write_c_sources)
 from tinypolicy.export.mlp import MLPPolicy, policy_from_actor
 from tinypolicy.export.prune import PruneResult, remove_dead_neurons
 from tinypolicy.export.runtimes import CKernels, ort_actions, ort_session
@@ -39,10 +42,11 @@ from tinypolicy.ondevice.artefact import atomic_write, prepare_output_dir, read_
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.onnx_mlp import save_onnx
 
-FORMAT, VERSION = "tinypolicy.export", 1
+FORMAT, VERSION = "tinypolicy.export", 2  # 2: actor_int8.c
 MANIFEST = "export.json"
 FILES = {"onnx": "actor.onnx", "onnx_dense": "actor.dense.onnx", "onnx_int8": "actor.int8.onnx",
-         "c_header": HEADER, "c_sparse": SPARSE, "c_dense": DENSE, "observations": "observations.npy"}
+         "c_header": HEADER, "c_sparse": SPARSE, "c_dense": DENSE, "c_int8": INT8,
+         "observations": "observations.npy"}
 PARITY_TOLERANCE = 1e-5
 # A wrong export (bad scaling, a mis-folded bias, a transposed table) is off by 1e-3 or
 # more; float32 round-off grows with the weights' magnitude. Export fails when a runtime
@@ -202,7 +206,8 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
     save_onnx(pruned.policy.onnx(metadata), out / FILES["onnx"])
     save_onnx(dense.onnx({**metadata, "variant": "masked dense (dead neurons kept)"}), out / FILES["onnx_dense"])
     quantize_int8(out / FILES["onnx"], out / FILES["onnx_int8"], visited, metadata)
-    write_c_sources(pruned.policy, out, dense=dense)
+    int8_model = onnx.load(str(out / FILES["onnx_int8"]))
+    write_c_sources(pruned.policy, out, dense=dense, int8_onnx=int8_model)
 
     def save_observations(tmp: Path) -> None:
         with tmp.open("wb") as f:  # given a name, NumPy would append ".npy" to the temporary one
@@ -213,8 +218,10 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
 
     with torch.no_grad():
         reference = actor(torch.from_numpy(observations)).numpy()
-        # Exact arithmetic, for scale: how much of the disagreement is float32 round-off.
-        exact = dense.torch_module().double()(torch.from_numpy(observations).double()).numpy()
+        # Exact arithmetic, for scale: how much of the disagreement is float32 round-off. From the
+        # actor itself, not from the exported MLP: an export that drops something (a normaliser,
+        # an activation) must not widen its own allowance.
+        exact = copy.deepcopy(actor).double()(torch.from_numpy(observations).double()).numpy()
     with tempfile.TemporaryDirectory() as build:
         try:
             kernels = CKernels(out, build, dense.obs_dim, dense.act_dim)
@@ -225,12 +232,16 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
             "onnx": ort_actions(ort_session(out / FILES["onnx"]), observations),
             "onnx_dense": ort_actions(ort_session(out / FILES["onnx_dense"]), observations),
             "c_sparse": kernels.actions(observations),
-            "c_dense": kernels.actions(observations, dense=True),
+            "c_dense": kernels.actions(observations, "dense"),
         }
         steps.update()
         int8_actions = ort_actions(ort_session(out / FILES["onnx_int8"]), observations)
         visited_rows = slice(0, len(visited))
-        int8 = {"max_abs_error": _max_error(int8_actions, reference),
+        step = int8_output_step(int8_model)
+        c_int8_error = _max_error(kernels.actions(observations, "int8"), int8_actions)
+        int8 = {"c_kernel_vs_onnx": {"max_abs_error": c_int8_error, "quantisation_step": step,
+                                     "passed": c_int8_error <= step * 1.001},
+                "max_abs_error": _max_error(int8_actions, reference),
                 "max_abs_error_rollouts": _max_error(int8_actions[visited_rows], reference[visited_rows]),
                 "mean_abs_error_rollouts": float(np.abs(int8_actions[visited_rows] - reference[visited_rows]).mean())}
         eval_seed = 1000 + seed
@@ -269,7 +280,8 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
         "macs": macs,
         "parameter_bytes": {"dense_fp32": 4 * (dense.macs() + sum(b.size for b in dense.biases)),
                             "pruned_fp32": 4 * (pruned.policy.macs() + sum(b.size for b in pruned.policy.biases)),
-                            "sparse_fp32": sparse_table_bytes(pruned.policy)},
+                            "sparse_fp32": sparse_table_bytes(pruned.policy),
+                            "sparse_int8": int8_table_bytes(int8_model)},
         "parity": parity,
         "int8": {"method": QUANTIZATION, **int8, "episodes": episodes, "seed": eval_seed,
                  "fp32_return_mean": float(fp32_returns.mean()), "fp32_return_std": float(fp32_returns.std()),
@@ -285,6 +297,9 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
         worst = max(errors, key=errors.get)
         raise UserError(f"parity check failed: {worst} differs from PyTorch by {errors[worst]:.2e}, "
                         f"beyond float32 round-off ({parity['failure_threshold']:.1e}); see {out / MANIFEST}")
+    if not int8["c_kernel_vs_onnx"]["passed"]:
+        raise UserError(f"parity check failed: c_int8 differs from ONNX Runtime on {FILES['onnx_int8']} by "
+                        f"{c_int8_error:.2e}, more than one quantisation step ({step:.2e}); see {out / MANIFEST}")
     return manifest
 
 

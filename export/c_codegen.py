@@ -1,41 +1,122 @@
-"""C99 source for an `MLPPolicy`: a sparse kernel and a dense reference.
+"""C99 source for an `MLPPolicy`: a sparse kernel, a dense reference and an int8 sparse kernel.
 
 API of the generated files (stable: firmware is built around it):
 
     actor.h        #define TP_OBS_DIM n, #define TP_ACT_DIM m
                    void tp_actor(const float *obs, float *actions);        sparse, actor.c
                    void tp_actor_dense(const float *obs, float *actions);  dense, actor_dense.c
+                   void tp_actor_int8(const float *obs, float *actions);   int8 sparse, actor_int8.c
 
-Both take observations and write actions in env units (normalisation and action scaling
+All take observations and write actions in env units (normalisation and action scaling
 are inside). No malloc, no mutable globals except static scratch buffers (so the
 functions are not reentrant), const weight tables the linker places in flash, and only
 tanhf from <math.h>.
 
-Sparse layout, per layer. Wide layers are compressed sparse columns (CSC, one column per
-input): accumulators start at the bias and each input adds its column into them; an input
-from a ReLU layer that is zero is skipped with its whole column, so about half of a ReLU
-layer's weights are never read (activation sparsity on top of weight sparsity). Narrow
-layers (the action head) are row-wise CSR with four partial sums: scattering into three
-accumulators would chain every update through memory. On the 95% Hopper actor this mix
-took 1.86 us per call against 2.08 (all CSC) and 2.5 (all CSR) on the dev box; a
-branch-free list of active inputs instead of the zero test was slower (2.4). Indices are
-uint8_t for dimensions up to 256 and pointers uint16_t below 65536 nonzeros, which keeps
-a 95%-sparse 256-wide actor at about 20 KB.
+Each layer gets the kernel that suits its density and size (`layer_kind`), and where
+the best choice differs between vector ISAs (host, aarch64) and Cortex-M's scalar FPU,
+both are generated under `#ifdef TP_SCALAR_FPU` (set from the compiler's target macros):
+
+- dense (and every layer of the dense reference): on vector ISAs the weights transposed,
+  blocks of TP_BLOCK outputs accumulated over all inputs (acc[0..B) += W[j, block] * x[j]),
+  which compilers vectorise without reassociating sums (a row-major dot product is a
+  serial chain unless the compiler may reorder it); layers with few outputs (the action
+  head) are row dot products with TP_LANES interleaved partial sums for every row at
+  once. On Cortex-M blocks of 8 outputs stay in registers for the whole pass over the
+  inputs (one input load per 8 multiply-adds: ~2.6 instructions per MAC).
+- unrolled: straight-line code, one statement per output, the weights as constants in
+  the code: no index loads and no loop branches (~3 instructions per nonzero on Cortex-M),
+  at the price of flash: about 16 bytes per nonzero against 5 for tables. On the host
+  only small layers, since large ones stop fitting the instruction cache.
+- CSC (sparse, many outputs): one compressed column per input, scattered into the
+  outputs; an input from a ReLU layer that is zero skips its whole column, so about half
+  of a ReLU layer's weights are never read.
+- CSR (sparse, at most ROW_WISE_MAX_ROWS outputs): row-wise with four partial sums, since
+  scattering into a handful of accumulators chains every update through memory.
+
+Activations are applied where each output is formed, not in a second pass. Indices are
+uint8_t for dimensions up to 256 and pointers the smallest type that holds the nonzero
+count. The int8 kernel keeps tables everywhere: it is the compact one.
+
+The int8 kernel computes what actor.int8.onnx (ONNX Runtime's QDQ quantisation) computes,
+with its quantisation parameters: float layers stay float; a quantised layer quantises
+its input to uint8 codes (round half to even, saturate), multiplies int8 weights in
+int32, rescales by input scale x per-channel weight scale and adds the dequantised bias;
+every QuantizeLinear/DequantizeLinear pair on the way to the actions is applied as
+written. It matches ONNX Runtime within one quantisation step of the output.
 """
 from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from tinypolicy.export.mlp import MLPPolicy
 from tinypolicy.ondevice.artefact import write_text
 
-HEADER, SPARSE, DENSE = "actor.h", "actor.c", "actor_dense.c"
+HEADER, SPARSE, DENSE, INT8 = "actor.h", "actor.c", "actor_dense.c", "actor_int8.c"
 ROW_WISE_MAX_ROWS = 16
-CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic")
+# Above this density a layer runs dense on vector ISAs: the vectorised dense loop does 8-16
+# multiply-adds per instruction against about one per nonzero for straight-line code.
+DENSE_MIN_DENSITY = 0.3
+# ... and on Cortex-M, where dense costs ~2.6 instructions per weight (measured under QEMU)
+# against ~3 per nonzero for straight-line code.
+SCALAR_DENSE_MIN_DENSITY = 0.85
+# Straight-line code (`_unrolled_loop`, ~3 instructions per nonzero) up to this many
+# nonzeros per layer on Cortex-M, whose flash streams code without an instruction cache to
+# miss; compile time and code size grow with it.
+UNROLLED_MAX_NNZ = 8192
+# On the host, ~20 bytes of code per nonzero stop fitting the instruction cache beyond about
+# this many (the 90% HalfCheetah actor's 3,656-nonzero layer took 5.6 us straight-line
+# against 2.9 us as CSC tables on the dev box); larger layers use the tables there.
+VECTOR_UNROLLED_MAX_NNZ = 1024
+REGISTER_BLOCK = 8
+WARNINGS = ("-Wall", "-Wextra", "-Werror", "-pedantic")
+# The host build: the same flags for every kernel, tuned for the machine it runs on.
+# Contraction into fused multiply-adds is allowed (ISO C mode turns it off by default).
+HOST_CFLAGS = ("-std=c99", "-O3", "-march=native", "-ffp-contract=fast", *WARNINGS)
+
+_PREAMBLE = """#include <math.h>
+#include <stdint.h>
+
+#include "actor.h"
+
+/* Cortex-M's FPU is scalar: dense layers keep 8 outputs in registers per pass over the
+   inputs, and half-dense layers run straight-line (see layer_kind). Elsewhere the loops
+   over outputs are written for the compiler to vectorise. */
+#if defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_8M_MAIN__)
+#define TP_SCALAR_FPU 1
+#endif
+#if defined(__GNUC__)
+#define TP_NOINLINE __attribute__((noinline))
+#else
+#define TP_NOINLINE
+#endif
+static inline float tp_relu(float v) { return v > 0.0f ? v : 0.0f; }
+static inline float tp_clip1(float v) { return v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v); }
+
+/* Partial sums of a row-wise dot product: the vector width in floats; outputs per block of
+   a dense layer: enough vectors of accumulators to hide the multiply-add latency. */
+#if defined(__AVX512F__)
+#define TP_LANES 16
+#define TP_BLOCK 128
+#elif defined(__AVX__)
+#define TP_LANES 8
+#define TP_BLOCK 64
+#else
+#define TP_LANES 4
+#define TP_BLOCK 32
+#endif
+
+"""
+
+
+# Which of these a kernel uses depends on its layers' kinds and on the target's branch.
+_LOOP_VARIABLES = "    int i, j, l, p;\n    (void)i; (void)j; (void)l; (void)p;\n"
 
 
 def _float(x: float) -> str:
@@ -62,26 +143,259 @@ def _array(ctype: str, name: str, values: np.ndarray, per_line: int = 6, fmt=_fl
     return f"static const {ctype} {name}[{flat.size}] = {{\n    {body}\n}};\n"
 
 
+def _int(x) -> str:
+    return str(int(x))
+
+
 def _index_type(limit: int) -> str:
     """Smallest unsigned type holding values up to `limit` - 1."""
     return "uint8_t" if limit <= 256 else "uint16_t" if limit <= 65536 else "uint32_t"
 
 
-def _row_wise(w: np.ndarray) -> bool:
-    return w.shape[0] <= ROW_WISE_MAX_ROWS
+_BYTES = {"uint8_t": 1, "uint16_t": 2, "uint32_t": 4}
+
+
+def _sparse_bytes(w: np.ndarray, kind: str, value_bytes: int) -> int:
+    nnz = int(np.count_nonzero(w))
+    indexed, pointed = (w.shape[1], w.shape[0]) if kind == "csr" else (w.shape[0], w.shape[1])
+    return (value_bytes + _BYTES[_index_type(indexed)]) * nnz + _BYTES[_index_type(nnz + 1)] * (pointed + 1)
+
+
+def layer_kind(w: np.ndarray, compact: bool = False) -> str:
+    """The kernel for weight matrix `w`: "dense", "unrolled", "csc", "csr", or X_unrolled:
+    X on vector ISAs, straight-line on Cortex-M. `compact` (the int8 kernel's float
+    layers) picks whichever of dense and tables is smaller."""
+    table = "csr" if w.shape[0] <= ROW_WISE_MAX_ROWS else "csc"
+    nnz = int(np.count_nonzero(w))
+    if compact:
+        return "dense" if 4 * w.size <= _sparse_bytes(w, table, 4) else table
+    if nnz >= SCALAR_DENSE_MIN_DENSITY * w.size:
+        return "dense"
+    if nnz >= DENSE_MIN_DENSITY * w.size:
+        return "dense_unrolled" if nnz <= UNROLLED_MAX_NNZ else "dense"
+    if nnz <= VECTOR_UNROLLED_MAX_NNZ:
+        return "unrolled"
+    return f"{table}_unrolled" if nnz <= UNROLLED_MAX_NNZ else table
+
+
+def _weight_bytes(w: np.ndarray, kind: str, value_bytes: int = 4) -> int:
+    """Bytes of a layer's weights: dense tables, constants in the code (unrolled, not
+    counting the instructions around them), or values with indices and pointers."""
+    if kind == "dense":
+        return value_bytes * w.size
+    if kind.endswith("unrolled"):  # as on Cortex-M
+        return value_bytes * int(np.count_nonzero(w))
+    return _sparse_bytes(w, kind, value_bytes)
 
 
 def sparse_table_bytes(policy: MLPPolicy) -> int:
-    """Bytes of actor.c's weight tables: fp32 values, indices, pointers, biases."""
-    sizes = {"uint8_t": 1, "uint16_t": 2, "uint32_t": 4}
-    total = 0
-    for w, b in zip(policy.weights, policy.biases):
-        nnz = int(np.count_nonzero(w))
-        indexed, pointed = (w.shape[1], w.shape[0]) if _row_wise(w) else (w.shape[0], w.shape[1])
-        total += (4 + sizes[_index_type(indexed)]) * nnz
-        total += sizes[_index_type(nnz + 1)] * (pointed + 1) + 4 * b.size
-    return total
+    """Bytes of actor.c's weights (fp32 values, indices, pointers) and biases."""
+    return sum(_weight_bytes(w, layer_kind(w)) + 4 * b.size for w, b in zip(policy.weights, policy.biases))
 
+
+# --- tables and loops of one layer: dst[i] = act((W x)[i] + b[i]) ------------------------
+
+@dataclass(frozen=True)
+class _Layer:
+    name: str          # table prefix, e.g. L1
+    w: np.ndarray      # [out, in], float32, or int8 codes for a quantised layer
+    src: str           # input array
+    dst: str           # output array
+    skip_zero: bool    # the input comes from a ReLU: zero inputs skip their column (CSC)
+    ctype: str = "float"
+    acc: str = ""      # accumulator array of a quantised layer (int32), else dst
+    # How output {i} with value {v} is stored, activation included; default dst[i] = v.
+    # Applied where the value is formed (in registers), not in a second pass over dst.
+    store: str = ""
+
+    @property
+    def out(self) -> int:
+        return self.w.shape[0]
+
+    @property
+    def inputs(self) -> int:
+        return self.w.shape[1]
+
+    @property
+    def scalar(self) -> str:
+        return "float" if self.ctype == "float" else "int32_t"
+
+    def zero(self) -> str:
+        return "0.0f" if self.ctype == "float" else "0"
+
+    def put(self, i: str, v: str) -> str:
+        return self.store.format(i=i, v=v) if self.store else f"{self.dst}[{i}] = {v};"
+
+
+def _dense_tables(layer: _Layer) -> str:
+    # Transposed ([in][out]) so that the axpy and the register blocks read it contiguously;
+    # the row-wise dot products of a narrow layer on a vector ISA read it as stored.
+    transposed = _array(layer.ctype, f"{layer.name}_W", layer.w.T)
+    if layer.out >= 16:
+        return transposed
+    return (f"#ifdef TP_SCALAR_FPU\n{transposed}#else\n"
+            f"{_array(layer.ctype, f'{layer.name}_W', layer.w)}#endif\n")
+
+
+def _register_block(layer: _Layer, start: str, size: int) -> str:
+    """Cortex-M: `size` outputs from `start` accumulated in registers over all inputs."""
+    n, name = layer.out, layer.name
+    lanes = range(size)
+    return (f"    {{\n"
+            f"        const float *w = &{name}_W[0][{start}];\n"
+            f"        float {', '.join(f'a{l} = {name}_BIAS[{start} + {l}]' for l in lanes)};\n"
+            f"        for (j = 0; j < {layer.inputs}; ++j, w += {n}) {{\n"
+            f"            const float xj = {layer.src}[j];\n"
+            + "".join(f"            a{l} += w[{l}] * xj;\n" for l in lanes)
+            + f"        }}\n"
+            + "".join(f"        {layer.put(f'{start} + {l}', f'a{l}')}\n" for l in lanes)
+            + f"    }}\n")
+
+
+def _register_blocks(layer: _Layer) -> str:
+    n, block = layer.out, REGISTER_BLOCK
+    tail = n % block
+    loop = (f"    for (i = 0; i + {block} <= {n}; i += {block})\n" + _register_block(layer, "i", block)
+            if n >= block else "")
+    return loop + (_register_block(layer, str(n - tail), tail) if tail else "")
+
+
+def _vector_block(layer: _Layer, size: str) -> str:
+    """Vector ISAs: `size` outputs from i in a local array the compiler keeps in vector
+    registers over all inputs (TP_BLOCK of them: several independent multiply-add chains)."""
+    return (f"    {{\n"
+            f"        float a[TP_BLOCK];\n"
+            f"        for (l = 0; l < {size}; ++l)\n"
+            f"            a[l] = {layer.name}_BIAS[i + l];\n"
+            f"        for (j = 0; j < {layer.inputs}; ++j) {{\n"
+            f"            const float xj = {layer.src}[j];\n"
+            f"            const float *w = &{layer.name}_W[j][i];\n"
+            f"            for (l = 0; l < {size}; ++l)\n"
+            f"                a[l] += w[l] * xj;\n"
+            f"        }}\n"
+            f"        for (l = 0; l < {size}; ++l)\n"
+            f"            {layer.put('i + l', 'a[l]')}\n"
+            f"    }}\n")
+
+
+def _vector_loop(layer: _Layer) -> str:
+    n, m, name, x = layer.out, layer.inputs, layer.name, layer.src
+    if n < 16:
+        # Every row's partial sums advance together: n independent chains per input chunk.
+        return (f"    {{\n"
+                f"        float part[{n}][TP_LANES];\n"
+                f"        for (i = 0; i < {n}; ++i)\n"
+                f"            for (l = 0; l < TP_LANES; ++l)\n"
+                f"                part[i][l] = 0.0f;\n"
+                f"        for (j = 0; j + TP_LANES <= {m}; j += TP_LANES)\n"
+                f"            for (i = 0; i < {n}; ++i)\n"
+                f"                for (l = 0; l < TP_LANES; ++l)\n"
+                f"                    part[i][l] += {name}_W[i][j + l] * {x}[j + l];\n"
+                f"        for (i = 0; i < {n}; ++i) {{\n"
+                f"            float sum = {name}_BIAS[i];\n"
+                f"            for (p = j; p < {m}; ++p)\n"
+                f"                sum += {name}_W[i][p] * {x}[p];\n"
+                f"            for (l = 0; l < TP_LANES; ++l)\n"
+                f"                sum += part[i][l];\n"
+                f"            {layer.put('i', 'sum')}\n"
+                f"        }}\n"
+                f"    }}\n")
+    return (f"    for (i = 0; i + TP_BLOCK <= {n}; i += TP_BLOCK)\n" + _vector_block(layer, "TP_BLOCK")
+                  + f"    if ({n} % TP_BLOCK)\n" + _vector_block(layer, f"{n} % TP_BLOCK"))
+
+
+def _dense_loop(layer: _Layer) -> str:
+    return f"#ifdef TP_SCALAR_FPU\n{_register_blocks(layer)}#else\n{_vector_loop(layer)}#endif\n"
+
+
+def _unrolled_loop(layer: _Layer) -> str:
+    """Straight-line code, one statement per output, the weights as constants in the code:
+    no index loads, no loop branches; larger than tables (a constant and the instructions
+    that load it and multiply-add per nonzero)."""
+    lines = []
+    for i, row in enumerate(layer.w):
+        terms = "".join(f" + {_float(row[j])} * {layer.src}[{j}]" for j in np.flatnonzero(row))
+        lines.append(f"    {{\n        const float v = {layer.name}_BIAS[{i}]{terms};\n"
+                     f"        {layer.put(str(i), 'v')}\n    }}\n")
+    return "".join(lines)
+
+
+def _csc_tables(layer: _Layer) -> str:
+    w = layer.w
+    cols, rows = np.nonzero(w.T)                     # column-major order
+    col_ptr = np.concatenate([[0], np.cumsum(np.count_nonzero(w, axis=0))])
+    fmt = _float if layer.ctype == "float" else _int
+    return (_array(layer.ctype, f"{layer.name}_VAL", w[rows, cols], 16 if fmt is _int else 6, fmt)
+            + _array(_index_type(w.shape[0]), f"{layer.name}_ROW", rows, 16, _int)
+            + _array(_index_type(len(rows) + 1), f"{layer.name}_COL", col_ptr, 16, _int))
+
+
+def _csc_loop(layer: _Layer) -> str:
+    name, acc = layer.name, layer.acc or layer.dst
+    init = (f"        {acc}[i] = {name}_BIAS[i];\n" if layer.ctype == "float" else f"        {acc}[i] = 0;\n")
+    return (f"    for (i = 0; i < {layer.out}; ++i)\n" + init
+            + f"    for (j = 0; j < {layer.inputs}; ++j) {{\n"
+            f"        const {layer.scalar} xj = {layer.src}[j];\n"
+            + (f"        if (xj == {layer.zero()})\n            continue;\n" if layer.skip_zero else "")
+            + f"        for (p = (int){name}_COL[j]; p < (int){name}_COL[j + 1]; ++p)\n"
+            f"            {acc}[{name}_ROW[p]] += {name}_VAL[p] * xj;\n"
+            f"    }}\n"
+            + (f"    for (i = 0; i < {layer.out}; ++i)\n        {layer.put('i', f'{acc}[i]')}\n" if layer.store else ""))
+
+
+def _csr_tables(layer: _Layer) -> str:
+    w = layer.w
+    rows, cols = np.nonzero(w)                       # row-major order
+    row_ptr = np.concatenate([[0], np.cumsum(np.count_nonzero(w, axis=1))])
+    fmt = _float if layer.ctype == "float" else _int
+    return (_array(layer.ctype, f"{layer.name}_VAL", w[rows, cols], 16 if fmt is _int else 6, fmt)
+            + _array(_index_type(w.shape[1]), f"{layer.name}_COL", cols, 16, _int)
+            + _array(_index_type(len(rows) + 1), f"{layer.name}_ROW", row_ptr, 16, _int))
+
+
+def _csr_loop(layer: _Layer) -> str:
+    v, c, t, z = f"{layer.name}_VAL", f"{layer.name}_COL", layer.scalar, layer.zero()
+    x, acc = layer.src, layer.acc or layer.dst
+    first = f"{layer.name}_BIAS[i]" if layer.ctype == "float" else z
+    return (f"    for (i = 0; i < {layer.out}; ++i) {{\n"
+            f"        {t} a0 = {first}, a1 = {z}, a2 = {z}, a3 = {z};\n"
+            f"        const int end = (int){layer.name}_ROW[i + 1];\n"
+            f"        for (p = (int){layer.name}_ROW[i]; p + 4 <= end; p += 4) {{\n"
+            f"            a0 += {v}[p] * {x}[{c}[p]];\n"
+            f"            a1 += {v}[p + 1] * {x}[{c}[p + 1]];\n"
+            f"            a2 += {v}[p + 2] * {x}[{c}[p + 2]];\n"
+            f"            a3 += {v}[p + 3] * {x}[{c}[p + 3]];\n"
+            f"        }}\n"
+            f"        for (; p < end; ++p)\n"
+            f"            a0 += {v}[p] * {x}[{c}[p]];\n"
+            f"        {layer.put('i', '(a0 + a1) + (a2 + a3)') if layer.ctype == 'float' else f'{acc}[i] = (a0 + a1) + (a2 + a3);'}\n"
+            f"    }}\n")
+
+
+def _layer_code(layer: _Layer, kind: str, bias: np.ndarray) -> tuple[str, str]:
+    """(tables, loops) computing dst = W src + b for one layer with kernel `kind`."""
+    tables = _array("float", f"{layer.name}_BIAS", bias)
+    if kind == "dense":
+        return tables + _dense_tables(layer), _dense_loop(layer)
+    if kind == "csc":
+        return tables + _csc_tables(layer), _csc_loop(layer)
+    if kind == "unrolled":
+        return tables, _unrolled_loop(layer)
+    if kind.endswith("_unrolled"):
+        vector = kind.removesuffix("_unrolled")
+        vector_tables, vector_loop = {"dense": (_dense_tables, _vector_loop), "csc": (_csc_tables, _csc_loop),
+                                      "csr": (_csr_tables, _csr_loop)}[vector]
+        return (tables + f"#ifndef TP_SCALAR_FPU\n{vector_tables(layer)}#endif\n",
+                f"#ifdef TP_SCALAR_FPU\n{_unrolled_loop(layer)}#else\n{vector_loop(layer)}#endif\n")
+    return tables + _csr_tables(layer), _csr_loop(layer)
+
+
+def _comment(k: int, w: np.ndarray, kind: str, what: str) -> str:
+    return (f"    /* layer {k}: {w.shape[1]} -> {w.shape[0]}, {np.count_nonzero(w)} nonzeros "
+            f"of {w.size}, {kind}, {what} */\n")
+
+
+# --- the float kernels ---------------------------------------------------------------------
 
 def _io_tables(policy: MLPPolicy) -> tuple[str, bool]:
     normalise = not (np.all(policy.obs_mean == 0) and np.all(policy.obs_std == 1))
@@ -96,175 +410,331 @@ def _io_tables(policy: MLPPolicy) -> tuple[str, bool]:
     return "".join(parts), normalise
 
 
-def _prologue(normalise: bool, scratch: str, loop_vars: str) -> str:
-    lines = [f"    {scratch}", f"    int {loop_vars};"]
-    if normalise:
-        lines += ["    static float x[TP_OBS_DIM];",
-                  "    for (i = 0; i < TP_OBS_DIM; ++i)",
-                  "        x[i] = (obs[i] - OBS_MEAN[i]) / OBS_STD[i];"]
-    else:
-        lines += ["    const float *x = obs;"]
-    return "\n".join(lines) + "\n"
+def _input(normalise: bool) -> str:
+    if not normalise:
+        return "    const float *x = obs;\n"
+    return ("    static float x[TP_OBS_DIM];\n"
+            "    for (i = 0; i < TP_OBS_DIM; ++i)\n"
+            "        x[i] = (obs[i] - OBS_MEAN[i]) / OBS_STD[i];\n")
 
 
-def _activation(policy: MLPPolicy, last: bool, target: str, value: str) -> str:
-    """The statement that stores element i of a layer's output."""
+def _store(policy: MLPPolicy, last: bool, buffer: str) -> str:
+    """A layer's store template (see _Layer.store): its activation, and for the last layer
+    the squashing and action scaling into `actions`."""
     if last:
-        squashed = (f"tanhf({value})" if policy.output == "tanh"
-                    else f"({value} < -1.0f ? -1.0f : ({value} > 1.0f ? 1.0f : {value}))")
-        return f"actions[i] = {squashed} * ACTION_SCALE[i] + ACTION_OFFSET[i];"
-    if policy.hidden_activation == "relu":
-        return f"{target}[i] = {value} > 0.0f ? {value} : 0.0f;"
-    return f"{target}[i] = tanhf({value});"
+        squash = "tanhf" if policy.output == "tanh" else "tp_clip1"
+        return f"actions[{{i}}] = {squash}({{v}}) * ACTION_SCALE[{{i}}] + ACTION_OFFSET[{{i}}];"
+    return f"{buffer}[{{i}}] = {'tp_relu' if policy.hidden_activation == 'relu' else 'tanhf'}({{v}});"
 
 
-def _layer_comment(k: int, w: np.ndarray, policy: MLPPolicy) -> str:
-    last = k == len(policy.weights) - 1
-    act = policy.output if last else policy.hidden_activation
-    return (f"    /* layer {k}: {w.shape[1]} -> {w.shape[0]}, {np.count_nonzero(w)} nonzeros "
-            f"of {w.size}, {act} */\n")
+def _float_kernel(policy: MLPPolicy, function: str, description: str, kinds: list[str]) -> str:
+    """One function per layer, kept out of line: inlined into one body, compilers carry the
+    straight-line layers' outputs into the next layer in registers and spill them (kilobytes
+    of stack on Cortex-M)."""
+    io, normalise = _io_tables(policy)
+    width = max(w.shape[0] for w in policy.weights)
+    tables, layers, calls = [io], [], []
+    source = "x"
+    for k, (w, b, kind) in enumerate(zip(policy.weights, policy.biases, kinds)):
+        last = k == len(policy.weights) - 1
+        dst = f"h{k % 2}"
+        layer = _Layer(f"L{k}", w, "x", dst, skip_zero=k > 0 and policy.hidden_activation == "relu",
+                       store=_store(policy, last, dst))
+        table, loop = _layer_code(layer, kind, b)
+        tables.append(table)
+        layers.append(f"static TP_NOINLINE void layer{k}(const float *restrict x, float *restrict actions)\n{{\n" + _LOOP_VARIABLES
+                      + "    (void)actions;\n"
+                      + _comment(k, w, kind, policy.output if last else policy.hidden_activation) + loop + "}\n\n")
+        calls.append(f"    layer{k}({source}, actions);\n")
+        source = dst
+    return (f"/* Generated by tinypolicy: {description}. */\n" + _PREAMBLE + "".join(tables) + "\n"
+            + f"static float h0[{width}], h1[{width}];\n\n" + "".join(layers)
+            + f"void {function}(const float *obs, float *actions)\n{{\n"
+            + ("    int i;\n" if normalise else "") + _input(normalise) + "".join(calls) + "}\n")
 
 
-def _buffers(policy: MLPPolicy, accumulators: bool) -> tuple[str, list[str]]:
-    """Two ping-pong scratch buffers sized for the widest hidden layer (and, for the sparse
-    kernel, one accumulator buffer for the widest layer)."""
-    widest = max(w.shape[0] for w in policy.weights[:-1]) if len(policy.weights) > 1 else 1
-    scratch = f"static float h0[{widest}], h1[{widest}];"
-    if accumulators:
-        scratch += f"\n    static float acc[{max(w.shape[0] for w in policy.weights)}];"
-    return scratch, ["h0", "h1"]
+def sparse_source(policy: MLPPolicy) -> str:
+    """actor.c: each layer with the kernel its density calls for (`layer_kind`)."""
+    kinds = [layer_kind(w) for w in policy.weights]
+    return _float_kernel(policy, "tp_actor", f"sparse policy, {sum(policy.nnz())} nonzero weights, "
+                         f"layers {'/'.join(kinds)}", kinds)
 
 
-def _header(policy: MLPPolicy, description: str) -> str:
-    return f"""/* Generated by tinypolicy: {description}. Do not edit. */
+def dense_source(policy: MLPPolicy) -> str:
+    """actor_dense.c: the same computation over every weight, zeros included."""
+    return _float_kernel(policy, "tp_actor_dense", f"dense reference policy, {policy.macs()} weights",
+                         ["dense"] * len(policy.weights))
+
+
+# --- the int8 kernel -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Gemm:
+    weight: np.ndarray                 # float32 [out, in], or int8 codes when quantised
+    bias: np.ndarray                   # float32 [out]: dequantised for a quantised layer
+    quantised: bool
+    input_scale: float = 0.0           # quantised: the uint8 codes of the input
+    input_zero: int = 0
+    input_range: tuple[int, int] = (0, 255)
+    channel_scale: np.ndarray | None = None   # quantised: input scale x weight scale, per output
+
+
+@dataclass(frozen=True)
+class _Elementwise:
+    op: str                            # relu, tanh, clip, qdq, mul, add, sub, div
+    values: tuple = ()                 # constants: a vector, or (scale, zero, low, high) for qdq
+
+
+class Int8GraphError(ValueError):
+    """actor.int8.onnx has a node pattern the int8 C kernel does not implement."""
+
+
+def _int8_program(model: onnx.ModelProto) -> list[_Gemm | _Elementwise]:
+    """The int8 graph as a chain of Gemm layers and elementwise steps, from `obs` to
+    `actions`, with every constant dequantised exactly as ONNX Runtime reads it."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+
+    def qparams(node: onnx.NodeProto) -> tuple[float, int, tuple[int, int]]:
+        zero = inits[node.input[2]]
+        info = np.iinfo(zero.dtype)
+        return float(inits[node.input[1]]), int(zero), (int(info.min), int(info.max))
+
+    def constant(name: str) -> np.ndarray:
+        if name in inits:
+            return inits[name].astype(np.float32)
+        node = producer.get(name)
+        if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            raise Int8GraphError(f"{name} is not a constant")
+        q, scale = inits[node.input[0]], inits[node.input[1]].astype(np.float32)
+        zero = inits[node.input[2]] if len(node.input) > 2 else np.zeros_like(q)
+        if q.ndim == 2 and scale.ndim == 1:
+            scale, zero = scale[:, None], np.asarray(zero)[:, None]
+        return ((q.astype(np.int64) - zero).astype(np.float32) * scale).astype(np.float32)
+
+    def only_consumer(name: str) -> onnx.NodeProto:
+        found = consumers.get(name, [])
+        if len(found) != 1:
+            raise Int8GraphError(f"{name} feeds {len(found)} nodes, expected a chain")
+        return found[0]
+
+    program: list[_Gemm | _Elementwise] = []
+    current = "obs"
+    while current != "actions":
+        node = only_consumer(current)
+        op = node.op_type
+        if op == "QuantizeLinear":
+            dq = only_consumer(node.output[0])
+            if dq.op_type != "DequantizeLinear":
+                raise Int8GraphError(f"QuantizeLinear {node.name} is not followed by DequantizeLinear")
+            scale, zero, bounds = qparams(node)
+            following = consumers.get(dq.output[0], [])
+            if (len(following) == 1 and following[0].op_type == "Gemm" and following[0].input[0] == dq.output[0]
+                    and producer.get(following[0].input[1]) is not None):
+                gemm = following[0]
+                wdq = producer[gemm.input[1]]
+                codes, wscale = inits[wdq.input[0]], inits[wdq.input[1]].astype(np.float32)
+                if np.any(inits[wdq.input[2]] != 0) or codes.dtype != np.int8:
+                    raise Int8GraphError(f"{gemm.name}: weights are not symmetric int8")
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
+                if attrs.get("transB") != 1:
+                    raise Int8GraphError(f"{gemm.name}: expected transB=1")
+                channel = (np.float32(scale) * np.broadcast_to(wscale, (codes.shape[0],))).astype(np.float32)
+                program.append(_Gemm(codes, constant(gemm.input[2]), True, np.float32(scale), zero, bounds,
+                                     channel))
+                current = gemm.output[0]
+            else:
+                program.append(_Elementwise("qdq", (scale, zero, *bounds)))
+                current = dq.output[0]
+        elif op == "Gemm":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("transB") != 1:
+                raise Int8GraphError(f"{node.name}: expected transB=1")
+            program.append(_Gemm(constant(node.input[1]), constant(node.input[2]), False))
+            current = node.output[0]
+        elif op in ("Relu", "Tanh"):
+            program.append(_Elementwise(op.lower()))
+            current = node.output[0]
+        elif op == "Clip":
+            program.append(_Elementwise("clip", (float(constant(node.input[1])), float(constant(node.input[2])))))
+            current = node.output[0]
+        elif op in ("Mul", "Add", "Sub", "Div"):
+            if node.input[0] != current:
+                raise Int8GraphError(f"{node.name}: the running value must be the first operand")
+            program.append(_Elementwise(op.lower(), tuple(np.ravel(constant(node.input[1])).tolist())))
+            current = node.output[0]
+        else:
+            raise Int8GraphError(f"unsupported node {op} ({node.name})")
+    return program
+
+
+_QUANTISE_HELPERS = """/* Round half to even, as QuantizeLinear does, without rintf (a library call on Cortex-M):
+   adding and subtracting 1.5 * 2^23 leaves the nearest integer in float32 arithmetic for
+   |v| < 2^22, which the clamp guarantees. */
+static float tp_round(float v, float low, float high)
+{
+    if (v < low) v = low;
+    if (v > high) v = high;
+    return (v + 12582912.0f) - 12582912.0f;
+}
+
+/* QuantizeLinear then DequantizeLinear. */
+static float tp_qdq(float v, float scale, float zero, float low, float high)
+{
+    return (tp_round(v / scale + zero, low, high) - zero) * scale;
+}
+
+"""
+
+
+def _elementwise(step: _Elementwise, v: str, k: int) -> tuple[str, str]:
+    """(tables, expression) of one elementwise step applied to value `v` at index i."""
+    if step.op == "relu":
+        return "", f"{v} > 0.0f ? {v} : 0.0f"
+    if step.op == "tanh":
+        return "", f"tanhf({v})"
+    if step.op == "clip":
+        low, high = (_float(c) for c in step.values)
+        return "", f"{v} < {low} ? {low} : ({v} > {high} ? {high} : {v})"
+    if step.op == "qdq":
+        scale, zero, low, high = step.values
+        return "", f"tp_qdq({v}, {_float(scale)}, {_float(zero)}, {_float(low)}, {_float(high)})"
+    name = f"C{k}"
+    values = np.asarray(step.values, np.float32)
+    operand = f"{name}[i]" if values.size > 1 else _float(values[0])
+    symbol = {"mul": "*", "add": "+", "sub": "-", "div": "/"}[step.op]
+    return (_array("float", name, values) if values.size > 1 else ""), f"{v} {symbol} {operand}"
+
+
+def int8_source(int8_onnx: onnx.ModelProto) -> str:
+    """actor_int8.c: the computation of actor.int8.onnx, quantised layers sparse in int8."""
+    program = _int8_program(int8_onnx)
+    gemms = [s for s in program if isinstance(s, _Gemm)]
+    width = max(g.weight.shape[0] for g in gemms)
+    widest_input = max(g.weight.shape[1] for g in gemms)
+    tables, body = [], []
+    source, relu_before, n = "obs", False, None
+    pending: list[str] = []
+
+    def flush(buffer: str, target: str) -> None:
+        if pending:
+            statements = "".join(f"        v = {e};\n" for e in pending)
+            body.append(f"    for (i = 0; i < {n}; ++i) {{\n        float v = {buffer}[i];\n{statements}"
+                        f"        {target}[i] = v;\n    }}\n")
+            pending.clear()
+        elif target != buffer:
+            body.append(f"    for (i = 0; i < {n}; ++i)\n        {target}[i] = {buffer}[i];\n")
+
+    k = 0
+    for index, step in enumerate(program):
+        if isinstance(step, _Elementwise):
+            n = n or gemms[0].weight.shape[1]  # steps on the observations (normalisation)
+            table, expression = _elementwise(step, "v", index)
+            tables.append(table)
+            pending.append(expression)
+            relu_before = step.op == "relu" or (relu_before and step.op == "qdq")
+            continue
+        dst = f"h{k % 2}"
+        if source != "obs" or pending:
+            target = "xin" if source == "obs" else source
+            flush(source, target)
+            source = target
+        w = step.weight
+        kind = layer_kind(w, compact=True) if not step.quantised else (
+            "csr" if w.shape[0] <= ROW_WISE_MAX_ROWS else "csc")
+        if step.quantised:
+            low, high = step.input_range
+            body.append(f"    for (i = 0; i < {w.shape[1]}; ++i)\n"
+                        f"        q[i] = (int16_t)(tp_round({source}[i] / {_float(step.input_scale)} + "
+                        f"{_float(step.input_zero)}, {_float(low)}, {_float(high)}) - {_float(step.input_zero)});\n")
+            # Codes are zero-point-shifted, so a zero contributes nothing: skipping it is exact.
+            layer = _Layer(f"L{k}", w.astype(np.int32), "q", dst, skip_zero=True, ctype="int8_t", acc="iacc")
+            table, loop = _layer_code(layer, kind, step.bias)
+            tables += [table, _array("float", f"L{k}_SCALE", step.channel_scale)]
+            body += [_comment(k, w, kind, "int8 weights, uint8 inputs, int32 sums"), loop,
+                     f"    for (i = 0; i < {w.shape[0]}; ++i)\n"
+                     f"        {dst}[i] = (float)iacc[i] * L{k}_SCALE[i] + L{k}_BIAS[i];\n"]
+        else:
+            layer = _Layer(f"L{k}", w, source, dst, skip_zero=relu_before)
+            table, loop = _layer_code(layer, kind, step.bias)
+            tables.append(table)
+            body += [_comment(k, w, kind, "float"), loop]
+        source, n, relu_before, k = dst, w.shape[0], False, k + 1
+    flush(source, "actions")
+    nnz = sum(int(np.count_nonzero(g.weight)) for g in gemms)
+    return ("/* Generated by tinypolicy: int8 sparse policy (actor.int8.onnx's quantisation), "
+            f"{nnz} nonzero weights. */\n" + _PREAMBLE + _QUANTISE_HELPERS + "".join(tables) + "\n"
+            "void tp_actor_int8(const float *obs, float *actions)\n{\n"
+            f"    static float h0[{width}], h1[{width}], xin[TP_OBS_DIM];\n"
+            f"    static int16_t q[{widest_input}];\n    static int32_t iacc[{width}];\n"
+            + _LOOP_VARIABLES + "    (void)q; (void)iacc; (void)xin;\n" + "".join(body) + "}\n")
+
+
+def int8_output_step(int8_onnx: str | Path | onnx.ModelProto) -> float:
+    """One quantisation step of the int8 model's actions: the scale of the DequantizeLinear
+    that produces them (0 when the actions are not quantised)."""
+    model = int8_onnx if isinstance(int8_onnx, onnx.ModelProto) else onnx.load(str(int8_onnx))
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if "actions" in node.output and node.op_type == "DequantizeLinear":
+            return float(numpy_helper.to_array(inits[node.input[1]]))
+    return 0.0
+
+
+def int8_table_bytes(int8_onnx: onnx.ModelProto) -> int:
+    """Bytes of actor_int8.c's tables: float layers as in actor.c, quantised layers int8
+    values with their indices, a float scale and bias per output."""
+    total = 0
+    for step in _int8_program(int8_onnx):
+        if not isinstance(step, _Gemm):
+            continue
+        w = step.weight
+        if step.quantised:
+            total += _sparse_bytes(w, "csr" if w.shape[0] <= ROW_WISE_MAX_ROWS else "csc", 1) + 8 * w.shape[0]
+        else:
+            total += _weight_bytes(w, layer_kind(w, compact=True)) + 4 * w.shape[0]
+    return total
+
+
+def _header(policy: MLPPolicy, int8: bool) -> str:
+    int8_decl = ("\n/* The int8 policy of actor.int8.onnx (same quantisation), sparse. Not reentrant. */\n"
+                 "void tp_actor_int8(const float *obs, float *actions);\n" if int8 else "")
+    return f"""/* Generated by tinypolicy: policy API. Do not edit. */
 #ifndef TP_ACTOR_H
 #define TP_ACTOR_H
 
 #define TP_OBS_DIM {policy.obs_dim}
 #define TP_ACT_DIM {policy.act_dim}
 
-/* Sparse policy (dead neurons removed, CSC weights): TP_OBS_DIM observations in env units -> TP_ACT_DIM actions in
+/* Sparse policy (dead neurons removed): TP_OBS_DIM observations in env units -> TP_ACT_DIM actions in
    env units. Uses static scratch buffers: not reentrant. */
 void tp_actor(const float *obs, float *actions);
 
-/* Dense reference of the same policy (before dead-neuron removal). */
+/* Dense reference of the same policy (before dead-neuron removal), vectorised. */
 void tp_actor_dense(const float *obs, float *actions);
-
+{int8_decl}
 #endif
 """
 
 
-def _csc_tables(k: int, w: np.ndarray) -> str:
-    cols, rows = np.nonzero(w.T)                     # column-major order
-    col_ptr = np.concatenate([[0], np.cumsum(np.count_nonzero(w, axis=0))])
-    return (_array("float", f"L{k}_VAL", w[rows, cols])
-            + _array(_index_type(w.shape[0]), f"L{k}_ROW", rows, 16, str)
-            + _array(_index_type(len(rows) + 1), f"L{k}_COL", col_ptr, 16, str))
-
-
-def _csc_loop(k: int, w: np.ndarray, x: str, skip_zero: bool, activation: str) -> str:
-    return (f"    for (i = 0; i < {w.shape[0]}; ++i)\n"
-            f"        acc[i] = L{k}_BIAS[i];\n"
-            f"    for (j = 0; j < {w.shape[1]}; ++j) {{\n"
-            f"        const float xj = {x}[j];\n"
-            + ("        if (xj == 0.0f)\n            continue;\n" if skip_zero else "")
-            + f"        for (p = (int)L{k}_COL[j]; p < (int)L{k}_COL[j + 1]; ++p)\n"
-            f"            acc[L{k}_ROW[p]] += L{k}_VAL[p] * xj;\n"
-            f"    }}\n"
-            f"    for (i = 0; i < {w.shape[0]}; ++i)\n"
-            f"        {activation}\n")
-
-
-def _csr_tables(k: int, w: np.ndarray) -> str:
-    rows, cols = np.nonzero(w)                       # row-major order
-    row_ptr = np.concatenate([[0], np.cumsum(np.count_nonzero(w, axis=1))])
-    return (_array("float", f"L{k}_VAL", w[rows, cols])
-            + _array(_index_type(w.shape[1]), f"L{k}_COL", cols, 16, str)
-            + _array(_index_type(len(rows) + 1), f"L{k}_ROW", row_ptr, 16, str))
-
-
-def _csr_loop(k: int, w: np.ndarray, x: str, activation: str) -> str:
-    v, c = f"L{k}_VAL", f"L{k}_COL"
-    return (f"    for (i = 0; i < {w.shape[0]}; ++i) {{\n"
-            f"        float a0 = L{k}_BIAS[i], a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, sum;\n"
-            f"        const int end = (int)L{k}_ROW[i + 1];\n"
-            f"        for (p = (int)L{k}_ROW[i]; p + 4 <= end; p += 4) {{\n"
-            f"            a0 += {v}[p] * {x}[{c}[p]];\n"
-            f"            a1 += {v}[p + 1] * {x}[{c}[p + 1]];\n"
-            f"            a2 += {v}[p + 2] * {x}[{c}[p + 2]];\n"
-            f"            a3 += {v}[p + 3] * {x}[{c}[p + 3]];\n"
-            f"        }}\n"
-            f"        for (; p < end; ++p)\n"
-            f"            a0 += {v}[p] * {x}[{c}[p]];\n"
-            f"        sum = (a0 + a1) + (a2 + a3);\n"
-            f"        {activation}\n"
-            f"    }}\n")
-
-
-def sparse_source(policy: MLPPolicy) -> str:
-    """actor.c: the sparse kernel. CSC layers skip the zero inputs of a ReLU layer; a layer
-    with at most ROW_WISE_MAX_ROWS outputs is row-wise CSR with four partial sums, since
-    scattering into a handful of accumulators chains every update through memory."""
-    io, normalise = _io_tables(policy)
-    any_csc = not all(_row_wise(w) for w in policy.weights)
-    scratch, names = _buffers(policy, accumulators=any_csc)
-    tables, body = [io], []
-    source = "x"
-    for k, (w, b) in enumerate(zip(policy.weights, policy.biases)):
-        last = k == len(policy.weights) - 1
-        target = names[k % 2]
-        body.append(_layer_comment(k, w, policy))
-        tables.append(_array("float", f"L{k}_BIAS", b))
-        if _row_wise(w):
-            tables.append(_csr_tables(k, w))
-            body.append(_csr_loop(k, w, source, _activation(policy, last, target, "sum")))
-        else:
-            tables.append(_csc_tables(k, w))
-            skip_zero = k > 0 and policy.hidden_activation == "relu"
-            body.append(_csc_loop(k, w, source, skip_zero, _activation(policy, last, target, "acc[i]")))
-        source = target
-    return (f"/* Generated by tinypolicy: sparse policy, {sum(policy.nnz())} nonzero weights. */\n"
-            "#include <math.h>\n#include <stdint.h>\n\n#include \"actor.h\"\n\n"
-            + "".join(tables) + "\n"
-            + "void tp_actor(const float *obs, float *actions)\n{\n"
-            + _prologue(normalise, scratch, "i, j, p" if any_csc else "i, p") + "".join(body) + "}\n")
-
-
-def dense_source(policy: MLPPolicy) -> str:
-    """actor_dense.c: the same computation over every weight, zeros included."""
-    io, normalise = _io_tables(policy)
-    scratch, names = _buffers(policy, accumulators=False)
-    tables, body = [io], []
-    source = "x"
-    for k, (w, b) in enumerate(zip(policy.weights, policy.biases)):
-        last = k == len(policy.weights) - 1
-        tables.append(_array("float", f"D{k}_W", w))
-        tables.append(_array("float", f"D{k}_BIAS", b))
-        target = names[k % 2]
-        body.append(_layer_comment(k, w, policy))
-        body.append(f"    for (i = 0; i < {w.shape[0]}; ++i) {{\n"
-                    f"        float acc = D{k}_BIAS[i];\n"
-                    f"        for (j = 0; j < {w.shape[1]}; ++j)\n"
-                    f"            acc += D{k}_W[i][j] * {source}[j];\n"
-                    f"        {_activation(policy, last, target, 'acc')}\n"
-                    f"    }}\n")
-        source = target
-    return (f"/* Generated by tinypolicy: dense reference policy, {policy.macs()} weights. */\n"
-            "#include <math.h>\n\n#include \"actor.h\"\n\n"
-            + "".join(tables) + "\n"
-            + "void tp_actor_dense(const float *obs, float *actions)\n{\n"
-            + _prologue(normalise, scratch, "i, j") + "".join(body) + "}\n")
-
-
-def write_c_sources(sparse: MLPPolicy, out_dir: str | Path, dense: MLPPolicy | None = None) -> list[Path]:
-    """Write actor.h, actor.c (sparse kernel of `sparse`) and actor_dense.c (dense kernel of
-    `dense`, default `sparse`) into `out_dir`; returns their paths."""
+def write_c_sources(sparse: MLPPolicy, out_dir: str | Path, dense: MLPPolicy | None = None,
+                    int8_onnx: onnx.ModelProto | None = None) -> list[Path]:
+    """Write actor.h, actor.c (sparse kernel of `sparse`), actor_dense.c (dense kernel of
+    `dense`, default `sparse`) and, given the int8 model, actor_int8.c into `out_dir`;
+    returns their paths."""
     dense = dense or sparse
     if (sparse.obs_dim, sparse.act_dim) != (dense.obs_dim, dense.act_dim):
         raise ValueError("the sparse and dense policies must have the same input and output dims")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    texts = {HEADER: _header(sparse, "policy API"), SPARSE: sparse_source(sparse), DENSE: dense_source(dense)}
+    texts = {HEADER: _header(sparse, int8_onnx is not None), SPARSE: sparse_source(sparse),
+             DENSE: dense_source(dense)}
+    if int8_onnx is not None:
+        texts[INT8] = int8_source(int8_onnx)
     paths = []
     for name, text in texts.items():
         write_text(out / name, text)
@@ -272,15 +742,18 @@ def write_c_sources(sparse: MLPPolicy, out_dir: str | Path, dense: MLPPolicy | N
     return paths
 
 
-def compile_shared(src_dir: str | Path, output: str | Path, extra_sources: tuple[Path, ...] = ()) -> Path:
-    """Compile actor.c and actor_dense.c (plus `extra_sources`) with the warning flags as
-    errors into a shared library for ctypes; raises RuntimeError with gcc's message."""
+def compile_shared(src_dir: str | Path, output: str | Path, extra_sources: tuple[Path, ...] = (),
+                   cflags: tuple[str, ...] = HOST_CFLAGS) -> Path:
+    """Compile the kernels in `src_dir` (actor.c, actor_dense.c and actor_int8.c where
+    present, plus `extra_sources`) with the warning flags as errors into a shared library
+    for ctypes; raises RuntimeError with gcc's message."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler (gcc) on PATH")
     src = Path(src_dir)
-    cmd = [cc, *CFLAGS, "-fPIC", "-shared", f"-I{src}", str(src / SPARSE), str(src / DENSE),
-           *map(str, extra_sources), "-o", str(output), "-lm"]
+    kernels = [str(src / name) for name in (SPARSE, DENSE, INT8) if (src / name).is_file()]
+    cmd = [cc, *cflags, "-fPIC", "-shared", f"-I{src}", *kernels, *map(str, extra_sources),
+           "-o", str(output), "-lm"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr}")

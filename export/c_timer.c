@@ -1,9 +1,11 @@
 /* Timing harness for the generated kernels, compiled into the same shared library as
-   actor.c and actor_dense.c so that the timed loop contains no Python. */
+   the kernels so that the timed loop contains no Python. */
 #define _POSIX_C_SOURCE 199309L
 #include <time.h>
 
 #include "actor.h"
+
+typedef void (*tp_kernel)(const float *obs, float *actions);
 
 static double now_ns(void)
 {
@@ -15,13 +17,12 @@ static double now_ns(void)
 /* Keeps the compiler from dropping calls whose results are unused. */
 volatile float tp_timer_sink;
 
-/* Times `calls` calls of tp_actor (dense = 0) or tp_actor_dense (dense = 1), cycling
-   through `n_obs` observations: per_call_ns[c] gets each call's own time. Returns the
-   mean time per call of a second, untimed loop of `calls` calls (no clock reads inside),
-   which is free of the clock's own overhead. */
-double tp_time_calls(int dense, const float *obs, int n_obs, int calls, double *per_call_ns)
+/* Times `calls` calls of `actor` (any kernel with the tp_actor signature, also one from
+   another library), cycling through `n_obs` observations: per_call_ns[c] gets each call's
+   own time. Returns the mean time per call of a second, untimed loop of `calls` calls (no
+   clock reads inside), which is free of the clock's own overhead. */
+double tp_time_calls(tp_kernel actor, const float *obs, int n_obs, int calls, double *per_call_ns)
 {
-    void (*actor)(const float *, float *) = dense ? tp_actor_dense : tp_actor;
     float actions[TP_ACT_DIM];
     double start, total;
     int c;

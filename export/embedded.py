@@ -1,9 +1,10 @@
 """Embedded targets: the exported C actor built into firmware with real cross toolchains,
 measured and run under QEMU.
 
-For each target the bundle's kernels (sparse CSR `tp_actor` in actor.c and the dense
-reference `tp_actor_dense` in actor_dense.c) are linked with the harness in
-export/embedded_c/, and a third build links the harness alone:
+For each target the bundle's kernels (sparse `tp_actor` in actor.c, the dense reference
+`tp_actor_dense` in actor_dense.c and the int8 sparse `tp_actor_int8` in actor_int8.c)
+are each linked with the harness in export/embedded_c/, and one more build links the
+harness alone. Everything is compiled with -Wall -Wextra -Werror -pedantic:
 
 - Footprint (exact): `size -B` of each build, flash = text + data and RAM = data + bss;
   the harness-only build is subtracted for the model's share, and the kernel call's stack
@@ -12,10 +13,13 @@ export/embedded_c/, and a third build links the harness alone:
   reserved), so an actor too big for the part fails to link.
 - Parity: the firmware runs under QEMU (Cortex-M: `qemu-system-arm` on an MPS2 board with
   semihosting for file I/O; aarch64: `qemu-aarch64`) on a fixed set of observations, and
-  its actions are compared with ONNX Runtime on the bundle's actor.onnx.
+  its actions are compared with ONNX Runtime on the bundle's actor.onnx (the int8 kernel:
+  on actor.int8.onnx, within one quantisation step of the actions).
 - Instructions per inference (exact): a TCG plugin (export/embedded_c/insn_count_plugin.c,
   built here with the host compiler) counts every executed guest instruction between the
-  harness's two marker functions; an empty window's count is subtracted.
+  harness's two marker functions; an empty window's count is subtracted. Divided by the
+  multiply-accumulates the kernel stands for (nonzero MACs for the sparse kernels, all
+  MACs for the dense one), it gives instructions per MAC, activations and scaling included.
 - Cycles and microseconds are estimates only: instructions times an assumed range of
   cycles per instruction at the part's clock, the assumption stated next to them.
 
@@ -35,12 +39,16 @@ import numpy as np
 from tqdm import tqdm
 
 from tinypolicy.export.bundle import FILES, PARITY_TOLERANCE, load_bundle
+from tinypolicy.export.c_codegen import DENSE, INT8, SPARSE, WARNINGS, int8_output_step
 from tinypolicy.export.runtimes import ort_actions, ort_session
 from tinypolicy.export.settings import TARGETS, Target
 from tinypolicy.ondevice.artefact import prepare_output_dir, write_json, write_text
 from tinypolicy.ondevice.errors import UserError
 
-KERNELS = {"sparse": ("actor.c", "tp_actor"), "dense": ("actor_dense.c", "tp_actor_dense")}
+KERNELS = {"sparse": (SPARSE, "tp_actor"), "dense": (DENSE, "tp_actor_dense"), "int8": (INT8, "tp_actor_int8")}
+# The ONNX model each kernel is checked against, and which MAC count it stands for.
+REFERENCE = {"sparse": "onnx", "dense": "onnx", "int8": "onnx_int8"}
+MACS = {"sparse": "nonzero", "dense": "dense", "int8": "nonzero"}
 PARITY_OBSERVATIONS = 16
 QEMU_TIMEOUT_S = 300
 APT_PACKAGES = ("gcc gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm qemu-user "
@@ -72,6 +80,8 @@ class ActorSources:
     obs_dim: int
     act_dim: int
     parity_threshold: float  # export's: 1e-5, or more where float32 round-off itself is larger
+    int8_step: float         # one quantisation step of actor.int8.onnx's actions
+    macs: dict               # dense, structural and nonzero multiply-accumulates
 
 
 def read_bundle(bundle_dir: Path) -> tuple[ActorSources, np.ndarray]:
@@ -83,7 +93,9 @@ def read_bundle(bundle_dir: Path) -> tuple[ActorSources, np.ndarray]:
     recorded = np.load(folder / FILES["observations"], allow_pickle=False)
     rows = np.unique(np.linspace(0, len(recorded) - 1, PARITY_OBSERVATIONS).round().astype(int))
     threshold = float(manifest["parity"].get("failure_threshold", PARITY_TOLERANCE))
-    return ActorSources(folder, int(manifest["obs_dim"]), int(manifest["act_dim"]), threshold), recorded[rows]
+    step = int8_output_step(folder / FILES["onnx_int8"])
+    return (ActorSources(folder, int(manifest["obs_dim"]), int(manifest["act_dim"]), threshold, step,
+                         dict(manifest["macs"])), recorded[rows])
 
 
 # --- building ---------------------------------------------------------------------------
@@ -99,7 +111,9 @@ def _linker_script(target: Target, out: Path) -> Path:
 
 
 def compile_flags(target: Target) -> list[str]:
-    common = ["-O2", "-ffunction-sections", "-fdata-sections", "-Wall", f"-DTP_STACK_WINDOW={target.stack_window}"]
+    # ISO C99 would turn off contraction into fused multiply-adds (VFMA on Cortex-M4/M7).
+    common = ["-std=c99", "-O2", "-ffp-contract=fast", "-ffunction-sections", "-fdata-sections", *WARNINGS,
+              f"-DTP_STACK_WINDOW={target.stack_window}"]
     return [*target.cflags, *common]
 
 
@@ -222,6 +236,22 @@ def _estimate(target: Target, instructions: float) -> dict:
                           f"at {target.clock_mhz:g} MHz ({target.cpi_note})"}
 
 
+def _parity(kernel: str, sources: ActorSources, diff: np.ndarray, observations: int) -> dict:
+    if kernel == "int8":
+        # Rounding to a quantisation step can land one step apart from ONNX Runtime's fused
+        # int8 kernels; the slack covers float32 round-off of the step itself.
+        tolerance = sources.int8_step * 1.001
+        return {"ok": bool(diff.max() <= tolerance), "max_abs_diff": float(diff.max()), "tolerance": tolerance,
+                "max_diff_in_steps": float(diff.max() / sources.int8_step), "observations": observations,
+                "reference": "ONNX Runtime on actor.int8.onnx",
+                "tolerance_source": "one quantisation step of actor.int8.onnx's actions"}
+    return {"ok": bool(diff.max() <= sources.parity_threshold), "max_abs_diff": float(diff.max()),
+            "within_1e-5": bool(diff.max() <= PARITY_TOLERANCE), "tolerance": sources.parity_threshold,
+            "observations": observations, "reference": "ONNX Runtime on actor.onnx",
+            "tolerance_source": "the bundle's export parity threshold (1e-5, or 4x PyTorch's own "
+                                "float32 round-off when that is larger)"}
+
+
 def _kernel_report(target: Target, sources: ActorSources, kernel: str, out: Path, plugin: Path,
                    harness: dict, observations: np.ndarray, reference: np.ndarray) -> dict:
     try:
@@ -229,12 +259,13 @@ def _kernel_report(target: Target, sources: ActorSources, kernel: str, out: Path
     except UserError as exc:
         if kernel == "sparse":
             raise
-        return {"fits": False, "message": str(exc)}  # a dense baseline too big for the part is a result
+        return {"fits": False, "message": str(exc)}  # a dense baseline (or int8) too big for the part is a result
     firmware = section_sizes(target, elf)
     run = run_firmware(target, elf, plugin, observations, sources.act_dim)
     calibration, *windows = run.window_instructions
     instructions = [w - calibration for w in windows]
     diff = np.abs(run.actions - reference)
+    macs = sources.macs[MACS[kernel]]
     static_ram = firmware["static_ram_bytes"] - harness["static_ram_bytes"]
     return {
         "fits": True,
@@ -246,14 +277,11 @@ def _kernel_report(target: Target, sources: ActorSources, kernel: str, out: Path
         "instructions": {
             "exact": True, "median": int(np.median(instructions)), "min": min(instructions),
             "max": max(instructions), "per_observation": instructions,
+            "macs": macs, "macs_counted": MACS[kernel], "per_mac": round(float(np.median(instructions)) / macs, 3),
             "method": "QEMU TCG plugin count of executed guest instructions from the kernel call to its return "
                       f"(harness markers, {calibration} instructions, subtracted)"},
         "estimate": _estimate(target, float(np.median(instructions))),
-        "parity": {"ok": bool(diff.max() <= sources.parity_threshold), "max_abs_diff": float(diff.max()),
-                   "within_1e-5": bool(diff.max() <= PARITY_TOLERANCE), "tolerance": sources.parity_threshold,
-                   "observations": len(observations), "reference": "ONNX Runtime on actor.onnx",
-                   "tolerance_source": "the bundle's export parity threshold (1e-5, or 4x PyTorch's own "
-                                       "float32 round-off when that is larger)"},
+        "parity": _parity(kernel, sources, diff, len(observations)),
     }
 
 
@@ -279,8 +307,8 @@ def embedded_report(bundle_dir: str | Path, target: str, observations: np.ndarra
     observations = np.ascontiguousarray(observations, dtype=np.float32)
     if observations.ndim != 2 or observations.shape[1] != sources.obs_dim or not np.isfinite(observations).all():
         raise UserError(f"observations must be finite and shaped [n, {sources.obs_dim}], got {observations.shape}")
-    reference = ort_actions(ort_session(sources.directory / FILES["onnx"]), observations)
-
+    references = {key: ort_actions(ort_session(sources.directory / FILES[key]), observations)
+                  for key in set(REFERENCE.values())}
 
     final = sources.directory / "embedded" / target
     out = final.with_name(f".{target}.tmp")
@@ -294,7 +322,8 @@ def embedded_report(bundle_dir: str | Path, target: str, observations: np.ndarra
             bar.update(2)
             kernels = {}
             for kernel in KERNELS:
-                kernels[kernel] = _kernel_report(t, sources, kernel, out, plugin, harness, observations, reference)
+                kernels[kernel] = _kernel_report(t, sources, kernel, out, plugin, harness, observations,
+                                                 references[REFERENCE[kernel]])
                 bar.update()
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # a failed build (a full disk, a tool's error) leaves no .tmp behind
@@ -343,22 +372,30 @@ def write_embedded_json(bundle_dir: str | Path, reports: list[dict]) -> Path:
 EMBEDDED_HEADING = "## Embedded targets"
 
 
+def _per_mac(kernel: dict) -> str:
+    counts = kernel["instructions"]
+    # embedded.json merges reports of earlier runs, which may predate this figure
+    return f"{counts['per_mac']:.2f} ({counts['macs_counted']})" if "per_mac" in counts else ""
+
+
 def markdown_section(reports: dict) -> str:
     """The bench report's section for `reports` (embedded.json's content: target -> report)."""
     lines = [EMBEDDED_HEADING, "",
              "Flash and RAM are the model's share (firmware minus the harness alone, plus the call's stack); "
              "instructions per inference are exact counts under QEMU (median over the parity observations); "
              "µs are estimates from an assumed cycles per instruction, see embedded.json.", "",
-             "| target | kernel | flash KiB | RAM KiB | instructions / inference | µs (estimate) | max abs diff vs ORT |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| target | kernel | flash KiB | RAM KiB | instructions / inference | instructions / MAC | µs (estimate) "
+             "| max abs diff vs ORT |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for target, report in reports.items():
         for name, k in report["kernels"].items():
             if not k["fits"]:
-                lines.append(f"| {target} | {name} | does not fit | | | | |")
+                lines.append(f"| {target} | {name} | does not fit | | | | | |")
                 continue
             est = k["estimate"]["microseconds"]
             lines.append(f"| {target} ({report['part'].split(' (')[0]}) | {name} | {k['flash_bytes'] / 1024:.1f} | "
-                         f"{k['ram_bytes'] / 1024:.2f} | {k['instructions']['median']:,} | {est[0]:.0f}-{est[1]:.0f} | "
+                         f"{k['ram_bytes'] / 1024:.2f} | {k['instructions']['median']:,} | "
+                         f"{_per_mac(k)} | {est[0]:.0f}-{est[1]:.0f} | "
                          f"{k['parity']['max_abs_diff']:.1e} |")
     return "\n".join(lines) + "\n"
 
@@ -386,7 +423,8 @@ def summary_lines(report: dict) -> list[str]:
         est = k["estimate"]
         lines.append(
             f"  {name:6} flash {k['flash_bytes'] / 1024:7.1f} KiB  RAM {k['ram_bytes'] / 1024:5.1f} KiB  "
-            f"{k['instructions']['median']:>9,} instructions/inference (exact)  "
+            f"{k['instructions']['median']:>9,} instructions/inference (exact, "
+            f"{k['instructions']['per_mac']:.2f} per {k['instructions']['macs_counted']} MAC)  "
             f"~{est['microseconds'][0]:g}-{est['microseconds'][1]:g} us (estimate)  "
             f"parity {'ok' if k['parity']['ok'] else 'FAILED'} (max |diff| {k['parity']['max_abs_diff']:.1e})")
     if "dense_over_sparse" in report:

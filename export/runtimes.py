@@ -1,4 +1,5 @@
-"""The exported policy as each runtime executes it: ONNX Runtime sessions and the C kernels.
+"""The exported policy as each runtime executes it: ONNX Runtime sessions, the C kernels and,
+where installed, emx-onnx-cgen's C for the same ONNX.
 
 Export uses these for parity and the int8 check, bench for latency and returns, so both
 stages run exactly the same code paths.
@@ -6,15 +7,24 @@ stages run exactly the same code paths.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from tinypolicy.export.c_codegen import compile_shared
+from tinypolicy.export.c_codegen import HOST_CFLAGS, INT8, WARNINGS, compile_shared
 
 FLOAT_P = ctypes.POINTER(ctypes.c_float)
 TIMER_SOURCE = Path(__file__).with_name("c_timer.c")
+# Kernel name -> C function, in the bundle's sources (int8 only where actor_int8.c exists).
+KERNELS = {"sparse": "tp_actor", "dense": "tp_actor_dense", "int8": "tp_actor_int8"}
+EMX = "emx_dense"
+EMX_FUNCTION = "tp_emx_actor"
+EMX_VERSION = "1.4.0"
 
 
 def ort_session(path: str | Path) -> ort.InferenceSession:
@@ -33,37 +43,78 @@ def ort_actions(session: ort.InferenceSession, obs: np.ndarray) -> np.ndarray:
     return session.run(["actions"], {"obs": np.ascontiguousarray(obs, dtype=np.float32)})[0]
 
 
-class CKernels:
-    """actor.c and actor_dense.c (plus the C timing harness) compiled into one shared
-    library with the project's warning flags, called through ctypes."""
+def emx_missing() -> str | None:
+    """Why emx-onnx-cgen cannot be used here (None when it can)."""
+    if importlib.util.find_spec("emx_onnx_cgen") is None:
+        return (f"emx-onnx-cgen not installed (pip install 'tinypolicy[emx]', which pins "
+                f"emx-onnx-cgen=={EMX_VERSION})")
+    return None
 
-    def __init__(self, src_dir: str | Path, build_dir: str | Path, obs_dim: int, act_dim: int):
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.lib = ctypes.CDLL(str(compile_shared(src_dir, Path(build_dir) / "libtpactor.so", (TIMER_SOURCE,))))
-        for name in ("tp_actor", "tp_actor_dense"):
-            getattr(self.lib, name).argtypes = [FLOAT_P, FLOAT_P]
-            getattr(self.lib, name).restype = None
-        self.lib.tp_time_calls.argtypes = [ctypes.c_int, FLOAT_P, ctypes.c_int, ctypes.c_int,
+
+def build_emx(onnx_path: str | Path, build_dir: str | Path, cflags: tuple[str, ...] = HOST_CFLAGS) -> Path:
+    """emx-onnx-cgen's C for `onnx_path` (weights inline, no heap, batch 1), compiled with
+    our optimisation flags (its own warnings are not errors) into a shared library that
+    exports EMX_FUNCTION; raises RuntimeError when the tool or the compiler fails."""
+    build = Path(build_dir)
+    source = build / "emx_actor.c"
+    cmd = [sys.executable, "-m", "emx_onnx_cgen", "compile", str(onnx_path), str(source), "--model-name", EMX_FUNCTION,
+           "--large-weight-threshold", "0", "--large-temp-threshold", "0", "--input-dim", "batch=1"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {(result.stderr or result.stdout).strip()[-500:]}")
+    library = build / "libemx.so"
+    flags = [f for f in cflags if f not in WARNINGS]
+    cc = shutil.which("gcc") or shutil.which("cc")
+    result = subprocess.run([cc, *flags, "-fPIC", "-shared", str(source), "-o", str(library), "-lm"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"compiling emx-onnx-cgen's C failed: {result.stderr.strip()[-500:]}")
+    return library
+
+
+class CKernels:
+    """The bundle's C kernels (plus the C timing harness) compiled into one shared library
+    with the project's flags, called through ctypes; `add_emx` adds emx-onnx-cgen's kernel."""
+
+    def __init__(self, src_dir: str | Path, build_dir: str | Path, obs_dim: int, act_dim: int,
+                 cflags: tuple[str, ...] = HOST_CFLAGS):
+        self.obs_dim, self.act_dim, self.cflags = obs_dim, act_dim, cflags
+        self.lib = ctypes.CDLL(str(compile_shared(src_dir, Path(build_dir) / "libtpactor.so", (TIMER_SOURCE,),
+                                                  cflags)))
+        names = [k for k in KERNELS if k != "int8" or (Path(src_dir) / INT8).is_file()]
+        self.functions = {name: getattr(self.lib, KERNELS[name]) for name in names}
+        self._libraries = [self.lib]
+        for fn in self.functions.values():
+            fn.argtypes, fn.restype = [FLOAT_P, FLOAT_P], None
+        self.lib.tp_time_calls.argtypes = [ctypes.c_void_p, FLOAT_P, ctypes.c_int, ctypes.c_int,
                                            ctypes.POINTER(ctypes.c_double)]
         self.lib.tp_time_calls.restype = ctypes.c_double
         self._out = np.zeros(act_dim, np.float32)
         self._out_p = self._out.ctypes.data_as(FLOAT_P)
 
-    def function(self, dense: bool):
-        return self.lib.tp_actor_dense if dense else self.lib.tp_actor
+    def add_emx(self, onnx_path: str | Path, build_dir: str | Path) -> None:
+        """Build emx-onnx-cgen's kernel of `onnx_path` and make it callable as EMX."""
+        lib = ctypes.CDLL(str(build_emx(onnx_path, build_dir, self.cflags)))
+        fn = getattr(lib, EMX_FUNCTION)
+        fn.argtypes, fn.restype = [FLOAT_P, FLOAT_P], None
+        self._libraries.append(lib)
+        self.functions[EMX] = fn
 
-    def actions(self, obs: np.ndarray, dense: bool = False) -> np.ndarray:
+    def function(self, kernel: str):
+        return self.functions[kernel]
+
+    def actions(self, obs: np.ndarray, kernel: str = "sparse") -> np.ndarray:
         """Run the kernel once per row of an observation batch."""
         obs = np.ascontiguousarray(obs, dtype=np.float32).reshape(-1, self.obs_dim)
         out = np.empty((len(obs), self.act_dim), np.float32)
-        fn = self.function(dense)
+        fn = self.function(kernel)
         for row, target in zip(obs, out):
             fn(row.ctypes.data_as(FLOAT_P), target.ctypes.data_as(FLOAT_P))
         return out
 
-    def policy(self, dense: bool = False):
+    def policy(self, kernel: str = "sparse"):
         """obs (any float array) -> action, for rolling out in an env."""
-        fn = self.function(dense)
+        fn = self.function(kernel)
 
         def act(obs: np.ndarray) -> np.ndarray:
             x = np.ascontiguousarray(obs, dtype=np.float32)
@@ -72,11 +123,12 @@ class CKernels:
 
         return act
 
-    def time_calls(self, obs: np.ndarray, calls: int, dense: bool = False) -> tuple[np.ndarray, float]:
+    def time_calls(self, obs: np.ndarray, calls: int, kernel: str = "sparse") -> tuple[np.ndarray, float]:
         """Per-call nanoseconds of `calls` calls timed inside C (cycling through `obs`), and
         the mean nanoseconds per call of an untimed loop of as many calls."""
         obs = np.ascontiguousarray(obs, dtype=np.float32).reshape(-1, self.obs_dim)
         per_call = np.empty(calls, np.float64)
-        loop_mean = self.lib.tp_time_calls(int(dense), obs.ctypes.data_as(FLOAT_P), len(obs), calls,
+        address = ctypes.cast(self.function(kernel), ctypes.c_void_p)
+        loop_mean = self.lib.tp_time_calls(address, obs.ctypes.data_as(FLOAT_P), len(obs), calls,
                                            per_call.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
         return per_call, float(loop_mean)

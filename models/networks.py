@@ -46,7 +46,7 @@ class MLP(nn.Module):
         act = ACTIVATIONS[self.activation]
         for layer in hidden:
             x = act(layer(x, frozen, member, dtype))
-        return last(x.float(), frozen, member)
+        return last(x.to(last.weight.dtype), frozen, member)  # back from bfloat16 hidden layers
 
 
 class _BoundedActor(nn.Module):

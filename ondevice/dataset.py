@@ -30,7 +30,7 @@ from .errors import UserError
 FORMAT = "tinypolicy.dataset"
 VERSION = 1
 ARRAYS = ("states", "actions", "obs_mean", "obs_std", "action_low", "action_high")
-ACTIVATIONS = ("tanh", "relu")
+ACTIVATIONS = ("tanh", "relu", "elu")  # elu: alpha 1, as torch and ONNX default
 
 
 @dataclass(frozen=True)

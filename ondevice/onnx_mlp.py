@@ -26,7 +26,7 @@ from .errors import UserError
 
 OPSET = 17
 IR_VERSION = 8  # the oldest IR that carries opset 17: loadable by ONNX Runtime >= 1.11
-HIDDEN_ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh"}
+HIDDEN_ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh", "elu": "Elu"}  # ONNX Elu: alpha 1, as trained
 OUTPUTS = ("tanh", "clip")
 
 

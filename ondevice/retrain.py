@@ -125,7 +125,20 @@ def init_params(sizes: list[int], seed: int, masks: list[np.ndarray] | None = No
 
 
 def _activate(name: str, x: np.ndarray) -> np.ndarray:
-    return np.tanh(x, out=x) if name == "tanh" else np.maximum(x, 0.0, out=x)
+    if name == "tanh":
+        return np.tanh(x, out=x)
+    if name == "relu":
+        return np.maximum(x, 0.0, out=x)
+    return np.where(x > 0.0, x, np.expm1(np.minimum(x, 0.0)))  # elu; the minimum keeps expm1 from overflowing
+
+
+def _activation_slope(name: str, h: np.ndarray) -> np.ndarray:
+    """d act / d x, from the activation's output h."""
+    if name == "tanh":
+        return 1.0 - h * h
+    if name == "relu":
+        return h > 0
+    return np.where(h > 0.0, 1.0, h + 1.0)  # elu: exp(x) = h + 1 below zero
 
 
 def policy_mean(params: MLPParams, activation: str, states: np.ndarray) -> np.ndarray:
@@ -163,7 +176,7 @@ def loss_and_grad(params: MLPParams, activation: str, states: np.ndarray, action
         if layer:
             delta = delta @ params.weights[layer]
             h = inputs[layer]
-            delta *= (1.0 - h * h) if activation == "tanh" else (h > 0)
+            delta *= _activation_slope(activation, h)
     return loss
 
 
@@ -214,18 +227,17 @@ def train_bc(states: np.ndarray, actions: np.ndarray, recipe: BCRecipe, init: ML
     return trained, losses
 
 
-def read_mask(path: str | Path, dataset: Dataset) -> list[np.ndarray]:
-    """The fixed topology (weight != 0, [out, in] per layer) of an exported actor that fits
-    `dataset`: same env id and observation/action dims."""
+def read_mask(path: str | Path, env_id: str, obs_dim: int, act_dim: int) -> list[np.ndarray]:
+    """The fixed topology (weight != 0, [out, in] per layer) of an exported actor for `env_id`
+    with these observation and action dims (a dataset's, or the env's during distillation)."""
     weights, _, metadata = read_policy_onnx(path)
     if "env_id" not in metadata:
         raise UserError(f"mask {path} has no env_id metadata: not an actor exported by tinypolicy")
-    if metadata["env_id"] != dataset.env_id:
-        raise UserError(f"mask {path} is an actor for {metadata['env_id']}, the dataset is for {dataset.env_id}")
-    obs_dim, act_dim = weights[0].shape[1], weights[-1].shape[0]
-    if (obs_dim, act_dim) != (dataset.obs_dim, dataset.act_dim):
-        raise UserError(f"mask {path} maps {obs_dim} observations to {act_dim} actions, the dataset "
-                        f"has {dataset.obs_dim} and {dataset.act_dim}")
+    if metadata["env_id"] != env_id:
+        raise UserError(f"mask {path} is an actor for {metadata['env_id']}, not {env_id}")
+    dims = weights[0].shape[1], weights[-1].shape[0]
+    if dims != (obs_dim, act_dim):
+        raise UserError(f"mask {path} maps {dims[0]} observations to {dims[1]} actions, not {obs_dim} to {act_dim}")
     return [w != 0 for w in weights]
 
 
@@ -301,7 +313,7 @@ def retrain(dataset_path: str | Path, out_path: str | Path, hidden: tuple[int, .
         raise UserError("--mask and --init cannot be combined: the init would have to fit the mask")
     masks, init = None, None
     if mask_path is not None:
-        masks = read_mask(mask_path, dataset)
+        masks = read_mask(mask_path, dataset.env_id, dataset.obs_dim, dataset.act_dim)
         recipe = replace(recipe, hidden=_fixed_hidden(hidden, tuple(m.shape[0] for m in masks[:-1]), "--mask"))
     if init_path is not None:
         init = read_init(init_path, dataset)

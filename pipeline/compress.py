@@ -25,9 +25,11 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Collection
+
+import numpy as np
 
 from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.config import from_dict, setting_changes
@@ -42,7 +44,15 @@ from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.retrain import retrain
 from tinypolicy.pipeline.distill import distill
 from tinypolicy.pipeline.report import write_report
-from tinypolicy.pipeline.settings import DistillConfig, EvaluateConfig, ReportConfig, RetrainConfig, TrainConfig
+from tinypolicy.pipeline.settings import (
+    DistillConfig,
+    EvaluateConfig,
+    ReportConfig,
+    RetrainConfig,
+    StudentConfig,
+    TrainConfig,
+)
+from tinypolicy.pipeline.student import distil_student
 from tinypolicy.pipeline.train import train
 
 STAMP = "stamp.json"
@@ -50,8 +60,14 @@ STAGE_CONFIGS = {"train": TrainConfig, "evaluate": EvaluateConfig, "export": Exp
                  "embedded": EmbeddedConfig, "distill": DistillConfig, "retrain": RetrainConfig,
                  "report": ReportConfig}
 STAGES = tuple(STAGE_CONFIGS)  # in the order they run
+# With --from, the train stage compresses the given policy instead of training one: a policy
+# with critics is fine-tuned while it is pruned (the train table), an actor-only one is distilled
+# into a sparse student (this table, at the train table's actor sparsity and seed).
+SETTINGS = STAGE_CONFIGS | {"student": StudentConfig}
 # compress distils from the expert it has just trained; `tinypolicy distill` starts from zeros, as the paper does.
-PIPELINE_DEFAULTS = {"distill": {"init": "expert"}}
+# It distils for the policies a robot retrains (mode a: any init and architecture, and the exported actor's
+# sparse topology), not for one network: a dataset tuned to one init is a compressed checkpoint.
+PIPELINE_DEFAULTS = {"distill": {"init": "expert", "mode": "a"}}
 
 
 def params_hash(params: dict) -> str:
@@ -155,20 +171,23 @@ class PipelineConfig:
     the overrides give (the others keep their dataclass's defaults)."""
     env_id: str
     stages: dict[str, dict]
+    source: Path | None = None  # --from: the policy to compress (a checkpoint), else one is trained
 
     @classmethod
-    def from_preset(cls, env_id: str, preset: dict, overrides: dict[str, dict] | None = None) -> "PipelineConfig":
+    def from_preset(cls, env_id: str, preset: dict, overrides: dict[str, dict] | None = None,
+                    source: Path | None = None) -> "PipelineConfig":
         overrides = overrides or {}
-        for source, tables in (("preset", preset), ("--set overrides", overrides)):
+        for origin, tables in (("preset", preset), ("--set overrides", overrides)):
             if not isinstance(tables, dict) or not all(isinstance(table, dict) for table in tables.values()):
-                raise UserError(f"the {source} must hold one table per stage")
-            unknown = sorted(set(tables) - set(STAGES))
+                raise UserError(f"the {origin} must hold one table per stage")
+            unknown = sorted(set(tables) - set(SETTINGS))
             if unknown:
-                raise UserError(f"unknown stages {unknown} in the {source}; stages are {', '.join(STAGES)}")
+                raise UserError(f"unknown stages {unknown} in the {origin}; stages are {', '.join(SETTINGS)}")
         config = cls(env_id, {name: PIPELINE_DEFAULTS.get(name, {}) | preset.get(name, {}) | overrides.get(name, {})
-                              for name in STAGES})
+                              for name in SETTINGS}, source)
         config.train_config()  # fail early, before any work, on a bad key or value of any stage
-        config.distill_config(Path("checkpoint.pt"))
+        config.distill_config(Path("checkpoint.pt"), Path("actor.onnx"))
+        config.student_config()
         for name in STAGES:
             if name not in ("train", "distill"):
                 config.settings(name)
@@ -177,29 +196,41 @@ class PipelineConfig:
     def settings(self, stage: str, **fixed):
         """`stage`'s config; `fixed` are values compress sets itself (the env, the expert), which
         neither the preset nor the overrides may."""
-        return from_dict(STAGE_CONFIGS[stage], self.stages[stage], f"stage {stage}", fixed=fixed)
+        return from_dict(SETTINGS[stage], self.stages[stage], f"stage {stage}", fixed=fixed)
+
+    def student_config(self) -> StudentConfig:
+        train = self.train_config()
+        return self.settings("student", actor_sparsity=train.actor_sparsity, seed=train.seed, threads=train.threads)
 
     def train_config(self) -> TrainConfig:
         cfg = self.settings("train", env_id=self.env_id)
         cfg.validate()
         return cfg
 
-    def distill_config(self, expert: Path) -> DistillConfig:
-        from_expert = self.stages["distill"].get("init") == "expert"
-        return self.settings("distill", env_id=self.env_id, **({"expert": str(expert)} if from_expert else {}))
+    def distill_config(self, expert: Path, actor: Path) -> DistillConfig:
+        """With `init` expert, from `expert`; in mode a, also for the sparse topology of `actor`."""
+        fixed = {"env_id": self.env_id}
+        if self.stages["distill"].get("init") == "expert":
+            fixed["expert"] = str(expert)
+        if self.stages["distill"].get("mode") == "a":
+            fixed["arch_mask"] = str(actor)
+        return self.settings("distill", **fixed)
 
 
 def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stage]:
     checkpoint = out / "train" / "checkpoint.pt"
     bundle = out / "export"
     dataset = out / "distill"
-    train_cfg, distill_cfg = config.train_config(), config.distill_config(checkpoint)
+    train_cfg, distill_cfg = config.train_config(), config.distill_config(checkpoint, bundle / "actor.onnx")
     from_expert = distill_cfg.init == "expert"
+    distill_inputs = [checkpoint] * from_expert + [bundle / "actor.onnx"] * (distill_cfg.arch_mask is not None)
     evaluate_cfg, export_cfg, bench_cfg, embedded_cfg, retrain_cfg = (
         config.settings(name) for name in ("evaluate", "export", "bench", "embedded", "retrain"))
 
-    def run_train(folder: Path) -> dict:
-        return train(train_cfg, folder, progress=progress)
+    train_stage = (Stage("train", asdict(train_cfg), [], ["checkpoint.pt", "metrics.csv", "eval.json"],
+                         lambda folder: train(train_cfg, folder, progress=progress),
+                         defaults=asdict(TrainConfig(env_id=train_cfg.env_id)))
+                   if config.source is None else source_stage(config, progress))
 
     def run_evaluate(folder: Path) -> dict:
         actor = load_checkpoint(checkpoint).build_actor()
@@ -240,21 +271,39 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
     def run_distill(folder: Path) -> dict:
         return distill(distill_cfg, folder, progress=progress)
 
+    def retrained(folder: Path, name: str, seeds: list[int], start: str, **options) -> dict:
+        """Policies retrained on the device's path (NumPy -> ONNX, run by ONNX Runtime), one per
+        seed, labelled with what they started from and their architecture. The first seed's is
+        policy.NAME.onnx, the others' policy.NAME.sK.onnx."""
+        returns, results = [], []
+        for k, seed in enumerate(seeds):
+            path = folder / (f"policy.{name}.onnx" if k == 0 else f"policy.{name}.s{seed}.onnx")
+            results.append(retrain(dataset, path, seed=seed, **options))
+            session = ort_session(path)
+            returns.append(float(evaluate_policy(lambda obs: ort_actions(session, obs[None])[0], config.env_id,
+                                                 retrain_cfg.episodes, seed=1000).mean()))
+        first = results[0]
+        architecture = f"{'-'.join(map(str, first['hidden']))} {first['activation']}"
+        if first["mask"]:
+            architecture = f"sparse topology of {Path(first['mask']).parent.name}/{Path(first['mask']).name}: " \
+                           f"{architecture}, {first['sparsity']:.1%} sparse"
+        return {k: first[k] for k in ("hidden", "activation", "sparsity", "nnz", "final_loss", "train_seconds")} | {
+            "architecture": architecture, "start": start, "seeds": seeds, "returns": returns,
+            "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns))}
+
     def run_retrain(folder: Path) -> dict:
-        # A HaDES-F dataset is evolved for one policy init, which distill ships beside it; the
-        # sparse topology of the exported actor needs a fresh (masked) init.
-        fixed_init = dataset / "policy_init.npz"
-        summary = {}
-        for name, mask in (("dense", None), ("sparse", bundle / "actor.onnx")):
-            init = fixed_init if mask is None and fixed_init.exists() else None
-            result = retrain(dataset, folder / f"policy.{name}.onnx", mask_path=mask, init_path=init,
-                             seed=retrain_cfg.seed)
-            session = ort_session(folder / f"policy.{name}.onnx")
-            returns = evaluate_policy(lambda obs: ort_actions(session, obs[None])[0], config.env_id,
-                                      retrain_cfg.episodes, seed=1000)
-            summary[name] = {k: result[k] for k in ("hidden", "activation", "sparsity", "nnz", "final_loss",
-                                                    "train_seconds")} | {
-                "mean_return": float(returns.mean()), "std_return": float(returns.std())}
+        # A robot's policy starts from its own init, not from the one a HaDES-F dataset was evolved
+        # for: fresh inits are the deployed case. The shipped init, when there is one, is reported
+        # beside them (never in their place), so the gap between the two shows.
+        seeds = list(range(retrain_cfg.seed, retrain_cfg.seed + retrain_cfg.seeds))
+        fresh = f"fresh init (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
+        summary = {"dense": retrained(folder, "dense", seeds, fresh),
+                   "sparse": retrained(folder, "sparse", seeds, fresh, mask_path=bundle / "actor.onnx")}
+        own_init = dataset / "policy_init.npz"
+        if own_init.exists():
+            summary["dense_own_init"] = retrained(folder, "dense_own_init", [retrain_cfg.seed],
+                                                  "own init (policy_init.npz, the one the dataset was distilled for)",
+                                                  init_path=own_init)
         write_json(folder / "retrain.json", summary)
         return summary
 
@@ -263,30 +312,72 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
         return {"report": str(folder / "report.md")}
 
     return [
-        Stage("train", asdict(train_cfg), [],
-              ["checkpoint.pt", "metrics.csv", "eval.json"], run_train,
-              defaults=asdict(TrainConfig(env_id=train_cfg.env_id))),
+        train_stage,
         Stage("evaluate", asdict(evaluate_cfg), [checkpoint], ["eval.json"], run_evaluate),
         Stage("export", asdict(export_cfg), [checkpoint],
-              ["actor.onnx", "actor.dense.onnx", "actor.int8.onnx", "actor.c", "actor.h", "actor_dense.c",
+              ["actor.onnx", "actor.dense.onnx", "actor.int8.onnx", "actor.c", "actor.h", "actor_dense.c", "actor_int8.c",
                "export.json"], run_export),
         Stage("bench", asdict(bench_cfg), [bundle / "export.json", bundle / "actor.onnx"],
               ["bench.json", "bench.md", "bench.png"], run_bench),
-        Stage("embedded", asdict(embedded_cfg), [bundle / "actor.c", bundle / "actor_dense.c"], ["embedded.json"],
+        Stage("embedded", asdict(embedded_cfg), [bundle / name for name in ("actor.c", "actor_dense.c", "actor_int8.c")],
+              ["embedded.json"],
               run_embedded),
         # Only the settings given: the whole config names the expert by its path, which moves
         # with the output folder (the expert's content, and with it the env, is the checkpoint
         # input; without an expert nothing else records the env).
         Stage("distill", config.stages["distill"] | ({} if from_expert else {"env_id": config.env_id}),
-              [checkpoint] if from_expert else [],
+              distill_inputs,
               ["dataset.npz", "dataset.json", "fitness.csv", "fitness.png"], run_distill),
         Stage("retrain", asdict(retrain_cfg), [dataset / "dataset.npz", bundle / "actor.onnx"],
               ["policy.dense.onnx", "policy.sparse.onnx", "retrain.json"], run_retrain),
-        Stage("report", {}, [checkpoint, out / "train" / "metrics.csv", out / "evaluate" / "eval.json",
+        Stage("report", {}, [out / "train" / name for name in train_stage.outputs] + [out / "evaluate" / "eval.json",
                              bundle / "export.json", out / "bench" / "bench.json", out / "embedded" / "embedded.json",
                              dataset / "dataset.npz", out / "retrain" / "retrain.json"],
               ["report.md", "report.html", "learning_curve.png"], run_report),
     ]
+
+
+def source_stage(config: PipelineConfig, progress: bool) -> Stage:
+    """The train stage of `compress --from`: the given policy compressed to the train table's
+    actor sparsity, beside its own return (teacher.json) on the evaluate stage's episodes."""
+    source = config.source
+    teacher = load_checkpoint(source)
+    if teacher.env_id != config.env_id:
+        raise UserError(f"{source} is a policy for {teacher.env_id}; pass --env {teacher.env_id}")
+    evaluate_cfg = config.settings("evaluate")
+
+    def write_teacher(folder: Path, method: str, mean: float, std: float) -> dict:
+        record = {"source": str(source), "method": method, "episodes": evaluate_cfg.episodes,
+                  "seed": evaluate_cfg.seed, "mean_return": mean, "std_return": std}
+        write_json(folder / "teacher.json", record)
+        return record
+
+    if "critic" in teacher.data:
+        # The network is the teacher's: its algorithm and widths, whatever the preset trains.
+        cfg = replace(config.train_config(), init_from=str(source), algo=teacher.config["algo"],
+                      hidden=tuple(teacher.config["hidden"]))
+
+        def fine_tune(folder: Path) -> dict:
+            summary = train(cfg, folder, progress=progress)
+            returns = evaluate_policy(actor_policy(teacher.build_actor()), config.env_id, evaluate_cfg.episodes,
+                                      evaluate_cfg.seed)
+            teacher_record = write_teacher(folder, f"fine-tuned ({cfg.method})", float(returns.mean()),
+                                           float(returns.std()))
+            return summary | {"teacher": teacher_record}
+
+        params = {k: v for k, v in asdict(cfg).items() if k != "init_from"}  # the source is an input, by content
+        return Stage("train", params, [source], ["checkpoint.pt", "metrics.csv", "eval.json", "teacher.json"],
+                     fine_tune)
+    student_cfg = replace(config.student_config(), eval_episodes=evaluate_cfg.episodes, eval_seed=evaluate_cfg.seed)
+
+    def distil(folder: Path) -> dict:
+        summary = distil_student(student_cfg, source, folder, progress=progress)
+        teacher_record = write_teacher(folder, "DAgger student", summary["teacher_return"],
+                                       summary["teacher_return_std"])
+        return {"actor_sparsity": summary["sparsity"], "mean_return": summary["student_return"],
+                "wall_time_s": summary["wall_time_s"], "teacher": teacher_record}
+
+    return Stage("train", asdict(student_cfg), [source], ["checkpoint.pt", "student.json", "teacher.json"], distil)
 
 
 def refuse_other_work(stages: list[Stage], out: Path, rerun: Collection[str]) -> None:

@@ -2,12 +2,18 @@
 
 Read top to bottom, one generation is:
   1. antithetic perturbations of the search mean mu = [states (D x obs), actions (D x act)];
-  2. behaviour cloning of a fresh policy on every perturbed dataset, the whole population
-     as one batched torch computation (models.bc; HaDES-F: one fixed init for all,
-     HaDES-R: a new random init per member and generation);
+  2. behaviour cloning of a fresh policy on every perturbed dataset, batched in torch
+     (models.bc) over all members of one architecture. HaDES-F: one fixed init for all;
+     HaDES-R: a new random init per antithetic pair and generation; architecture-randomised
+     (mode a, beyond the paper): per pair also a new architecture drawn from a family (widths,
+     depths, activations, and optionally the sparse topology of an exported actor), so the
+     dataset is optimised for the policies a robot may train, not for one network;
   3. fitness = the MuJoCo return of each trained policy (one episode, <= 1000 steps), all
-     members rolled out together in worker processes (pipeline.rollouts); an antithetic
-     pair shares its start state;
+     members rolled out together in worker processes (pipeline.rollouts). The two members of
+     an antithetic pair share their start state, init and architecture: the gradient is
+     built from their difference, which then measures the dataset perturbation rather than
+     the luck of a draw (with a few dozen members, unshared draws drown it; the paper's 2048
+     members average it out);
   4. Adam (beta1 0.99) on mu with the OpenAI-ES gradient of raw (or centred-rank) fitness.
 The search mean itself is trained and rolled out alongside every generation (`mean_episodes`
 episodes, not used in the gradient) because a search mean, not the best member, is the
@@ -27,7 +33,7 @@ import shutil
 import sys
 import time
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +47,7 @@ from tinypolicy.models.bc import BCParams, init_params, train_bc
 from tinypolicy.ondevice.artefact import atomic_write, prepare_output_dir, write_json, write_npz
 from tinypolicy.ondevice.dataset import BCRecipe, Dataset, save_dataset
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.ondevice.retrain import read_mask
 from tinypolicy.pipeline.es import Adam, antithetic_noise, es_gradient, shape_fitness
 from tinypolicy.pipeline.rollouts import PopulationEvaluator, population_evaluator
 from tinypolicy.pipeline.settings import DistillConfig
@@ -77,20 +84,28 @@ def expert_rollouts(actor, env_id: str, steps: int, seed: int) -> tuple[np.ndarr
             [step.episode_return for step in trajectory if step.done])
 
 
-def _load_expert(cfg: DistillConfig, out: Path):
-    """The expert checkpoint and its actor. A first run checks `cfg.expert` and only then copies
-    it into the run folder, which a resumed run reads (training may still rewrite the original)."""
-    copy = out / "expert.pt"
+def _pinned(source: str, copy: Path, read):
+    """`read` of an input file that the run keeps a copy of: a first run reads (and so checks)
+    `source` and only then copies it into the run folder; a resumed run reads its copy (the
+    original may be rewritten meanwhile, e.g. by a training run still going)."""
     resumed = copy.exists()
-    ckpt = load_checkpoint(copy if resumed else cfg.expert)
-    if ckpt.env_id != cfg.env_id:
-        raise UserError(f"expert {cfg.expert} was trained on {ckpt.env_id}, not {cfg.env_id}")
-    actor = ckpt.build_actor()
-    if not hasattr(actor, "squashed"):
-        raise UserError(f"expert {cfg.expert} has no squashed-action actor")
+    value = read(copy if resumed else Path(source))
     if not resumed:
-        atomic_write(copy, lambda tmp: shutil.copyfile(ckpt.path, tmp))
-    return ckpt, actor
+        atomic_write(copy, lambda tmp: shutil.copyfile(source, tmp))
+    return value
+
+
+def _load_expert(cfg: DistillConfig, out: Path):
+    """The expert checkpoint and its actor."""
+    def read(path: Path):
+        ckpt = load_checkpoint(path)
+        if ckpt.env_id != cfg.env_id:
+            raise UserError(f"expert {cfg.expert} was trained on {ckpt.env_id}, not {cfg.env_id}")
+        actor = ckpt.build_actor()
+        if not hasattr(actor, "squashed"):
+            raise UserError(f"expert {cfg.expert} has no squashed-action actor")
+        return ckpt, actor
+    return _pinned(cfg.expert, out / "expert.pt", read)
 
 
 def initial_state(cfg: DistillConfig, out: Path, obs_dim: int, act_dim: int) -> dict:
@@ -113,6 +128,8 @@ def initial_state(cfg: DistillConfig, out: Path, obs_dim: int, act_dim: int) -> 
         pick = rng.choice(len(visited), size=cfg.size, replace=len(visited) < cfg.size)
         states, actions = (visited[pick] - mean) / std, labels[pick]
         info = {"expert_steps_done": ckpt.steps_done, "expert_rollout_returns": [round(r, 2) for r in returns],
+                # what retrained returns are a share of; the deterministic expert's finished episodes
+                "expert_return": round(float(np.mean(returns)), 2) if returns else None,
                 "expert_config": {k: ckpt.config.get(k) for k in ("algo", "method", "actor_sparsity", "hidden")}}
     mu = np.concatenate([states.ravel(), actions.ravel()])
     return {"obs_mean": mean, "obs_std": std, "mu": mu, "info": info}
@@ -127,34 +144,114 @@ def split_candidates(x: np.ndarray, size: int, obs_dim: int, act_dim: int) -> tu
     return x[:, :cut].reshape(-1, size, obs_dim), x[:, cut:].reshape(-1, size, act_dim)
 
 
-def policy_inits(cfg: DistillConfig, count: int, obs_dim: int, act_dim: int, generation: int) -> BCParams:
+@dataclass(frozen=True)
+class Architecture:
+    """A student policy a dataset must train: hidden sizes and activation; `masked`: with the
+    sparse topology of an exported actor (whose hidden sizes these then are)."""
+    hidden: tuple[int, ...]
+    activation: str
+    masked: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{'mask ' if self.masked else ''}{'-'.join(map(str, self.hidden))} {self.activation}"
+
+
+Family = tuple[list[Architecture], list[Architecture]]  # (dense, masked)
+
+
+def architecture_family(cfg: DistillConfig, masks: list[np.ndarray] | None) -> Family:
+    """(dense, masked) architectures candidates train: the recipe's alone but in mode a."""
+    if cfg.mode != "a":
+        return [Architecture(cfg.hidden, cfg.activation)], []
+    dense = [Architecture((width,) * depth, activation) for width in cfg.arch_widths for depth in cfg.arch_depths
+             for activation in cfg.arch_activations]
+    masked = [] if masks is None else [Architecture(tuple(m.shape[0] for m in masks[:-1]), activation, True)
+                                       for activation in cfg.arch_activations]
+    return dense, masked
+
+
+def sample_architectures(cfg: DistillConfig, family: Family, count: int, generation: int) -> list[Architecture]:
+    """`count` draws: the masked topology (any activation) with probability `cfg.mask_share` when
+    there is one, else a uniform draw from the dense ones. Depends only on (seed, generation)."""
+    dense, masked = family
+    rng = np.random.default_rng([cfg.seed, generation, 1])
+    use_mask = rng.random(count) < (cfg.mask_share if masked else 0.0)
+    dense_pick, mask_pick = rng.integers(len(dense), size=count), rng.integers(max(len(masked), 1), size=count)
+    return [masked[m] if use else dense[d] for use, d, m in zip(use_mask, dense_pick, mask_pick)]
+
+
+def hades_f_init(cfg: DistillConfig, obs_dim: int, act_dim: int) -> BCParams:
+    """HaDES-F's one init (shipped as policy_init.npz)."""
+    return init_params(1, obs_dim, act_dim, cfg.hidden, FIXED_INIT_OFFSET + cfg.seed)
+
+
+@dataclass
+class StudentGroup:
+    """The members of a generation with one network shape, trained as one batch."""
+    hidden: tuple[int, ...]
+    masked: bool
+    members: np.ndarray            # candidate indices
+    activations: tuple[str, ...]   # one per member
+    init: BCParams                 # one per member
+
+
+def student_groups(cfg: DistillConfig, family: Family, masks: list[torch.Tensor] | None, count: int, generation: int,
+                   obs_dim: int, act_dim: int) -> list[StudentGroup]:
+    """Architecture and init of each of `count` candidates: the population's antithetic pairs
+    (member i and i + N/2) and then the search mean's `count - N` episodes. One draw per pair
+    or mean episode, except HaDES-F's single init. Members whose architectures differ only in
+    their activation share a group (each BC batch costs a fixed Python overhead per step)."""
+    half = cfg.population // 2
+    slot = np.concatenate([np.arange(half), np.arange(half), half + np.arange(count - cfg.population)])
     if cfg.mode == "f":
-        fixed = init_params(1, obs_dim, act_dim, cfg.hidden, FIXED_INIT_OFFSET + cfg.seed)
-        return BCParams([w.expand(count, -1, -1) for w in fixed.weights],
-                        [b.expand(count, -1) for b in fixed.biases], fixed.log_std.expand(count, -1))
-    return init_params(count, obs_dim, act_dim, cfg.hidden, seed=int(1e6) * (cfg.seed + 1) + generation)
+        return [StudentGroup(cfg.hidden, False, np.arange(count), (cfg.activation,) * count,
+                             hades_f_init(cfg, obs_dim, act_dim).take([0] * count))]
+    drawn = sample_architectures(cfg, family, half + count - cfg.population, generation)
+    generator = torch.Generator().manual_seed(int(1e6) * (cfg.seed + 1) + generation)
+    groups = []
+    for hidden, masked in dict.fromkeys((a.hidden, a.masked) for a in drawn):  # in order of first draw
+        own = np.flatnonzero([(a.hidden, a.masked) == (hidden, masked) for a in drawn])
+        inits = init_params(len(own), obs_dim, act_dim, hidden, generator, masks if masked else None)
+        members = np.flatnonzero(np.isin(slot, own))
+        groups.append(StudentGroup(hidden, masked, members, tuple(drawn[slot[m]].activation for m in members),
+                                   inits.take(np.searchsorted(own, slot[members]))))
+    return groups
 
 
 def run_generation(cfg: DistillConfig, mu: np.ndarray, generation: int, evaluator: PopulationEvaluator,
-                   obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: int, act_dim: int) -> dict:
+                   obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: int, act_dim: int, family: Family,
+                   masks: list[torch.Tensor] | None) -> dict:
     rng = np.random.default_rng([cfg.seed, generation])
     noise = antithetic_noise(rng, cfg.population, mu.size)
     k = cfg.mean_episodes
     candidates = np.concatenate([mu[None] + cfg.sigma * noise, np.repeat(mu[None], k, 0)])  # last k: the mean
     states, actions = split_candidates(candidates, cfg.size, obs_dim, act_dim)
+    states, actions = torch.as_tensor(states, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.float32)
 
     start = time.perf_counter()
-    params, _ = train_bc(torch.as_tensor(states, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.float32),
-                         policy_inits(cfg, len(candidates), obs_dim, act_dim, generation),
-                         cfg.bc_steps, cfg.bc_lr, cfg.activation)
+    policies, order = [], []  # rollout groups (one activation each) and their members
+    for group in student_groups(cfg, family, masks, len(candidates), generation, obs_dim, act_dim):
+        index = torch.as_tensor(group.members)
+        activation = group.activations[0] if len(set(group.activations)) == 1 else group.activations
+        params, _ = train_bc(states[index], actions[index], group.init, cfg.bc_steps, cfg.bc_lr, activation,
+                             masks=masks if group.masked else None)
+        arrays = params.numpy()
+        for name in dict.fromkeys(group.activations):
+            pick = np.array([a == name for a in group.activations])
+            policies.append(({key: value[pick] for key, value in arrays.items()}, name))
+            order.append(group.members[pick])
+    order = np.concatenate(order)
     bc_seconds = time.perf_counter() - start
 
     half = cfg.population // 2
-    pair_seeds = rng.integers(0, 2**31 - 1, size=half + k)  # a mirrored pair starts from the same state
+    pair_seeds = rng.integers(0, 2**31 - 1, size=half + k)
     env_seeds = np.concatenate([pair_seeds[:half], pair_seeds[:half], pair_seeds[half:]])
-    result = evaluator.evaluate(params.numpy(), cfg.activation, obs_mean.astype(np.float32),
-                                obs_std.astype(np.float32), env_seeds)
-    fitness, mean_return = result.returns[:-k], float(result.returns[-k:].mean())
+    result = evaluator.evaluate_groups(policies, obs_mean.astype(np.float32), obs_std.astype(np.float32),
+                                       env_seeds[order])
+    returns = np.empty(len(candidates))
+    returns[order] = result.returns
+    fitness, mean_return = returns[:-k], float(returns[-k:].mean())
     gradient = es_gradient(noise, shape_fitness(fitness, cfg.shaping), cfg.sigma)
     return {"gradient": gradient, "fitness": fitness, "mean_dataset_return": mean_return,
             "env_steps": int(result.lengths.sum()), "bc_seconds": bc_seconds,
@@ -198,10 +295,18 @@ def retrain_and_evaluate(dataset: Dataset, evaluator: PopulationEvaluator, seeds
         [init_params(1, dataset.obs_dim, dataset.act_dim, recipe.hidden, s) for s in seeds])
     params, _ = train_bc(torch.as_tensor(dataset.states), torch.as_tensor(dataset.actions), inits,
                          recipe.steps, recipe.lr, recipe.activation, recipe.adam_eps, recipe.grad_clip)
-    count = params.population
-    arrays = {k: np.repeat(v, episodes, axis=0) for k, v in params.numpy().items()}
+    return evaluate_policies(evaluator, [(params.numpy(), recipe.activation)], dataset, episodes, eval_seed)
+
+
+def evaluate_policies(evaluator: PopulationEvaluator, groups: list[tuple[dict, str]], dataset: Dataset,
+                      episodes: int, eval_seed: int = 1000) -> np.ndarray:
+    """Mean return over `episodes` (env seeds eval_seed, eval_seed + 1, ...) of every policy in
+    `groups` (stacked arrays, activation), all rolled out at once; in member order."""
+    repeated = [({k: np.repeat(v, episodes, axis=0) for k, v in arrays.items()}, activation)
+                for arrays, activation in groups]
+    count = sum(len(arrays["log_std"]) for arrays, _ in groups)
     env_seeds = np.tile(eval_seed + np.arange(episodes), count)
-    result = evaluator.evaluate(arrays, recipe.activation, dataset.obs_mean, dataset.obs_std, env_seeds)
+    result = evaluator.evaluate_groups(repeated, dataset.obs_mean, dataset.obs_std, env_seeds)
     return result.returns.reshape(count, episodes).mean(1)
 
 
@@ -291,8 +396,13 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
 
     state_path = out / STATE_FILE
     adam = Adam(cfg.size * (obs_dim + act_dim), cfg.lr)
-    if state_path.exists():
-        state = _load_state(state_path, cfg)
+    state = _load_state(state_path, cfg) if state_path.exists() else None  # refuses other settings first
+    # Read before any work, so that a bad mask file leaves no half-started run.
+    mask_arrays = None if cfg.arch_mask is None else _pinned(
+        cfg.arch_mask, out / "arch_mask.onnx", lambda path: read_mask(path, cfg.env_id, obs_dim, act_dim))
+    family = architecture_family(cfg, mask_arrays)
+    masks = None if mask_arrays is None else [torch.as_tensor(m) for m in mask_arrays]
+    if state is not None:
         mu, best_mu, obs_mean, obs_std = state["mu"], state["best_mu"], state["obs_mean"], state["obs_std"]
         adam.m, adam.v, adam.t = state["adam_m"], state["adam_v"], int(state["adam_t"])
         history = [list(row) for row in state["history"]]
@@ -310,7 +420,8 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
         env_steps = int(history[-1][5]) if history else 0
         for generation in range(done, cfg.generations):
             start = time.perf_counter()
-            result = run_generation(cfg, mu, generation, evaluator, obs_mean, obs_std, obs_dim, act_dim)
+            result = run_generation(cfg, mu, generation, evaluator, obs_mean, obs_std, obs_dim, act_dim, family,
+                                    masks)
             if not history or result["mean_dataset_return"] > max(row[4] for row in history):
                 best_mu = mu
             mu = adam.step(mu, result["gradient"])
@@ -342,6 +453,11 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
                 **info}
         if cfg.mode == "f":
             meta["fixed_init_seed"] = FIXED_INIT_OFFSET + cfg.seed
+        if cfg.mode == "a":
+            meta["architectures"] = {"dense": [a.label for a in family[0]], "masked": [a.label for a in family[1]],
+                                     "mask_share": cfg.mask_share if family[1] else 0.0,
+                                     "rule": "one architecture and init per antithetic pair, drawn uniformly from "
+                                             "the dense ones, or the masked topology with probability mask_share"}
 
         def as_dataset(vector: np.ndarray) -> Dataset:
             states, actions = split_candidates(vector[None], cfg.size, obs_dim, act_dim)
@@ -359,7 +475,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
             evaluation[f"{prefix}fresh_init_mean"] = round(float(fresh.mean()), 2)
             if cfg.mode == "f":
                 fixed = retrain_and_evaluate(candidate, evaluator, [], cfg.final_episodes,
-                                             fixed_init=policy_inits(cfg, 1, obs_dim, act_dim, 0))
+                                             fixed_init=hades_f_init(cfg, obs_dim, act_dim))
                 evaluation[f"{prefix}fixed_init_return"] = round(float(fixed[0]), 2)
         evaluation["evaluation_seconds"] = round(time.perf_counter() - final_start, 1)
         dataset = as_dataset(best_mu)
@@ -367,7 +483,7 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
     dataset.meta["evaluation"] = evaluation
     save_dataset(dataset, out)
     if cfg.mode == "f":  # HaDES-F datasets are tuned to this init: ship it so a robot can start from it
-        init_arrays = policy_inits(cfg, 1, obs_dim, act_dim, 0).numpy()
+        init_arrays = hades_f_init(cfg, obs_dim, act_dim).numpy()
         write_npz(out / "policy_init.npz", {k: v[0] for k, v in init_arrays.items()})
     write_fitness_csv(out, history_array)
     plot_fitness(out, history_array, f"HaDES-{cfg.mode.upper()} {cfg.env_id}, D={cfg.size}, N={cfg.population}")

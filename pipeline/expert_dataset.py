@@ -34,7 +34,8 @@ def expert_dataset(checkpoint_path: str | Path, size: int, steps: int, seed: int
     keep = np.random.default_rng(seed).choice(len(visited), size=size, replace=False)
     spaces = ckpt.data["spaces"]
     meta = {"mode": "expert-rollouts", "checkpoint": str(checkpoint_path), "checkpoint_steps": ckpt.steps_done,
-            "rollout_steps": steps, "seed": seed, "expert_episode_returns": [round(r, 2) for r in returns]}
+            "rollout_steps": steps, "seed": seed, "expert_episode_returns": [round(r, 2) for r in returns],
+            "expert_return": round(float(np.mean(returns)), 2) if returns else None}
     return Dataset(env_id=ckpt.env_id, states=(visited[keep] - mean) / std, actions=labels[keep],
                    obs_mean=mean, obs_std=std, action_low=spaces["action_low"],
                    action_high=spaces["action_high"], recipe=BCRecipe(), meta=meta)

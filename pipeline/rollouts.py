@@ -5,6 +5,8 @@ evaluates, steps them in lockstep and computes every live member's action with o
 NumPy matmul per layer, so a generation costs one message per worker, not one per step.
 Policies act deterministically: clip(mu(normalise(obs)), -1, 1) scaled to the env's bounds,
 exactly what a robot running the retrained policy does (`Dataset.to_env_units`).
+A population may mix architectures: it is a list of groups, each a stack of members of one
+architecture (their arrays) and its hidden activation, members numbered across the groups in order.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import numpy as np
 from tinypolicy.envs import make_env
 from tinypolicy.ondevice.errors import UserError
 
-_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0)}
+_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0),
+                "elu": lambda x: np.where(x > 0.0, x, np.expm1(np.minimum(x, 0.0)))}
+Group = tuple[dict[str, np.ndarray], str]  # stacked arrays of members of one architecture, hidden activation
 
 
 def batched_mean(arrays: dict[str, np.ndarray], obs: np.ndarray, activation: str) -> np.ndarray:
@@ -37,21 +41,31 @@ class RolloutResult:
     lengths: np.ndarray   # [P] env steps of that episode
 
 
-def _rollout(envs, arrays, activation, obs_mean, obs_std, seeds, max_steps) -> RolloutResult:
+def _group_size(group: Group) -> int:
+    return len(group[0]["log_std"])
+
+
+def _rollout(envs, groups, obs_mean, obs_std, seeds, max_steps) -> RolloutResult:
     population = len(seeds)
     low, high = envs[0].action_space.low, envs[0].action_space.high
     scale, bias = (high - low) / 2.0, (high + low) / 2.0
+    starts = np.cumsum([0] + [_group_size(g) for g in groups])
     obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(envs, seeds)])
     returns = np.zeros(population)
     lengths = np.zeros(population, dtype=np.int64)
     alive = np.ones(population, dtype=bool)
+    mu = np.zeros((population, len(low)), dtype=np.float32)
     for _ in range(max_steps):
         live = np.flatnonzero(alive)
         if live.size == 0:
             break
-        member_arrays = {k: v[live] for k, v in arrays.items()}
-        mu = batched_mean(member_arrays, ((obs[live] - obs_mean) / obs_std).astype(np.float32), activation)
-        actions = np.clip(mu, -1.0, 1.0) * scale + bias
+        normalised = ((obs - obs_mean) / obs_std).astype(np.float32)
+        for (arrays, activation), start, end in zip(groups, starts[:-1], starts[1:]):
+            members = live[(live >= start) & (live < end)]
+            if members.size:
+                member_arrays = {k: v[members - start] for k, v in arrays.items()}
+                mu[members] = batched_mean(member_arrays, normalised[members], activation)
+        actions = np.clip(mu[live], -1.0, 1.0) * scale + bias
         for i, action in zip(live, actions):
             # unwrapped: the episode cap is ours, and the checker wrappers cost as much as the physics
             obs[i], reward, terminated, _, _ = envs[i].step(action)
@@ -78,23 +92,41 @@ def _worker(conn, env_id: str) -> None:
         env.close()
 
 
-def _split(arrays, activation, obs_mean, obs_std, seeds, max_steps, workers) -> list[dict]:
+def _split(groups: list[Group], obs_mean, obs_std, seeds, max_steps, workers) -> list[dict]:
     """One rollout request per worker, members split in contiguous blocks (the same split for
     every backend, so results do not depend on where a block runs)."""
-    splits = [s for s in np.array_split(np.arange(len(seeds)), workers) if s.size]
-    return [{"arrays": {k: v[split] for k, v in arrays.items()}, "activation": activation, "obs_mean": obs_mean,
-             "obs_std": obs_std, "seeds": np.asarray(seeds)[split], "max_steps": max_steps} for split in splits]
+    starts = np.cumsum([0] + [_group_size(g) for g in groups])
+    if starts[-1] != len(seeds):
+        raise ValueError(f"{len(seeds)} env seeds for {starts[-1]} policies")
+    messages = []
+    for split in (s for s in np.array_split(np.arange(len(seeds)), workers) if s.size):
+        block = []
+        for (arrays, activation), start, end in zip(groups, starts[:-1], starts[1:]):
+            members = split[(split >= start) & (split < end)] - start
+            if members.size:
+                block.append(({k: v[members] for k, v in arrays.items()}, activation))
+        messages.append({"groups": block, "obs_mean": obs_mean, "obs_std": obs_std,
+                         "seeds": np.asarray(seeds)[split], "max_steps": max_steps})
+    return messages
 
 
 def _concatenate(results: list[RolloutResult]) -> RolloutResult:
     return RolloutResult(np.concatenate([r.returns for r in results]), np.concatenate([r.lengths for r in results]))
 
 
-class PopulationEvaluator:
+class _Evaluator:
+    def evaluate(self, arrays: dict[str, np.ndarray], activation: str, obs_mean: np.ndarray,
+                 obs_std: np.ndarray, seeds: np.ndarray) -> RolloutResult:
+        """A population of one architecture."""
+        return self.evaluate_groups([(arrays, activation)], obs_mean, obs_std, seeds)
+
+
+class PopulationEvaluator(_Evaluator):
     """Worker processes that roll out a population, one episode per member.
 
-    Use as a context manager; `evaluate` takes the stacked policy arrays of P members,
-    the fixed observation normalisation and one env seed per member.
+    Use as a context manager; `evaluate` takes the stacked policy arrays of P members of one
+    architecture (`evaluate_groups`: several architectures), the fixed observation
+    normalisation and one env seed per member.
     """
 
     def __init__(self, env_id: str, workers: int = 2, max_steps: int = 1000):
@@ -109,9 +141,9 @@ class PopulationEvaluator:
             self.connections.append(parent)
             self.processes.append(process)
 
-    def evaluate(self, arrays: dict[str, np.ndarray], activation: str, obs_mean: np.ndarray,
-                 obs_std: np.ndarray, seeds: np.ndarray) -> RolloutResult:
-        messages = _split(arrays, activation, obs_mean, obs_std, seeds, self.max_steps, len(self.connections))
+    def evaluate_groups(self, groups: list[Group], obs_mean: np.ndarray, obs_std: np.ndarray,
+                        seeds: np.ndarray) -> RolloutResult:
+        messages = _split(groups, obs_mean, obs_std, seeds, self.max_steps, len(self.connections))
         connections = self.connections[:len(messages)]
         for conn, message in zip(connections, messages):
             conn.send(message)
@@ -152,7 +184,7 @@ class _RayRolloutWorker:
         return _rollout(self.envs, **message)
 
 
-class RayPopulationEvaluator:
+class RayPopulationEvaluator(_Evaluator):
     """`PopulationEvaluator` on Ray: `workers` actors of one CPU each, on a local Ray instance
     or an existing cluster (`address`). Same split, same rollouts, same results."""
 
@@ -168,9 +200,9 @@ class RayPopulationEvaluator:
         actor = ray.remote(num_cpus=1)(_RayRolloutWorker)
         self.workers = [actor.remote(env_id) for _ in range(workers)]
 
-    def evaluate(self, arrays: dict[str, np.ndarray], activation: str, obs_mean: np.ndarray,
-                 obs_std: np.ndarray, seeds: np.ndarray) -> RolloutResult:
-        messages = _split(arrays, activation, obs_mean, obs_std, seeds, self.max_steps, len(self.workers))
+    def evaluate_groups(self, groups: list[Group], obs_mean: np.ndarray, obs_std: np.ndarray,
+                        seeds: np.ndarray) -> RolloutResult:
+        messages = _split(groups, obs_mean, obs_std, seeds, self.max_steps, len(self.workers))
         try:
             results = self.ray.get([w.rollout.remote(m) for w, m in zip(self.workers, messages)])
         except self.ray.exceptions.RayError as exc:

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from tinypolicy.config import check_settings, option, setting
-from tinypolicy.ondevice.dataset import BCRecipe
+from tinypolicy.ondevice.dataset import ACTIVATIONS, BCRecipe
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.flags import float_in, nonnegative_int, positive_float, positive_int, random_seed
 from tinypolicy.pipeline.es import SHAPINGS
@@ -113,8 +113,8 @@ class DistillConfig:
     """HaDES behaviour distillation: `tinypolicy distill` and compress's distill stage."""
     env_id: str = option(help="Gymnasium env id, e.g. Hopper-v5", flag="--env", metavar="ENV")
     size: int = option(64, "state-action pairs", metavar="D")
-    mode: str = option("f", "f: one fixed policy init (HaDES-F); r: a random init per member (HaDES-R)",
-                       choices=("r", "f"))
+    mode: str = option("f", "f: one fixed policy init (HaDES-F); r: a random init per antithetic pair (HaDES-R); "
+                            "a: a random init and architecture per pair (--arch-*)", choices=("r", "f", "a"))
     population: int = option(64, "even ES population", metavar="P")
     generations: int = option(200, metavar="G")
     init: str = option("zeros", "zeros: the paper's start; expert: states and actions from an expert's rollouts",
@@ -128,6 +128,14 @@ class DistillConfig:
     activation: str = BCRecipe.activation
     bc_steps: int = option(BCRecipe.steps)
     bc_lr: float = option(BCRecipe.lr)
+    # mode a: the family of students; every dense combination is equally likely
+    arch_widths: tuple[int, ...] = option((16, 32, 64, 128, 256), "mode a: hidden widths drawn")
+    arch_depths: tuple[int, ...] = option((1, 2, 3), "mode a: hidden layer counts drawn", metavar="N,N")
+    arch_activations: tuple[str, ...] = option(ACTIVATIONS, "mode a: hidden activations drawn", choices=ACTIVATIONS)
+    arch_mask: str | None = option(None, "mode a: also train students with this exported actor's sparse topology",
+                                   metavar="ACTOR.onnx")
+    mask_share: float = option(0.25, "mode a with --arch-mask: the share of students with that topology",
+                               parse=float_in(0.0, 1.0, "[]"))
     seed: int = option(0, metavar="K", parse=random_seed)
     workers: int = option(2, "rollout processes")
     backend: str = option("local", "rollouts in local worker processes, or on Ray workers (pip install -e '.[ray]')",
@@ -148,6 +156,8 @@ class DistillConfig:
             raise UserError("--init expert needs --expert CHECKPOINT")
         if self.population < 2 or self.population % 2:
             raise UserError(f"--population must be even and >= 2 (antithetic pairs), got {self.population}")
+        if self.arch_mask and self.mode != "a":
+            raise UserError(f"--arch-mask needs --mode a (architecture-randomised), not --mode {self.mode}")
 
     @property
     def recipe(self) -> BCRecipe:
@@ -158,12 +168,33 @@ class DistillConfig:
         return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE}
 
 
+def positive_floats(text: str) -> tuple[float, ...]:
+    """Positive numbers separated by commas (or spaces, as a settings error shows them)."""
+    return tuple(positive_float(x) for x in text.replace(",", " ").split())
+
+
 @dataclass
 class GeneraliseConfig:
-    """`tinypolicy generalise`: retraining a dataset with other architectures."""
-    seeds: int = option(3, "policies per variant")
+    """`tinypolicy generalise`: a dataset retrained from fresh inits over a grid of architectures
+    and BC hyperparameters (every combination), and with an exported actor's sparse topology."""
+    seeds: int = option(3, "fresh inits per cell")
     episodes: int = option(2, "episodes per policy")
     workers: int = option(2)
+    widths: tuple[int, ...] = option((16, 32, 64, 128, 256), "hidden widths")
+    depths: tuple[int, ...] = option((1, 2, 3), "hidden layer counts", metavar="N,N")
+    activations: tuple[str, ...] = option(ACTIVATIONS, "hidden activations", choices=ACTIVATIONS)
+    lrs: tuple[float, ...] = option((BCRecipe.lr / 2, BCRecipe.lr, BCRecipe.lr * 2), "BC learning rates",
+                                    metavar="X,X", parse=positive_floats)
+    bc_steps: tuple[int, ...] = option((BCRecipe.steps // 2, BCRecipe.steps, BCRecipe.steps * 2), "BC steps",
+                                       metavar="N,N")
+    mask: str | None = option(None, "also retrain this exported actor's sparse topology with the NumPy on-device "
+                                    "trainer (every activation, lr and step count)", metavar="ACTOR.onnx")
+    expert_return: float | None = option(None, "the expert's return that cells are a share of (default: the "
+                                               "dataset's meta.expert_return)")
+    target_share: float = setting(0.6, float_in(0.0, 1.0, "(]"))  # a cell passes at this share of the expert
+
+    def __post_init__(self):
+        check_settings(self, "generalise")
 
 
 # --------------------------------------------------------------------------- import
@@ -196,9 +227,12 @@ class EvaluateConfig:
 
 @dataclass
 class RetrainConfig:
-    """compress's retrain stage: a dense and a sparse-mask policy retrained from the dataset."""
+    """compress's retrain stage: a dense and a sparse-mask policy retrained from the dataset, from
+    fresh inits (what a robot's own policy starts from), and, for a HaDES-F dataset, the dense one
+    also from the init it was distilled for."""
     episodes: int = setting(5, positive_int)
-    seed: int = setting(0, random_seed)
+    seed: int = setting(0, random_seed)  # the first fresh init, whose policies are policy.dense/sparse.onnx
+    seeds: int = setting(3, positive_int)  # fresh inits per policy (seed, seed + 1, ...): one is an anecdote
 
 
 @dataclass
@@ -206,9 +240,42 @@ class ReportConfig:
     """compress's report stage has no settings; its presets table must be empty."""
 
 
+@dataclass
+class StudentConfig:
+    """A sparse student distilled from an actor-only teacher (an imported PPO or ONNX policy) by
+    DAgger: iteration 0 rolls out the teacher, later ones the student (with probability beta**i
+    the teacher acts instead); every state visited is labelled with the teacher's deterministic
+    action, and the student is trained on all of them, its topology evolving by RigL."""
+    actor_sparsity: float = option(0.9, "student actor sparsity", metavar="S", parse=fraction)
+    hidden: tuple[int, ...] | None = option(None, "student hidden sizes (default: the teacher's)")
+    iterations: int = option(10, "DAgger iterations (the first rolls out the teacher)")
+    env_steps: int = option(10_000, "env steps rolled out per iteration")
+    grad_steps: int = option(10_000, "gradient steps per iteration, on every state gathered so far")
+    batch_size: int = setting(256, positive_int)
+    lr: float = option(1e-3, "student Adam learning rate")
+    # RigL as in training: every topology_interval gradient steps, drop the cosine-annealed
+    # fraction (from drop_fraction) of each layer's smallest weights and grow as many where the
+    # imitation loss's dense gradient is largest, until topology_end of all gradient steps
+    # (RigL's 75%), so that the last steps tune a fixed topology.
+    topology_interval: int = setting(1_000, positive_int)
+    topology_end: float = setting(0.75, unit_interval)
+    drop_fraction: float = setting(0.5, float_in(0.0, 1.0, "[]"))
+    beta: float = option(0.0, "iteration i rolls out the teacher's action with probability beta**i, else the "
+                              "student's (0: pure DAgger after iteration 0)", parse=float_in(0.0, 1.0, "[]"))
+    eval_episodes: int = option(10, "episodes evaluating teacher and student (deterministic)")
+    eval_seed: int = setting(EvaluateConfig.seed, random_seed)  # evaluation episode k is seeded eval_seed + k
+    seed: int = option(0, metavar="K", parse=random_seed)
+    threads: int = option(1, "torch threads (more is faster only on an otherwise idle machine)")
+
+    def __post_init__(self):
+        check_settings(self, "student")
+
+
 # --------------------------------------------------------------------------- Algorithm Distillation
 
 SOURCES = ("learning", "expert")  # what `ad train` learns from: learning histories (AD) or expert episodes (ED)
+DARK_ROOM_ID = "tinypolicy/DarkRoom-v0"
+KEY_TO_DOOR_ID = "tinypolicy/DarkKeyToDoor-v0"
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ def test_force_reruns_the_changed_stage_and_those_reading_its_outputs(finished, 
 
 def test_rerun_reruns_an_up_to_date_stage_and_those_reading_its_outputs(finished, work):
     assert run_cli(finished, "--rerun", "export") == 0
-    assert work.ran == ["export", "bench", "embedded", "retrain", "report"]  # distill reads the checkpoint alone
+    # distill reads the exported actor: its students include that sparse topology (mode a)
+    assert work.ran == ["export", "bench", "embedded", "distill", "retrain", "report"]
     work.ran.clear()
     assert run_cli(finished, "--rerun", "train", "--set", "retrain.episodes=2") == 2  # allows no other change
     assert run_cli(finished, "--rerun", "retrain", "--rerun", "report", "--set", "retrain.episodes=2") == 0
@@ -147,7 +148,21 @@ def test_an_edited_output_is_refused_until_its_stage_reruns(finished, work):
         pipeline.compress(tiny(), finished, progress=False)
     assert work.ran == [] and (finished / "export" / "actor.onnx").read_text() == "my own actor\n"
     pipeline.compress(tiny(), finished, progress=False, force=True)
-    assert work.ran == ["export", "bench", "embedded", "retrain", "report"]
+    assert work.ran == ["export", "bench", "embedded", "distill", "retrain", "report"]
+
+
+def test_distill_trains_for_the_exported_topology_unless_told_otherwise(tmp_path):
+    out = tmp_path / "out"
+    stages = {s.name: s for s in pipeline.build_stages(tiny(), out, False)}
+    cfg = tiny().distill_config(out / "train" / "checkpoint.pt", out / "export" / "actor.onnx")
+    assert cfg.mode == "a" and cfg.arch_mask == str(out / "export" / "actor.onnx") and cfg.init == "expert"
+    assert out / "export" / "actor.onnx" in stages["distill"].inputs
+    plain = tiny(distill={"mode": "r"})
+    assert plain.distill_config(out / "c.pt", out / "a.onnx").arch_mask is None
+    assert out / "export" / "actor.onnx" not in {s.name: s for s in pipeline.build_stages(plain, out, False)}[
+        "distill"].inputs
+    with pytest.raises(UserError, match="arch_mask cannot be set here"):
+        tiny(distill={"arch_mask": "mine.onnx"})
 
 
 def test_a_stamp_without_settings_still_resumes_and_refuses(finished, work):
@@ -212,6 +227,14 @@ def test_tiny_pipeline_survives_a_kill_and_reruns_only_what_changed(tmp_path):
                                                ["summary"]["skipped"])
     retrained = json.loads((out / "retrain" / "retrain.json").read_text())
     assert retrained["sparse"]["sparsity"] > 0.5 and retrained["dense"]["sparsity"] == 0.0
+    # architecture-randomised (the default): no init is shipped, every retrained policy starts fresh
+    assert set(retrained) == {"dense", "sparse"} and not (out / "distill" / "policy_init.npz").exists()
+    for entry in retrained.values():
+        assert entry["start"] == "fresh init (seeds 0, 1, 2)" and len(entry["returns"]) == 3
+    assert retrained["sparse"]["architecture"].startswith("sparse topology of export/actor.onnx")
+    meta = json.loads((out / "distill" / "dataset.json").read_text())["meta"]
+    assert meta["mode"] == "a" and meta["architectures"]["masked"] and meta["expert_return"] is not None
+    assert "started from" in (out / "report" / "report.md").read_text()
     session = ort.InferenceSession(str(out / "export" / "actor.onnx"), providers=["CPUExecutionProvider"])
     actions = session.run(["actions"], {"obs": np.zeros((4, 11), np.float32)})[0]
     assert actions.shape == (4, 3) and np.all(np.abs(actions) <= 1.0)
@@ -247,3 +270,37 @@ def test_presets_and_overrides_are_validated():
         PipelineConfig.from_preset("Hopper-v5", presets["tiny"], {"distill": {"generation": 3}})
     with pytest.raises(UserError, match="unknown stages"):
         PipelineConfig.from_preset("Hopper-v5", {"trian": {}})
+
+
+def test_the_report_labels_every_retrained_return_with_its_start_and_architecture(tmp_path):
+    from tinypolicy.pipeline import report
+    from tinypolicy.pipeline.document import Document
+
+    (tmp_path / "distill").mkdir()
+    (tmp_path / "retrain").mkdir()
+    (tmp_path / "distill" / "summary.json").write_text(json.dumps({
+        "mode": "f", "size": 64, "generations": 3, "population": 8, "env_steps": 1000, "distill_seconds": 5.0,
+        "init": "expert", "fresh_init_seeds": [100, 101], "fresh_init_mean": 500.0, "fixed_init_return": 1900.0,
+        "random_policy_return": 16.0, "episodes": 3}))
+    (tmp_path / "distill" / "dataset.json").write_text(json.dumps({
+        "recipe": {"hidden": [64, 64], "activation": "tanh"}, "meta": {"mode": "f"}}))
+    entry = {"hidden": [64, 64], "activation": "tanh", "sparsity": 0.0, "nnz": 4992, "final_loss": -1.0,
+             "train_seconds": 0.05, "seeds": [0, 1, 2], "returns": [400.0, 600.0, 500.0], "mean_return": 500.0,
+             "std_return": 81.6}
+    (tmp_path / "retrain" / "retrain.json").write_text(json.dumps({
+        "dense": entry | {"architecture": "64-64 tanh", "start": "fresh init (seeds 0, 1, 2)"},
+        "sparse": entry | {"architecture": "sparse topology of export/actor.onnx: 256-256 tanh, 98.0% sparse",
+                           "start": "fresh init (seeds 0, 1, 2)", "mean_return": 250.0},
+        "dense_own_init": entry | {"architecture": "64-64 tanh", "start": "own init (policy_init.npz)",
+                                   "seeds": [0], "returns": [2000.0], "mean_return": 2000.0}}))
+    doc = Document("report")
+    report._distill_section(doc, tmp_path, tmp_path, 2500.0)
+    report._retrain_section(doc, tmp_path, 2500.0)
+    text = doc.markdown()
+    assert "| fresh inits (seeds 100, 101) | 64-64 tanh | 500.0 | 20% of the expert |" in text
+    assert "| own init (the one it was distilled for) | 64-64 tanh | 1900.0 | 76% of the expert |" in text
+    assert ("| dense | 64-64 tanh | fresh init (seeds 0, 1, 2) | 0.05 | 500.0 (400, 600, 500) | 20% of the expert |"
+            in text)
+    assert "| sparse | sparse topology of export/actor.onnx: 256-256 tanh, 98.0% sparse | fresh init" in text
+    assert ("| dense_own_init | 64-64 tanh | own init (policy_init.npz) | 0.05 | 2000.0 (2000) | 80% of the expert |"
+            in text)

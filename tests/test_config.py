@@ -22,6 +22,7 @@ from tinypolicy.pipeline.settings import (
     EvaluateConfig,
     GeneraliseConfig,
     QLearningConfig,
+    StudentConfig,
     TrainConfig,
 )
 
@@ -38,7 +39,7 @@ from tinypolicy.pipeline.settings import (
     (TrainConfig, {"hidden": 64}, "hidden must be a list, each an integer, got 64"),
     (TrainConfig, {"learning_starts": "x"}, "learning_starts must be an integer or none, got 'x'"),
     (ADEvalConfig, {"greedy": 1}, "greedy must be true or false, got 1"),
-    (TrainConfig, {"method": "rlx3"}, "where: unknown method 'rlx3'; choose one of dense, static, set, rigl, rlx2"),
+    (TrainConfig, {"method": "rlx3"}, "where: unknown method 'rlx3'; choose one of dense, prune, static, set, rigl, rlx2"),
     (EmbeddedConfig, {"targets": ["cortex-m4", "cortex-m9"]}, "unknown targets 'cortex-m9'"),
     (DistillConfig, {"size": 8}, "where: env_id must be given"),
     (TrainConfig, {"env_id": "Walker2d-v5"}, "where: env_id cannot be set here"),  # the caller's (fixed)
@@ -122,10 +123,11 @@ def test_compress_train_flags_leave_the_preset_alone_unless_given():
 def test_compress_defaults_are_the_stage_dataclasses():
     config = PipelineConfig.from_preset("Walker2d-v5", {})
     assert config.train_config() == TrainConfig(env_id="Walker2d-v5")
-    assert config.distill_config(Path("ckpt.pt")) == DistillConfig(env_id="Walker2d-v5", init="expert",
-                                                                   expert="ckpt.pt")
+    assert config.distill_config(Path("ckpt.pt"), Path("actor.onnx")) == DistillConfig(
+        env_id="Walker2d-v5", init="expert", expert="ckpt.pt", mode="a", arch_mask="actor.onnx")
     for stage in set(STAGE_CONFIGS) - {"train", "distill"}:
         assert config.settings(stage) == STAGE_CONFIGS[stage](), stage
+    assert config.student_config() == StudentConfig()  # at the train table's sparsity and seed, the defaults
 
 
 @pytest.mark.parametrize("override, message", [

@@ -129,3 +129,105 @@ def test_a_corrupt_checkpoint_is_refused_not_overwritten(tmp_path):
     with pytest.raises(UserError, match="cannot read .*es_state.npz"):
         distill(DistillConfig(generations=1, **TINY), tmp_path, progress=False)
     assert (tmp_path / "es_state.npz").read_bytes().startswith(b"PK\x03\x04 not")
+
+
+def _tiny_dataset(folder: Path, expert_return: float | None = 300.0) -> Path:
+    from tinypolicy.ondevice.dataset import BCRecipe, Dataset
+
+    rng = np.random.default_rng(0)
+    meta = {"mode": "f"} | ({"expert_return": expert_return} if expert_return else {})
+    save_dataset(Dataset("Hopper-v5", rng.normal(size=(8, 11)), rng.uniform(-1.5, 1.5, size=(8, 3)), np.zeros(11),
+                         np.ones(11), -np.ones(3), np.ones(3), recipe=BCRecipe(hidden=(16,), steps=10), meta=meta),
+                 folder)
+    return folder
+
+
+@pytest.mark.integration
+def test_generalisation_grid_on_a_tiny_dataset(tmp_path):
+    """Every combination is one cell with its own fresh inits; the summary's mean, worst cell and
+    fraction at 60% of the expert are those of the cells; the exported topology is retrained
+    with the NumPy trainer; the init a HaDES-F dataset ships is retrained beside them."""
+    import csv
+
+    from tests.test_retrain import _mask_onnx
+    from tinypolicy.ondevice.retrain import init_params as numpy_init
+    from tinypolicy.pipeline.generalise import generalise
+
+    dataset = _tiny_dataset(tmp_path / "dataset")
+    _mask_onnx(tmp_path / "actor.onnx", [11, 12, 12, 3])
+    own = numpy_init([11, 16, 3], seed=5)
+    np.savez(dataset / "policy_init.npz", w0=own.weights[0], b0=own.biases[0], w1=own.weights[1], b1=own.biases[1],
+             log_std=own.log_std)
+    summary = generalise(dataset, "Hopper-v5", tmp_path / "out", progress=False, seeds=2, episodes=1, widths=(8, 16),
+                         depths=(1, 2), activations=("tanh", "elu"), lrs=(0.005,), bc_steps=(5, 10),
+                         mask=str(tmp_path / "actor.onnx"))
+    with (tmp_path / "out" / "generalise.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    dense = [r for r in rows if r["grid"] == "dense"]
+    masked = [r for r in rows if r["grid"] == "mask"]
+    assert len(dense) == 2 * 2 * 2 * 2 and len(masked) == 2 * 2
+    assert {(r["width"], r["depth"], r["activation"], r["bc_steps"]) for r in dense} == {
+        (w, d, a, s) for w in ("8", "16") for d in ("1", "2") for a in ("tanh", "elu") for s in ("5", "10")}
+    assert {r["hidden"] for r in masked} == {"12-12"} and {r["trainer"] for r in masked} == {"numpy"}
+    assert all(len(r["returns"].split()) == 2 for r in rows)
+
+    means = np.array([float(r["mean_return"]) for r in dense])
+    stats = summary["summary"]["dense"]
+    assert stats["cells"] == 16 and stats["policies"] == 32
+    assert stats["mean_return"] == pytest.approx(means.mean(), abs=1e-3)
+    assert stats["worst_return"] == pytest.approx(means.min(), abs=1e-3)
+    assert stats["fraction_at_target"] == pytest.approx(np.mean(means >= 0.6 * 300.0))
+    assert summary["expert_return"] == 300.0 and summary["summary"]["mask"]["cells"] == 4
+    assert summary["recipe_cell"]["hidden"] == (16,) and summary["recipe_cell"]["bc_steps"] == 10
+    assert summary["own_init"]["hidden"] == (16,) and summary["own_init"]["mean_return"] > 0
+    table = (tmp_path / "out" / "generalise.md").read_text()
+    assert "| dense | 16 |" in table and "| mask | 4 |" in table and "policy_init.npz" in table
+    assert (tmp_path / "out" / "generalise.png").stat().st_size > 0
+
+
+def test_generalise_without_an_expert_return_reports_returns_only(tmp_path):
+    from tinypolicy.pipeline.generalise import summarise
+
+    cells = [{"grid": "dense", "hidden": (8,), "activation": "tanh", "lr": 0.005, "bc_steps": 5,
+              "returns": [r, r], "mean_return": r} for r in (100.0, 40.0, 70.0)]
+    assert summarise(cells, None, 0.6) == {"cells": 3, "policies": 6, "mean_return": 70.0, "worst_return": 40.0,
+                                           "worst_cell": "8 tanh, lr 0.005, 5 steps"}
+    shares = summarise(cells, 100.0, 0.6)
+    assert shares["fraction_at_target"] == pytest.approx(2 / 3) and shares["worst_share"] == pytest.approx(0.4)
+
+
+def test_architecture_settings_are_checked():
+    with pytest.raises(UserError, match="--arch-mask needs --mode a"):
+        DistillConfig(env_id="Hopper-v5", mode="r", arch_mask="actor.onnx")
+    with pytest.raises(UserError, match="unknown arch activations 'gelu'"):
+        DistillConfig(env_id="Hopper-v5", mode="a", arch_activations=("tanh", "gelu"))
+    result = tinypolicy("generalise", "nowhere", "--env", "Hopper-v5", "--lrs", "0.01,-1", "--quiet")
+    assert result.returncode == 2 and "lrs" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_architecture_randomised_distillation_trains_the_family_and_resumes(tmp_path):
+    from tests.test_retrain import _mask_onnx
+
+    _mask_onnx(tmp_path / "actor.onnx", [11, 12, 12, 3])
+    settings = dict(TINY, mode="a", arch_widths=(8, 16), arch_depths=(1, 2), arch_mask=str(tmp_path / "actor.onnx"),
+                    mask_share=0.5)
+    out = tmp_path / "run"
+    distill(DistillConfig(generations=1, **settings), out, progress=False)
+    (tmp_path / "actor.onnx").unlink()  # a resumed run reads its own copy
+    summary = distill(DistillConfig(generations=2, **settings), out, progress=False)
+    assert summary["generations"] == 2 and (out / "arch_mask.onnx").is_file()
+    family = load_dataset(out).meta["architectures"]
+    assert family["masked"] == ["mask 12-12 tanh", "mask 12-12 relu", "mask 12-12 elu"]
+    assert len(family["dense"]) == 2 * 2 * 3 and family["mask_share"] == 0.5
+    with pytest.raises(UserError, match="arch_widths"):
+        distill(DistillConfig(generations=2, **(settings | {"arch_widths": (8,)})), out, progress=False)
+
+
+def test_a_bad_mask_is_refused_before_any_work(tmp_path):
+    (tmp_path / "junk.onnx").write_text("not a model\n")
+    for mask, message in ((tmp_path / "missing.onnx", "does not exist"), (tmp_path / "junk.onnx", "not a valid ONNX")):
+        with pytest.raises(UserError, match=message):
+            distill(DistillConfig(generations=1, mode="a", arch_mask=str(mask), **TINY), tmp_path / "run",
+                    progress=False)
+        assert not (tmp_path / "run" / "es_state.npz").exists()

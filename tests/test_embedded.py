@@ -70,16 +70,22 @@ def test_firmware_actions_match_onnx_runtime(bundle):
     manifest = json.loads((bundle / "export.json").read_text())
     assert set(reports) == set(TARGETS)
     for target, report in reports.items():
-        sparse, dense = report["kernels"]["sparse"], report["kernels"]["dense"]
-        for kernel in (sparse, dense):
+        sparse, dense, int8 = (report["kernels"][k] for k in ("sparse", "dense", "int8"))
+        for kernel in (sparse, dense, int8):
             assert kernel["fits"] and Path(kernel["firmware"]["elf"]).is_file()
-            assert kernel["parity"]["ok"] and kernel["parity"]["max_abs_diff"] <= 1e-5, (target, kernel["parity"])
             assert kernel["parity"]["observations"] == 16
             assert kernel["instructions"]["exact"]
-        # The harness is subtracted: what is left holds the weight tables plus a few KiB of code.
-        tables = manifest["parameter_bytes"]
-        assert tables["sparse_fp32"] <= sparse["flash_bytes"] < tables["sparse_fp32"] + 8192
+        for kernel in (sparse, dense):
+            assert kernel["parity"]["ok"] and kernel["parity"]["max_abs_diff"] <= 1e-5, (target, kernel["parity"])
+        assert int8["parity"]["ok"] and int8["parity"]["max_diff_in_steps"] <= 1.001, (target, int8["parity"])
+        assert int8["parity"]["reference"] == "ONNX Runtime on actor.int8.onnx"
+        # The harness is subtracted: what is left holds the weights plus code, a few KiB of it, and
+        # on Cortex-M up to 3 instructions (12 bytes) per nonzero of straight-line layers.
+        tables, nonzero = manifest["parameter_bytes"], manifest["macs"]["nonzero"]
+        assert tables["sparse_fp32"] <= sparse["flash_bytes"] < tables["sparse_fp32"] + 12 * nonzero + 8192
         assert tables["dense_fp32"] <= dense["flash_bytes"] < tables["dense_fp32"] + 8192
+        assert tables["sparse_int8"] <= int8["flash_bytes"] < tables["sparse_int8"] + 8192
+        assert sparse["instructions"]["per_mac"] == round(sparse["instructions"]["median"] / nonzero, 3)
         # Each multiply-accumulate is at least one instruction: the counts see the real work.
         assert sparse["instructions"]["min"] >= manifest["macs"]["nonzero"]
         assert dense["instructions"]["min"] >= manifest["macs"]["dense"]
@@ -88,7 +94,7 @@ def test_firmware_actions_match_onnx_runtime(bundle):
         assert "ESTIMATE" in sparse["estimate"]["assumption"]
     assert "parity ok" in proc.stdout and "does not fit" not in proc.stdout
     section = (bundle / "bench.md").read_text().split("## Embedded targets")[1]
-    assert sum(line.startswith(f"| {target} ") for target in TARGETS for line in section.splitlines()) == 6
+    assert sum(line.startswith(f"| {target} ") for target in TARGETS for line in section.splitlines()) == 9
 
 
 @pytest.mark.integration
@@ -147,3 +153,30 @@ def test_dense_baseline_too_big_is_reported_not_fatal(bundle, monkeypatch):
     dense = report["kernels"]["dense"]
     assert not dense["fits"] and "the dense actor does not fit" in dense["message"] and "FLASH overflowed" in dense["message"]
     assert "dense_over_sparse" not in report
+
+
+@pytest.fixture(scope="module")
+def halfcheetah_95(tmp_path_factory) -> Path:
+    """A HalfCheetah actor (17-256-256-6) with RLx2's ER masks at 95%, untrained: the shapes
+    the Cortex-M goals are stated for."""
+    from benchmarks.export_docs import untrained_checkpoint
+
+    root = tmp_path_factory.mktemp("halfcheetah95")
+    checkpoint = untrained_checkpoint("HalfCheetah-v5", 0.95, root / "actor.pt")
+    export_bundle(checkpoint, root / "bundle", parity_samples=200, episodes=1, progress=False)
+    return root / "bundle"
+
+
+@pytest.mark.integration
+@needs_toolchains
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
+def test_cortex_m_instruction_budgets_and_int8_flash(halfcheetah_95, target):
+    """At most 4 instructions per nonzero multiply-accumulate for the sparse kernel, 3 per
+    MAC for the dense one (activations and scaling included), and the int8 kernel of the 95%
+    HalfCheetah actor in 16 KiB of flash."""
+    report = embedded_report(halfcheetah_95, target)
+    sparse, dense, int8 = (report["kernels"][k] for k in ("sparse", "dense", "int8"))
+    assert sparse["instructions"]["per_mac"] <= 4.0, sparse["instructions"]["per_mac"]
+    assert dense["instructions"]["per_mac"] <= 3.0, dense["instructions"]["per_mac"]
+    assert int8["flash_bytes"] <= 16 * 1024, int8["flash_bytes"]
+    assert all(k["parity"]["ok"] for k in (sparse, dense, int8))

@@ -131,6 +131,57 @@ def test_sac_actor_exports_its_deterministic_action():
         assert np.abs(policy(obs) - actor(torch.from_numpy(obs)).numpy()).max() < 1e-6
 
 
+def _int8_model(policy, tmp_path, calibration):
+    import onnx
+
+    from tinypolicy.export.bundle import quantize_int8
+    from tinypolicy.ondevice.onnx_mlp import save_onnx
+
+    save_onnx(policy.onnx({"env_id": "test"}), tmp_path / "fp32.onnx")
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration, {"env_id": "test"})
+    return onnx.load(str(tmp_path / "int8.onnx"))
+
+
+def _observations(n: int, dim: int, seed: int) -> np.ndarray:
+    """80% ordinary observations, 20% extremes (uniform far out and at the corners of a wide box)."""
+    rng = np.random.default_rng(seed)
+    extremes = n // 5
+    corners = np.where(rng.random((extremes // 2, dim)) < 0.5, -30.0, 30.0)
+    return np.concatenate([rng.normal(size=(n - extremes, dim)), rng.uniform(-30, 30, size=(extremes - len(corners), dim)),
+                           corners]).astype(np.float32)
+
+
+@pytest.mark.parametrize("sparsity", [0.9, 0.95])
+def test_every_c_kernel_matches_onnx_runtime_on_10000_observations(tmp_path, sparsity):
+    """Sparse float and vectorised dense against ORT on actor-shaped ONNX, the int8 sparse
+    kernel against ORT on its int8 model within one quantisation step; extremes included."""
+    from tinypolicy.export.c_codegen import int8_output_step, layer_kind, write_c_sources
+    from tinypolicy.export.mlp import policy_from_actor
+    from tinypolicy.export.prune import remove_dead_neurons
+    from tinypolicy.export.runtimes import CKernels, ort_actions, ort_session
+    from tinypolicy.ondevice.onnx_mlp import save_onnx
+
+    dense = policy_from_actor(sparse_actor("td3", sparsity, obs_dim=17, act_dim=6))
+    pruned = remove_dead_neurons(dense).policy
+    obs = _observations(10_000, 17, 7)
+    int8 = _int8_model(pruned, tmp_path, obs[:2000])
+    write_c_sources(pruned, tmp_path / "c", dense=dense, int8_onnx=int8)
+    kernels = CKernels(tmp_path / "c", tmp_path, 17, 6)
+    save_onnx(pruned.onnx(), tmp_path / "pruned.onnx")
+    reference = ort_actions(ort_session(tmp_path / "pruned.onnx"), obs)
+    assert np.abs(kernels.actions(obs, "sparse") - reference).max() <= 1e-5
+    assert np.abs(kernels.actions(obs, "dense") - reference).max() <= 1e-5
+    step = int8_output_step(int8)
+    int8_reference = ort_actions(ort_session(tmp_path / "int8.onnx"), obs)
+    assert 0 < step and np.abs(kernels.actions(obs, "int8") - int8_reference).max() <= step * 1.001
+    # The kernels differ from the float policy by quantisation, not by a bug: within a few steps on ordinary input.
+    assert np.abs(kernels.actions(obs[:8000], "int8") - reference[:8000]).max() < 0.1
+    # Between them the two actors run every kernel the host builds: 90% has dense layers (ER's
+    # input and output) and CSC, 95% straight-line code, CSC and a narrow dense head.
+    kinds = {0.9: ["dense_unrolled", "csc_unrolled", "dense"], 0.95: ["unrolled", "csc_unrolled", "dense_unrolled"]}
+    assert [layer_kind(w) for w in pruned.weights] == kinds[sparsity]
+
+
 def test_c_sources_compile_and_match_with_normalisation_and_clip(tmp_path):
     from dataclasses import replace
 
@@ -139,20 +190,64 @@ def test_c_sources_compile_and_match_with_normalisation_and_clip(tmp_path):
     from tinypolicy.export.runtimes import CKernels
 
     rng = np.random.default_rng(4)
-    base = policy_from_actor(sparse_actor("td3", 0.95, hidden=(32, 300)))  # > 256 inputs: uint16 indices
+    base = policy_from_actor(sparse_actor("td3", 0.95, hidden=(32, 300)))  # > 256 outputs: uint16 indices
     policy = replace(base, output="clip", hidden_activation="tanh",
                      obs_mean=rng.normal(size=11).astype(np.float32),
                      obs_std=rng.uniform(0.5, 2, size=11).astype(np.float32))
-    write_c_sources(policy, tmp_path)
+    obs = rng.normal(size=(500, 11)).astype(np.float32) * 4
+    write_c_sources(policy, tmp_path, int8_onnx=_int8_model(policy, tmp_path, obs))
     header = (tmp_path / "actor.h").read_text()
     assert "#define TP_OBS_DIM 11" in header and "#define TP_ACT_DIM 3" in header
-    source = (tmp_path / "actor.c").read_text()
-    assert "static const uint16_t L1_ROW" in source and "static const uint8_t L0_ROW" in source
-    assert "malloc" not in source and "#include <stdlib.h>" not in source
+    assert "void tp_actor_int8(const float *obs, float *actions);" in header
+    int8 = (tmp_path / "actor_int8.c").read_text()
+    assert "static const uint16_t L1_ROW" in int8 and "static const int8_t L1_VAL" in int8
+    for name in ("actor.c", "actor_dense.c", "actor_int8.c"):
+        source = (tmp_path / name).read_text()
+        assert "malloc" not in source and "#include <stdlib.h>" not in source
     kernels = CKernels(tmp_path, tmp_path, 11, 3)
-    obs = rng.normal(size=(500, 11)).astype(np.float32) * 4
     assert np.abs(kernels.actions(obs) - policy(obs)).max() < 1e-5
-    assert np.abs(kernels.actions(obs, dense=True) - policy(obs)).max() < 1e-5
+    assert np.abs(kernels.actions(obs, "dense") - policy(obs)).max() < 1e-5
+
+
+def test_layer_kinds_follow_density_and_size():
+    from tinypolicy.export.c_codegen import layer_kind
+
+    rng = np.random.default_rng(0)
+
+    def matrix(rows, cols, density):
+        return (rng.random((rows, cols)) < density).astype(np.float32)
+
+    assert layer_kind(matrix(256, 256, 1.0)) == "dense"
+    assert layer_kind(matrix(256, 17, 0.5)) == "dense_unrolled"         # vector ISAs dense, Cortex-M straight-line
+    assert layer_kind(matrix(256, 256, 0.01)) == "unrolled"             # small: straight-line everywhere
+    assert layer_kind(matrix(256, 256, 0.05)) == "csc_unrolled"         # host: tables beat an i-cache miss
+    assert layer_kind(matrix(6, 2000, 0.2)) == "csr_unrolled"
+    assert layer_kind(matrix(1024, 1024, 0.05)) == "csc"                # too big to unroll anywhere
+    assert layer_kind(matrix(256, 17, 0.5), compact=True) == "csc"      # the int8 kernel's float layer: bytes
+
+
+@pytest.mark.parametrize("target", ["host", "cortex-m4", "cortex-m7", "aarch64"])
+def test_generated_c_compiles_warning_free_for_every_target(tmp_path, target):
+    """-Wall -Wextra -Werror -pedantic for the host, Cortex-M4/M7 and aarch64 (cross compilers
+    where installed), on an actor with every layer kind."""
+    import shutil
+
+    from tinypolicy.export.c_codegen import layer_kind, write_c_sources
+    from tinypolicy.export.mlp import policy_from_actor
+    from tinypolicy.export.settings import TARGETS
+
+    compiler = ["gcc", "-march=native"] if target == "host" else [f"{TARGETS[target].prefix}gcc",
+                                                                   *TARGETS[target].cflags]
+    if shutil.which(compiler[0]) is None:
+        pytest.skip(f"{compiler[0]} not installed (make embedded-deps)")
+    policy = policy_from_actor(sparse_actor("td3", 0.95, hidden=(256, 256), obs_dim=17, act_dim=6))
+    kinds = {layer_kind(w) for w in policy.weights}
+    write_c_sources(policy, tmp_path, int8_onnx=_int8_model(policy, tmp_path, _observations(500, 17, 1)))
+    for name in ("actor.c", "actor_dense.c", "actor_int8.c"):
+        proc = subprocess.run([*compiler, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c",
+                               str(tmp_path / name), "-o", str(tmp_path / f"{name}.o")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, (kinds, proc.stderr[-2000:])
 
 
 # ---------------------------------------------------------------- the bundle, end to end
@@ -182,6 +277,9 @@ def test_export_parity_files_and_metadata(bundle):
     assert parity["passed"] and parity["within_tolerance"]
     assert set(parity["max_abs_error"]) == {"torch_pruned", "onnx", "onnx_dense", "c_sparse", "c_dense"}
     assert max(parity["max_abs_error"].values()) <= 1e-5
+    # The int8 C kernel against ONNX Runtime on actor.int8.onnx, the same 10,000 observations.
+    c_int8 = manifest["int8"]["c_kernel_vs_onnx"]
+    assert c_int8["passed"] and c_int8["max_abs_error"] <= c_int8["quantisation_step"] * 1.001
     for name in ("actor.onnx", "actor.dense.onnx", "actor.int8.onnx"):
         onnx.checker.check_model(str(bundle / name), full_check=True)
 
@@ -216,18 +314,26 @@ def test_bench_writes_its_schema(bundle, tmp_path):
                         "--rounds", "2", "--episodes", "2", "--quiet")
     assert result.returncode == 0, result.stderr
     bench = json.loads((tmp_path / "bench.json").read_text())
-    variants = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense")
-    for name in (*variants, "ort_identity"):
+    variants = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense", "c_int8")
+    assert set(bench["variants"]) >= set(variants)
+    for name in (*bench["variants"], "ort_identity"):
         lat = bench["latency"][name]
         assert 0 < lat["p50_us"] <= lat["p99_us"]
-    for name in ("c_sparse", "c_dense"):
+    for name in ("c_sparse", "c_dense", "c_int8"):
         assert bench["latency"][name]["loop_mean_us"] > 0 and bench["latency"][name]["ctypes"]["p50_us"] > 0
+    # emx-onnx-cgen is measured where installed, else skipped with its reason.
+    assert ("emx_dense" in bench["variants"]) != ("emx_dense" in bench["skipped"])
+    assert "-O3" in bench["machine"]["c_flags"] and "-march=native" in bench["machine"]["c_flags"]
+    best = bench["speedup"]["p50"]
+    assert best["fastest_dense"] in ("pytorch_eager", "ort_dense", "c_dense", "emx_dense")
+    assert best["c_sparse_vs_fastest_dense"] <= bench["speedup"]["c_sparse_vs_c_dense"] + 1e-9
+    assert best["ideal"] == pytest.approx(bench["macs"]["dense"] / bench["macs"]["nonzero"])
     assert set(bench["macs"]) == {"dense", "structural", "nonzero"}
     assert bench["macs"]["nonzero"] <= bench["macs"]["structural"] <= bench["macs"]["dense"]
     assert set(bench["file_bytes"]) >= {"onnx", "onnx_int8", "c_sparse", "c_dense"}
     assert bench["parameter_bytes"]["sparse_fp32"] < bench["parameter_bytes"]["dense_fp32"]
     # fp32 variants compute the same policy: identical episodes up to float round-off.
-    fp32 = [bench["returns"][n]["mean"] for n in variants if n != "ort_int8"]
+    fp32 = [bench["returns"][n]["mean"] for n in bench["variants"] if "int8" not in n]
     assert max(fp32) - min(fp32) <= 1e-3 * max(1.0, abs(fp32[0]))
     assert set(bench["speedup"]) >= {"c_sparse_vs_ort_dense", "c_sparse_vs_c_dense"}
     assert (tmp_path / "bench.md").read_text().startswith("# Export benchmark")
@@ -315,10 +421,10 @@ def test_parity_catches_a_wrong_kernel(tmp_path, monkeypatch):
 
     real = bundle_module.write_c_sources
 
-    def off_by_a_bit(policy, out_dir, dense=None):
+    def off_by_a_bit(policy, out_dir, dense=None, int8_onnx=None):
         biases = list(policy.biases)
         biases[-1] = biases[-1] + np.float32(1e-3)
-        return real(policy.with_layers(policy.weights, biases), out_dir, dense=dense)
+        return real(policy.with_layers(policy.weights, biases), out_dir, dense=dense, int8_onnx=int8_onnx)
 
     monkeypatch.setattr(bundle_module, "write_c_sources", off_by_a_bit)
     ckpt = write_checkpoint(tmp_path / "ckpt.pt", sparse_actor("td3", 0.95, hidden=(64, 64)), hidden=(64, 64))
@@ -328,7 +434,7 @@ def test_parity_catches_a_wrong_kernel(tmp_path, monkeypatch):
     assert not parity["passed"] and parity["max_abs_error"]["c_dense"] < 1e-5
 
 
-def test_narrow_network_is_all_row_wise_and_compiles(tmp_path):
+def test_narrow_network_compiles_and_matches(tmp_path):
     from tinypolicy.export.c_codegen import write_c_sources
     from tinypolicy.export.mlp import policy_from_actor
     from tinypolicy.export.runtimes import CKernels
@@ -336,22 +442,30 @@ def test_narrow_network_is_all_row_wise_and_compiles(tmp_path):
     actor = sparse_actor("td3", 0.5, hidden=(8, 8), obs_dim=5, act_dim=2)
     policy = policy_from_actor(actor)
     write_c_sources(policy, tmp_path)
-    assert "acc[" not in (tmp_path / "actor.c").read_text()  # no CSC layer, no scatter buffer
     obs = np.random.default_rng(5).normal(size=(200, 5)).astype(np.float32)
-    assert np.abs(CKernels(tmp_path, tmp_path, 5, 2).actions(obs) - policy(obs)).max() < 1e-6
+    kernels = CKernels(tmp_path, tmp_path, 5, 2)
+    for kernel in ("sparse", "dense"):
+        assert np.abs(kernels.actions(obs, kernel) - policy(obs)).max() < 1e-6
 
 
-def test_a_dense_layer_with_32_bit_pointers_compiles_and_matches(tmp_path):
-    """A 256x256 layer with every weight nonzero needs uint32_t pointers (>= 65,536 entries)."""
-    from tinypolicy.export.c_codegen import write_c_sources
+def test_a_dense_int8_layer_with_32_bit_pointers_compiles_and_matches(tmp_path):
+    """A 256x256 quantised layer with every weight nonzero needs uint32_t pointers (> 65,535 entries)."""
+    from tinypolicy.export.c_codegen import int8_output_step, write_c_sources
     from tinypolicy.export.mlp import policy_from_actor
-    from tinypolicy.export.runtimes import CKernels
+    from tinypolicy.export.runtimes import CKernels, ort_actions, ort_session
 
     policy = policy_from_actor(sparse_actor("td3", 0.0, hidden=(256, 256), obs_dim=11, act_dim=3))
-    write_c_sources(policy, tmp_path)
-    assert "uint32_t" in (tmp_path / "actor.c").read_text()
-    obs = np.random.default_rng(6).normal(size=(50, 11)).astype(np.float32)
-    assert np.abs(CKernels(tmp_path, tmp_path, 11, 3).actions(obs) - policy(obs)).max() < 1e-5
+    weights = list(policy.weights)
+    weights[1] = np.where(weights[1] >= 0, 0.05, -0.05).astype(np.float32)  # no weight quantises to 0
+    policy = policy.with_layers(weights, policy.biases)
+    obs = np.random.default_rng(6).normal(size=(300, 11)).astype(np.float32)
+    int8 = _int8_model(policy, tmp_path, obs)
+    write_c_sources(policy, tmp_path, int8_onnx=int8)
+    assert "uint32_t" in (tmp_path / "actor_int8.c").read_text()
+    kernels = CKernels(tmp_path, tmp_path, 11, 3)
+    assert np.abs(kernels.actions(obs) - policy(obs)).max() < 1e-5
+    reference = ort_actions(ort_session(tmp_path / "int8.onnx"), obs)
+    assert np.abs(kernels.actions(obs, "int8") - reference).max() <= int8_output_step(int8) * 1.001
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_and_a_run_folder_is_read(tmp_path, capsys):
@@ -397,7 +511,8 @@ def _small_bundle(folder: Path) -> Path:
              for key, name in FILES.items()}
     write_json(folder / MANIFEST, {"format": FORMAT, "version": VERSION, "env_id": "Hopper-v5", "obs_dim": 11,
                                    "act_dim": 3, "action_low": [-1.0] * 3, "action_high": [1.0] * 3,
-                                   "parity": {"failure_threshold": 1e-5}, "files": files})
+                                   "parity": {"failure_threshold": 1e-5}, "files": files,
+                                   "macs": {"dense": 112, "structural": 112, "nonzero": 112}})
     return folder
 
 
@@ -476,3 +591,29 @@ def test_a_full_disk_during_an_embedded_build_is_one_line_and_leaves_no_build_fo
     written = bundle / "embedded" / ".cortex-m4.tmp" / "insn_count_plugin.so"
     assert err == f"tinypolicy: error: {written}: No space left on device\n"
     assert list((bundle / "embedded").iterdir()) == []
+
+
+def test_save_actor_writes_a_small_actor_only_checkpoint_and_never_replaces_one(tmp_path):
+    """benchmarks.export_docs save-actor: what the benchmark docs commit from a training run."""
+    from benchmarks.export_docs import ACTOR_FILE, ACTOR_INFO, committed_actors, save_actor
+    from tinypolicy.checkpoint import load_checkpoint
+    from tinypolicy.ondevice.errors import UserError
+
+    actor = sparse_actor("td3", 0.98)
+    run = tmp_path / "run"
+    run.mkdir()
+    source = write_checkpoint(run / "checkpoint.pt", actor)
+    (run / "eval.json").write_text(json.dumps({"mean_return": 1234.5}))
+    saved = save_actor(run, "hopper-test", root=tmp_path / "actors")
+    ckpt = load_checkpoint(saved)
+    assert "critic" not in ckpt.data and ckpt.steps_done == 1234
+    for mine, theirs in zip(sparse_layers(ckpt.build_actor()), sparse_layers(actor)):
+        assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.mask, theirs.mask)
+    assert saved.stat().st_size < source.stat().st_size / 2
+    info = json.loads((saved.parent / ACTOR_INFO).read_text())
+    assert info["trained"] and info["eval"] == {"mean_return": 1234.5} and len(info["source_sha256"]) == 64
+    assert committed_actors(tmp_path / "actors") == {"hopper-test": tmp_path / "actors" / "hopper-test" / ACTOR_FILE}
+    with pytest.raises(UserError, match="exists; remove it first"):
+        save_actor(run, "hopper-test", root=tmp_path / "actors")
+    with pytest.raises(UserError, match="no committed actor nope"):
+        committed_actors(tmp_path / "actors", ["nope"])

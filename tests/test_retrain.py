@@ -82,7 +82,7 @@ def _run(*args, cwd=ROOT, block=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
 def test_gradient_matches_finite_differences(activation):
     rng = np.random.default_rng(0)
     data = _dataset(rng, size=16)
@@ -104,23 +104,30 @@ def test_gradient_matches_finite_differences(activation):
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_loss_curve_matches_the_torch_inner_loop(activation):
-    """The HaDES trainer (models/bc.py) and the NumPy one, from the same init on the same data."""
+@pytest.mark.parametrize("activation, masked", [("tanh", False), ("relu", False), ("elu", False), ("tanh", True),
+                                                ("elu", True)])
+def test_loss_curve_matches_the_torch_inner_loop(activation, masked):
+    """The HaDES trainer (models/bc.py) and the NumPy one, from the same init on the same data,
+    dense and with a fixed sparse topology (as distillation trains the exported actor's)."""
     from tinypolicy.models.bc import BCParams
     from tinypolicy.models.bc import policy_mean as torch_policy_mean
     from tinypolicy.models.bc import train_bc as torch_train_bc
 
     data = _dataset(np.random.default_rng(0))
     recipe = BCRecipe(hidden=(64, 64), activation=activation, steps=100)
-    init = init_params([11, 64, 64, 3], seed=1)
-    trained, losses = train_bc(data.states, data.actions, recipe, init)
+    rng = np.random.default_rng(7)
+    masks = [rng.random((o, i)) < 0.3 for i, o in zip([11, 64, 64], [64, 64, 3])] if masked else None
+    init = init_params([11, 64, 64, 3], seed=1, masks=masks)
+    trained, losses = train_bc(data.states, data.actions, recipe, init, masks)
 
     as_population = lambda arrays: [torch.tensor(a)[None] for a in arrays]  # noqa: E731
     torch_init = BCParams(as_population(init.weights), as_population(init.biases), torch.tensor(init.log_std)[None])
     torch_trained, torch_losses = torch_train_bc(torch.tensor(data.states), torch.tensor(data.actions), torch_init,
                                                  recipe.steps, recipe.lr, activation, recipe.adam_eps,
-                                                 recipe.grad_clip)
+                                                 recipe.grad_clip, [torch.tensor(m) for m in masks] if masked else None)
+    if masked:
+        for w, t, m in zip(trained.weights, torch_trained.weights, masks):
+            assert np.all(w[~m] == 0) and torch.all(t[0][~torch.tensor(m)] == 0)
     # The NLL crosses zero while training, so relative to the curve's scale, not pointwise.
     np.testing.assert_allclose(losses, torch_losses[0].numpy(), rtol=1e-4, atol=1e-4 * np.abs(losses).max())
     assert losses[-1] < 0.5 * losses[0]

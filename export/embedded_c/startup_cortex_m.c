@@ -18,7 +18,8 @@ static void Fault_Handler(void) { _exit(3); }
 
 __attribute__((section(".isr_vector"), used))
 static void (*const vector_table[16])(void) = {
-    (void (*)(void))__stack_top, Reset_Handler,
+    /* The initial stack pointer is data in a table of handlers: outside ISO C, on purpose. */
+    __extension__ (void (*)(void))__stack_top, Reset_Handler,
     Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler,
     Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler,
     Fault_Handler, Fault_Handler,

@@ -1,0 +1,82 @@
+"""`tinypolicy compress --from`: a policy trained elsewhere compressed instead of trained."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tinypolicy.checkpoint import load_checkpoint, save_checkpoint
+from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline import cli
+from tinypolicy.pipeline.compress import PipelineConfig, source_stage
+from tinypolicy.pipeline.settings import TrainConfig
+from tinypolicy.pipeline.train import train
+
+TINY = cli.load_presets(None)["tiny"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A small dense TD3 Hopper policy with critics (what `import` writes for an SB3 TD3 zip)."""
+    out = tmp_path_factory.mktemp("teacher")
+    train(TrainConfig(env_id="Hopper-v5", method="dense", total_steps=1500, hidden=(32, 32), eval_interval=1500,
+                      eval_episodes=1), out, progress=False)
+    return out / "checkpoint.pt"
+
+
+def actor_only(teacher: Path, folder: Path) -> Path:
+    data = {k: v for k, v in load_checkpoint(teacher).data.items()
+            if k not in ("format", "version", "critic", "critic_target", "actor_target", "train_state")}
+    save_checkpoint(folder / "actor_only.pt", data)
+    return folder / "actor_only.pt"
+
+
+@pytest.mark.integration
+def test_compress_from_prunes_a_policy_with_critics_end_to_end(teacher, tmp_path, capsys):
+    out = tmp_path / "art"
+    argv = ["compress", "--env", "Hopper-v5", "--preset", "tiny", "--from", str(teacher), "--out", str(out),
+            "--quiet"]
+    assert cli.main(argv) == 0
+    ckpt = load_checkpoint(out / "train")
+    # the teacher's network (32-32, not the preset's 64-64), fine-tuned by the default method for --from
+    assert ckpt.config["hidden"] == [32, 32] and ckpt.config["method"] == "prune"
+    assert ckpt.config["init_from"] == str(teacher)
+    assert ckpt.data["sparsity"]["actor"] == pytest.approx(TINY["train"]["actor_sparsity"], abs=1e-3)
+    record = json.loads((out / "train" / "teacher.json").read_text())
+    assert record["method"] == "fine-tuned (prune)" and record["episodes"] == TINY["evaluate"]["episodes"]
+    assert "(teacher " in capsys.readouterr().out
+    assert "| teacher (the policy given to --from), same episodes |" in (out / "report" / "report.md").read_text()
+    assert cli.main(argv) == 0 and capsys.readouterr().out.count(": up to date") == 8  # nothing reruns
+
+
+def test_compress_from_distils_an_actor_only_policy_into_a_student(teacher, tmp_path):
+    config = PipelineConfig.from_preset("Hopper-v5", TINY, source=actor_only(teacher, tmp_path))
+    stage = source_stage(config, progress=False)
+    assert stage.outputs == ["checkpoint.pt", "student.json", "teacher.json"]
+    assert stage.params["actor_sparsity"] == TINY["train"]["actor_sparsity"]
+    (tmp_path / "train").mkdir()
+    summary = stage.run(tmp_path / "train")
+    assert summary["actor_sparsity"] == pytest.approx(TINY["train"]["actor_sparsity"], abs=1e-3)
+    assert json.loads((tmp_path / "train" / "teacher.json").read_text())["method"] == "DAgger student"
+    load_checkpoint(tmp_path / "train").build_actor()
+
+
+def test_compress_from_refuses_a_policy_for_another_env(teacher):
+    config = PipelineConfig.from_preset("Walker2d-v5", TINY, source=teacher)
+    with pytest.raises(UserError, match="is a policy for Hopper-v5; pass --env Hopper-v5"):
+        source_stage(config, progress=False)
+
+
+def test_compress_from_keeps_the_method_given(teacher, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli, "load_presets", lambda path: {"tiny": TINY})
+
+    def fake_compress(config, out, **kwargs):
+        seen["method"] = source_stage(config, progress=False).params["method"]
+        return []
+
+    monkeypatch.setattr("tinypolicy.pipeline.compress.compress", fake_compress)
+    base = ["compress", "--preset", "tiny", "--from", str(teacher), "--out", str(tmp_path / "o"), "--quiet"]
+    assert cli.main(base) == 0 and seen["method"] == "prune"
+    assert cli.main([*base, "--method", "rigl"]) == 0 and seen["method"] == "rigl"
