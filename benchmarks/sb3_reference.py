@@ -5,7 +5,8 @@ It answers one question about our dense baseline: does an independent, widely us
 update per env step, the same scaled random warm-up) learn the same way on the same
 budget? Evaluation matches `tinypolicy train`: every `--eval-interval` env steps,
 `--eval-episodes` deterministic episodes on seeds seed + 100, ...; the output directory gets
-`metrics.csv` (step, eval_return, eval_return_std, elapsed_s) and `eval.json`.
+`metrics.csv` (step, eval_return, eval_return_std, elapsed_s), `eval.json` and the trained
+model, `model.zip`.
 
     python -m benchmarks.sb3_reference --env Hopper-v5 --algo td3 --steps 300000 --seed 0 \\
         --out runs/hopper-td3-sb3-s0
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             return True
 
     model.learn(cfg.total_steps, callback=Evaluation())
+    model.save(args.out / "model.zip")  # a teacher for `tinypolicy import` and `compress --from`
     returns = evaluate()
     write_json(args.out / "eval.json", {
         "env_id": cfg.env_id, "algo": cfg.algo, "implementation": "stable-baselines3", "seed": cfg.seed,

@@ -162,6 +162,7 @@ def test_returns_collects_finished_runs_and_their_settings(tmp_path):
     record = json.loads((into / "prune-s3" / "run.json").read_text())
     assert (record["implementation"], record["method"], record["seed"]) == ("tinypolicy", "prune", 3)
     assert json.loads((into / "sb3-s0" / "run.json").read_text())["implementation"] == "stable-baselines3"
+    assert (tmp_path / "sb3-s0" / "model.zip").stat().st_size > 10_000  # the teacher `tinypolicy import` reads
     assert (into / "prune-s3" / "metrics.csv").read_bytes() == (tmp_path / "prune-s3" / "metrics.csv").read_bytes()
     assert returns_main(["report", str(into), "--out", str(tmp_path / "report")]) == 0
     table = (tmp_path / "report" / "returns.md").read_text()
