@@ -65,10 +65,13 @@ render-deps:
 distill: $(STAMP)
 	$(VENV)/bin/tinypolicy distill --env $(ENV) --size 64 --mode f --population 64 --generations 200 \
 		--out artifacts/$(ENV)/distill
-# Algorithm Distillation on Dark Room: ~1 h of training on one core; re-running resumes.
-AD_OUT ?= artifacts/ad
+# Algorithm Distillation: `make ad` on Dark Room (~1 h of training on one core), `make ad
+# ENV=tinypolicy/DarkKeyToDoor-v0` on Key-to-Door (its own defaults); re-running resumes.
+# ENV's default (Hopper-v5) is no AD env, so here it means Dark Room.
+AD_ENV = $(if $(filter tinypolicy/%,$(ENV)),$(ENV),tinypolicy/DarkRoom-v0)
+AD_OUT ?= artifacts/ad$(if $(filter tinypolicy/DarkKeyToDoor-v0,$(AD_ENV)),-k2d)
 ad: $(STAMP)
-	$(PY) -m tinypolicy ad collect --out $(AD_OUT)/data
+	$(PY) -m tinypolicy ad collect --env $(AD_ENV) --out $(AD_OUT)/data
 	$(PY) -m tinypolicy ad train --data $(AD_OUT)/data --out $(AD_OUT)/ad
 	$(PY) -m tinypolicy ad train --data $(AD_OUT)/data --out $(AD_OUT)/ed --source expert --steps 1500
 	$(PY) -m tinypolicy ad evaluate $(AD_OUT)/ad/checkpoint.pt --ed $(AD_OUT)/ed/checkpoint.pt --out $(AD_OUT)/eval

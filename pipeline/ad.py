@@ -1,20 +1,24 @@
-"""Algorithm Distillation (Laskin et al., ICLR 2023) on Dark Room, CPU-sized.
+"""Algorithm Distillation (Laskin et al., ICLR 2023) on Dark Room and Dark Key-to-Door, CPU-sized.
 
 Four stages, each reading the previous one's artefact:
 
-1. `collect`: split the 81 goals into fixed train / held-out sets; run tabular Q-learning
-   (the source algorithm) on every training goal with several seeds, keeping every k-th
-   episode of each learning history; also roll out the optimal policy on the same goals
-   (expert data for the ED baseline). One artefact: `histories.npz` + `histories.json`.
+1. `collect`: split the env's tasks (81 goals; 6480 key/door pairs) into fixed train /
+   held-out sets; run tabular Q-learning (the source algorithm) on every training task with
+   one or more seeds, keeping every k-th episode of each learning history; also roll out the
+   optimal policy on the same tasks (expert data for the ED baseline). One artefact:
+   `histories.npz` + `histories.json`, which names the env.
 2. `train`: a causal transformer (models/ad_transformer.py) learns to predict the source's
    actions on random across-episode windows of the histories (AD), or of the expert data
    (ED). Checkpoints atomically; re-running resumes.
-3. `evaluate`: frozen weights, empty context, held-out goals: the return per episode of
-   AD, ED, the source algorithm, a random and the optimal policy, AD on training goals, and
+3. `evaluate`: frozen weights, empty context, held-out tasks: the return per episode of
+   AD, ED, the source algorithm, a random and the optimal policy, AD on training tasks, and
    the context ablations (a window shorter than an episode; the context cleared at every
    episode start). Curves as JSON/CSV and a plot.
 4. `export`: the step function as ONNX (tinypolicy.export.ad_onnx), its held-out curve
    re-run under ONNX Runtime next to PyTorch.
+
+The envs differ only through their batch simulators (pipeline/darkroom.py, `BATCH_ENVS`);
+"goals" in array and flag names means tasks: a goal cell, or a key and a door cell.
 """
 from __future__ import annotations
 
@@ -44,18 +48,18 @@ from tinypolicy.ondevice.artefact import (
     sha256_file,
     write_json,
     write_npz,
+    write_text,
 )
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.darkroom import (
-    CENTRE,
-    DARK_ROOM_STEPS,
+    BATCH_ENVS,
     NUM_ACTIONS,
     NUM_STATES,
     BatchDarkRoom,
-    all_cells,
-    optimal_return,
+    BatchKeyToDoor,
 )
 from tinypolicy.pipeline.settings import (
+    DARK_ROOM_ID,
     SOURCES,
     ADCollectConfig,
     ADEvalConfig,
@@ -75,65 +79,75 @@ HISTORY_ARRAYS = ("states", "actions", "rewards", "goals")
 
 # --------------------------------------------------------------------------- collect
 
-def q_learning(goals: np.ndarray, episodes: int, rng: np.random.Generator,
+def q_learning(env: BatchDarkRoom | BatchKeyToDoor, episodes: int, rng: np.random.Generator,
                cfg: QLearningConfig = QLearningConfig()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One Q-learner per goal, all run together. Returns states, actions and rewards, each
-    [N, episodes, 20] (the state is the one the action was taken in)."""
-    n = len(goals)
-    env, q, rows = BatchDarkRoom(goals), np.zeros((n, NUM_STATES, NUM_ACTIONS)), np.arange(n)
+    """One Q-learner per task of the batch env, all run together. Returns states, actions and
+    rewards, each [N, episodes, episode_steps] (the state is the one the action was taken in)."""
+    n = len(env.xy)
+    q, rows = np.zeros((n, env.num_learner_states, NUM_ACTIONS)), np.arange(n)
     states = np.zeros((n, episodes, env.episode_steps), dtype=np.uint8)
     actions, rewards = np.zeros_like(states), np.zeros_like(states)
     for episode in range(episodes):
-        epsilon, s = cfg.epsilon(episode), env.reset()
+        epsilon, obs = cfg.epsilon(episode), env.reset()
+        s = env.learner_state(obs)
         for t in range(env.episode_steps):
             greedy = (q[rows, s] + rng.random((n, NUM_ACTIONS)) * 1e-9).argmax(1)
             a = np.where(rng.random(n) < epsilon, rng.integers(0, NUM_ACTIONS, n), greedy)
-            s_next, r = env.step(a)
+            obs_next, r = env.step(a)
+            s_next = env.learner_state(obs_next)
             # The episode end is a time limit, not a terminal state: bootstrap through it.
             target = r + cfg.gamma * q[rows, s_next].max(1)
             q[rows, s, a] += cfg.lr * (target - q[rows, s, a])
-            states[:, episode, t], actions[:, episode, t], rewards[:, episode, t] = s, a, r
-            s = s_next
+            states[:, episode, t], actions[:, episode, t], rewards[:, episode, t] = obs, a, r
+            obs, s = obs_next, s_next
     return states, actions, rewards
 
 
-def optimal_actions(xy: np.ndarray, goals: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random shortest-path move towards each goal (no-op on it)."""
-    dx, dy = (goals - xy).T
+def optimal_actions(xy: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random shortest-path move towards each target cell (no-op on it)."""
+    dx, dy = (targets - xy).T
     options = np.stack([dx < 0, dx > 0, dy < 0, dy > 0, (dx == 0) & (dy == 0)], 1)
     scores = options * (1.0 + rng.random(options.shape))
     return scores.argmax(1)
 
 
-def expert_histories(goals: np.ndarray, episodes: int, rng: np.random.Generator):
-    """The optimal policy's episodes per goal, [N, episodes, 20] like `q_learning`."""
-    env = BatchDarkRoom(goals)
-    states = np.zeros((len(goals), episodes, env.episode_steps), dtype=np.uint8)
+def expert_histories(env: BatchDarkRoom | BatchKeyToDoor, episodes: int, rng: np.random.Generator):
+    """The optimal policy's episodes per task, [N, episodes, episode_steps] like `q_learning`."""
+    states = np.zeros((len(env.xy), episodes, env.episode_steps), dtype=np.uint8)
     actions, rewards = np.zeros_like(states), np.zeros_like(states)
     for episode in range(episodes):
         s = env.reset()
         for t in range(env.episode_steps):
-            a = optimal_actions(env.xy, env.goals, rng)
+            a = optimal_actions(env.xy, env.target(), rng)
             s_next, r = env.step(a)
             states[:, episode, t], actions[:, episode, t], rewards[:, episode, t] = s, a, r
             s = s_next
     return states, actions, rewards
 
 
-def split_goals(num_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed random train / held-out split of the 81 cells."""
-    if not 0 < num_test < NUM_STATES:
-        raise UserError(f"--test-goals must be in [1, {NUM_STATES - 1}], got {num_test}")
-    order = np.random.default_rng(seed).permutation(NUM_STATES)
-    cells = all_cells()
-    return cells[np.sort(order[num_test:])], cells[np.sort(order[:num_test])]
+def split_tasks(env_cls: type[BatchDarkRoom | BatchKeyToDoor], num_test: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random train / held-out split of the env's tasks (the 81 goals; the 6480 key/door pairs)."""
+    tasks = env_cls.all_tasks()
+    if not 0 < num_test < len(tasks):
+        raise UserError(f"--test-goals must be in [1, {len(tasks) - 1}], got {num_test}")
+    order = np.random.default_rng(seed).permutation(len(tasks))
+    return tasks[np.sort(order[num_test:])], tasks[np.sort(order[:num_test])]
+
+
+def grid_env(env_id: str) -> type[BatchDarkRoom | BatchKeyToDoor]:
+    """The batch env class of an AD env id."""
+    if env_id not in BATCH_ENVS:
+        raise UserError(f"AD runs on {' or '.join(BATCH_ENVS)}, not {env_id}")
+    return BATCH_ENVS[env_id]
 
 
 @dataclass
 class Histories:
     """Learning histories (source "learning") and expert data ("expert") on the training
-    goals, and the split. Per source: states, actions, rewards [H, L] uint8 (L = kept
-    episodes x 20, one stream per history) and goals [H, 2]."""
+    tasks, and the split. Per source: states, actions, rewards [H, L] uint8 (L = kept
+    episodes x episode steps, one stream per history) and goals [H, D], the task of each
+    history (D = 2: a goal cell; 4: key and door cells)."""
 
     arrays: dict[str, np.ndarray]          # "{source}_{name}" and train_goals, test_goals
     meta: dict
@@ -147,11 +161,15 @@ class Histories:
     def test_goals(self) -> np.ndarray:
         return self.arrays["test_goals"]
 
+    @property
+    def env_id(self) -> str:
+        return self.meta["env"]
+
     def source(self, name: str) -> dict[str, np.ndarray]:
         return {k: self.arrays[f"{name}_{k}"] for k in HISTORY_ARRAYS}
 
 
-def collect(out_dir: Path, test_goals: int = ADCollectConfig.test_goals,
+def collect(out_dir: Path, env_id: str = DARK_ROOM_ID, test_goals: int = ADCollectConfig.test_goals,
             seeds_per_goal: int = ADCollectConfig.seeds_per_goal, episodes: int = ADCollectConfig.episodes,
             keep_every: int = ADCollectConfig.keep_every, seed: int = ADCollectConfig.seed,
             q_cfg: QLearningConfig = QLearningConfig()) -> dict:
@@ -160,8 +178,9 @@ def collect(out_dir: Path, test_goals: int = ADCollectConfig.test_goals,
     parameters they are refused, never replaced."""
     if keep_every <= 0 or episodes < keep_every or seeds_per_goal <= 0:
         raise UserError("need --episodes >= --keep-every >= 1 and --seeds-per-goal >= 1")
+    env_cls = grid_env(env_id)
     prepare_output_dir(out_dir)
-    params = {"seed": seed, "seeds_per_goal": seeds_per_goal, "source_episodes": episodes,
+    params = {"env": env_id, "seed": seed, "seeds_per_goal": seeds_per_goal, "source_episodes": episodes,
               "keep_every": keep_every, "q_learning": asdict(q_cfg)}
     if (Path(out_dir) / "histories.json").is_file():
         existing = load_histories(out_dir)
@@ -169,17 +188,17 @@ def collect(out_dir: Path, test_goals: int = ADCollectConfig.test_goals,
         refuse_other_settings(saved, params | {"test_goals": test_goals}, out_dir,
                               hint="use another --out (AD checkpoints trained on these histories need them)")
         return _collect_summary(existing, status="exists")
-    train_goals, held_out = split_goals(test_goals, seed)
+    train_goals, held_out = split_tasks(env_cls, test_goals, seed)
     goals = np.repeat(train_goals, seeds_per_goal, axis=0)
     rng = np.random.default_rng(seed + 1)
     start = time.time()
-    s, a, r = q_learning(goals, episodes, rng, q_cfg)
+    s, a, r = q_learning(env_cls(goals), episodes, rng, q_cfg)
     returns = r.sum(-1, dtype=np.float64)
     kept = slice(0, episodes, keep_every)
     arrays = {"train_goals": train_goals, "test_goals": held_out}
     arrays.update(_flat("learning", s[:, kept], a[:, kept], r[:, kept], goals))
-    arrays.update(_flat("expert", *expert_histories(goals, episodes // keep_every, rng), goals))
-    meta = {"env": "tinypolicy/DarkRoom-v0", "episode_steps": DARK_ROOM_STEPS, **params,
+    arrays.update(_flat("expert", *expert_histories(env_cls(goals), episodes // keep_every, rng), goals))
+    meta = {"episode_steps": env_cls.episode_steps, **params,
             "collect_seconds": round(time.time() - start, 2),
             "source_return_first_last": [float(returns[:, 0].mean()), float(returns[:, -1].mean())]}
     histories = Histories(arrays, meta)
@@ -217,16 +236,34 @@ def load_histories(path: Path) -> Histories:
     digest = check_hash(npz, info.get("sha256"), info_path.name)
     names = ["train_goals", "test_goals"] + [f"{s}_{k}" for s in SOURCES for k in HISTORY_ARRAYS]
     arrays = load_arrays(npz, names, "histories")
+    meta = info.get("meta", {})
+    task_size = grid_env(meta.get("env", "")).all_tasks().shape[1]
     for source in SOURCES:
         s, a, r = (arrays[f"{source}_{k}"] for k in ("states", "actions", "rewards"))
-        if s.ndim != 2 or s.shape != a.shape or s.shape != r.shape or arrays[f"{source}_goals"].shape != (len(s), 2):
+        if (s.ndim != 2 or s.shape != a.shape or s.shape != r.shape
+                or arrays[f"{source}_goals"].shape != (len(s), task_size)):
             raise UserError(f"{npz}: {source} arrays have inconsistent shapes")
         if s.max() >= NUM_STATES or a.max() >= NUM_ACTIONS or r.max() > 1:
             raise UserError(f"{npz}: {source} holds states, actions or rewards out of range")
     train, test = {tuple(g) for g in arrays["train_goals"]}, {tuple(g) for g in arrays["test_goals"]}
     if train & test or not {tuple(g) for g in arrays["learning_goals"]} <= train:
         raise UserError(f"{npz}: held-out goals appear in the training data")
-    return Histories(arrays, info.get("meta", {}), digest)
+    return Histories(arrays, meta, digest)
+
+
+def check_env(actual: str, expected: str | None, where: Path) -> str:
+    """`actual`, the env an artefact was collected on, unless `--env` named another."""
+    if expected is not None and expected != actual:
+        raise UserError(f"{where} was collected on {actual}, not on --env {expected}")
+    return actual
+
+
+def histories_env(path: Path, expected: str | None = None) -> str:
+    """The env of the histories at `path`, read from their description alone (so that the CLI
+    can pick the env's training defaults before loading the arrays)."""
+    _, info_path = artefact_files(path, "histories", "AD histories", "; run `tinypolicy ad collect` first")
+    env_id = read_manifest(info_path, HISTORY_FORMAT, VERSION, "AD history description").get("meta", {}).get("env", "")
+    return check_env(grid_env(env_id).env_id, expected, path)
 
 
 # --------------------------------------------------------------------------- train
@@ -316,6 +353,7 @@ def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = Tr
             "step": step, "train_seconds": seconds, "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "histories_sha256": sha,
             "resumed_from": resumed_from, "source_q_learning": histories.meta.get("q_learning", {}),
+            "env_id": histories.env_id,
             "test_goals": torch.as_tensor(histories.test_goals), "train_goals": torch.as_tensor(histories.train_goals)})
 
     tokens = history_tokens(data["states"], data["actions"], data["rewards"])
@@ -379,24 +417,25 @@ def sample_actions(logits: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return np.minimum((cdf < uniforms[:, None]).sum(1), logits.shape[1] - 1)
 
 
-def in_context_returns(step_fn: StepFunction, goals: np.ndarray, episodes: int, window: int, seed: int,
-                       reset_each_episode: bool = False, greedy: bool = False,
+def in_context_returns(step_fn: StepFunction, env: BatchDarkRoom | BatchKeyToDoor, episodes: int, window: int,
+                       seed: int, reset_each_episode: bool = False, greedy: bool = False,
                        progress: bool = False, desc: str = "in-context") -> np.ndarray:
-    """Roll the frozen model out from an empty context on each goal [N, 2]: returns [N, episodes].
+    """Roll the frozen model out from an empty context on each of the batch env's N tasks:
+    returns [N, episodes].
 
     The context holds the last `window` transitions (across episodes), or only the current
     episode's when `reset_each_episode`."""
-    env, rng = BatchDarkRoom(goals), np.random.default_rng(seed)
-    n, steps = len(goals), episodes * DARK_ROOM_STEPS
+    rng, episode_steps = np.random.default_rng(seed), env.episode_steps
+    n, steps = len(env.xy), episodes * episode_steps
     states = np.zeros((n, steps), dtype=np.int64)
     prev_actions = np.full((n, steps), NO_ACTION, dtype=np.int64)
     prev_rewards = np.zeros((n, steps), dtype=np.float32)
     returns = np.zeros((n, episodes))
     for k in tqdm(range(steps), disable=not progress, desc=desc, unit="step", mininterval=2):
-        episode, t = divmod(k, DARK_ROOM_STEPS)
+        episode, t = divmod(k, episode_steps)
         if t == 0:
             states[:, k] = env.reset()
-        start = max(0, k + 1 - window, episode * DARK_ROOM_STEPS if reset_each_episode else 0)
+        start = max(0, k + 1 - window, episode * episode_steps if reset_each_episode else 0)
         logits = step_fn(states[:, start:k + 1], prev_actions[:, start:k + 1], prev_rewards[:, start:k + 1])
         uniforms = rng.random(n)
         actions = logits.argmax(1) if greedy else sample_actions(logits, uniforms)
@@ -407,21 +446,28 @@ def in_context_returns(step_fn: StepFunction, goals: np.ndarray, episodes: int, 
     return returns
 
 
-def random_returns(goals: np.ndarray, episodes: int, seed: int) -> np.ndarray:
-    env, rng = BatchDarkRoom(goals), np.random.default_rng(seed)
-    returns = np.zeros((len(goals), episodes))
+def random_returns(env: BatchDarkRoom | BatchKeyToDoor, episodes: int, seed: int) -> np.ndarray:
+    rng, n = np.random.default_rng(seed), len(env.xy)
+    returns = np.zeros((n, episodes))
     for episode in range(episodes):
         env.reset()
-        for _ in range(DARK_ROOM_STEPS):
-            returns[:, episode] += env.step(rng.integers(0, NUM_ACTIONS, len(goals)))[1]
+        for _ in range(env.episode_steps):
+            returns[:, episode] += env.step(rng.integers(0, NUM_ACTIONS, n))[1]
     return returns
 
 
+def checkpoint_env(checkpoint: dict, expected: str | None, where: Path) -> type[BatchDarkRoom | BatchKeyToDoor]:
+    """The batch env class a loaded AD checkpoint was trained on. Checkpoints written before
+    Key-to-Door existed name no env: they are Dark Room's."""
+    return grid_env(check_env(checkpoint.get("env_id", DARK_ROOM_ID), expected, where))
+
+
 def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoint: Path | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, env_id: str | None = None) -> dict:
     """Every curve of the AD benchmark; writes curves.json, curves.csv, curves.png and
-    context_ablation.png."""
+    context_ablation.png. `env_id`, when given, must be the checkpoint's env."""
     ckpt = load_ad_checkpoint(ad_checkpoint)
+    env_cls = checkpoint_env(ckpt, env_id, ad_checkpoint)
     model = build_model(ckpt)
     ed_model = None
     if ed_checkpoint is not None:  # checked before the AD curve's minutes, not after
@@ -434,6 +480,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
     test_goals = ckpt["test_goals"].numpy()
     train_goals = ckpt["train_goals"].numpy()
     test_seeded = np.repeat(test_goals, cfg.seeds, axis=0)
+    test_env = env_cls(test_seeded)  # every rollout resets it first, so the curves can share it
     step_fn = torch_step_function(model)
     curves: dict[str, np.ndarray] = {}
     timings: dict[str, float] = {}
@@ -443,52 +490,77 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
         curves[name] = fn()
         timings[name] = round(time.time() - started, 1)
 
-    run("ad", lambda: in_context_returns(step_fn, test_seeded, cfg.episodes, window, cfg.seed, greedy=cfg.greedy,
+    run("ad", lambda: in_context_returns(step_fn, test_env, cfg.episodes, window, cfg.seed, greedy=cfg.greedy,
                                          progress=progress, desc="AD held-out"))
     if ed_model is not None:
-        run("ed", lambda: in_context_returns(torch_step_function(ed_model), test_seeded, cfg.short_episodes,
+        run("ed", lambda: in_context_returns(torch_step_function(ed_model), test_env, cfg.short_episodes,
                                              ed_model.cfg.window, cfg.seed, greedy=cfg.greedy,
                                              progress=progress, desc="ED held-out"))
     train_subset = train_goals[np.random.default_rng(cfg.seed).permutation(len(train_goals))[:len(test_goals)]]
-    run("ad_train_goals", lambda: in_context_returns(step_fn, train_subset, cfg.short_episodes, window, cfg.seed,
-                                                     greedy=cfg.greedy, progress=progress, desc="AD train goals"))
+    run("ad_train_goals", lambda: in_context_returns(step_fn, env_cls(train_subset), cfg.short_episodes, window,
+                                                     cfg.seed, greedy=cfg.greedy, progress=progress,
+                                                     desc="AD train goals"))
     run("ad_window_%d" % cfg.ablation_window,
-        lambda: in_context_returns(step_fn, test_seeded, cfg.short_episodes, cfg.ablation_window, cfg.seed,
+        lambda: in_context_returns(step_fn, test_env, cfg.short_episodes, cfg.ablation_window, cfg.seed,
                                    greedy=cfg.greedy, progress=progress, desc="AD short window"))
     run("ad_reset_each_episode",
-        lambda: in_context_returns(step_fn, test_seeded, cfg.short_episodes, window, cfg.seed, greedy=cfg.greedy,
+        lambda: in_context_returns(step_fn, test_env, cfg.short_episodes, window, cfg.seed, greedy=cfg.greedy,
                                    reset_each_episode=True, progress=progress, desc="AD context reset"))
     # the Q-learner the histories came from
     source_cfg = from_dict(QLearningConfig, ckpt["source_q_learning"], f"{ad_checkpoint} source_q_learning")
-    run("source", lambda: q_learning(test_seeded, cfg.episodes, np.random.default_rng(cfg.seed),
+    run("source", lambda: q_learning(test_env, cfg.episodes, np.random.default_rng(cfg.seed),
                                      source_cfg)[2].sum(-1, dtype=np.float64))
-    run("random", lambda: random_returns(test_seeded, cfg.episodes, cfg.seed))
-    curves["optimal"] = np.repeat(optimal_return(test_seeded)[:, None], cfg.episodes, axis=1)
+    run("random", lambda: random_returns(test_env, cfg.episodes, cfg.seed))
+    curves["optimal"] = np.repeat(env_cls.optimal_return(test_seeded)[:, None], cfg.episodes, axis=1)
 
     mean = {name: c.mean(0) for name, c in curves.items()}
-    marks = [e for e in (1, 10, 25, 50, 100, 150, 200, 300, 500) if e <= cfg.episodes]
+    marks = [e for e in TABLE_EPISODES if e <= cfg.episodes]
     summary = {
-        "test_goals": test_goals.tolist(), "seeds_per_goal": cfg.seeds, "eval_seed": cfg.seed,
+        "env": env_cls.env_id, "test_goals": test_goals.tolist(), "seeds_per_goal": cfg.seeds, "eval_seed": cfg.seed,
         "greedy": cfg.greedy, "window": window, "train_step": int(ckpt["step"]),
         "train_seconds": float(ckpt["train_seconds"]), "eval_seconds": timings,
         "return_at_episode": {name: {e: round(float(m[e - 1]), 2) for e in marks if e <= len(m)}
                               for name, m in mean.items()},
         "mean_last_50": {name: round(float(m[-50:].mean()), 2) for name, m in mean.items()},
-        # Which held-out goals AD solves: the start-to-goal distance explains most misses.
+        # "Faster than the source": the mean return over the first 100 episodes (or fewer, if shorter).
+        "mean_first_100": {name: round(float(m[:100].mean()), 2) for name, m in mean.items()},
+        # Which held-out tasks AD solves: the length of the optimal walk explains most misses.
         "ad_last_50_per_goal": [
-            {"goal": goal.tolist(), "distance": int(np.abs(goal - np.array(CENTRE)).sum()),
-             "per_seed": [round(float(v), 2) for v in per_seed]}
-            for goal, per_seed in zip(test_goals, curves["ad"][:, -50:].mean(1).reshape(len(test_goals), cfg.seeds))],
+            {"goal": goal.tolist(), "distance": int(distance), "per_seed": [round(float(v), 2) for v in per_seed]}
+            for goal, distance, per_seed in zip(test_goals, env_cls.path_length(test_goals),
+                                                curves["ad"][:, -50:].mean(1).reshape(len(test_goals), cfg.seeds))],
         "curves": {name: [round(float(v), 3) for v in m] for name, m in mean.items()},
     }
     write_json(out_dir / "curves.json", summary)
     write_curves_csv(out_dir / "curves.csv", mean)
-    title = f"Dark Room, {len(test_goals)} held-out goals x {cfg.seeds} seeds"
+    write_text(out_dir / "curves.md", curves_table(summary))
+    title = f"{env_cls.title}, {len(test_goals)} held-out {env_cls.task_noun} x {cfg.seeds} seeds"
     ablation = {"ad_window_%d" % cfg.ablation_window, "ad_reset_each_episode"}
     plot_curves({k: v for k, v in mean.items() if k not in ablation}, out_dir / "curves.png", title)
     plot_curves({k: v for k, v in mean.items() if k in ablation | {"ad", "optimal", "random"}},
                 out_dir / "context_ablation.png", f"Context ablation: {title}")
     return summary
+
+
+TABLE_EPISODES = (1, 10, 25, 50, 100, 150, 200, 300, 500)
+
+
+def curves_table(summary: dict) -> str:
+    """The docs' table of an evaluation (curves.json's summary) as Markdown: return at the
+    marked episodes, mean of the first 100 and of the last 50, and the run's seeds and cost."""
+    marks = sorted({int(e) for returns in summary["return_at_episode"].values() for e in returns})
+    lines = ["| curve | " + " | ".join(f"ep. {e}" for e in marks) + " | mean 1-100 | mean last 50 |",
+             "|---|" + "---:|" * (len(marks) + 2)]
+    for name, returns in summary["return_at_episode"].items():
+        returns = {int(e): v for e, v in returns.items()}  # str keys once read back from curves.json
+        cells = [f"{returns[e]:.2f}" if e in returns else "" for e in marks]
+        cells += [f"{summary['mean_first_100'][name]:.2f}", f"{summary['mean_last_50'][name]:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"{summary['env']}: {len(summary['test_goals'])} held-out tasks x {summary['seeds_per_goal']} "
+              f"evaluation seeds (seed {summary['eval_seed']}); window {summary['window']}; "
+              f"{summary['train_step']} training steps in {summary['train_seconds'] / 60:.1f} min; "
+              f"evaluation {sum(summary['eval_seconds'].values()) / 60:.1f} min.", ""]
+    return "\n".join(lines)
 
 
 def write_curves_csv(path: Path, curves: dict[str, np.ndarray]) -> None:
@@ -517,11 +589,13 @@ def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str, smooth: i
 
 def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.episodes,
            seed: int = ADExportConfig.seed,
-           progress: bool = True) -> dict:
+           progress: bool = True, env_id: str | None = None) -> dict:
     """Export ad.onnx into out_dir and compare it with PyTorch on the held-out in-context
-    curve (one evaluation seed per held-out goal, the same uniforms for both, so the two
-    runs act alike wherever their probabilities agree); writes export.json and parity.png."""
+    curve (one evaluation seed per held-out task, the same uniforms for both, so the two
+    runs act alike wherever their probabilities agree); writes export.json and parity.png.
+    `env_id`, when given, must be the checkpoint's env."""
     ckpt = load_ad_checkpoint(checkpoint_path)
+    env_cls = checkpoint_env(ckpt, env_id, checkpoint_path)
     model = build_model(ckpt)
     window = model.cfg.window
     out_dir = prepare_output_dir(out_dir)
@@ -541,17 +615,19 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
         return ort_logits
 
     started = time.time()
-    torch_curve = in_context_returns(torch_fn, goals, episodes, window, seed, progress=progress, desc="torch")
+    torch_curve = in_context_returns(torch_fn, env_cls(goals), episodes, window, seed, progress=progress, desc="torch")
     torch_seconds = time.time() - started
     started = time.time()
-    ort_curve = in_context_returns(checked, goals, episodes, window, seed, progress=progress, desc="onnxruntime")
+    ort_curve = in_context_returns(checked, env_cls(goals), episodes, window, seed, progress=progress,
+                                   desc="onnxruntime")
     ort_seconds = time.time() - started
 
     latency_ms = step_latency_ms(session, window)
 
     torch_mean, ort_mean = torch_curve.mean(0), ort_curve.mean(0)
     summary = {
-        "onnx": str(onnx_path), "opset": ONNX_OPSET, "window": window, "bytes": onnx_path.stat().st_size,
+        "env": env_cls.env_id, "onnx": str(onnx_path), "opset": ONNX_OPSET, "window": window,
+        "bytes": onnx_path.stat().st_size,
         "goals": len(goals), "episodes": episodes, "seed": seed,
         "max_abs_logit_diff": gaps[0], "greedy_action_agreement": agree[0] / max(1, total[0]),
         "torch_mean_return": float(torch_mean.mean()), "onnx_mean_return": float(ort_mean.mean()),
@@ -563,5 +639,5 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
     }
     write_json(out_dir / "export.json", summary)
     plot_curves({"torch": torch_mean, "onnxruntime": ort_mean}, out_dir / "parity.png",
-                title=f"AD held-out curve: PyTorch vs ONNX Runtime ({len(goals)} goals)")
+                title=f"AD held-out curve on {env_cls.title}: PyTorch vs ONNX Runtime ({len(goals)} tasks)")
     return summary

@@ -175,36 +175,62 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_ad_parser(sub) -> None:
-    """`tinypolicy ad collect | train | evaluate | export`: Algorithm Distillation on Dark Room."""
-    p = sub.add_parser("ad", help="Algorithm Distillation: in-context RL on Dark Room",
-                       description="Algorithm Distillation on Dark Room (tinypolicy/DarkRoom-v0): collect "
-                                   "Q-learning histories, train the causal transformer, evaluate it in context "
-                                   "on held-out goals with frozen weights, export its step function to ONNX.")
+    """`tinypolicy ad collect | train | evaluate | export`: Algorithm Distillation on Dark Room
+    or Dark Key-to-Door. Collect and train flags default per env (AD_ENV_DEFAULTS), so they
+    are added without defaults and `cmd_ad` fills the unset ones."""
+    import dataclasses
+
+    from tinypolicy.pipeline.settings import AD_ENV_DEFAULTS, DARK_ROOM_ID
+
+    envs = tuple(AD_ENV_DEFAULTS)
+
+    def add_env_flags(parser, cls: type, stage: str) -> None:
+        """`cls`'s flags, unset unless given; their help names each env's default."""
+        add_flags(parser, cls, with_defaults=False)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for action in parser._actions:
+            if action.dest in defaults:
+                values = {env: AD_ENV_DEFAULTS[env][stage].get(action.dest, defaults[action.dest]) for env in envs}
+                shown = (f"{next(iter(values.values()))}" if len(set(values.values())) == 1
+                         else ", ".join(f"{env.split('/')[-1]}: {value}" for env, value in values.items()))
+                action.help = f"{action.help or ''} (default: {shown})".strip()
+
+    p = sub.add_parser("ad", help="Algorithm Distillation: in-context RL on Dark Room and Dark Key-to-Door",
+                       description=f"Algorithm Distillation on {' or '.join(envs)}: collect Q-learning histories, "
+                                   "train the causal transformer, evaluate it in context on held-out tasks with "
+                                   "frozen weights, export its step function to ONNX.")
     stages = p.add_subparsers(dest="ad_command", required=True, metavar="STAGE")
+    per_env = "(flags left out take the env's defaults, tinypolicy.pipeline.settings.AD_ENV_DEFAULTS)"
 
     s = _command(stages, "collect", "learning histories of tabular Q-learning, and expert data",
-                 "Split the 81 goals into train / held-out, run Q-learning on every training goal with several "
-                 "seeds and keep every k-th episode; also roll out the optimal policy (data for the ED baseline). "
-                 "Writes histories.npz.", config=ADCollectConfig, quiet=False)
-    add_flags(s, QLearningConfig)
+                 "Split the env's tasks (goals; key/door pairs) into train / held-out, run Q-learning on every "
+                 "training task with one or more seeds and keep every k-th episode; also roll out the optimal "
+                 f"policy (data for the ED baseline). Writes histories.npz. {per_env}", quiet=False)
+    s.add_argument("--env", default=DARK_ROOM_ID, choices=envs, help=f"(default: {DARK_ROOM_ID})")
+    add_env_flags(s, ADCollectConfig, "collect")
+    add_env_flags(s, QLearningConfig, "q_learning")
 
     s = _command(stages, "train", "train the AD (or ED) transformer; re-running resumes",
                  "Train the causal transformer to predict the source's actions on random across-episode "
                  "windows. --source expert trains the ED baseline. Checkpoints every --checkpoint-every steps; "
-                 "re-running resumes.", config=ADTrainConfig)
+                 f"re-running resumes. {per_env}")
     s.add_argument("--data", required=True, type=Path, metavar="DIR", help="the directory `ad collect` wrote")
+    add_env_flags(s, ADTrainConfig, "train")
 
-    s = _command(stages, "evaluate", "in-context curves on held-out goals (frozen weights)",
+    s = _command(stages, "evaluate", "in-context curves on held-out tasks (frozen weights)",
                  "From an empty context: return per episode of AD, ED, the source, random and optimal on the "
-                 "held-out goals, AD on training goals and the context ablations. Writes curves.json, "
+                 "held-out tasks, AD on training tasks and the context ablations. Writes curves.json, "
                  "curves.csv, curves.png and context_ablation.png.",
                  inputs=(("checkpoint", "CHECKPOINT", "the AD checkpoint.pt"),), config=ADEvalConfig)
     s.add_argument("--ed", type=Path, default=None, metavar="CHECKPOINT", help="the ED checkpoint.pt (optional)")
 
-    _command(stages, "export", "ONNX step function, checked under ONNX Runtime",
-             "Export the [1, T] step function to ONNX and re-run the held-out in-context curve under ONNX "
-             "Runtime next to PyTorch. Writes ad.onnx and export.json.",
-             inputs=(("checkpoint", "CHECKPOINT", None),), config=ADExportConfig)
+    e = _command(stages, "export", "ONNX step function, checked under ONNX Runtime",
+                 "Export the [1, T] step function to ONNX and re-run the held-out in-context curve under ONNX "
+                 "Runtime next to PyTorch. Writes ad.onnx and export.json.",
+                 inputs=(("checkpoint", "CHECKPOINT", None),), config=ADExportConfig)
+    for stage in (stages.choices["train"], s, e):
+        stage.add_argument("--env", default=None, choices=envs,
+                           help="refuse the input unless it was collected on this env (default: the input's)")
 
 
 def _config(cls: type, args: argparse.Namespace, **fixed):
@@ -368,21 +394,33 @@ def cmd_distill(args) -> int:
 
 
 def cmd_ad(args) -> int:
+    from dataclasses import asdict
+
     import torch
 
     from tinypolicy.pipeline import ad
+    from tinypolicy.pipeline.settings import AD_ENV_DEFAULTS
+
+    def env_config(cls: type, env_id: str, stage: str):
+        """The `cls` config of `stage`: the env's defaults under the flags given."""
+        return from_dict(cls, AD_ENV_DEFAULTS[env_id][stage] | flag_values(args, cls),
+                         f"tinypolicy ad {args.ad_command}")
 
     torch.set_num_threads(1)
     if args.ad_command == "collect":
-        summary = ad.collect(args.out, q_cfg=_config(QLearningConfig, args), **flag_values(args, ADCollectConfig))
+        collect_cfg = env_config(ADCollectConfig, args.env, "collect")
+        summary = ad.collect(args.out, args.env, q_cfg=env_config(QLearningConfig, args.env, "q_learning"),
+                             **asdict(collect_cfg))
     elif args.ad_command == "train":
-        summary = ad.train(args.data, args.out, _config(ADTrainConfig, args), progress=not args.quiet)
+        env_id = ad.histories_env(args.data, args.env)
+        summary = ad.train(args.data, args.out, env_config(ADTrainConfig, env_id, "train"), progress=not args.quiet)
     elif args.ad_command == "evaluate":
         result = ad.evaluate(args.checkpoint, args.out, _config(ADEvalConfig, args), ed_checkpoint=args.ed,
-                             progress=not args.quiet)
-        summary = {k: result[k] for k in ("return_at_episode", "mean_last_50", "eval_seconds")}
+                             progress=not args.quiet, env_id=args.env)
+        summary = {k: result[k] for k in ("return_at_episode", "mean_first_100", "mean_last_50", "eval_seconds")}
     else:
-        result = ad.export(args.checkpoint, args.out, progress=not args.quiet, **flag_values(args, ADExportConfig))
+        result = ad.export(args.checkpoint, args.out, progress=not args.quiet, env_id=args.env,
+                           **flag_values(args, ADExportConfig))
         summary = {k: v for k, v in result.items() if k != "curves"}
     print(json.dumps(summary))
     return 0

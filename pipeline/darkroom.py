@@ -8,14 +8,18 @@ centre and has 5 actions: left, right, up, down, no-op (moves into a wall leave 
   key, and 1 the first time it reaches the invisible door while holding the key (max 2).
 
 `DarkRoomEnv` / `DarkKeyToDoorEnv` are Gymnasium envs (ids `tinypolicy/DarkRoom-v0` and
-`tinypolicy/DarkKeyToDoor-v0`, registered on import). `BatchDarkRoom` steps many Dark Rooms,
-one goal each, with NumPy: the learning-history collector and the in-context evaluation run
-hundreds of rooms at once through it. All three share `move`, so their dynamics are one.
+`tinypolicy/DarkKeyToDoor-v0`, registered on import). `BatchDarkRoom` / `BatchKeyToDoor` step
+many rooms, one task each (a goal; a key and a door), with NumPy: the learning-history
+collector and the in-context evaluation run thousands of rooms at once through them
+(`BATCH_ENVS` maps each env id to its batch class). All four share `move`, so their
+dynamics are one.
 """
 from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+
+from tinypolicy.pipeline.settings import DARK_ROOM_ID, KEY_TO_DOOR_ID
 
 SIZE = 9
 NUM_STATES = SIZE * SIZE
@@ -128,13 +132,46 @@ class DarkKeyToDoorEnv(gym.Env):
         return int(cell_index(self.xy)), reward, False, self.steps >= self.max_episode_steps, {}
 
 
-class BatchDarkRoom:
-    """N Dark Rooms stepped together, one goal each (goals [N, 2]); episodes reset together."""
+def path_length(starts: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Manhattan distance(s) between cells [..., 2]: the fewest moves from one to the other."""
+    return np.abs(np.asarray(targets) - np.asarray(starts)).sum(-1)
 
-    def __init__(self, goals: np.ndarray, episode_steps: int = DARK_ROOM_STEPS):
-        self.goals = np.asarray(goals, dtype=np.int64).reshape(-1, 2)
-        self.episode_steps = episode_steps
+
+def key_door_pairs() -> np.ndarray:
+    """Every Key-to-Door task [6480, 4]: key (x, y) then door (x, y), distinct cells."""
+    cells = all_cells()
+    key, door = np.nonzero(~np.eye(NUM_STATES, dtype=bool))
+    return np.concatenate([cells[key], cells[door]], 1)
+
+
+class BatchDarkRoom:
+    """N Dark Rooms stepped together, one goal each (tasks [N, 2]); episodes reset together.
+
+    The batch classes share one interface, which `tinypolicy.pipeline.ad` runs either task
+    through: `reset`, `step`, `target` (the cell an optimal policy heads for now),
+    `learner_state` (the tabular learner's Markov state) and the class-level task facts."""
+
+    env_id = DARK_ROOM_ID
+    title = "Dark Room"
+    task_noun = "goals"
+    episode_steps = DARK_ROOM_STEPS
+    num_learner_states = NUM_STATES
+
+    def __init__(self, tasks: np.ndarray):
+        self.goals = np.asarray(tasks, dtype=np.int64).reshape(-1, 2)
         self.xy = np.empty_like(self.goals)
+
+    @staticmethod
+    def all_tasks() -> np.ndarray:
+        return all_cells()
+
+    @staticmethod
+    def optimal_return(tasks: np.ndarray) -> np.ndarray:
+        return optimal_return(tasks, DARK_ROOM_STEPS)
+
+    @staticmethod
+    def path_length(tasks: np.ndarray) -> np.ndarray:
+        return path_length(np.array(CENTRE), tasks)
 
     def reset(self) -> np.ndarray:
         self.xy = np.broadcast_to(np.array(CENTRE), self.goals.shape).copy()
@@ -145,6 +182,69 @@ class BatchDarkRoom:
         self.xy = move(self.xy, actions)
         return cell_index(self.xy), np.all(self.xy == self.goals, axis=-1).astype(np.float32)
 
+    def target(self) -> np.ndarray:
+        return self.goals
 
-gym.register("tinypolicy/DarkRoom-v0", entry_point=DarkRoomEnv, max_episode_steps=DARK_ROOM_STEPS)
-gym.register("tinypolicy/DarkKeyToDoor-v0", entry_point=DarkKeyToDoorEnv, max_episode_steps=KEY_TO_DOOR_STEPS)
+    def learner_state(self, obs: np.ndarray) -> np.ndarray:
+        return obs
+
+
+class BatchKeyToDoor:
+    """N Dark Key-to-Doors stepped together (tasks [N, 4]: key x, y, door x, y), with the
+    dynamics and rewards of `DarkKeyToDoorEnv`; episodes reset together."""
+
+    env_id = KEY_TO_DOOR_ID
+    title = "Dark Key-to-Door"
+    task_noun = "key/door pairs"
+    episode_steps = KEY_TO_DOOR_STEPS
+    # The cell alone is not Markov: the learner also knows whether it holds the key, which its
+    # own history tells it (the key's reward came earlier in this episode).
+    num_learner_states = 2 * NUM_STATES
+
+    def __init__(self, tasks: np.ndarray):
+        tasks = np.asarray(tasks, dtype=np.int64).reshape(-1, 4)
+        self.keys, self.doors = tasks[:, :2], tasks[:, 2:]
+        self.xy = np.empty_like(self.keys)
+        self.has_key = np.zeros(len(tasks), dtype=bool)
+        self.opened = np.zeros(len(tasks), dtype=bool)
+
+    @staticmethod
+    def all_tasks() -> np.ndarray:
+        return key_door_pairs()
+
+    @staticmethod
+    def optimal_return(tasks: np.ndarray) -> np.ndarray:
+        # The longest centre-key-door walk (8 + 16 moves) fits in 50 steps: every task pays 2.
+        return np.full(len(tasks), 2.0)
+
+    @staticmethod
+    def path_length(tasks: np.ndarray) -> np.ndarray:
+        tasks = np.asarray(tasks)
+        return path_length(np.array(CENTRE), tasks[:, :2]) + path_length(tasks[:, :2], tasks[:, 2:])
+
+    def reset(self) -> np.ndarray:
+        self.xy = np.broadcast_to(np.array(CENTRE), self.keys.shape).copy()
+        self.has_key[:], self.opened[:] = False, False
+        return cell_index(self.xy)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Observations [N] and rewards [N] after one step."""
+        self.xy = move(self.xy, actions)
+        got_key = ~self.has_key & np.all(self.xy == self.keys, axis=-1)
+        opened = self.has_key & ~self.opened & np.all(self.xy == self.doors, axis=-1)
+        self.has_key |= got_key
+        self.opened |= opened
+        return cell_index(self.xy), (got_key | opened).astype(np.float32)
+
+    def target(self) -> np.ndarray:
+        return np.where(self.has_key[:, None], self.doors, self.keys)
+
+    def learner_state(self, obs: np.ndarray) -> np.ndarray:
+        return obs + NUM_STATES * self.has_key
+
+
+BATCH_ENVS = {cls.env_id: cls for cls in (BatchDarkRoom, BatchKeyToDoor)}
+
+
+gym.register(DARK_ROOM_ID, entry_point=DarkRoomEnv, max_episode_steps=DARK_ROOM_STEPS)
+gym.register(KEY_TO_DOOR_ID, entry_point=DarkKeyToDoorEnv, max_episode_steps=KEY_TO_DOOR_STEPS)

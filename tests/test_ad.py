@@ -1,4 +1,5 @@
-"""Algorithm Distillation: Dark Room dynamics, history collection, causal masking, ONNX parity, CLI."""
+"""Algorithm Distillation: Dark Room and Key-to-Door dynamics, history collection, causal masking,
+evaluation, ONNX parity, CLI."""
 from __future__ import annotations
 
 import json
@@ -15,16 +16,20 @@ import torch
 from tinypolicy.models.ad_transformer import ADTransformer
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline import ad
+from tinypolicy.pipeline.cli import main as cli_main
 from tinypolicy.pipeline.darkroom import (
     CENTRE,
     NUM_ACTIONS,
     BatchDarkRoom,
+    BatchKeyToDoor,
     DarkKeyToDoorEnv,
     DarkRoomEnv,
     all_cells,
     cell_index,
+    key_door_pairs,
     optimal_return,
 )
+from tinypolicy.pipeline.settings import AD_ENV_DEFAULTS, KEY_TO_DOOR_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 LEFT, RIGHT, UP, DOWN, STAY = range(5)
@@ -94,6 +99,43 @@ def test_key_to_door_pays_key_then_door_once_each():
     assert env.step(STAY)[3]                                # 50-step episodes
     obs, info = gym.make("tinypolicy/DarkKeyToDoor-v0").reset(seed=3)
     assert obs == 40 and not np.array_equal(info["key"], info["door"])
+
+
+def test_batch_key_to_door_agrees_with_gym_env_and_the_expert_earns_two_everywhere():
+    rng = np.random.default_rng(0)
+    pairs = key_door_pairs()
+    assert pairs.shape == (81 * 80, 4) and not np.all(pairs[:, :2] == pairs[:, 2:], axis=1).any()
+    # The expert (walk to the key, then to the door) earns exactly 2 on every task.
+    batch, returns = BatchKeyToDoor(pairs), np.zeros(len(pairs))
+    batch.reset()
+    for _ in range(50):
+        returns += batch.step(ad.optimal_actions(batch.xy, batch.target(), rng))[1]
+    np.testing.assert_array_equal(returns, BatchKeyToDoor.optimal_return(pairs))
+    assert set(returns) == {2.0}
+    # Random walks, chosen to wander over the key and the door, in both envs: same observations and rewards.
+    picks = np.array([[4, 5, 4, 3], [3, 4, 5, 4], [4, 4, 4, 3], [0, 0, 8, 8]])
+    actions = rng.integers(0, NUM_ACTIONS, (len(picks), 50))
+    batch = BatchKeyToDoor(picks)
+    batch_obs, batch_rewards = [batch.reset()], []
+    for t in range(50):
+        obs, reward = batch.step(actions[:, t])
+        batch_obs.append(obs)
+        batch_rewards.append(reward)
+    batch_rewards = np.array(batch_rewards)
+    assert batch_rewards[:, :3].sum() > 0                 # the near tasks pay something
+    assert batch_rewards.sum(0).max() <= 2
+    for i, task in enumerate(picks):
+        env = DarkKeyToDoorEnv(key=task[:2], door=task[2:])
+        assert env.reset()[0] == batch_obs[0][i]
+        for t in range(50):
+            obs, reward, *_ = env.step(int(actions[i, t]))
+            assert (obs, reward) == (batch_obs[t + 1][i], batch_rewards[t][i])
+    # The Q-learner's state adds "holds the key" to the cell: the cell alone is not Markov here.
+    batch = BatchKeyToDoor([[4, 3, 4, 5]])
+    obs = batch.reset()
+    assert batch.learner_state(obs) == 40
+    obs, reward = batch.step(np.array([UP]))
+    assert reward == 1.0 and batch.learner_state(obs) == 39 + 81
 
 
 # ---------------------------------------------------------------- history collection
@@ -257,8 +299,9 @@ def test_onnx_step_function_matches_torch(tmp_path):
                                    step(states, actions, rewards), atol=1e-5)
     # The same in-context rollout under both runtimes (sliding window, several episodes).
     goals = all_cells()[[3, 50]]
-    torch_curve = ad.in_context_returns(step, goals, 4, 40, seed=5)
-    onnx_curve = ad.in_context_returns(ort_step_function(session, 40, ad.NO_ACTION), goals, 4, 40, seed=5)
+    torch_curve = ad.in_context_returns(step, BatchDarkRoom(goals), 4, 40, seed=5)
+    onnx_curve = ad.in_context_returns(ort_step_function(session, 40, ad.NO_ACTION), BatchDarkRoom(goals), 4, 40,
+                                       seed=5)
     np.testing.assert_array_equal(torch_curve, onnx_curve)
 
 
@@ -323,3 +366,79 @@ def test_cli_ad_bad_input_is_one_line_error(histories_dir, tmp_path):
     assert result.returncode == 2 and "not divisible" in result.stderr and "Traceback" not in result.stderr
     result = tinypolicy("ad", "train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "ad collect" in result.stderr
+
+
+# ---------------------------------------------------------------- Key-to-Door end to end
+
+K2D_SOURCE = ad.QLearningConfig(decay_episodes=6)
+
+
+@pytest.fixture(scope="module")
+def k2d_dir(tmp_path_factory):
+    """A tiny Key-to-Door collection: 5 held-out pairs, one learner on each of the other 6475."""
+    out = tmp_path_factory.mktemp("k2d") / "data"
+    ad.collect(out, env_id=KEY_TO_DOOR_ID, test_goals=5, seeds_per_goal=1, episodes=12, keep_every=4, seed=0,
+               q_cfg=K2D_SOURCE)
+    return out
+
+
+def test_collect_key_to_door_split_shapes_and_dynamics(k2d_dir):
+    h = ad.load_histories(k2d_dir)
+    assert h.env_id == KEY_TO_DOOR_ID and h.meta["episode_steps"] == 50
+    assert h.train_goals.shape == (6475, 4) and h.test_goals.shape == (5, 4)
+    held_out = {tuple(t) for t in h.test_goals}
+    data = h.source("learning")
+    assert not held_out & {tuple(t) for t in h.train_goals} and not held_out & {tuple(t) for t in data["goals"]}
+    assert data["states"].shape == (6475, 3 * 50)          # episodes 0, 4 and 8 of 12
+    # Replaying the recorded actions reproduces the recorded states and rewards, at most 2 per episode.
+    steps, actions, rewards = (data[k].reshape(6475, 3, 50) for k in ("states", "actions", "rewards"))
+    env = BatchKeyToDoor(data["goals"])
+    for episode in range(3):
+        obs = env.reset()
+        for t in range(50):
+            np.testing.assert_array_equal(obs, steps[:, episode, t])
+            obs, reward = env.step(actions[:, episode, t])
+            np.testing.assert_array_equal(reward, rewards[:, episode, t])
+    returns = rewards.sum(-1)
+    assert returns.max() == 2 and returns[:, -1].mean() > returns[:, 0].mean()   # the source learns
+    expert = h.source("expert")["rewards"].reshape(6475, 3, 50).sum(-1)
+    assert (expert == 2).all()
+
+
+def test_evaluate_key_to_door_shapes(k2d_dir, tmp_path):
+    cfg = ad.ADTrainConfig(steps=2, batch=4, window=60, dim=16, layers=1, heads=2, ff_dim=32, checkpoint_every=2)
+    ad.train(k2d_dir, tmp_path / "ad", cfg, progress=False)
+    checkpoint = tmp_path / "ad" / "checkpoint.pt"
+    summary = ad.evaluate(checkpoint, tmp_path / "eval", ad.ADEvalConfig(episodes=3, seeds=2, short_episodes=2),
+                          progress=False, env_id=KEY_TO_DOOR_ID)
+    assert summary["env"] == KEY_TO_DOOR_ID and len(summary["test_goals"]) == 5
+    lengths = {name: len(curve) for name, curve in summary["curves"].items()}
+    assert lengths == {"ad": 3, "ad_train_goals": 2, "ad_window_10": 2, "ad_reset_each_episode": 2, "source": 3,
+                       "random": 3, "optimal": 3}
+    assert summary["curves"]["optimal"] == [2.0] * 3
+    assert all(0 <= v <= 2 for curve in summary["curves"].values() for v in curve)
+    per_task = summary["ad_last_50_per_goal"]
+    assert len(per_task) == 5 and all(len(t["goal"]) == 4 and len(t["per_seed"]) == 2 for t in per_task)
+    key, door = np.array(per_task[0]["goal"][:2]), np.array(per_task[0]["goal"][2:])
+    assert per_task[0]["distance"] == np.abs(key - np.array(CENTRE)).sum() + np.abs(door - key).sum()
+    with pytest.raises(UserError, match="collected on tinypolicy/DarkKeyToDoor-v0, not on --env tinypolicy/DarkRoom"):
+        ad.export(checkpoint, tmp_path / "export", episodes=1, progress=False, env_id="tinypolicy/DarkRoom-v0")
+
+
+def test_cli_takes_key_to_door_defaults_under_the_flags_given(k2d_dir, tmp_path, capsys):
+    """`ad train` without --window trains on Key-to-Door's window (from the histories' env);
+    a flag given wins over the env's default; a wrong --env is one line and status 2."""
+    k2d_window = AD_ENV_DEFAULTS[KEY_TO_DOOR_ID]["train"]["window"]
+    assert k2d_window != ad.ADTrainConfig.window
+    small = ["--steps", "1", "--batch", "2", "--dim", "16", "--layers", "1", "--heads", "2", "--ff-dim", "32",
+             "--quiet"]
+    assert cli_main(["ad", "train", "--data", str(k2d_dir), "--out", str(tmp_path / "a"), *small]) == 0
+    assert ad.load_ad_checkpoint(tmp_path / "a" / "checkpoint.pt")["model_config"]["window"] == k2d_window
+    assert cli_main(["ad", "train", "--data", str(k2d_dir), "--out", str(tmp_path / "b"), "--window", "30",
+                     *small]) == 0
+    assert ad.load_ad_checkpoint(tmp_path / "b" / "checkpoint.pt")["model_config"]["window"] == 30
+    capsys.readouterr()
+    assert cli_main(["ad", "train", "--data", str(k2d_dir), "--out", str(tmp_path / "c"),
+                     "--env", "tinypolicy/DarkRoom-v0", *small]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not on --env tinypolicy/DarkRoom-v0" in err and not (tmp_path / "c").exists()
