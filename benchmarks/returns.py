@@ -32,6 +32,7 @@ from rliable import metrics
 from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.ondevice.artefact import write_json, write_text
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.sweep import config_label
 from tinypolicy.plots import save_figure, subplots
 
 MIN_SEEDS = 3
@@ -41,18 +42,6 @@ RUN_FILES = ("metrics.csv", "eval.json", "run.json")
 
 def iqm(scores: np.ndarray) -> float:
     return float(metrics.aggregate_iqm(scores))
-
-
-def config_label(config: dict) -> str:
-    """A configuration: method, sparsities of sparse methods, precision other than fp32."""
-    if config.get("implementation") == "stable-baselines3":
-        return "sb3"
-    label = config["method"]
-    if config["method"] != "dense":
-        label += f" {100 * config['actor_sparsity']:g}/{100 * config['critic_sparsity']:g}"
-    if config.get("precision", "fp32") != "fp32":
-        label += f" ({config['precision']})"
-    return label
 
 
 # --------------------------------------------------------------------------- collect
@@ -92,7 +81,7 @@ def load_run(folder: Path) -> dict:
     if not curve:
         raise UserError(f"{folder}/metrics.csv has no evaluations")
     tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
-    return {"name": folder.name, "env": record["env_id"], "algo": record["algo"], "label": config_label(record),
+    return {"name": folder.name, "env": record["env_id"], "algo": record["algo"], "label": "sb3" if record["implementation"] == "stable-baselines3" else config_label(record),
             "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
             "final_return": final["mean_return"], "curve": curve}
 

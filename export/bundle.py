@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from tinypolicy import __version__
 from tinypolicy.checkpoint import Checkpoint, load_checkpoint
-from tinypolicy.envs import actor_policy, evaluate_policy, make_env, rollout
+from tinypolicy.envs import actor_policy, evaluate_policy, require_dims, rollout
 from tinypolicy.export.c_codegen import (DENSE, HEADER, INT8, SPARSE, int8_output_step, int8_table_bytes,
                                          sparse_table_bytes, write_c_sources)
 from tinypolicy.export.mlp import MLPPolicy, policy_from_actor
@@ -63,13 +63,7 @@ def _validated_actor(ckpt: Checkpoint) -> torch.nn.Module:
     for k, layer in enumerate(sparse_layers(actor)):
         if not bool(((layer.mask == 0) | (layer.mask == 1)).all()):
             raise UserError(f"{ckpt.path}: actor layer {k} has a mask that is not binary")
-    spaces = ckpt.data["spaces"]
-    env = make_env(ckpt.env_id)
-    dims = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
-    if dims != (spaces["obs_dim"], spaces["act_dim"]):
-        raise UserError(f"{ckpt.env_id} has obs/action dims {dims[0]}/{dims[1]}, the checkpoint "
-                        f"records {spaces['obs_dim']}/{spaces['act_dim']}")
+    require_dims(ckpt.env_id, ckpt.data["spaces"], "the checkpoint")
     return actor
 
 

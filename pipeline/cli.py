@@ -261,19 +261,14 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from tinypolicy.checkpoint import load_checkpoint
-    from tinypolicy.envs import actor_policy, evaluate_policy, make_env
+    from tinypolicy.envs import actor_policy, evaluate_policy, require_dims
 
     torch.set_num_threads(1)  # batch-1 inference: more threads cost 7x the CPU on a busy machine, gain nothing
 
     ckpt = load_checkpoint(args.checkpoint)
     actor = ckpt.build_actor()
     env_id = args.env_id or ckpt.env_id
-    env = make_env(env_id)
-    spaces = ckpt.data["spaces"]
-    if env.observation_space.shape[0] != spaces["obs_dim"] or env.action_space.shape[0] != spaces["act_dim"]:
-        raise UserError(f"{env_id} has obs/action dims {env.observation_space.shape[0]}/"
-                        f"{env.action_space.shape[0]}, the checkpoint expects {spaces['obs_dim']}/{spaces['act_dim']}")
-    env.close()
+    require_dims(env_id, ckpt.data["spaces"], "the checkpoint")
     returns = evaluate_policy(actor_policy(actor), env_id, args.episodes, args.seed)
     mean, std = float(returns.mean()), float(returns.std())
     if not (math.isfinite(mean) and math.isfinite(std)):  # NaN is not JSON: say so instead of printing it

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from tinypolicy.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, nonfinite_tensors, save_checkpoint
 from tinypolicy.config import refuse_other_settings
-from tinypolicy.envs import Policy, actor_policy, evaluate_policy, make_env, rollout
+from tinypolicy.envs import Policy, actor_policy, evaluate_policy, require_dims, rollout
 from tinypolicy.models import drop_fraction, make_actor, sparse_layers, sparsify, weight_sparsity
 from tinypolicy.ondevice.artefact import prepare_output_dir, sha256_file, write_json
 from tinypolicy.ondevice.errors import UserError
@@ -48,13 +48,7 @@ STUDENT_ARCH = {"activation": "relu", "output": "tanh"}
 def teacher_actor(ckpt: Checkpoint) -> torch.nn.Module:
     """The checkpoint's actor; refused with one line unless it fits its env."""
     teacher = ckpt.build_actor()
-    spaces = ckpt.data["spaces"]
-    env = make_env(ckpt.env_id)
-    dims = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
-    if dims != (spaces["obs_dim"], spaces["act_dim"]):
-        raise UserError(f"{ckpt.env_id} has obs/action dims {dims[0]}/{dims[1]}, the teacher {ckpt.path} "
-                        f"records {spaces['obs_dim']}/{spaces['act_dim']}")
+    require_dims(ckpt.env_id, ckpt.data["spaces"], f"the teacher {ckpt.path}")
     return teacher
 
 

@@ -122,7 +122,7 @@ def summarise_run(run: Path) -> dict:
     return {
         "run": str(run), "env": ckpt.env_id, "method": cfg["method"], "algo": cfg["algo"], "seed": cfg["seed"],
         "precision": cfg.get("precision", "fp32"),
-        "label": _label(cfg),
+        "label": config_label(cfg),
         "steps": ckpt.steps_done, "score": sum(float(r["eval_return"]) for r in tail) / len(tail),
         "final_return": final["mean_return"] if final else None,
         "actor_nnz": weight_count(actor), "actor_weights": weight_count(actor, sparse=False),
@@ -134,7 +134,7 @@ def summarise_run(run: Path) -> dict:
     }
 
 
-def _label(cfg: dict) -> str:
+def config_label(cfg: dict) -> str:
     """The configuration a run belongs to: method, sparsities (sparse methods) and precision."""
     label = cfg["method"]
     if cfg["method"] != "dense":

@@ -37,6 +37,17 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
     return env
 
 
+def require_dims(env_id: str, spaces: dict, what: str) -> None:
+    """Refuse, on one line, a policy (`what`) whose recorded observation and action sizes are
+    not those of `env_id`."""
+    env = make_env(env_id)
+    dims = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    if dims != (spaces["obs_dim"], spaces["act_dim"]):
+        raise UserError(f"{env_id} has obs/action dims {dims[0]}/{dims[1]}, {what} records "
+                        f"{spaces['obs_dim']}/{spaces['act_dim']}")
+
+
 def actor_policy(actor) -> Policy:
     """Wrap a torch actor (obs batch -> action batch in env units) as obs -> action."""
     import torch
