@@ -1,15 +1,20 @@
-"""A Stable-Baselines3 reference run with tinypolicy's dense hyperparameters.
+"""A Stable-Baselines3 reference run: a baseline for our dense TD3/SAC, or a teacher to compress.
 
-It answers one question about our dense baseline: does an independent, widely used TD3
-(or SAC) with the same settings (256-256 networks, batch 256, lr, gamma, tau, noise, one
-update per env step, the same scaled random warm-up) learn the same way on the same
-budget? Evaluation matches `tinypolicy train`: every `--eval-interval` env steps,
-`--eval-episodes` deterministic episodes on seeds seed + 100, ...; the output directory gets
-`metrics.csv` (step, eval_return, eval_return_std, elapsed_s), `eval.json` and the trained
-model, `model.zip`.
+TD3 and SAC answer one question about our dense baseline: does an independent, widely used
+implementation with the same settings (256-256 networks, batch 256, lr, gamma, tau, noise, one
+update per env step, the same scaled random warm-up) learn the same way on the same budget?
+PPO trains an actor-only teacher for `tinypolicy compress --from` with the RL Zoo's tuned
+Hopper settings (`PPO_ZOO`, observations and rewards normalised by VecNormalize); its
+observation statistics are saved as `obs_stats.npz` for `tinypolicy import --obs-stats`,
+since VecNormalize's own file is a pickle.
+
+Evaluation matches `tinypolicy train`: every `--eval-interval` env steps, `--eval-episodes`
+deterministic episodes on seeds seed + 100, ...; the output directory gets `metrics.csv`
+(step, eval_return, eval_return_std, elapsed_s), `eval.json` and the trained model, `model.zip`.
 
     python -m benchmarks.sb3_reference --env Hopper-v5 --algo td3 --steps 300000 --seed 0 \\
         --out runs/hopper-td3-sb3-s0
+    python -m benchmarks.sb3_reference --env Hopper-v5 --algo ppo --seed 0 --out runs/hopper-ppo-sb3-s0
 """
 from __future__ import annotations
 
@@ -25,6 +30,27 @@ from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.train import Schedule, TrainConfig
 from tinypolicy.tables import CsvLog
+
+
+# RL Zoo (rl-baselines3-zoo, hyperparams/ppo.yml, Hopper) for 1M steps, one env; the Zoo's
+# VecNormalize defaults (observations clipped at 10 standard deviations, rewards normalised).
+PPO_ZOO = dict(n_steps=512, batch_size=32, n_epochs=5, learning_rate=9.80828e-05, gamma=0.999, gae_lambda=0.99,
+               clip_range=0.2, ent_coef=0.00229519, vf_coef=0.835671, max_grad_norm=0.7)
+PPO_ZOO_POLICY = dict(log_std_init=-2.0, ortho_init=False, net_arch=dict(pi=[256, 256], vf=[256, 256]))
+PPO_ZOO_STEPS = 1_000_000
+PPO_CLIP_OBS = 10.0
+
+
+def sb3_ppo(env_id: str, seed: int):
+    """An SB3 PPO with the RL Zoo's Hopper settings on a VecNormalize'd env."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    venv = VecNormalize(DummyVecEnv([lambda: make_env(env_id, seed=seed)]), gamma=PPO_ZOO["gamma"],
+                        clip_obs=PPO_CLIP_OBS)
+    venv.seed(seed)
+    return PPO("MlpPolicy", venv, policy_kwargs=dict(PPO_ZOO_POLICY, activation_fn=torch.nn.ReLU), seed=seed,
+               device="cpu", verbose=0, **PPO_ZOO)
 
 
 def sb3_model(cfg: TrainConfig, env, learning_starts: int):
@@ -48,8 +74,9 @@ def sb3_model(cfg: TrainConfig, env, learning_starts: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v5")
-    parser.add_argument("--algo", choices=("td3", "sac"), default="td3")
-    parser.add_argument("--steps", type=int, default=300_000)
+    parser.add_argument("--algo", choices=("td3", "sac", "ppo"), default="td3")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"env steps (default: 300,000 for td3/sac, {PPO_ZOO_STEPS:,} for ppo)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-interval", type=int, default=TrainConfig.eval_interval)
@@ -59,23 +86,28 @@ def main(argv: list[str] | None = None) -> int:
 
     from stable_baselines3.common.callbacks import BaseCallback
 
-    cfg = TrainConfig(env_id=args.env, algo=args.algo, method="dense", total_steps=args.steps, seed=args.seed,
-                      eval_interval=args.eval_interval, eval_episodes=args.eval_episodes)
+    on_policy = args.algo == "ppo"
+    steps = args.steps or (PPO_ZOO_STEPS if on_policy else 300_000)
+    # TrainConfig validates the shared settings; PPO borrows only those (it has no TD3 "algo")
+    cfg = TrainConfig(env_id=args.env, algo="td3" if on_policy else args.algo, method="dense", total_steps=steps,
+                      seed=args.seed, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes)
     try:
         cfg.validate()
         env = make_env(cfg.env_id, seed=cfg.seed)
     except UserError as exc:
         parser.exit(2, f"sb3_reference: error: {exc}\n")
     torch.set_num_threads(args.threads)
-    warmup = Schedule.for_config(cfg).learning_starts
-    model = sb3_model(cfg, env, warmup)
+    warmup = 0 if on_policy else Schedule.for_config(cfg).learning_starts
+    model = sb3_ppo(cfg.env_id, cfg.seed) if on_policy else sb3_model(cfg, env, warmup)
+    # PPO acts on normalised observations; the statistics are frozen while evaluating
+    normalise = model.get_env().normalize_obs if on_policy else (lambda obs: obs)
 
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = CsvLog(args.out / "metrics.csv", ["step", "eval_return", "eval_return_std", "elapsed_s"])
     start = time.perf_counter()
 
     def evaluate() -> np.ndarray:
-        return evaluate_policy(lambda obs: model.predict(obs, deterministic=True)[0], cfg.env_id,
+        return evaluate_policy(lambda obs: model.predict(normalise(obs), deterministic=True)[0], cfg.env_id,
                                cfg.eval_episodes, seed=cfg.seed + 100)
 
     class Evaluation(BaseCallback):
@@ -89,9 +121,13 @@ def main(argv: list[str] | None = None) -> int:
 
     model.learn(cfg.total_steps, callback=Evaluation())
     model.save(args.out / "model.zip")  # a teacher for `tinypolicy import` and `compress --from`
+    if on_policy:
+        rms = model.get_env().obs_rms
+        np.savez(args.out / "obs_stats.npz", mean=rms.mean, var=rms.var, epsilon=model.get_env().epsilon,
+                 clip_obs=PPO_CLIP_OBS)
     returns = evaluate()
     write_json(args.out / "eval.json", {
-        "env_id": cfg.env_id, "algo": cfg.algo, "implementation": "stable-baselines3", "seed": cfg.seed,
+        "env_id": cfg.env_id, "algo": args.algo, "implementation": "stable-baselines3", "seed": cfg.seed,
         "steps": cfg.total_steps, "learning_starts": warmup, "episodes": cfg.eval_episodes,
         "mean_return": float(returns.mean()), "std_return": float(returns.std()), "returns": returns.tolist()})
     return 0

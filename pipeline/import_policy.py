@@ -475,9 +475,10 @@ def read_source(path: str | Path, activation: str | None = None) -> Source:
     return read_state_dict(path, activation)
 
 
-def read_obs_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) from an .npz or .json holding `mean` and `var` (VecNormalize's obs_rms; std =
-    sqrt(var + epsilon), epsilon 1e-8 unless given) or `mean` and `std`."""
+def read_obs_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(mean, std, clip) from an .npz or .json holding `mean` and `var` (VecNormalize's obs_rms;
+    std = sqrt(var + epsilon), epsilon 1e-8 unless given) or `mean` and `std`, and optionally
+    `clip_obs` (VecNormalize's clip of the normalised observation, None when absent)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"observation statistics {path} do not exist")
@@ -506,7 +507,11 @@ def read_obs_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"observation statistics {path}: mean and var must be vectors of one length")
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
         raise UserError(f"observation statistics {path} must be finite, with positive variances")
-    return mean, std
+    try:
+        clip = float(stats["clip_obs"]) if "clip_obs" in stats else None
+    except (TypeError, ValueError):
+        raise UserError(f"observation statistics {path}: clip_obs must be a number") from None
+    return mean, std, clip
 
 
 def env_spaces(env) -> dict[str, Any]:
@@ -580,7 +585,7 @@ def _build_actor(actor: ForeignActor, spaces: dict[str, Any], where: str) -> tup
 
 
 def _critic(heads: list[list[Layer]], obs_dim: int, act_dim: int, hidden: list[int],
-            norm: tuple[np.ndarray, np.ndarray] | None, where: str) -> TwinCritic:
+            norm: tuple[np.ndarray, np.ndarray, float | None] | None, where: str) -> TwinCritic:
     """Our twin critic from SB3's Q heads (one head, DDPG's, fills both). Observation
     normalisation folds into the first layer's observation columns: the critic is never
     exported, and fine-tuning feeds both networks raw observations."""
@@ -589,7 +594,7 @@ def _critic(heads: list[list[Layer]], obs_dim: int, act_dim: int, hidden: list[i
         raise UserError(f"{where}: the critic's hidden sizes {sizes} differ from the actor's {hidden}; a tinypolicy "
                         "checkpoint has one list of hidden sizes")
     if norm is not None:
-        mean, std = norm
+        mean, std, _ = norm
         folded = []
         for head in heads:
             w, b = head[0]
@@ -641,17 +646,25 @@ def import_policy(source: str | Path, env_id: str, out: str | Path, cfg: ImportC
     def adapted(actor: ForeignActor) -> ForeignActor:
         """`actor` with what the flags add to what the file says."""
         actor = replace(actor, output=cfg.output or actor.output)
-        return actor if norm is None else replace(actor, obs_mean=norm[0], obs_std=norm[1])
+        if norm is None:
+            return actor
+        # the actor has no clamp after its normalisation: the same actions wherever VecNormalize's
+        # clip is inactive, which a trained policy's own states (within a few std) leave it
+        notes = actor.notes if norm[2] is None else actor.notes + [
+            f"VecNormalize clips normalised observations at +-{norm[2]:g}; the imported actor does not (the same "
+            f"action on observations within {norm[2]:g} standard deviations of the statistics' mean)"]
+        return replace(actor, obs_mean=norm[0], obs_std=norm[1], notes=notes)
 
     out = prepare_output_dir(out)
     path = out / CHECKPOINT_FILE
     sha256 = sha256_file(source)
     _refuse_other_output(path, sha256)
-    actor, algo, architecture = _build_actor(adapted(read.actor), spaces, where)
+    foreign = adapted(read.actor)
+    actor, algo, architecture = _build_actor(foreign, spaces, where)
     hidden = [w.shape[0] for w, _ in read.actor.layers[:-1]]
     record = {"kind": read.kind, "algo": read.algo, "path": str(source.resolve()), "sha256": sha256,
               "obs_stats": str(Path(cfg.obs_stats).resolve()) if cfg.obs_stats else None,
-              "critic": None, "notes": list(read.actor.notes)}
+              "critic": None, "notes": list(foreign.notes)}
     data: dict[str, Any] = {
         "config": config_record(TrainConfig(env_id=env_id, algo=algo, method="dense", actor_sparsity=0.0,
                                             critic_sparsity=0.0, hidden=tuple(hidden))),

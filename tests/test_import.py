@@ -137,7 +137,7 @@ def test_sb3_with_vecnormalize_statistics(sb3_models, tmp_path):
     venv.reset()
     for _ in range(200):
         venv.step(np.random.default_rng(0).uniform(-2, 2, (1, 1)).astype(np.float32))
-    np.savez(tmp_path / "obs_stats.npz", mean=venv.obs_rms.mean, var=venv.obs_rms.var)
+    np.savez(tmp_path / "obs_stats.npz", mean=venv.obs_rms.mean, var=venv.obs_rms.var, clip_obs=venv.clip_obs)
     model, path = sb3_models["TD3"]
     obs = observations(widen=1.0)
     assert np.abs(venv.normalize_obs(obs)).max() < venv.clip_obs  # VecNormalize's clip is not represented
@@ -147,6 +147,7 @@ def test_sb3_with_vecnormalize_statistics(sb3_models, tmp_path):
     difference = max_difference(imported_actions(summary["checkpoint"], obs), expected)
     print(f"TD3 + VecNormalize: max |action difference| {difference:.2e}")
     assert summary["obs_norm"] and difference <= PARITY
+    assert any("clips normalised observations at +-10" in note for note in summary["notes"])
     unnormalised = model.predict(obs, deterministic=True)[0]
     assert max_difference(imported_actions(summary["checkpoint"], obs), unnormalised) > 1e-3  # it matters
 
@@ -200,6 +201,31 @@ class CleanRLPPOAgent(nn.Module):
 
     def forward(self, x):
         return torch.clamp(self.actor_mean(x), -ACTION_HIGH, ACTION_HIGH)
+
+
+def test_sb3_reference_ppo_teacher_imports(tmp_path):
+    """The PPO teacher `benchmarks.sb3_reference --algo ppo` trains (VecNormalize'd, as the RL Zoo
+    does) imports with the obs_stats.npz it saves and acts as SB3 acts on normalised states."""
+    from stable_baselines3 import PPO
+
+    from benchmarks.sb3_reference import main as sb3_reference
+    from tinypolicy.envs import rollout
+
+    env_id = "InvertedPendulum-v5"
+    run = tmp_path / "ppo"
+    assert sb3_reference(["--env", env_id, "--algo", "ppo", "--steps", "1024", "--eval-interval", "1024",
+                          "--eval-episodes", "1", "--out", str(run)]) == 0
+    assert json.loads((run / "eval.json").read_text())["algo"] == "ppo"
+    summary = import_policy(run / "model.zip", env_id, tmp_path / "imported",
+                            ImportConfig(obs_stats=str(run / "obs_stats.npz")))
+    obs = np.stack([step.obs for step in rollout(env_id, None, seed=0, episodes=20)]).astype(np.float32)
+    with np.load(run / "obs_stats.npz", allow_pickle=False) as stats:
+        normalised = ((obs - stats["mean"]) / np.sqrt(stats["var"] + stats["epsilon"])).astype(np.float32)
+        unclipped = np.all(np.abs(normalised) < stats["clip_obs"], axis=1)  # the note's domain of equality
+    assert unclipped.mean() > 0.5
+    expected = PPO.load(run / "model.zip", device="cpu").predict(normalised[unclipped], deterministic=True)[0]
+    assert max_difference(imported_actions(summary["checkpoint"], obs[unclipped]), expected) <= PARITY
+
 
 
 @pytest.mark.parametrize("cls", [CleanRLTD3Actor, CleanRLSACActor, CleanRLPPOAgent])
