@@ -31,7 +31,6 @@ from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.train import Schedule, TrainConfig
 from tinypolicy.tables import CsvLog
 
-
 # RL Zoo (rl-baselines3-zoo, hyperparams/ppo.yml, Hopper) for 1M steps, one env; the Zoo's
 # VecNormalize defaults (observations clipped at 10 standard deviations, rewards normalised).
 PPO_ZOO = dict(n_steps=512, batch_size=32, n_epochs=5, learning_rate=9.80828e-05, gamma=0.999, gae_lambda=0.99,

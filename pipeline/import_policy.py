@@ -651,8 +651,8 @@ def import_policy(source: str | Path, env_id: str, out: str | Path, cfg: ImportC
         # the actor has no clamp after its normalisation: the same actions wherever VecNormalize's
         # clip is inactive, which a trained policy's own states (within a few std) leave it
         notes = actor.notes if norm[2] is None else actor.notes + [
-            f"VecNormalize clips normalised observations at +-{norm[2]:g}; the imported actor does not (the same "
-            f"action on observations within {norm[2]:g} standard deviations of the statistics' mean)"]
+            (f"VecNormalize clips normalised observations at +-{norm[2]:g}; the imported actor does not (the same "
+             f"action on observations within {norm[2]:g} standard deviations of the statistics' mean)")]
         return replace(actor, obs_mean=norm[0], obs_std=norm[1], notes=notes)
 
     out = prepare_output_dir(out)

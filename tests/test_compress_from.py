@@ -49,6 +49,13 @@ def test_compress_from_prunes_a_policy_with_critics_end_to_end(teacher, tmp_path
     assert "| teacher (the policy given to --from), same episodes |" in (out / "report" / "report.md").read_text()
     assert cli.main(argv) == 0 and capsys.readouterr().out.count(": up to date") == 8  # nothing reruns
 
+    # the benchmark table of teacher vs compressed reads this run's raw files
+    from benchmarks.compress_from import collect, table
+    collect(out, tmp_path / "collected")
+    row = table(tmp_path / "collected").splitlines()[-1].split(" | ")
+    assert row[:2] == ["| Hopper-v5", "tinypolicy TD3"] and row[3] == "fine-tuned (prune)"
+    assert float(row[2]) == pytest.approx(record["mean_return"], abs=0.5) and row[5] == "0"
+
 
 def test_compress_from_distils_an_actor_only_policy_into_a_student(teacher, tmp_path):
     config = PipelineConfig.from_preset("Hopper-v5", TINY, source=actor_only(teacher, tmp_path))

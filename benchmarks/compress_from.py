@@ -1,0 +1,133 @@
+"""Teacher vs compressed: `tinypolicy compress --from` runs over several seeds, in one table.
+
+A run is the output folder of `tinypolicy compress --from CHECKPOINT` (a policy imported with
+`tinypolicy import`). `collect` copies its small raw results into the repository as one
+record.json: the teacher's return and the compressed actor's on the same evaluation episodes
+(train/teacher.json, evaluate/eval.json), the actor's sparsity, every stage's wall time and the
+microcontroller flash of the exported kernels. `table` groups records by teacher and target
+sparsity: the compressed return and the share of the teacher's it keeps, as an interquartile
+mean over seeds with a 95% stratified bootstrap interval from 3 seeds on (rliable, as
+`benchmarks.returns`), beside every seed's value.
+
+    python -m benchmarks.compress_from collect RUN... --into docs/results/compress_from
+    python -m benchmarks.compress_from table docs/results/compress_from
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.returns import MIN_SEEDS, REPS, interval, iqm
+from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.ondevice.artefact import sha256_file, write_json
+from tinypolicy.ondevice.errors import UserError
+
+STAGES = ("train", "evaluate", "export", "bench", "embedded", "distill", "retrain", "report")
+FLASH_TARGET = "cortex-m4"
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def collect(run: Path, into: Path) -> Path:
+    """Write `into/<run name>/record.json` from a finished `compress --from` folder."""
+    teacher_path = run / "train" / "teacher.json"
+    if not teacher_path.is_file():
+        raise UserError(f"{run} is not a `compress --from` output (no train/teacher.json)")
+    stamps = {stage: read_json(run / stage / "stamp.json") for stage in STAGES if (run / stage / "stamp.json").is_file()}
+    if set(stamps) != set(STAGES):
+        raise UserError(f"{run} is not finished: no stamp for {', '.join(s for s in STAGES if s not in stamps)}")
+    teacher = read_json(teacher_path)
+    compressed = read_json(run / "evaluate" / "eval.json")
+    train = stamps["train"]
+    policy = load_checkpoint(teacher["source"])
+    # an imported policy records where it came from; one of our own checkpoints is its own source
+    source = policy.data.get("source") or {"kind": "tinypolicy", "algo": policy.config["algo"].upper()}
+    flash = {}
+    embedded = read_json(run / "embedded" / "embedded.json")
+    if FLASH_TARGET in embedded:
+        kernels = embedded[FLASH_TARGET]["kernels"]
+        flash = {name: kernels[name]["flash_bytes"] for name in ("sparse", "int8", "dense") if name in kernels}
+    record = {
+        "env_id": compressed["env_id"],
+        "teacher": {"kind": source["kind"], "algo": source["algo"], "sha256": sha256_file(Path(teacher["source"])),
+                    "mean_return": teacher["mean_return"], "std_return": teacher["std_return"]},
+        "method": teacher["method"],
+        "seed": train["settings"]["seed"],
+        "target_sparsity": train["settings"]["actor_sparsity"],
+        "actor_sparsity": train["summary"]["actor_sparsity"],
+        "episodes": compressed["episodes"], "eval_seed": compressed["seed"],
+        "mean_return": compressed["mean_return"], "std_return": compressed["std_return"],
+        "seconds": {stage: stamps[stage]["seconds"] for stage in STAGES},
+        "flash_bytes": {FLASH_TARGET: flash},
+    }
+    target = into / run.name
+    target.mkdir(parents=True, exist_ok=True)
+    write_json(target / "record.json", record)
+    return target
+
+
+def table(folder: Path, reps: int = REPS) -> str:
+    records = [read_json(p / "record.json") for p in sorted(folder.iterdir()) if (p / "record.json").is_file()]
+    if not records:
+        raise UserError(f"{folder} holds no collected runs; see `benchmarks.compress_from collect`")
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["env_id"], r["teacher"]["algo"], r["teacher"]["sha256"], r["method"], r["target_sparsity"])].append(r)
+    lines = [("| env | teacher | teacher return | method | actor sparsity | seeds | compressed return: IQM [95% CI] "
+              "| kept: IQM [95% CI] | kept per seed | compress time (min, mean; train stage) | flash KiB "
+              f"({FLASH_TARGET}: sparse / int8 / dense) |"),
+             "|---|---|---:|---|---:|---|---:|---:|---|---:|---:|"]
+    for (env, algo, _, method, target), runs in sorted(groups.items(), key=lambda kv: kv[0][:2] + kv[0][3:]):
+        runs.sort(key=lambda r: r["seed"])
+        teacher = runs[0]["teacher"]["mean_return"]
+        returns = np.array([r["mean_return"] for r in runs])
+        kept = returns / teacher
+
+        def summary(values: np.ndarray, fmt: str) -> str:
+            if len(values) < MIN_SEEDS:
+                return f"{fmt.format(iqm(values))} (n/a)"
+            low, high = interval(values, seed=0, reps=reps)
+            return f"{fmt.format(iqm(values))} [{fmt.format(low)}, {fmt.format(high)}]"
+
+        minutes = np.mean([sum(r["seconds"].values()) for r in runs]) / 60
+        train_minutes = np.mean([r["seconds"]["train"] for r in runs]) / 60
+        flash = runs[0]["flash_bytes"][FLASH_TARGET]
+        lines.append(
+            f"| {env} | {runs[0]['teacher']['kind']} {algo} | {teacher:.0f} | {method} | {np.mean([r['actor_sparsity'] for r in runs]):.3f} "
+            f"| {', '.join(str(r['seed']) for r in runs)} | {summary(returns, '{:.0f}')} | {summary(kept * 100, '{:.0f}%')} "
+            f"| {', '.join(f'{k:.0%}' for k in kept)} | {minutes:.1f} ({train_minutes:.1f}) "
+            f"| {' / '.join(f'{flash[k] / 1024:.1f}' if k in flash else '-' for k in ('sparse', 'int8', 'dense'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("collect", help="copy finished `compress --from` runs' raw results into the repository")
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--into", type=Path, required=True)
+    p = sub.add_parser("table", help="the teacher-vs-compressed table of collected runs (markdown)")
+    p.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "collect":
+            for run in args.runs:
+                print(collect(run, args.into))
+        else:
+            print(table(args.folder), end="")
+    except UserError as exc:
+        parser.exit(2, f"compress_from: error: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
