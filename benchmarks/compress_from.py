@@ -42,7 +42,8 @@ def collect(run: Path, into: Path) -> Path:
     teacher_path = run / "train" / "teacher.json"
     if not teacher_path.is_file():
         raise UserError(f"{run} is not a `compress --from` output (no train/teacher.json)")
-    stamps = {stage: read_json(run / stage / "stamp.json") for stage in STAGES if (run / stage / "stamp.json").is_file()}
+    stamps = {stage: read_json(run / stage / "stamp.json")
+              for stage in STAGES if (run / stage / "stamp.json").is_file()}
     if set(stamps) != set(STAGES):
         raise UserError(f"{run} is not finished: no stamp for {', '.join(s for s in STAGES if s not in stamps)}")
     teacher = read_json(teacher_path)
@@ -101,9 +102,11 @@ def table(folder: Path, reps: int = REPS) -> str:
         minutes = np.mean([sum(r["seconds"].values()) for r in runs]) / 60
         train_minutes = np.mean([r["seconds"]["train"] for r in runs]) / 60
         flash = runs[0]["flash_bytes"][FLASH_TARGET]
+        sparsity = np.mean([r["actor_sparsity"] for r in runs])
         lines.append(
-            f"| {env} | {runs[0]['teacher']['kind']} {algo} | {teacher:.0f} | {method} | {np.mean([r['actor_sparsity'] for r in runs]):.3f} "
-            f"| {', '.join(str(r['seed']) for r in runs)} | {summary(returns, '{:.0f}')} | {summary(kept * 100, '{:.0f}%')} "
+            f"| {env} | {runs[0]['teacher']['kind']} {algo} | {teacher:.0f} | {method} | {sparsity:.3f} "
+            f"| {', '.join(str(r['seed']) for r in runs)} | {summary(returns, '{:.0f}')} "
+            f"| {summary(kept * 100, '{:.0f}%')} "
             f"| {', '.join(f'{k:.0%}' for k in kept)} | {minutes:.1f} ({train_minutes:.1f}) "
             f"| {' / '.join(f'{flash[k] / 1024:.1f}' if k in flash else '-' for k in ('sparse', 'int8', 'dense'))} |")
     return "\n".join(lines) + "\n"
