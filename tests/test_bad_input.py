@@ -35,8 +35,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.foreign_files import sb3_zip
 from tests.test_export import sparse_actor, write_checkpoint
-from tests.test_import import sb3_zip
 from tests.test_retrain import _dataset, _mask_onnx
 from tinypolicy.export.bundle import export_bundle
 from tinypolicy.ondevice.artefact import sha256_file

@@ -8,10 +8,8 @@ graphs of the shapes robot-learning frameworks export.
 """
 from __future__ import annotations
 
-import io
 import itertools
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from tests.foreign_files import sb3_zip
 from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.onnx_mlp import policy_onnx
@@ -51,19 +50,6 @@ def max_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
-def sb3_zip(module: str, action_space: str = "Box") -> bytes:
-    """A minimal SB3 model zip: the `data` JSON fields tinypolicy reads and an empty policy.pth."""
-    data = {"policy_class": {":type:": "<class 'abc.ABCMeta'>", ":serialized:": "gAWV", "__module__": module},
-            "action_space": {":type:": f"<class 'gymnasium.spaces.{action_space.lower()}.{action_space}'>"}}
-    weights = io.BytesIO()
-    torch.save({}, weights)
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("data", json.dumps(data))
-        z.writestr("policy.pth", weights.getvalue())
-    return archive.getvalue()
-
-
 # ----------------------------------------------------------------------------- Stable-Baselines3
 
 OFF_POLICY = {"learning_starts": 100, "train_freq": 1, "batch_size": 32}
@@ -74,7 +60,7 @@ SB3_ALGOS = {"TD3": OFF_POLICY, "DDPG": OFF_POLICY, "SAC": OFF_POLICY,
 @pytest.fixture(scope="module")
 def sb3_models(tmp_path_factory) -> dict[str, tuple[object, Path]]:
     """Each algorithm trained for 300 steps with 32x32 networks, saved as SB3 saves it."""
-    sb3 = pytest.importorskip("stable_baselines3")  # a dev dependency; tests/test_bad_input.py imports this module
+    sb3 = pytest.importorskip("stable_baselines3")  # a dev dependency
     root = tmp_path_factory.mktemp("sb3")
     models = {}
     for name, kwargs in SB3_ALGOS.items():
