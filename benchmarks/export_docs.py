@@ -29,8 +29,9 @@ import torch
 
 from tinypolicy.checkpoint import load_checkpoint, save_checkpoint
 from tinypolicy.envs import make_env
-from tinypolicy.export.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, LABELS, bench_bundle
+from tinypolicy.export.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, C_VARIANTS, LABELS, bench_bundle
 from tinypolicy.export.bundle import MANIFEST, export_bundle
+from tinypolicy.export.c_codegen import int8_steps_apart
 from tinypolicy.models import make_actor, sparsify
 from tinypolicy.ondevice.artefact import sha256_file, write_json
 from tinypolicy.ondevice.errors import UserError
@@ -146,19 +147,20 @@ def table(results: dict[str, tuple[dict, dict, dict]]) -> str:
             f"| {m['macs']['dense']:,} / {m['macs']['nonzero']:,} "
             f"| {by['dense_fp32']:,} / {by['sparse_fp32']:,} / {by['sparse_int8']:,} / {files['onnx_int8']['bytes']:,} |")
         speed.append(f"| {name} | " + " | ".join(
-            _variant_cell(b, n) + (f" ({_variant_cell(b, n, 'loop_mean_us')})" if n in ("c_sparse", "c_int8",
-                                                                                       "c_dense", "emx_dense")
-                                   else "") for n in names) + " |")
+            _variant_cell(b, n) + (f" ({_variant_cell(b, n, 'loop_mean_us')})" if n in C_VARIANTS else "")
+            for n in names) + " |")
         p50, loop = b["speedup"]["p50"], b["speedup"]["c_loop_mean"]
         ret = b["returns"]
         c8 = m["int8"]["c_kernel_vs_onnx"]
+        c8_steps = int8_steps_apart(c8["max_abs_error"], c8["quantisation_step"])
+        c8_cell = "n/a (not quantised)" if c8_steps is None else f"{c8_steps:.2f}"
         ratio.append(
             f"| {name} | {LABELS[p50['fastest_dense']]} | {p50['c_sparse_vs_fastest_dense']:.1f}x / "
             f"{loop['c_sparse_vs_fastest_dense']:.1f}x | {loop['ideal']:.1f}x "
             f"| {'yes' if loop['goal_half_of_ideal_met'] else '**no**'} "
             f"| {ret['pytorch_eager']['mean']:.1f} / {ret['c_sparse']['mean']:.1f} / {ret['c_int8']['mean']:.1f} "
             f"| {max(m['parity']['max_abs_error'][k] for k in ('c_sparse', 'c_dense')):.1e} "
-            f"| {c8['max_abs_error'] / c8['quantisation_step']:.2f} |")
+            f"| {c8_cell} |")
     note = ("Latency cells: p50 µs of single calls (C kernels timed inside C), the untimed-loop mean in "
             "parentheses; ONNX Runtime and PyTorch are called from Python (their Identity-model overhead is in "
             "each export_NAME.md).")

@@ -37,7 +37,6 @@ from tinypolicy.plots import save_figure, subplots
 
 MIN_SEEDS = 3
 REPS = 20_000  # bootstrap resamples of the scores (a tenth of them per evaluation step of the curves)
-RUN_FILES = ("metrics.csv", "eval.json", "run.json")
 
 
 def iqm(scores: np.ndarray) -> float:
@@ -71,19 +70,25 @@ def collect(run: Path, into: Path) -> Path:
 # --------------------------------------------------------------------------- report
 
 def load_run(folder: Path) -> dict:
+    """A run as `collect` wrote it; anything else (a missing file, a missing field) is a
+    one-line UserError naming the folder."""
     try:
         record = json.loads((folder / "run.json").read_text())
         final = json.loads((folder / "eval.json").read_text())
         with (folder / "metrics.csv").open() as f:
             curve = [(int(r["step"]), float(r["eval_return"])) for r in csv.DictReader(f)]
-    except (OSError, ValueError, KeyError) as exc:
+        if not curve:
+            raise UserError(f"{folder}/metrics.csv has no evaluations")
+        tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
+        return {"name": folder.name, "env": record["env_id"], "algo": record["algo"],
+                "label": "sb3" if record["implementation"] == "stable-baselines3" else config_label(record),
+                "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
+                "final_return": final["mean_return"], "curve": curve}
+    except KeyError as exc:
+        raise UserError(f"{folder} holds no collected run (no field {exc} in run.json, eval.json or metrics.csv); "
+                        "see `benchmarks.returns collect`") from None
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: JSON that is not an object, a short CSV row
         raise UserError(f"{folder} holds no collected run ({exc}); see `benchmarks.returns collect`") from None
-    if not curve:
-        raise UserError(f"{folder}/metrics.csv has no evaluations")
-    tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
-    return {"name": folder.name, "env": record["env_id"], "algo": record["algo"], "label": "sb3" if record["implementation"] == "stable-baselines3" else config_label(record),
-            "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
-            "final_return": final["mean_return"], "curve": curve}
 
 
 def seed_resampling(seed: int) -> None:

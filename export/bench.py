@@ -39,10 +39,10 @@ from tqdm import tqdm
 
 from tinypolicy.envs import evaluate_policy
 from tinypolicy.export.bundle import FILES, load_bundle
-from tinypolicy.export.c_codegen import HOST_CFLAGS
+from tinypolicy.export.c_codegen import HOST_CFLAGS, host_compiler
 from tinypolicy.export.embedded import update_bench_report
 from tinypolicy.export.mlp import MLPPolicy
-from tinypolicy.export.runtimes import EMX, FLOAT_P, CKernels, emx_missing, ort_actions, ort_session
+from tinypolicy.export.runtimes import EMX, EMX_VERSION, FLOAT_P, CKernels, emx_missing, ort_actions, ort_session
 from tinypolicy.export.settings import BenchConfig
 from tinypolicy.ondevice.artefact import prepare_output_dir, write_json, write_text
 from tinypolicy.ondevice.errors import UserError
@@ -56,7 +56,7 @@ DENSE_VARIANTS = ("pytorch_eager", "ort_dense", "c_dense", "emx_dense")
 LABELS = {"pytorch_eager": "PyTorch eager (masked dense)", "ort_dense": "ONNX Runtime, masked dense",
           "ort_pruned": "ONNX Runtime, pruned", "ort_int8": "ONNX Runtime, int8 (pruned)",
           "c_sparse": "C sparse (tp_actor)", "c_dense": "C dense, vectorised (tp_actor_dense)",
-          "c_int8": "C int8 sparse (tp_actor_int8)", "emx_dense": "emx-onnx-cgen 1.4.0, dense ONNX",
+          "c_int8": "C int8 sparse (tp_actor_int8)", "emx_dense": f"emx-onnx-cgen {EMX_VERSION}, dense ONNX",
           "ort_identity": "ONNX Runtime, Identity (overhead)"}
 
 
@@ -96,10 +96,11 @@ def _stats(ns: np.ndarray) -> dict[str, float]:
             "mean_us": float(us.mean()), "calls": int(len(us))}
 
 
-def _gcc_version() -> str:
+def _compiler_version() -> str:
+    """The first line of `--version` of the compiler the C kernels are built with."""
     try:
-        return subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    except (OSError, IndexError):
+        return subprocess.run([host_compiler(), "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, RuntimeError, IndexError):
         return "unknown"
 
 
@@ -203,14 +204,13 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
                 bar.update()
     bar.close()
 
-    c_sparse, c_dense, ort_dense = (latency[k]["p50_us"] for k in ("c_sparse", "c_dense", "ort_dense"))
     result = {
-        "format": "tinypolicy.bench", "version": 2,
+        "format": "tinypolicy.bench", "version": 3,  # 3: speedup holds only the p50 and c_loop_mean comparisons
         "bundle": str(folder), "env_id": manifest["env_id"],
         "checkpoint": manifest["checkpoint"],
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpu": cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
-                    "onnxruntime": ort.__version__, "numpy": np.__version__, "gcc": _gcc_version(),
+                    "onnxruntime": ort.__version__, "numpy": np.__version__, "gcc": _compiler_version(),
                     "threads": 1, "c_flags": " ".join([*HOST_CFLAGS, "-fPIC", "-shared"]),
                     "c_flags_note": "every C kernel, emx-onnx-cgen's included (without -Werror), built with these"},
         "settings": {"calls": calls, "c_calls": c_calls, "rounds": rounds, "warmup_fraction": 0.1,
@@ -220,9 +220,7 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
         "sparsity": 1.0 - sum(l["nnz"] for l in manifest["layers"]) / manifest["macs"]["dense"],
         "sparsity_after_removal": 1.0 - manifest["macs"]["nonzero"] / manifest["macs"]["dense"],
         "latency": latency,
-        "speedup": {"c_sparse_vs_ort_dense": ort_dense / c_sparse, "c_sparse_vs_c_dense": c_dense / c_sparse,
-                    "ort_pruned_vs_ort_dense": ort_dense / latency["ort_pruned"]["p50_us"],
-                    "p50": _speedups(latency, variants, manifest["macs"], "p50_us"),
+        "speedup": {"p50": _speedups(latency, variants, manifest["macs"], "p50_us"),
                     "c_loop_mean": _speedups(latency, [v for v in variants if v in C_VARIANTS],
                                              manifest["macs"], "loop_mean_us")},
         "macs": manifest["macs"],

@@ -31,8 +31,8 @@ from tqdm import tqdm
 from tinypolicy import __version__
 from tinypolicy.checkpoint import Checkpoint, load_checkpoint
 from tinypolicy.envs import actor_policy, evaluate_policy, require_dims, rollout
-from tinypolicy.export.c_codegen import (DENSE, HEADER, INT8, SPARSE, int8_output_step, int8_table_bytes,
-                                         sparse_table_bytes, write_c_sources)
+from tinypolicy.export.c_codegen import (DENSE, HEADER, INT8, SPARSE, int8_output_step, int8_parity_tolerance,
+                                         int8_table_bytes, sparse_table_bytes, write_c_sources)
 from tinypolicy.export.mlp import MLPPolicy, policy_from_actor
 from tinypolicy.export.prune import PruneResult, remove_dead_neurons
 from tinypolicy.export.runtimes import CKernels, ort_actions, ort_session
@@ -234,7 +234,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
         step = int8_output_step(int8_model)
         c_int8_error = _max_error(kernels.actions(observations, "int8"), int8_actions)
         int8 = {"c_kernel_vs_onnx": {"max_abs_error": c_int8_error, "quantisation_step": step,
-                                     "passed": c_int8_error <= step * 1.001},
+                                     "passed": c_int8_error <= int8_parity_tolerance(step)},
                 "max_abs_error": _max_error(int8_actions, reference),
                 "max_abs_error_rollouts": _max_error(int8_actions[visited_rows], reference[visited_rows]),
                 "mean_abs_error_rollouts": float(np.abs(int8_actions[visited_rows] - reference[visited_rows]).mean())}

@@ -39,13 +39,12 @@ import numpy as np
 from tqdm import tqdm
 
 from tinypolicy.export.bundle import FILES, PARITY_TOLERANCE, load_bundle
-from tinypolicy.export.c_codegen import DENSE, INT8, SPARSE, WARNINGS, int8_output_step
+from tinypolicy.export.c_codegen import KERNELS, WARNINGS, int8_output_step, int8_parity_tolerance, int8_steps_apart
 from tinypolicy.export.runtimes import ort_actions, ort_session
 from tinypolicy.export.settings import TARGETS, Target
 from tinypolicy.ondevice.artefact import prepare_output_dir, write_json, write_text
 from tinypolicy.ondevice.errors import UserError
 
-KERNELS = {"sparse": (SPARSE, "tp_actor"), "dense": (DENSE, "tp_actor_dense"), "int8": (INT8, "tp_actor_int8")}
 # The ONNX model each kernel is checked against, and which MAC count it stands for.
 REFERENCE = {"sparse": "onnx", "dense": "onnx", "int8": "onnx_int8"}
 MACS = {"sparse": "nonzero", "dense": "dense", "int8": "nonzero"}
@@ -80,7 +79,7 @@ class ActorSources:
     obs_dim: int
     act_dim: int
     parity_threshold: float  # export's: 1e-5, or more where float32 round-off itself is larger
-    int8_step: float         # one quantisation step of actor.int8.onnx's actions
+    int8_step: float         # one quantisation step of actor.int8.onnx's actions (0: not quantised)
     macs: dict               # dense, structural and nonzero multiply-accumulates
 
 
@@ -130,8 +129,7 @@ def build_firmware(target: Target, sources: ActorSources, kernel: str | None, ou
     cmd = [f"{target.prefix}gcc", *compile_flags(target), f"-I{sources.directory}",
            str(_data_file("harness.c"))]
     if kernel:
-        src, symbol = KERNELS[kernel]
-        cmd += [f"-DTP_KERNEL={symbol}", str(sources.directory / src)]
+        cmd += [f"-DTP_KERNEL={KERNELS[kernel].function}", str(sources.directory / KERNELS[kernel].source)]
     if target.bare_metal:
         cmd += [str(_data_file("startup_cortex_m.c")), "-T", str(_linker_script(target, out)), "-nostartfiles",
                 "--specs=nano.specs", "--specs=rdimon.specs", "-Wl,--print-memory-usage"]
@@ -238,13 +236,13 @@ def _estimate(target: Target, instructions: float) -> dict:
 
 def _parity(kernel: str, sources: ActorSources, diff: np.ndarray, observations: int) -> dict:
     if kernel == "int8":
-        # Rounding to a quantisation step can land one step apart from ONNX Runtime's fused
-        # int8 kernels; the slack covers float32 round-off of the step itself.
-        tolerance = sources.int8_step * 1.001
-        return {"ok": bool(diff.max() <= tolerance), "max_abs_diff": float(diff.max()), "tolerance": tolerance,
-                "max_diff_in_steps": float(diff.max() / sources.int8_step), "observations": observations,
+        step, worst = sources.int8_step, float(diff.max())
+        tolerance = int8_parity_tolerance(step)
+        return {"ok": worst <= tolerance, "max_abs_diff": worst, "tolerance": tolerance,
+                "max_diff_in_steps": int8_steps_apart(worst, step), "observations": observations,
                 "reference": "ONNX Runtime on actor.int8.onnx",
-                "tolerance_source": "one quantisation step of actor.int8.onnx's actions"}
+                "tolerance_source": ("one quantisation step of actor.int8.onnx's actions" if step > 0 else
+                                     "exact: actor.int8.onnx's actions are not quantised")}
     return {"ok": bool(diff.max() <= sources.parity_threshold), "max_abs_diff": float(diff.max()),
             "within_1e-5": bool(diff.max() <= PARITY_TOLERANCE), "tolerance": sources.parity_threshold,
             "observations": observations, "reference": "ONNX Runtime on actor.onnx",

@@ -23,6 +23,8 @@ from torch import nn
 from tinypolicy.models import DeterministicActor, GaussianActor, sparse_layers
 from tinypolicy.ondevice.onnx_mlp import HIDDEN_ACTIVATIONS, OUTPUTS, policy_onnx
 
+TORCH_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}  # every HIDDEN_ACTIVATIONS entry
+
 
 @dataclass(frozen=True)
 class MLPPolicy:
@@ -91,7 +93,7 @@ class MLPPolicy:
                 linear.bias.copy_(torch.from_numpy(b))
             modules.append(linear)
             if k < len(self.weights) - 1:
-                modules.append(nn.ReLU() if self.hidden_activation == "relu" else nn.Tanh())
+                modules.append(TORCH_ACTIVATIONS[self.hidden_activation]())
         return nn.Sequential(*modules).float().eval()
 
     def torch_module(self) -> "TorchPolicy":

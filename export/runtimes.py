@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from tinypolicy.export.c_codegen import HOST_CFLAGS, INT8, WARNINGS, compile_shared
+from tinypolicy.export.c_codegen import HOST_CFLAGS, KERNELS, WARNINGS, compile_shared, host_compiler
 
 FLOAT_P = ctypes.POINTER(ctypes.c_float)
 TIMER_SOURCE = Path(__file__).with_name("c_timer.c")
-# Kernel name -> C function, in the bundle's sources (int8 only where actor_int8.c exists).
-KERNELS = {"sparse": "tp_actor", "dense": "tp_actor_dense", "int8": "tp_actor_int8"}
 EMX = "emx_dense"
 EMX_FUNCTION = "tp_emx_actor"
 EMX_VERSION = "1.4.0"
@@ -54,7 +51,7 @@ def emx_missing() -> str | None:
 def build_emx(onnx_path: str | Path, build_dir: str | Path, cflags: tuple[str, ...] = HOST_CFLAGS) -> Path:
     """emx-onnx-cgen's C for `onnx_path` (weights inline, no heap, batch 1), compiled with
     our optimisation flags (its own warnings are not errors) into a shared library that
-    exports EMX_FUNCTION; raises RuntimeError when the tool or the compiler fails."""
+    exports EMX_FUNCTION; raises RuntimeError when the tool or the compiler fails or is missing."""
     build = Path(build_dir)
     source = build / "emx_actor.c"
     cmd = [sys.executable, "-m", "emx_onnx_cgen", "compile", str(onnx_path), str(source), "--model-name", EMX_FUNCTION,
@@ -64,8 +61,7 @@ def build_emx(onnx_path: str | Path, build_dir: str | Path, cflags: tuple[str, .
         raise RuntimeError(f"{' '.join(cmd)} failed: {(result.stderr or result.stdout).strip()[-500:]}")
     library = build / "libemx.so"
     flags = [f for f in cflags if f not in WARNINGS]
-    cc = shutil.which("gcc") or shutil.which("cc")
-    result = subprocess.run([cc, *flags, "-fPIC", "-shared", str(source), "-o", str(library), "-lm"],
+    result = subprocess.run([host_compiler(), *flags, "-fPIC", "-shared", str(source), "-o", str(library), "-lm"],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"compiling emx-onnx-cgen's C failed: {result.stderr.strip()[-500:]}")
@@ -81,8 +77,9 @@ class CKernels:
         self.obs_dim, self.act_dim, self.cflags = obs_dim, act_dim, cflags
         self.lib = ctypes.CDLL(str(compile_shared(src_dir, Path(build_dir) / "libtpactor.so", (TIMER_SOURCE,),
                                                   cflags)))
-        names = [k for k in KERNELS if k != "int8" or (Path(src_dir) / INT8).is_file()]
-        self.functions = {name: getattr(self.lib, KERNELS[name]) for name in names}
+        # compile_shared compiles the kernels present: actor_int8.c only where an int8 model was given.
+        self.functions = {name: getattr(self.lib, kernel.function) for name, kernel in KERNELS.items()
+                          if (Path(src_dir) / kernel.source).is_file()}
         self._libraries = [self.lib]
         for fn in self.functions.values():
             fn.argtypes, fn.restype = [FLOAT_P, FLOAT_P], None

@@ -124,21 +124,37 @@ def init_params(sizes: list[int], seed: int, masks: list[np.ndarray] | None = No
     return MLPParams(weights, biases, np.zeros(sizes[-1], dtype=np.float32))
 
 
-def _activate(name: str, x: np.ndarray) -> np.ndarray:
-    if name == "tanh":
-        return np.tanh(x, out=x)
-    if name == "relu":
-        return np.maximum(x, 0.0, out=x)
-    return np.where(x > 0.0, x, np.expm1(np.minimum(x, 0.0)))  # elu; the minimum keeps expm1 from overflowing
+def _elu(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0.0, x, np.expm1(np.minimum(x, 0.0)))  # alpha 1; the minimum keeps expm1 from overflowing
+
+
+def _elu_slope(h: np.ndarray) -> np.ndarray:
+    return np.where(h > 0.0, 1.0, h + 1.0)  # exp(x) = h + 1 below zero
+
+
+# Hidden activation (dataset.ACTIVATIONS) -> (the activation, which may overwrite its input;
+# its slope d act / d x from the activation's output h, all the backward pass keeps).
+_ACTIVATIONS = {
+    "tanh": (lambda x: np.tanh(x, out=x), lambda h: 1.0 - h * h),
+    "relu": (lambda x: np.maximum(x, 0.0, out=x), lambda h: h > 0),
+    "elu": (_elu, _elu_slope),
+}
+
+
+def _activation(name: str):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown hidden activation {name!r}; known: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def activate(name: str, x: np.ndarray) -> np.ndarray:
+    """Hidden activation `name` of the pre-activations `x` (a fresh array: it may be overwritten)."""
+    return _activation(name)[0](x)
 
 
 def _activation_slope(name: str, h: np.ndarray) -> np.ndarray:
     """d act / d x, from the activation's output h."""
-    if name == "tanh":
-        return 1.0 - h * h
-    if name == "relu":
-        return h > 0
-    return np.where(h > 0.0, 1.0, h + 1.0)  # elu: exp(x) = h + 1 below zero
+    return _activation(name)[1](h)
 
 
 def policy_mean(params: MLPParams, activation: str, states: np.ndarray) -> np.ndarray:
@@ -146,7 +162,7 @@ def policy_mean(params: MLPParams, activation: str, states: np.ndarray) -> np.nd
     h = states
     *hidden, last = range(len(params.weights))
     for layer in hidden:
-        h = _activate(activation, h @ params.weights[layer].T + params.biases[layer])
+        h = activate(activation, h @ params.weights[layer].T + params.biases[layer])
     return h @ params.weights[last].T + params.biases[last]
 
 
@@ -157,7 +173,7 @@ def loss_and_grad(params: MLPParams, activation: str, states: np.ndarray, action
     inputs = [states]
     h = states
     for weight, bias in zip(params.weights[:-1], params.biases[:-1]):
-        h = _activate(activation, h @ weight.T + bias)
+        h = activate(activation, h @ weight.T + bias)
         inputs.append(h)
     mu = h @ params.weights[-1].T + params.biases[-1]
 

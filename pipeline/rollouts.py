@@ -18,9 +18,8 @@ import numpy as np
 
 from tinypolicy.envs import make_env
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.ondevice.retrain import activate
 
-_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0),
-                "elu": lambda x: np.where(x > 0.0, x, np.expm1(np.minimum(x, 0.0)))}
 Group = tuple[dict[str, np.ndarray], str]  # stacked arrays of members of one architecture, hidden activation
 
 
@@ -31,7 +30,7 @@ def batched_mean(arrays: dict[str, np.ndarray], obs: np.ndarray, activation: str
     for k in range(layers):
         x = np.matmul(x, arrays[f"w{k}"].transpose(0, 2, 1)) + arrays[f"b{k}"][:, None, :]
         if k < layers - 1:
-            x = _ACTIVATIONS[activation](x)
+            x = activate(activation, x)
     return x[:, 0, :]
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tinypolicy.ondevice.dataset import BCRecipe, Dataset, load_dataset, save_dataset
+from tinypolicy.ondevice.dataset import ACTIVATIONS, BCRecipe, Dataset, load_dataset, save_dataset
 from tinypolicy.ondevice.onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
 from tinypolicy.ondevice.retrain import (
     MLPParams,
@@ -82,7 +82,7 @@ def _run(*args, cwd=ROOT, block=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)  # every activation a dataset recipe may name
 def test_gradient_matches_finite_differences(activation):
     rng = np.random.default_rng(0)
     data = _dataset(rng, size=16)
@@ -102,6 +102,15 @@ def test_gradient_matches_finite_differences(activation):
         numeric[i] = (loss_and_grad(layout.views(up), activation, states, actions)
                       - loss_and_grad(layout.views(down), activation, states, actions)) / 2e-6
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_an_unknown_activation_is_refused_rather_than_trained_as_elu():
+    data = _dataset(np.random.default_rng(0), size=4)
+    params = init_params([11, 8, 3], seed=0)
+    with pytest.raises(ValueError, match="unknown hidden activation 'gelu'"):
+        policy_mean(params, "gelu", data.states)
+    with pytest.raises(ValueError, match="unknown hidden activation 'gelu'"):
+        loss_and_grad(params, "gelu", data.states, data.actions)
 
 
 @pytest.mark.parametrize("activation, masked", [("tanh", False), ("relu", False), ("elu", False), ("tanh", True),

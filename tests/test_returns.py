@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.returns import MIN_SEEDS, main as returns_main, report
+from benchmarks.returns import main as returns_main, report
 
 pytest.importorskip("rliable")
 
@@ -46,7 +46,6 @@ def test_iqm_intervals_and_ratio_to_dense(tmp_path):
     assert low < 260.0 < high
     for one_seed in ("prune 98/95", "sb3"):  # one seed: no interval, no ratio
         assert rows[one_seed]["iqm_ci"] is None and rows[one_seed]["pct_of_dense"] is None
-    assert MIN_SEEDS == 3
     assert "| Hopper-v5 | TD3 | prune 98/95 | 0 | 2,000 | 1000 | n/a | n/a | n/a |" in table
     assert (out / "curves_hopper.png").stat().st_size > 10_000
     assert report(runs, tmp_path / "again", reps=1000) == table  # the page regenerates identically
@@ -59,3 +58,20 @@ def test_report_refuses_a_folder_without_collected_runs(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds no collected run" in err
+
+
+@pytest.mark.parametrize("damage", ["no env_id", "not an object", "not JSON"])
+def test_report_refuses_a_malformed_run_json_in_one_line(tmp_path, capsys, damage):
+    runs = tmp_path / "runs"
+    _collected(runs, "dense-s0", "dense", 0, [1.0, 2.0])
+    run_json = runs / "dense-s0" / "run.json"
+    record = json.loads(run_json.read_text())
+    del record["env_id"]
+    run_json.write_text({"no env_id": json.dumps(record), "not an object": "[1, 2]", "not JSON": "{"}[damage])
+    with pytest.raises(SystemExit) as exit_info:
+        returns_main(["report", str(runs), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dense-s0 holds no collected run" in err, err
+    if damage == "no env_id":
+        assert "'env_id'" in err
