@@ -23,10 +23,10 @@ import numpy as np
 
 from benchmarks.returns import MIN_SEEDS, REPS, interval, iqm
 from tinypolicy.checkpoint import load_checkpoint
-from tinypolicy.ondevice.artefact import sha256_file, write_json
+from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.compress import STAGES, policy_origin
 
-STAGES = ("train", "evaluate", "export", "bench", "embedded", "distill", "retrain", "report")
 FLASH_TARGET = "cortex-m4"
 
 
@@ -49,9 +49,11 @@ def collect(run: Path, into: Path) -> Path:
     teacher = read_json(teacher_path)
     compressed = read_json(run / "evaluate" / "eval.json")
     train = stamps["train"]
-    policy = load_checkpoint(teacher["source"])
-    # an imported policy records where it came from; one of our own checkpoints is its own source
-    source = policy.data.get("source") or {"kind": "tinypolicy", "algo": policy.config["algo"].upper()}
+    if "sha256" in teacher:  # what compress recorded of the policy it compressed, which may be gone since
+        identity = {key: teacher[key] for key in ("kind", "algo", "sha256")}
+    else:  # compressed before teacher.json recorded them: the stamp hashed the file, which (if kept) says the rest
+        [digest] = train["inputs"].values()
+        identity = policy_origin(load_checkpoint(teacher["source"])) | {"sha256": digest}
     flash = {}
     embedded = read_json(run / "embedded" / "embedded.json")
     if FLASH_TARGET in embedded:
@@ -59,8 +61,7 @@ def collect(run: Path, into: Path) -> Path:
         flash = {name: kernels[name]["flash_bytes"] for name in ("sparse", "int8", "dense") if name in kernels}
     record = {
         "env_id": compressed["env_id"],
-        "teacher": {"kind": source["kind"], "algo": source["algo"], "sha256": sha256_file(Path(teacher["source"])),
-                    "mean_return": teacher["mean_return"], "std_return": teacher["std_return"]},
+        "teacher": identity | {"mean_return": teacher["mean_return"], "std_return": teacher["std_return"]},
         "method": teacher["method"],
         "seed": train["settings"]["seed"],
         "target_sparsity": train["settings"]["actor_sparsity"],

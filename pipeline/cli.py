@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "distilled into a sparse student (DAgger)")
     p.add_argument("--presets", type=Path, default=None, metavar="FILE",
                    help="a TOML file of presets (default: the packaged pipeline/presets.toml)")
+    # A trained policy comes in by --from alone, the route that compares it by content and records it.
     add_flags(p.add_argument_group("training (an unset flag keeps the preset's value)"), TrainConfig,
-              with_defaults=False)
+              with_defaults=False, exclude=("init_from",))
+    p.add_argument("--init-from", help=argparse.SUPPRESS)  # parsed only to point train's flag users at --from
     p.add_argument("--set", dest="overrides", action="append", default=[], type=_override, metavar="STAGE.KEY=VALUE",
                    help="override one stage parameter, e.g. --set distill.generations=50 (repeatable; VALUE is "
                         "TOML: 64, 0.5, \"expert\", [64,64])")
@@ -285,6 +287,8 @@ def cmd_import(args) -> int:
 
 
 def cmd_compress(args) -> int:
+    if args.init_from is not None:
+        raise UserError("compress takes the policy to start from as --from CHECKPOINT (--init-from is for train)")
     from tinypolicy.pipeline.compress import PipelineConfig, compress
 
     presets = load_presets(args.presets)

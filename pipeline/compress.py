@@ -31,7 +31,7 @@ from typing import Callable, Collection
 
 import numpy as np
 
-from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.checkpoint import Checkpoint, checkpoint_file, load_checkpoint
 from tinypolicy.config import from_dict, setting_changes
 from tinypolicy.envs import actor_policy, evaluate_policy, make_env, random_policy_returns
 from tinypolicy.export.bench import bench_bundle
@@ -183,6 +183,10 @@ class PipelineConfig:
             unknown = sorted(set(tables) - set(SETTINGS))
             if unknown:
                 raise UserError(f"unknown stages {unknown} in the {origin}; stages are {', '.join(SETTINGS)}")
+            # A trained policy comes in by --from alone, the route that compares it by content and records it.
+            if "init_from" in tables.get("train", {}):
+                raise UserError(f"train.init_from in the {origin}: compress starts from a trained policy given as "
+                                "--from CHECKPOINT")
         config = cls(env_id, {name: PIPELINE_DEFAULTS.get(name, {}) | preset.get(name, {}) | overrides.get(name, {})
                               for name in SETTINGS}, source)
         config.train_config()  # fail early, before any work, on a bad key or value of any stage
@@ -229,7 +233,7 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
 
     train_stage = (Stage("train", asdict(train_cfg), [], ["checkpoint.pt", "metrics.csv", "eval.json"],
                          lambda folder: train(train_cfg, folder, progress=progress),
-                         defaults=asdict(TrainConfig(env_id=train_cfg.env_id)))
+                         defaults=train_defaults(config.env_id))
                    if config.source is None else source_stage(config, progress))
 
     def run_evaluate(folder: Path) -> dict:
@@ -337,18 +341,33 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
     ]
 
 
+def train_defaults(env_id: str) -> dict:
+    """What a train stamp that predates a setting ran it with: TrainConfig's defaults (the `Stage`'s
+    `defaults`)."""
+    return asdict(TrainConfig(env_id=env_id))
+
+
+def policy_origin(ckpt: Checkpoint) -> dict:
+    """Where a policy comes from: the kind and algorithm an imported one records (`tinypolicy
+    import`); one of our own checkpoints is its own origin."""
+    origin = ckpt.data.get("source") or {"kind": "tinypolicy", "algo": ckpt.config["algo"].upper()}
+    return {"kind": origin["kind"], "algo": origin["algo"]}
+
+
 def source_stage(config: PipelineConfig, progress: bool) -> Stage:
     """The train stage of `compress --from`: the given policy compressed to the train table's
     actor sparsity, beside its own return (teacher.json) on the evaluate stage's episodes."""
-    source = config.source
-    teacher = load_checkpoint(source)
+    teacher = load_checkpoint(config.source)
     if teacher.env_id != config.env_id:
-        raise UserError(f"{source} is a policy for {teacher.env_id}; pass --env {teacher.env_id}")
+        raise UserError(f"{config.source} is a policy for {teacher.env_id}; pass --env {teacher.env_id}")
+    source = teacher.path.resolve()  # absolute: teacher.json names it to readers in any working directory
+    # What teacher.json says about the policy compressed, so that reading it needs no file that may be gone by then.
+    identity = {"source": str(source), "sha256": sha256_file(source)} | policy_origin(teacher)
     evaluate_cfg = config.settings("evaluate")
 
     def write_teacher(folder: Path, method: str, mean: float, std: float) -> dict:
-        record = {"source": str(source), "method": method, "episodes": evaluate_cfg.episodes,
-                  "seed": evaluate_cfg.seed, "mean_return": mean, "std_return": std}
+        record = identity | {"method": method, "episodes": evaluate_cfg.episodes, "seed": evaluate_cfg.seed,
+                             "mean_return": mean, "std_return": std}
         write_json(folder / "teacher.json", record)
         return record
 
@@ -367,7 +386,7 @@ def source_stage(config: PipelineConfig, progress: bool) -> Stage:
 
         params = {k: v for k, v in asdict(cfg).items() if k != "init_from"}  # the source is an input, by content
         return Stage("train", params, [source], ["checkpoint.pt", "metrics.csv", "eval.json", "teacher.json"],
-                     fine_tune)
+                     fine_tune, defaults=train_defaults(config.env_id))
     student_cfg = replace(config.student_config(), eval_episodes=evaluate_cfg.episodes, eval_seed=evaluate_cfg.seed)
 
     def distil(folder: Path) -> dict:
@@ -401,6 +420,9 @@ def compress(config: PipelineConfig, out: Path, progress: bool = True, force: bo
     unknown = sorted(set(rerun) - set(STAGES))
     if unknown:
         raise UserError(f"--rerun {', '.join(unknown)}: no such stage; stages are {', '.join(STAGES)}")
+    if config.source is not None and out.resolve() in checkpoint_file(config.source).resolve().parents:
+        raise UserError(f"--from {config.source} lies inside --out {out}, whose stage folders a rerun deletes; "
+                        f"move it out of {out} or use another --out")
     stages = build_stages(config, out, progress)
     if not force:
         refuse_other_work(stages, out, rerun)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.checkpoint import checkpoint_file, load_checkpoint
 from tinypolicy.config import refuse_other_settings
 from tinypolicy.envs import make_env, random_policy_returns, rollout
 from tinypolicy.models.bc import BCParams, init_params, train_bc
@@ -84,14 +84,28 @@ def expert_rollouts(actor, env_id: str, steps: int, seed: int) -> tuple[np.ndarr
             [step.episode_return for step in trajectory if step.done])
 
 
-def _pinned(source: str, copy: Path, read):
-    """`read` of an input file that the run keeps a copy of: a first run reads (and so checks)
-    `source` and only then copies it into the run folder; a resumed run reads its copy (the
-    original may be rewritten meanwhile, e.g. by a training run still going)."""
-    resumed = copy.exists()
-    value = read(copy if resumed else Path(source))
-    if not resumed:
-        atomic_write(copy, lambda tmp: shutil.copyfile(source, tmp))
+def _pinned(source: str | Path, copy: Path, read):
+    """`read` of an input file that the run keeps a copy of (the original may be rewritten while
+    it goes on, e.g. by a training run still going). A first run copies `source` under a temporary
+    name, reads (and so checks) that copy and only then renames it to `copy`: what it checked is
+    what it keeps, and a copy that fails the check is removed, never trusted by a rerun. A resumed
+    run reads its copy."""
+    source = Path(source)
+    if copy.exists():
+        return read(copy)
+    if not source.is_file():
+        return read(source)  # nothing to copy: the reader refuses it in its own words
+    value = None
+
+    def copy_and_read(pending: Path) -> None:
+        nonlocal value
+        shutil.copyfile(source, pending)
+        try:
+            value = read(pending)
+        except UserError as exc:  # the copy is byte for byte the file the user named: name that one
+            raise UserError(str(exc).replace(str(pending), str(source))) from None
+
+    atomic_write(copy, copy_and_read)
     return value
 
 
@@ -105,7 +119,7 @@ def _load_expert(cfg: DistillConfig, out: Path):
         if not hasattr(actor, "squashed"):
             raise UserError(f"expert {cfg.expert} has no squashed-action actor")
         return ckpt, actor
-    return _pinned(cfg.expert, out / "expert.pt", read)
+    return _pinned(checkpoint_file(cfg.expert), out / "expert.pt", read)
 
 
 def initial_state(cfg: DistillConfig, out: Path, obs_dim: int, act_dim: int) -> dict:

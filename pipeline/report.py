@@ -66,7 +66,7 @@ def write_report(out: Path, folder: Path) -> None:
     _export_section(doc, out, folder)
     _embedded_section(doc, out)
     _distill_section(doc, out, folder, evaluation["mean_return"])
-    _retrain_section(doc, out, evaluation["mean_return"])
+    _retrain_section(doc, out, evaluation["mean_return"], cfg, teacher)
     doc.write(folder)
 
 
@@ -172,14 +172,21 @@ def _distill_section(doc: Document, out: Path, folder: Path, expert: float) -> N
             doc.image(image, caption)
 
 
-def _retrain_section(doc: Document, out: Path, expert: float) -> None:
+def _retrain_section(doc: Document, out: Path, expert: float, cfg: dict, teacher: dict | None) -> None:
+    """The retrained policies beside the expert the dataset was distilled from (the train stage's
+    policy: trained here, or for compress --from the compressed one, shown with its teacher)."""
     retrained = _read(out / "retrain" / "retrain.json")
     if retrained is None:
         return
+    if teacher:
+        references = [[f"expert: the compressed policy, {teacher['method']} (for reference)", expert],
+                      ["teacher: the policy given to --from (for reference)", teacher["mean_return"]]]
+    else:
+        references = [[f"expert: {cfg['method']} {cfg['algo'].upper()} (for reference)", expert]]
     doc.heading("Retrained on the distilled dataset on the device (NumPy, no simulator)")
     doc.table(["policy", "architecture", "started from", "training time (s)",
                "return (mean; per init)", "share"], [
         [name, r["architecture"], r["start"], f"{r['train_seconds']:.2f}",
          f"{r['mean_return']:.1f} ({', '.join(f'{x:.0f}' for x in r['returns'])})", _share(r["mean_return"], expert)]
         for name, r in retrained.items()] +
-        [["RLx2 expert (for reference)", "", "", "", f"{expert:.1f}", ""]], align_right_from=3)
+        [[label, "", "", "", f"{value:.1f}", ""] for label, value in references], align_right_from=3)

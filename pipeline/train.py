@@ -139,6 +139,9 @@ class MaskedAdam:
         torch._fused_adam_(self.params, [p.grad for p in self.params], exp_avgs, exp_avg_sqs, [], steps,
                            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                            eps=group["eps"], amsgrad=False, maximize=False)
+        # The fused kernel writes the weights without bumping their version counters, which is
+        # what the layers' bf16 weight cache keys on (torch.optim.Adam bumps them in its wrapper).
+        torch.autograd.graph.increment_version(self.params)
 
     def _state_lists(self) -> tuple[list, list, list]:
         """The step counters and moments, created as torch.optim.Adam(fused=True) creates them."""
@@ -216,9 +219,15 @@ class Trainer:
             "action_low": act_space.low.tolist(), "action_high": act_space.high.tolist(),
         }
         hidden = list(cfg.hidden)
-        init = load_checkpoint(cfg.init_from) if cfg.init_from else None
         # an imported actor's activation, output squashing or observation normaliser
-        self.actor_arch = self._check_initial(init) if init else {}
+        init, self.actor_arch = None, {}
+        if cfg.init_from and (out / CHECKPOINT_FILE).exists():
+            # A fine-tune resumes from its own checkpoint, which supersedes the one it started from
+            # (that file may have been moved or removed since).
+            self.actor_arch = load_checkpoint(out / CHECKPOINT_FILE).actor_arch
+        elif cfg.init_from:
+            init = load_checkpoint(cfg.init_from)
+            self.actor_arch = self._check_initial(init)
         self.actor = make_actor(cfg.algo, self.obs_dim, self.act_dim, hidden, act_space.low, act_space.high,
                                 **self.actor_arch)
         self.critic = TwinCritic(self.obs_dim, self.act_dim, hidden)
@@ -264,15 +273,15 @@ class Trainer:
             raise UserError(f"{init.path} holds a {theirs['algo']} policy with hidden sizes {theirs['hidden']}; "
                             f"pass --algo {theirs['algo']} --hidden {' '.join(map(str, theirs['hidden']))} to "
                             "fine-tune it")
-        return dict(init.data.get("actor_arch", {}))
+        return init.actor_arch
 
     @torch.no_grad()
     def _start_from(self, init, actor_sparsity: float, critic_sparsity: float) -> None:
         """Fine-tuning: the checkpoint's weights (and masks) replace the fresh ones; a sparse
         method keeps the largest-magnitude weights as its first topology."""
-        init.build_actor()  # refuses NaN weights and weights outside their masks
-        self.actor.load_state_dict(init.data["actor"])
-        self.critic.load_state_dict(init.data["critic"])
+        # built by the checkpoint, which refuses weights that do not fit, NaN weights and weights outside their masks
+        self.actor.load_state_dict(init.build_actor().state_dict())
+        self.critic.load_state_dict(init.build_critic().state_dict())
         prune_to(sparse_layers(self.actor), actor_sparsity)
         prune_to(sparse_layers(self.critic), critic_sparsity)
 
@@ -488,7 +497,10 @@ class Trainer:
         ckpt = load_checkpoint(self.out / CHECKPOINT_FILE)
         # Settings added after a run was saved take their defaults, as that run used them.
         saved = config_record(TrainConfig(env_id=self.cfg.env_id)) | dict(ckpt.config)
-        refuse_other_settings(saved, config_record(self.cfg), self.out)
+        # Which checkpoint a fine-tune started from mattered only at its start (compress compares
+        # it by content); whether it started from one still does: it explores its warm-up itself.
+        refuse_other_settings(saved | {"init_from": bool(saved["init_from"])},
+                              config_record(self.cfg) | {"init_from": bool(self.cfg.init_from)}, self.out)
         needed = ["train_state", "critic_target"] + ["actor_target"] * (self.actor_target is not None)
         missing = [key for key in needed if key not in ckpt.data]
         if missing:

@@ -38,7 +38,9 @@ import torch
 from tests.foreign_files import sb3_zip
 from tests.test_export import sparse_actor, write_checkpoint
 from tests.test_retrain import _dataset, _mask_onnx
+from tinypolicy.checkpoint import load_checkpoint, save_checkpoint
 from tinypolicy.export.bundle import export_bundle
+from tinypolicy.models import TwinCritic
 from tinypolicy.ondevice.artefact import sha256_file
 from tinypolicy.ondevice.dataset import save_dataset
 from tinypolicy.pipeline.cli import build_parser, load_presets, main
@@ -103,6 +105,16 @@ def edit_json(dest: str, **changes) -> Setup:
     def step(tmp: Path, inputs: dict) -> None:
         path = tmp / dest
         path.write_text(json.dumps(json.loads(path.read_text()) | changes, indent=2))
+    return step
+
+
+def edit_checkpoint(dest: str, edit: Callable[[dict], None]) -> Setup:
+    """`edit` the content of a copied checkpoint, saved back as tinypolicy saves one: a file that
+    loads, holding what no run writes."""
+    def step(tmp: Path, inputs: dict) -> None:
+        data = {k: v for k, v in load_checkpoint(tmp / dest).data.items() if k not in ("format", "version")}
+        edit(data)
+        save_checkpoint(tmp / dest, data)
     return step
 
 
@@ -177,6 +189,13 @@ CASES = [
     Case("train-init-from-garbage", "train --env Hopper-v5 --init-from bad.pt --out run", (write("bad.pt", GARBAGE),),
          stderr_has=("bad.pt",)),
     Case("train-unknown-env", "train --env Hopper-v99 --out run"),
+    Case("train-init-from-nan-critic", "train --env Hopper-v5 --init-from ckpt.pt --hidden 16,16 --out run --quiet",
+         (CHECKPOINT, edit_checkpoint("ckpt.pt", lambda d: d["critic"]["net.layers.0.weight"].fill_(float("nan")))),
+         stderr_has=("critic",)),
+    Case("train-init-from-critic-of-other-widths",
+         "train --env Hopper-v5 --init-from ckpt.pt --hidden 16,16 --out run --quiet",
+         (CHECKPOINT, edit_checkpoint("ckpt.pt", lambda d: d.update(critic=TwinCritic(11, 3, [8, 8]).state_dict()))),
+         stderr_has=("critic",)),
     Case("train-out-is-file", "train --env Hopper-v5 --out notes.txt", (NOTES,)),
     Case("train-out-read-only", f"train --env Hopper-v5 --out {READ_ONLY}"),
     # A checkpoint that evaluates and exports but has no optimiser state to resume from.
@@ -193,6 +212,12 @@ CASES = [
     Case("evaluate-run-folder", "evaluate run --episodes 1",
          (copy("checkpoint", "run/checkpoint.pt"), truncate("run/checkpoint.pt")), stderr_lacks=("does not exist",)),
     Case("evaluate-episodes-zero", "evaluate ckpt.pt --episodes 0", (CHECKPOINT,)),
+    Case("evaluate-unknown-activation", "evaluate ckpt.pt --episodes 1",
+         (CHECKPOINT, edit_checkpoint("ckpt.pt", lambda d: d.update(actor_arch={"activation": "swish"}))),
+         stderr_has=("swish",)),
+    Case("evaluate-unknown-actor-arch-key", "evaluate ckpt.pt --episodes 1",
+         (CHECKPOINT, edit_checkpoint("ckpt.pt", lambda d: d.update(actor_arch={"dropout": 0.1}))),
+         stderr_has=("dropout",)),
     Case("evaluate-seed-negative", "evaluate ckpt.pt --seed -1 --episodes 1", (CHECKPOINT,)),
 
     # ------------------------------------------------------------------ compress
@@ -212,6 +237,14 @@ CASES = [
          absent_after=("art",)),
     Case("compress-from-garbage", "compress --preset tiny --from bad.pt --out art", (write("bad.pt", GARBAGE),),
          stderr_has=("bad.pt",), absent_after=("art",)),
+    # A rerun of the train stage deletes its folder, and with it the policy to compress.
+    Case("compress-from-inside-out", "compress --preset tiny --from art/train/checkpoint.pt --out art --rerun train "
+                                     "--quiet", (copy("checkpoint", "art/train/checkpoint.pt"),),
+         stderr_has=("art/train/checkpoint.pt",)),
+    Case("compress-init-from", "compress --preset tiny --init-from ckpt.pt --out art --quiet", (CHECKPOINT,),
+         stderr_has=("--from",), absent_after=("art",)),
+    Case("compress-set-init-from", "compress --preset tiny --set train.init_from=ckpt.pt --out art --quiet",
+         (CHECKPOINT,), stderr_has=("--from",), absent_after=("art",), slow=True),
     Case("compress-presets-string-number", "compress --preset tiny --presets p.toml --out art",
          (write("p.toml", '[tiny.train]\ntotal_steps = "4000"\n'),), slow=True),
     Case("compress-presets-garbage", "compress --preset tiny --presets p.toml --out art", (write("p.toml", GARBAGE),),

@@ -270,6 +270,8 @@ def test_presets_and_overrides_are_validated():
         PipelineConfig.from_preset("Hopper-v5", presets["tiny"], {"distill": {"generation": 3}})
     with pytest.raises(UserError, match="unknown stages"):
         PipelineConfig.from_preset("Hopper-v5", {"trian": {}})
+    with pytest.raises(UserError, match=r"train.init_from in the preset: .* --from CHECKPOINT"):
+        PipelineConfig.from_preset("Hopper-v5", {"train": {"init_from": "expert.pt"}})
 
 
 def test_the_report_labels_every_retrained_return_with_its_start_and_architecture(tmp_path):
@@ -295,8 +297,9 @@ def test_the_report_labels_every_retrained_return_with_its_start_and_architectur
                                    "seeds": [0], "returns": [2000.0], "mean_return": 2000.0}}))
     doc = Document("report")
     report._distill_section(doc, tmp_path, tmp_path, 2500.0)
-    report._retrain_section(doc, tmp_path, 2500.0)
+    report._retrain_section(doc, tmp_path, 2500.0, {"method": "dense", "algo": "sac"}, None)
     text = doc.markdown()
+    assert "| expert: dense SAC (for reference) |" in text and "teacher" not in text
     assert "| fresh inits (seeds 100, 101) | 64-64 tanh | 500.0 | 20% of the expert |" in text
     assert "| own init (the one it was distilled for) | 64-64 tanh | 1900.0 | 76% of the expert |" in text
     assert ("| dense | 64-64 tanh | fresh init (seeds 0, 1, 2) | 0.05 | 500.0 (400, 600, 500) | 20% of the expert |"
@@ -304,3 +307,10 @@ def test_the_report_labels_every_retrained_return_with_its_start_and_architectur
     assert "| sparse | sparse topology of export/actor.onnx: 256-256 tanh, 98.0% sparse | fresh init" in text
     assert ("| dense_own_init | 64-64 tanh | own init (policy_init.npz) | 0.05 | 2000.0 (2000) | 80% of the expert |"
             in text)
+
+    compressed = Document("report")  # compress --from: the expert is the compressed policy, its teacher beside it
+    report._retrain_section(compressed, tmp_path, 2500.0, {"method": "dagger", "algo": "td3"},
+                            {"method": "DAgger student", "mean_return": 3000.0})
+    text = compressed.markdown()
+    assert "| expert: the compressed policy, DAgger student (for reference) |" in text and "2500.0" in text
+    assert "| teacher: the policy given to --from (for reference) |" in text and "3000.0" in text

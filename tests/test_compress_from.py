@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tinypolicy.checkpoint import load_checkpoint, save_checkpoint
+from tinypolicy.ondevice.artefact import sha256_file
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline import cli
 from tinypolicy.pipeline.compress import PipelineConfig, source_stage
 from tinypolicy.pipeline.settings import TrainConfig
-from tinypolicy.pipeline.train import train
+from tinypolicy.pipeline.train import Trainer, train
 
 TINY = cli.load_presets(None)["tiny"]
 
@@ -34,23 +37,35 @@ def actor_only(teacher: Path, folder: Path) -> Path:
 
 @pytest.mark.integration
 def test_compress_from_prunes_a_policy_with_critics_end_to_end(teacher, tmp_path, capsys):
+    given = tmp_path / "given" / "checkpoint.pt"  # a copy, so that the test can remove it
+    given.parent.mkdir()
+    shutil.copyfile(teacher, given)
     out = tmp_path / "art"
-    argv = ["compress", "--env", "Hopper-v5", "--preset", "tiny", "--from", str(teacher), "--out", str(out),
-            "--quiet"]
-    assert cli.main(argv) == 0
+
+    def run(source: Path) -> int:
+        return cli.main(["compress", "--env", "Hopper-v5", "--preset", "tiny", "--from", str(source),
+                         "--out", str(out), "--quiet"])
+
+    assert run(given.parent) == 0  # the run folder holding the checkpoint
     ckpt = load_checkpoint(out / "train")
     # the teacher's network (32-32, not the preset's 64-64), fine-tuned by the default method for --from
     assert ckpt.config["hidden"] == [32, 32] and ckpt.config["method"] == "prune"
-    assert ckpt.config["init_from"] == str(teacher)
+    assert ckpt.config["init_from"] == str(given.resolve())
     assert ckpt.data["sparsity"]["actor"] == pytest.approx(TINY["train"]["actor_sparsity"], abs=1e-3)
     record = json.loads((out / "train" / "teacher.json").read_text())
     assert record["method"] == "fine-tuned (prune)" and record["episodes"] == TINY["evaluate"]["episodes"]
+    # what was compressed, so that reading the run needs no teacher file
+    assert {key: record[key] for key in ("source", "sha256", "kind", "algo")} == {
+        "source": str(given.resolve()), "sha256": sha256_file(given), "kind": "tinypolicy", "algo": "TD3"}
     assert "(teacher " in capsys.readouterr().out
-    assert "| teacher (the policy given to --from), same episodes |" in (out / "report" / "report.md").read_text()
-    assert cli.main(argv) == 0 and capsys.readouterr().out.count(": up to date") == 8  # nothing reruns
+    report = (out / "report" / "report.md").read_text()
+    assert "| teacher (the policy given to --from), same episodes |" in report
+    assert "| expert: the compressed policy, fine-tuned (prune) (for reference) |" in report
+    assert run(given) == 0 and capsys.readouterr().out.count(": up to date") == 8  # the file, otherwise spelt
 
-    # the benchmark table of teacher vs compressed reads this run's raw files
+    # the benchmark table of teacher vs compressed reads this run's raw files, not the teacher's
     from benchmarks.compress_from import collect, table
+    given.unlink()
     collect(out, tmp_path / "collected")
     row = table(tmp_path / "collected").splitlines()[-1].split(" | ")
     assert row[:2] == ["| Hopper-v5", "tinypolicy TD3"] and row[3] == "fine-tuned (prune)"
@@ -87,3 +102,21 @@ def test_compress_from_keeps_the_method_given(teacher, tmp_path, monkeypatch):
     base = ["compress", "--preset", "tiny", "--from", str(teacher), "--out", str(tmp_path / "o"), "--quiet"]
     assert cli.main(base) == 0 and seen["method"] == "prune"
     assert cli.main([*base, "--method", "rigl"]) == 0 and seen["method"] == "rigl"
+
+
+def test_a_fine_tune_resumes_from_its_own_checkpoint_wherever_its_source_went(tmp_path):
+    """compress compares the source by content, so the fine-tune it runs resumes whatever path the
+    source is given by now, or none of it is left; a run started fresh still needs it."""
+    cfg = TrainConfig(env_id="Pendulum-v1", method="dense", total_steps=1000, hidden=(8, 8))
+    for folder in ("source", "run"):
+        (tmp_path / folder).mkdir()
+    Trainer(cfg, tmp_path / "source").save()
+    fine_tune = replace(cfg, init_from=str(tmp_path / "source" / "checkpoint.pt"))
+    Trainer(fine_tune, tmp_path / "run").save()
+    shutil.rmtree(tmp_path / "source")
+    moved = replace(cfg, init_from=str(tmp_path / "moved" / "checkpoint.pt"))
+    Trainer(moved, tmp_path / "run").restore()
+    with pytest.raises(UserError, match="init_from: True -> False"):  # a fine-tune explores its warm-up itself
+        Trainer(cfg, tmp_path / "run").restore()
+    with pytest.raises(UserError, match="moved/checkpoint.pt does not exist"):
+        Trainer(moved, tmp_path / "fresh")

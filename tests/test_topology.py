@@ -20,6 +20,7 @@ from tinypolicy.models.topology import (
     random_masks,
     rigl_update,
 )
+from tinypolicy.pipeline.train import MaskedAdam
 
 
 def _sizes(shapes):
@@ -371,8 +372,16 @@ def test_bf16_cast_cache_follows_every_weight_change():
     layer(x, dtype=torch.bfloat16).float().sum().backward()  # one cast serves a second backward
     assert torch.equal(layer.weight.grad, 2 * weight.grad)
 
+    optimiser = MaskedAdam(layer, lr=0.1)
+
+    def adam_step():
+        layer.weight.grad = torch.randn_like(layer.weight)
+        layer.bias.grad = torch.randn_like(layer.bias)
+        optimiser.step()
+
     changes = [
-        lambda: layer.weight.add_(0.5),  # an optimiser or Polyak step
+        lambda: layer.weight.add_(0.5),  # a Polyak step
+        adam_step,  # the fused kernel, which writes weights behind autograd's version counters
         lambda: rigl_update(layer, torch.randn_like(layer.weight), 0.5),  # a topology update
         lambda: layer.load_state_dict({k: v + 1 for k, v in layer.state_dict().items()}),  # a checkpoint load
     ]

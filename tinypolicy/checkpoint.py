@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tinypolicy.models import TwinCritic, make_actor, sparse_layers
+from tinypolicy.models.networks import ACTIVATIONS, SQUASHES
 from tinypolicy.ondevice.artefact import atomic_write
 from tinypolicy.ondevice.errors import UserError
 
@@ -22,6 +23,13 @@ FORMAT = "tinypolicy.checkpoint"
 VERSION = 1
 REQUIRED = ("format", "version", "config", "spaces", "actor", "steps_done")
 CHECKPOINT_FILE = "checkpoint.pt"  # its name in a run folder (`train --out`, `ad train --out`)
+# Per algo, the `make_actor` architecture arguments a checkpoint may record and the values models/
+# builds for each: a file naming others is refused with one line, not half-built. A SAC actor's
+# output is always tanh (its log-probability assumes it).
+ACTOR_ARCHITECTURES = {
+    "td3": {"activation": tuple(ACTIVATIONS), "output": tuple(SQUASHES), "obs_norm": (False, True)},
+    "sac": {"activation": tuple(ACTIVATIONS), "obs_norm": (False, True)},
+}
 
 
 def nonfinite_tensors(module: torch.nn.Module) -> list[str]:
@@ -47,37 +55,59 @@ class Checkpoint:
     def steps_done(self) -> int:
         return int(self.data["steps_done"])
 
+    @property
+    def actor_arch(self) -> dict[str, Any]:
+        """The `make_actor` architecture arguments the checkpoint records (none for a plain
+        ReLU/tanh actor), refused unless models/ builds them (ACTOR_ARCHITECTURES)."""
+        algo, arch = self.config["algo"], self.data.get("actor_arch", {})
+        if algo not in ACTOR_ARCHITECTURES:
+            raise UserError(f"{self.path}: unknown algo {algo!r}; tinypolicy builds {', '.join(ACTOR_ARCHITECTURES)}")
+        supported = ACTOR_ARCHITECTURES[algo]
+        if not isinstance(arch, dict):
+            raise UserError(f"{self.path}: actor_arch must be a table, got {arch!r}")
+        for key, value in arch.items():
+            if key not in supported:
+                raise UserError(f"{self.path}: unknown {algo} actor setting {key!r} in actor_arch "
+                                f"(known: {', '.join(supported)})")
+            # type too: 1 equals True, yet is no switch
+            if not any(type(value) is type(choice) and value == choice for choice in supported[key]):
+                raise UserError(f"{self.path}: actor {key} {value!r} is not one tinypolicy builds; "
+                                f"choose one of {', '.join(map(str, supported[key]))}")
+        return dict(arch)
+
     def build_actor(self) -> torch.nn.Module:
         """The trained actor in eval mode, with its masks; refused if any weight is NaN or
         infinite (a diverged run), so no later stage reports NaN returns or exports NaNs."""
         spaces = self.data["spaces"]
         actor = make_actor(self.config["algo"], spaces["obs_dim"], spaces["act_dim"],
                            list(self.config["hidden"]), spaces["action_low"], spaces["action_high"],
-                           **self.data.get("actor_arch", {}))
-        self._load(actor, "actor")
-        bad = nonfinite_tensors(actor)
-        if bad:
-            raise UserError(f"{self.path}: actor {bad[0]} has NaN or infinite weights (a diverged run)")
-        for layer in sparse_layers(actor):
-            if bool((layer.weight.detach() * (1 - layer.mask)).abs().max() > 0):
-                raise UserError(f"{self.path}: actor weights are nonzero outside their mask")
-        return actor.eval()
+                           **self.actor_arch)
+        return self._checked(actor, "actor")
 
     def build_critic(self) -> torch.nn.Module:
-        """The trained twin critic (online weights), with its masks."""
+        """The trained twin critic (online weights) in eval mode, with its masks; refused as
+        `build_actor` refuses an actor."""
         if "critic" not in self.data:
             raise UserError(f"{self.path} holds an actor only (no critic)")
         spaces = self.data["spaces"]
         critic = TwinCritic(spaces["obs_dim"], spaces["act_dim"], list(self.config["hidden"]))
-        self._load(critic, "critic")
-        return critic.eval()
+        return self._checked(critic, "critic")
 
-    def _load(self, module: torch.nn.Module, key: str) -> None:
+    def _checked(self, module: torch.nn.Module, key: str) -> torch.nn.Module:
+        """`module` with the weights stored under `key`, refused with one line if they do not
+        fit it, are NaN or infinite, or are nonzero outside their masks."""
         try:
             module.load_state_dict(self.data[key])
-        except RuntimeError as exc:
-            raise UserError(f"{self.path}: {key} weights do not fit the recorded architecture "
-                            f"({str(exc).splitlines()[0]})") from None
+        except RuntimeError as exc:  # its first line only names the module; the next, the first mismatch
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            raise UserError(f"{self.path}: {key} weights do not fit the recorded architecture ({detail})") from None
+        bad = nonfinite_tensors(module)
+        if bad:
+            raise UserError(f"{self.path}: {key} {bad[0]} has NaN or infinite weights (a diverged run)")
+        for layer in sparse_layers(module):
+            if bool((layer.weight.detach() * (1 - layer.mask)).abs().max() > 0):
+                raise UserError(f"{self.path}: {key} weights are nonzero outside their mask")
+        return module.eval()
 
 
 def save_torch_artefact(path: Path, fmt: str, version: int, data: dict[str, Any]) -> None:

@@ -204,14 +204,15 @@ def _flag_parser(spec: dict[str, Any], hint: Any) -> Callable[[str], Any]:
     return spec["parse"] or (str if _words(hint) else PARSERS[typing.get_origin(hint) or hint])
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, *, with_defaults: bool = True) -> None:
-    """One flag per `option` field of `cls` (in field order) on `parser` (or an argument group),
-    its value stored under the field's name. Without defaults, an unset flag reads None, so
-    whatever else supplies the setting (a preset) keeps its value."""
+def add_flags(parser: argparse.ArgumentParser, cls: type, *, with_defaults: bool = True,
+              exclude: tuple[str, ...] = ()) -> None:
+    """One flag per `option` field of `cls` (in field order, but the fields named in `exclude`) on
+    `parser` (or an argument group), its value stored under the field's name. Without defaults, an
+    unset flag reads None, so whatever else supplies the setting (a preset) keeps its value."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         spec = f.metadata.get(CLI)
-        if spec is None:
+        if spec is None or f.name in exclude:
             continue
         hint = _optional_of(hints[f.name])
         kind = typing.get_origin(hint) or hint
