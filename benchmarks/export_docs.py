@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from tinypolicy.checkpoint import load_checkpoint, save_checkpoint
-from tinypolicy.envs import make_env
+from tinypolicy.envs import env_spaces, make_env
 from tinypolicy.export.bench import BENCH_JSON, BENCH_MD, BENCH_PNG, C_VARIANTS, LABELS, bench_bundle
 from tinypolicy.export.bundle import MANIFEST, export_bundle
 from tinypolicy.export.c_codegen import int8_steps_apart
@@ -77,13 +77,12 @@ def save_actor(checkpoint: Path, name: str, root: Path = ACTORS) -> Path:
 def untrained_checkpoint(env_id: str, sparsity: float, path: Path, seed: int = 0) -> Path:
     """An actor-only checkpoint of a TD3 actor (256-256) with RLx2's initial topology, never trained."""
     env = make_env(env_id)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    low, high = env.action_space.low, env.action_space.high
+    spaces = env_spaces(env)
     env.close()
     torch.manual_seed(seed)  # the weights' re-initialisation draws from the global generator
-    actor = make_actor("td3", obs_dim, act_dim, [256, 256], low, high)
+    actor = make_actor("td3", spaces["obs_dim"], spaces["act_dim"], [256, 256], spaces["action_low"],
+                       spaces["action_high"])
     sparsify(actor, sparsity, False, torch.Generator().manual_seed(seed))
-    spaces = {"obs_dim": obs_dim, "act_dim": act_dim, "action_low": low.tolist(), "action_high": high.tolist()}
     config = {"env_id": env_id, "algo": "td3", "method": f"untrained ER masks, sparsity {sparsity}",
               "hidden": [256, 256], "seed": seed}
     path.parent.mkdir(parents=True, exist_ok=True)

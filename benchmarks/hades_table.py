@@ -26,6 +26,7 @@ from pathlib import Path
 from tinypolicy.ondevice.artefact import atomic_write, write_text
 from tinypolicy.ondevice.dataset import load_dataset, save_dataset
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.shares import percent, share_of
 
 VARIANTS = {"f": "HaDES-F", "r": "HaDES-R", "a": "architecture-randomised"}
 COPIED = ("policy_init.npz", "summary.json", "fitness.csv", "generalise/generalise.md", "generalise/generalise.json",
@@ -45,7 +46,7 @@ def rows(run_dirs: list[Path], expert_return: float | None) -> list[str]:
         expert = _expert_return(run, expert_return)
 
         def share(value: float) -> str:
-            return f"{100 * value / expert:.0f}%" if expert else "-"
+            return percent(share_of(value, expert))
 
         fixed = (f"{s['fixed_init_return']:.0f} ({share(s['fixed_init_return'])})"
                  if "fixed_init_return" in s else "-")
@@ -59,12 +60,14 @@ def rows(run_dirs: list[Path], expert_return: float | None) -> list[str]:
 
 def publish(run: Path, target_root: Path, expert_return: float | None) -> Path:
     """Copy `run`'s dataset and reports into target_root/<run name>/; returns that folder."""
+    target = target_root / run.name
+    if target.resolve() == run.resolve():
+        raise UserError(f"--publish {target_root} would publish {run} onto itself; give another folder")
     dataset = load_dataset(run)
     expert = _expert_return(run, expert_return)
     if expert is None:
         raise UserError(f"{run}/dataset.json records no meta.expert_return; give --expert-return")
     dataset.meta["expert_return"] = expert
-    target = target_root / run.name
     save_dataset(dataset, target)
     for name in COPIED:
         if (run / name).is_file():

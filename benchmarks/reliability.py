@@ -1,6 +1,7 @@
 """Reliability: the bad-input cases per command, and `train`'s throughput beside a busy process.
 
-1. Bad input: the cases of tests/test_bad_input.py (one table), counted per command.
+1. Bad input: the cases of tests/bad_input_cases.py (the table tests/test_bad_input.py runs),
+   counted per command.
 2. Training under load: a robot's computer is never idle, and on a 2-core machine a
    2-thread run beside one other busy process was seen to fall from about 240 to 10-20 env
    steps/s. Here Hopper-v5 TD3 RLx2 (the `compress` presets' method) trains with 1 and with 2
@@ -33,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from tests.test_bad_input import CASES
+from tests.bad_input_cases import CASES
 from tinypolicy.export.bench import cpu_model
 from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.pipeline.train import TrainConfig, Trainer

@@ -45,6 +45,7 @@ from tinypolicy.ondevice.retrain import retrain
 from tinypolicy.pipeline.distill import distill
 from tinypolicy.pipeline.report import write_report
 from tinypolicy.pipeline.settings import (
+    RETRAINED_EVAL_SEED,
     DistillConfig,
     EvaluateConfig,
     ReportConfig,
@@ -285,7 +286,7 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
             results.append(retrain(dataset, path, seed=seed, **options))
             session = ort_session(path)
             returns.append(float(evaluate_policy(lambda obs: ort_actions(session, obs[None])[0], config.env_id,
-                                                 retrain_cfg.episodes, seed=1000).mean()))
+                                                 retrain_cfg.episodes, seed=RETRAINED_EVAL_SEED).mean()))
         first = results[0]
         architecture = f"{'-'.join(map(str, first['hidden']))} {first['activation']}"
         if first["mask"]:

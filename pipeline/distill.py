@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from tinypolicy.checkpoint import checkpoint_file, load_checkpoint
 from tinypolicy.config import refuse_other_settings
-from tinypolicy.envs import make_env, random_policy_returns, rollout
+from tinypolicy.envs import make_env, random_policy_returns, require_dims, rollout
 from tinypolicy.models.bc import BCParams, init_params, train_bc
 from tinypolicy.ondevice.artefact import atomic_write, prepare_output_dir, write_json, write_npz
 from tinypolicy.ondevice.dataset import BCRecipe, Dataset, save_dataset
@@ -50,7 +50,7 @@ from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.retrain import read_mask
 from tinypolicy.pipeline.es import Adam, antithetic_noise, es_gradient, shape_fitness
 from tinypolicy.pipeline.rollouts import PopulationEvaluator, population_evaluator
-from tinypolicy.pipeline.settings import DistillConfig
+from tinypolicy.pipeline.settings import RANDOM_BASELINE_EPISODES, RETRAINED_EVAL_SEED, DistillConfig
 from tinypolicy.plots import save_figure, subplots
 from tinypolicy.tables import write_csv
 
@@ -115,6 +115,7 @@ def _load_expert(cfg: DistillConfig, out: Path):
         ckpt = load_checkpoint(path)
         if ckpt.env_id != cfg.env_id:
             raise UserError(f"expert {cfg.expert} was trained on {ckpt.env_id}, not {cfg.env_id}")
+        require_dims(cfg.env_id, ckpt.data["spaces"], f"expert {cfg.expert}")
         actor = ckpt.build_actor()
         if not hasattr(actor, "squashed"):
             raise UserError(f"expert {cfg.expert} has no squashed-action actor")
@@ -135,9 +136,6 @@ def initial_state(cfg: DistillConfig, out: Path, obs_dim: int, act_dim: int) -> 
         ckpt, actor = _load_expert(cfg, out)
         visited, labels, returns = expert_rollouts(actor, cfg.env_id, cfg.stats_steps,
                                                     seed=cfg.seed * 1000 + 10_000_000)
-        if visited.shape[1] != obs_dim or labels.shape[1] != act_dim:
-            raise UserError(f"expert {cfg.expert} has dims {visited.shape[1]}/{labels.shape[1]}, "
-                            f"{cfg.env_id} has {obs_dim}/{act_dim}")
         mean, std = visited.mean(0), np.maximum(visited.std(0), STD_FLOOR)
         pick = rng.choice(len(visited), size=cfg.size, replace=len(visited) < cfg.size)
         states, actions = (visited[pick] - mean) / std, labels[pick]
@@ -301,25 +299,24 @@ def _load_state(path: Path, cfg: DistillConfig) -> dict:
 # Final dataset evaluation, reports
 
 def retrain_and_evaluate(dataset: Dataset, evaluator: PopulationEvaluator, seeds: list[int], episodes: int,
-                         recipe: BCRecipe | None = None, fixed_init: BCParams | None = None,
-                         eval_seed: int = 1000) -> np.ndarray:
+                         recipe: BCRecipe | None = None, fixed_init: BCParams | None = None) -> np.ndarray:
     """Train one policy per init seed (batched) on the dataset; mean return of each over `episodes`."""
     recipe = recipe or dataset.recipe
     inits = fixed_init if fixed_init is not None else BCParams.stack(
         [init_params(1, dataset.obs_dim, dataset.act_dim, recipe.hidden, s) for s in seeds])
     params, _ = train_bc(torch.as_tensor(dataset.states), torch.as_tensor(dataset.actions), inits,
                          recipe.steps, recipe.lr, recipe.activation, recipe.adam_eps, recipe.grad_clip)
-    return evaluate_policies(evaluator, [(params.numpy(), recipe.activation)], dataset, episodes, eval_seed)
+    return evaluate_policies(evaluator, [(params.numpy(), recipe.activation)], dataset, episodes)
 
 
 def evaluate_policies(evaluator: PopulationEvaluator, groups: list[tuple[dict, str]], dataset: Dataset,
-                      episodes: int, eval_seed: int = 1000) -> np.ndarray:
-    """Mean return over `episodes` (env seeds eval_seed, eval_seed + 1, ...) of every policy in
-    `groups` (stacked arrays, activation), all rolled out at once; in member order."""
+                      episodes: int) -> np.ndarray:
+    """Mean return over `episodes` (env seeds RETRAINED_EVAL_SEED, RETRAINED_EVAL_SEED + 1, ...)
+    of every policy in `groups` (stacked arrays, activation), all rolled out at once; in member order."""
     repeated = [({k: np.repeat(v, episodes, axis=0) for k, v in arrays.items()}, activation)
                 for arrays, activation in groups]
     count = sum(len(arrays["log_std"]) for arrays, _ in groups)
-    env_seeds = np.tile(eval_seed + np.arange(episodes), count)
+    env_seeds = np.tile(RETRAINED_EVAL_SEED + np.arange(episodes), count)
     result = evaluator.evaluate_groups(repeated, dataset.obs_mean, dataset.obs_std, env_seeds)
     return result.returns.reshape(count, episodes).mean(1)
 
@@ -493,7 +490,8 @@ def distill(config: DistillConfig, out_dir: str | Path, progress: bool = True) -
                 evaluation[f"{prefix}fixed_init_return"] = round(float(fixed[0]), 2)
         evaluation["evaluation_seconds"] = round(time.perf_counter() - final_start, 1)
         dataset = as_dataset(best_mu)
-    evaluation["random_policy_return"] = round(float(random_policy_returns(cfg.env_id, 10, 1000).mean()), 2)
+    random_returns = random_policy_returns(cfg.env_id, RANDOM_BASELINE_EPISODES, RETRAINED_EVAL_SEED)
+    evaluation["random_policy_return"] = round(float(random_returns.mean()), 2)
     dataset.meta["evaluation"] = evaluation
     save_dataset(dataset, out)
     if cfg.mode == "f":  # HaDES-F datasets are tuned to this init: ship it so a robot can start from it

@@ -33,8 +33,9 @@ from tinypolicy.ondevice.artefact import prepare_output_dir, write_json, write_t
 from tinypolicy.ondevice.dataset import Dataset, load_dataset
 from tinypolicy.pipeline.distill import evaluate_policies
 from tinypolicy.pipeline.rollouts import PopulationEvaluator
-from tinypolicy.pipeline.settings import GeneraliseConfig
+from tinypolicy.pipeline.settings import RANDOM_BASELINE_EPISODES, RETRAINED_EVAL_SEED, GeneraliseConfig
 from tinypolicy.plots import save_figure, subplots
+from tinypolicy.shares import percent, positive_reference, share_of
 from tinypolicy.tables import write_csv
 
 INIT_SEED = 200  # fresh inits 200, 201, ...: never the distillation's own seeds
@@ -110,10 +111,10 @@ def summarise(cells: list[dict], expert_return: float | None, target_share: floa
     worst = cells[int(means.argmin())]
     summary = {"cells": len(cells), "policies": sum(len(c["returns"]) for c in cells),
                "mean_return": float(means.mean()), "worst_return": float(means.min()), "worst_cell": _label(worst)}
-    if expert_return:
-        summary |= {"mean_share": float(means.mean() / expert_return),
-                    "worst_share": float(means.min() / expert_return),
-                    "fraction_at_target": float(np.mean(means >= target_share * expert_return))}
+    if positive_reference(expert_return):
+        summary |= {"mean_share": share_of(means.mean(), expert_return),
+                    "worst_share": share_of(means.min(), expert_return),
+                    "fraction_at_target": float(np.mean([share_of(m, expert_return) >= target_share for m in means]))}
     return summary
 
 
@@ -138,42 +139,40 @@ def _varied(cells: list[dict]) -> list[tuple[str, list]]:
     return [(factor, rows) for factor in FACTORS if len(rows := _marginals(cells, factor)) > 1]
 
 
-def _percent(value: float, expert_return: float | None) -> str:
-    return f"{100 * value / expert_return:.0f}%" if expert_return else "-"
-
-
 def _markdown(dataset: Dataset, cfg: GeneraliseConfig, summaries: dict, cells: list[dict], expert_return,
               random_return: float, own_init: dict | None) -> str:
+    def of_expert(value: float) -> str:
+        return percent(share_of(value, expert_return))
+
     target = f"{cfg.target_share:.0%}"
     lines = [f"Dataset {dataset.sha256[:12]} ({dataset.env_id}, D={dataset.size}, "
              f"{dataset.meta.get('mode', '?')} mode); {cfg.seeds} fresh inits (seeds {INIT_SEED}-"
              f"{INIT_SEED + cfg.seeds - 1}) x {cfg.episodes} episodes per cell; expert "
-             f"{'unknown (pass --expert-return)' if not expert_return else f'{expert_return:.1f}'}; "
+             f"{'unknown (pass --expert-return)' if expert_return is None else f'{expert_return:.1f}'}; "
              f"random policy {random_return:.1f}.", "",
              f"| grid | cells | mean return | % of expert | worst cell | worst return | % of expert | "
              f"cells >= {target} of expert |", "|---|---:|---:|---:|---|---:|---:|---:|"]
     for name, s in summaries.items():
-        at_target = f"{s['fraction_at_target']:.0%}" if "fraction_at_target" in s else "-"
         lines.append(f"| {name} | {s['cells']} | {s['mean_return']:.1f} | "
-                     f"{_percent(s['mean_return'], expert_return)} | "
-                     f"{s['worst_cell']} | {s['worst_return']:.1f} | {_percent(s['worst_return'], expert_return)} | "
-                     f"{at_target} |")
+                     f"{of_expert(s['mean_return'])} | "
+                     f"{s['worst_cell']} | {s['worst_return']:.1f} | {of_expert(s['worst_return'])} | "
+                     f"{percent(s.get('fraction_at_target'))} |")
     if own_init:
         lines += ["", f"The init the dataset was distilled for ({Path(own_init['init']).name}, "
                       f"{'-'.join(map(str, own_init['hidden']))} {own_init['activation']}, the recipe, NumPy trainer): "
-                      f"{own_init['mean_return']:.1f} ({_percent(own_init['mean_return'], expert_return)})."]
+                      f"{own_init['mean_return']:.1f} ({of_expert(own_init['mean_return'])})."]
     for grid in dict.fromkeys(c["grid"] for c in cells):
         subset = [c for c in cells if c["grid"] == grid]
         for factor, rows in _varied(subset):
             name = factor.replace("_", " ")
             lines += ["", f"{grid} grid by {name} (over every other factor):", "",
                       f"| {name} | mean return | % of expert | worst cell |", "|---|---:|---:|---:|"]
-            lines += [f"| {value} | {mean:.1f} | {_percent(mean, expert_return)} | {worst:.1f} |"
+            lines += [f"| {value} | {mean:.1f} | {of_expert(mean)} | {worst:.1f} |"
                       for value, mean, worst in rows]
     worst = sorted(cells, key=lambda c: c["mean_return"])[:10]
     lines += ["", "The worst cells:", "", "| cell | return (per init) | % of expert |", "|---|---|---:|"]
     lines += [f"| {_label(c)} | {c['mean_return']:.1f} ({', '.join(f'{r:.0f}' for r in c['returns'])}) | "
-              f"{_percent(c['mean_return'], expert_return)} |" for c in worst]
+              f"{of_expert(c['mean_return'])} |" for c in worst]
     return "\n".join(lines)
 
 
@@ -191,7 +190,7 @@ def _plot(cells: list[dict], path: Path, title: str, expert_return: float | None
             positions = np.arange(len(marginals))
             ax.bar(positions, [m for _, m, _ in marginals], color="C0", label="mean over cells")
             ax.scatter(positions, [w for _, _, w in marginals], color="C3", marker="v", zorder=3, label="worst cell")
-            if expert_return:
+            if positive_reference(expert_return):
                 ax.axhline(target_share * expert_return, color="k", lw=0.8, ls="--",
                            label=f"{target_share:.0%} of expert")
             ax.axhline(random_return, color="grey", lw=0.8, ls=":", label="random policy")
@@ -214,19 +213,19 @@ def generalise(dataset_path: str | Path, env_id: str, out_dir: str | Path | None
     dataset = load_dataset(source, env_id=env_id)
     folder = source if source.is_dir() else source.parent
     expert_return = cfg.expert_return or dataset.meta.get("expert_return")
-    masks = cfg.mask and ondevice.read_mask(cfg.mask, dataset.env_id, dataset.obs_dim, dataset.act_dim)
+    masks = ondevice.read_mask(cfg.mask, dataset.env_id, dataset.obs_dim, dataset.act_dim) if cfg.mask else None
     out = prepare_output_dir(out_dir or folder / "generalise")
     init_path = folder / "policy_init.npz"
     with PopulationEvaluator(env_id, workers=cfg.workers) as evaluator:
         cells = _dense_cells(dataset, cfg, evaluator, progress)
-        if masks:
+        if masks is not None:
             cells += _mask_cells(dataset, masks, cfg, evaluator)
         own_init = _own_init(dataset, init_path, cfg, evaluator) if init_path.exists() else None
     for cell in cells:
-        cell["returns"] = [round(float(r), 1) for r in cell["returns"]]
         cell["mean_return"] = float(np.mean(cell["returns"]))
-        cell["share_of_expert"] = cell["mean_return"] / expert_return if expert_return else None
-    random_return = float(random_policy_returns(env_id, 10, 1000).mean())
+        cell["returns"] = [round(float(r), 1) for r in cell["returns"]]  # for the reports; the mean is exact
+        cell["share_of_expert"] = share_of(cell["mean_return"], expert_return)
+    random_return = float(random_policy_returns(env_id, RANDOM_BASELINE_EPISODES, RETRAINED_EVAL_SEED).mean())
     summaries = {grid: summarise([c for c in cells if c["grid"] == grid], expert_return, cfg.target_share)
                  for grid in dict.fromkeys(c["grid"] for c in cells)}
     recipe = dataset.recipe

@@ -41,7 +41,7 @@ import torch
 from onnx import numpy_helper
 
 from tinypolicy.checkpoint import CHECKPOINT_FILE, FORMAT, VERSION, load_torch_artefact, save_checkpoint
-from tinypolicy.envs import actor_policy, make_env
+from tinypolicy.envs import actor_policy, env_spaces, make_env, require_dims
 from tinypolicy.export.bundle import rollout_observations
 from tinypolicy.export.runtimes import ort_session
 from tinypolicy.models import TwinCritic, make_actor, sparse_layers, weight_sparsity
@@ -514,13 +514,6 @@ def read_obs_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray, float | No
     return mean, std, clip
 
 
-def env_spaces(env) -> dict[str, Any]:
-    """The spaces record a checkpoint keeps (pipeline.train writes the same)."""
-    obs, act = env.observation_space, env.action_space
-    return {"obs_dim": obs.shape[0], "act_dim": act.shape[0], "obs_low": obs.low.tolist(),
-            "obs_high": obs.high.tolist(), "action_low": act.low.tolist(), "action_high": act.high.tolist()}
-
-
 def _fit_output(actor: ForeignActor, low: np.ndarray, high: np.ndarray, where: str) -> tuple[list[Layer], str]:
     """The layers and squash ("tanh" or "clip") of our actor that act as `actor` does."""
     centre, half = (high + low) / 2.0, (high - low) / 2.0
@@ -629,9 +622,7 @@ def import_policy(source: str | Path, env_id: str, out: str | Path, cfg: ImportC
     env.close()
     norm = None if cfg.obs_stats is None else read_obs_stats(cfg.obs_stats)
     read = read_source(source, cfg.activation)
-    if (read.actor.obs_dim, read.actor.act_dim) != (spaces["obs_dim"], spaces["act_dim"]):
-        raise UserError(f"{where}: its actor takes {read.actor.obs_dim} observations and gives {read.actor.act_dim} "
-                        f"actions; {env_id} has {spaces['obs_dim']} and {spaces['act_dim']}")
+    require_dims(env_id, {"obs_dim": read.actor.obs_dim, "act_dim": read.actor.act_dim}, f"{where}: its actor")
     if norm is not None:
         if read.actor.obs_mean is not None:
             raise UserError(f"{where} normalises its observations itself; drop --obs-stats")

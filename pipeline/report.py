@@ -11,6 +11,7 @@ from tinypolicy.models import sparse_layers
 from tinypolicy.models.flops import inference_flops, weight_count
 from tinypolicy.pipeline.document import Document
 from tinypolicy.plots import save_figure, subplots
+from tinypolicy.shares import percent, share_of
 
 
 def _plot_learning_curve(rows: list[dict], title: str, path: Path, xlabel: str = "env steps") -> None:
@@ -53,9 +54,9 @@ def write_report(out: Path, folder: Path) -> None:
         rows.insert(1, ["teacher (the policy given to --from), same episodes", f"{teacher['mean_return']:.1f}",
                         f"{teacher['std_return']:.1f}"])
     doc.table(["policy", f"mean return over {evaluation['episodes']} episodes", "std"], rows)
-    if teacher and teacher["mean_return"] > 0:
-        doc.paragraph(f"The compressed actor keeps {evaluation['mean_return'] / teacher['mean_return']:.1%} of the "
-                      f"teacher's return.")
+    kept = share_of(evaluation["mean_return"], teacher["mean_return"]) if teacher else None
+    if kept is not None:
+        doc.paragraph(f"The compressed actor keeps {kept:.1%} of the teacher's return.")
     doc.image(folder / "learning_curve.png", "learning curve (evaluation return during training)")
     doc.heading("Actor sparsity per layer")
     doc.table(["layer", "shape (out x in)", "nonzero weights", "density"], [
@@ -132,10 +133,6 @@ def _embedded_section(doc: Document, out: Path) -> None:
                "max abs diff vs ONNX Runtime"], rows, align_right_from=2)
 
 
-def _share(value: float, expert: float) -> str:
-    return f"{100 * value / expert:.0f}% of the expert" if expert > 0 else "expert return not positive"
-
-
 def _distill_section(doc: Document, out: Path, folder: Path, expert: float) -> None:
     summary = _read(out / "distill" / "summary.json")
     if summary is None:
@@ -157,14 +154,14 @@ def _distill_section(doc: Document, out: Path, folder: Path, expert: float) -> N
                          f"({', '.join(family['masked'])})" if family["masked"] else "") + ".")
     recipe_arch = f"{'-'.join(map(str, recipe['hidden']))} {recipe['activation']}"
     rows = [[f"fresh inits (seeds {', '.join(map(str, summary['fresh_init_seeds']))})", recipe_arch,
-             f"{summary['fresh_init_mean']:.1f}", _share(summary["fresh_init_mean"], expert)]]
+             f"{summary['fresh_init_mean']:.1f}", percent(share_of(summary["fresh_init_mean"], expert))]]
     if "fixed_init_return" in summary:
         rows.append(["own init (the one it was distilled for)", recipe_arch, f"{summary['fixed_init_return']:.1f}",
-                     _share(summary["fixed_init_return"], expert)])
+                     percent(share_of(summary["fixed_init_return"], expert))])
     rows.append(["random actions", "", f"{summary['random_policy_return']:.1f}", ""])
     episodes = f"{summary['episodes']} episode{'s' * (summary['episodes'] > 1)}"
-    doc.table(["retrained (torch inner loop) from", "architecture", f"return ({episodes} each)", "share"], rows,
-              align_right_from=2)
+    doc.table(["retrained (torch inner loop) from", "architecture", f"return ({episodes} each)",
+               "share of the expert"], rows, align_right_from=2)
     for source, name, caption in (("fitness.png", "fitness.png", "ES fitness per generation"),
                                   ("states.png", "states.png", "the synthetic states, rendered by MuJoCo")):
         image = _copy_image(out / "distill" / source, folder, name)
@@ -185,8 +182,9 @@ def _retrain_section(doc: Document, out: Path, expert: float, cfg: dict, teacher
         references = [[f"expert: {cfg['method']} {cfg['algo'].upper()} (for reference)", expert]]
     doc.heading("Retrained on the distilled dataset on the device (NumPy, no simulator)")
     doc.table(["policy", "architecture", "started from", "training time (s)",
-               "return (mean; per init)", "share"], [
+               "return (mean; per init)", "share of the expert"], [
         [name, r["architecture"], r["start"], f"{r['train_seconds']:.2f}",
-         f"{r['mean_return']:.1f} ({', '.join(f'{x:.0f}' for x in r['returns'])})", _share(r["mean_return"], expert)]
+         f"{r['mean_return']:.1f} ({', '.join(f'{x:.0f}' for x in r['returns'])})",
+         percent(share_of(r["mean_return"], expert))]
         for name, r in retrained.items()] +
         [[label, "", "", "", f"{value:.1f}", ""] for label, value in references], align_right_from=3)

@@ -45,9 +45,12 @@ HIDDEN_DTYPES = {"fp32": None, "bf16": "bfloat16"}
 
 
 # Value parsers (flags) and range checks (settings) of the fields below.
-fraction = float_in(0.0, 1.0)              # [0, 1): sparsities, dropout rates
-unit_interval = float_in(0.0, 1.0, "(]")   # (0, 1]: discount factors, Polyak rates, Q-learning's lr
-nonnegative = float_in(0.0)                # [0, inf): noise scales, weight decay
+fraction = float_in(0.0, 1.0)                    # [0, 1): sparsities, dropout rates
+unit_interval = float_in(0.0, 1.0, "(]")         # (0, 1]: discount factors, Polyak rates, Q-learning's lr
+closed_unit_interval = float_in(0.0, 1.0, "[]")  # [0, 1]: RigL drop fractions, shares, probabilities
+nonnegative = float_in(0.0)                      # [0, inf): noise scales, weight decay
+
+THREADS_HELP = "torch threads (more is faster only on an otherwise idle machine)"
 
 
 @dataclass
@@ -72,7 +75,7 @@ class TrainConfig:
     policy_freq: int = setting(2, positive_int)      # TD3 delayed actor updates
     exploration_noise: float = setting(0.1, nonnegative)  # TD3
     n_step: int = setting(3, positive_int)
-    drop_fraction: float = setting(0.5, float_in(0.0, 1.0, "[]"))  # RigL zeta_0
+    drop_fraction: float = setting(0.5, closed_unit_interval)  # RigL zeta_0
     buffer_threshold: float = setting(0.2, nonnegative)
     policy_distance_samples: int = setting(2048, positive_int)
     buffer_capacity: int = setting(1_000_000, positive_int)
@@ -81,7 +84,7 @@ class TrainConfig:
     checkpoint_interval: int = option(25_000, "env steps between checkpoints (a killed run resumes from the last one)")
     # One thread: on 2 cores, 2 threads train 1.47x faster when the machine is idle but at 0.05x
     # beside one other busy process (docs/results/reliability.json); a robot's computer is never idle.
-    threads: int = option(1, "torch threads (more is faster only on an otherwise idle machine)")
+    threads: int = option(1, THREADS_HELP)
     precision: str = option("fp32", "compute dtype of the hidden layers (bf16: mixed precision, faster on "
                                     "AVX-512 BF16 CPUs)", choices=HIDDEN_DTYPES)
     # None: scaled from total_steps with the paper's proportions (pipeline.train.Schedule).
@@ -108,6 +111,18 @@ class TrainConfig:
 
 # --------------------------------------------------------------------------- distill, generalise
 
+# The hidden widths and depths that distill --mode a draws students from and that generalise's
+# grid retrains: by default generalise tests a dataset on the family mode a distils for.
+ARCH_WIDTHS = (16, 32, 64, 128, 256)
+ARCH_DEPTHS = (1, 2, 3)
+# Env seed of the first episode evaluating a policy retrained on a dataset (distill's final
+# evaluation, generalise's cells, compress's retrain stage) and of the random-policy baseline
+# distill and generalise report beside them: fixed, so that the retrained policies of every
+# dataset are compared on the same episodes.
+RETRAINED_EVAL_SEED = 1000
+RANDOM_BASELINE_EPISODES = 10  # episodes of uniformly random actions: the floor a retrained policy must beat
+
+
 @dataclass
 class DistillConfig:
     """HaDES behaviour distillation: `tinypolicy distill` and compress's distill stage."""
@@ -129,13 +144,13 @@ class DistillConfig:
     bc_steps: int = option(BCRecipe.steps)
     bc_lr: float = option(BCRecipe.lr)
     # mode a: the family of students; every dense combination is equally likely
-    arch_widths: tuple[int, ...] = option((16, 32, 64, 128, 256), "mode a: hidden widths drawn")
-    arch_depths: tuple[int, ...] = option((1, 2, 3), "mode a: hidden layer counts drawn", metavar="N,N")
+    arch_widths: tuple[int, ...] = option(ARCH_WIDTHS, "mode a: hidden widths drawn")
+    arch_depths: tuple[int, ...] = option(ARCH_DEPTHS, "mode a: hidden layer counts drawn", metavar="N,N")
     arch_activations: tuple[str, ...] = option(ACTIVATIONS, "mode a: hidden activations drawn", choices=ACTIVATIONS)
     arch_mask: str | None = option(None, "mode a: also train students with this exported actor's sparse topology",
                                    metavar="ACTOR.onnx")
     mask_share: float = option(0.25, "mode a with --arch-mask: the share of students with that topology",
-                               parse=float_in(0.0, 1.0, "[]"))
+                               parse=closed_unit_interval)
     seed: int = option(0, metavar="K", parse=random_seed)
     workers: int = option(2, "rollout processes")
     backend: str = option("local", "rollouts in local worker processes, or on Ray workers (pip install -e '.[ray]')",
@@ -180,8 +195,8 @@ class GeneraliseConfig:
     seeds: int = option(3, "fresh inits per cell")
     episodes: int = option(2, "episodes per policy")
     workers: int = option(2)
-    widths: tuple[int, ...] = option((16, 32, 64, 128, 256), "hidden widths")
-    depths: tuple[int, ...] = option((1, 2, 3), "hidden layer counts", metavar="N,N")
+    widths: tuple[int, ...] = option(ARCH_WIDTHS, "hidden widths")
+    depths: tuple[int, ...] = option(ARCH_DEPTHS, "hidden layer counts", metavar="N,N")
     activations: tuple[str, ...] = option(ACTIVATIONS, "hidden activations", choices=ACTIVATIONS)
     lrs: tuple[float, ...] = option((BCRecipe.lr / 2, BCRecipe.lr, BCRecipe.lr * 2), "BC learning rates",
                                     metavar="X,X", parse=positive_floats)
@@ -259,13 +274,13 @@ class StudentConfig:
     # (RigL's 75%), so that the last steps tune a fixed topology.
     topology_interval: int = setting(1_000, positive_int)
     topology_end: float = setting(0.75, unit_interval)
-    drop_fraction: float = setting(0.5, float_in(0.0, 1.0, "[]"))
+    drop_fraction: float = setting(0.5, closed_unit_interval)
     beta: float = option(0.0, "iteration i rolls out the teacher's action with probability beta**i, else the "
-                              "student's (0: pure DAgger after iteration 0)", parse=float_in(0.0, 1.0, "[]"))
+                              "student's (0: pure DAgger after iteration 0)", parse=closed_unit_interval)
     eval_episodes: int = option(10, "episodes evaluating teacher and student (deterministic)")
     eval_seed: int = setting(EvaluateConfig.seed, random_seed)  # evaluation episode k is seeded eval_seed + k
     seed: int = option(0, metavar="K", parse=random_seed)
-    threads: int = option(1, "torch threads (more is faster only on an otherwise idle machine)")
+    threads: int = option(1, THREADS_HELP)  # one, as for training (TrainConfig.threads says why)
 
     def __post_init__(self):
         check_settings(self, "student")

@@ -35,6 +35,7 @@ from tinypolicy.ondevice.artefact import prepare_output_dir, sha256_file, write_
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.settings import StudentConfig
 from tinypolicy.pipeline.train import MaskedAdam
+from tinypolicy.shares import share_of
 from tinypolicy.tables import write_csv
 
 SUMMARY_FILE, ITERATIONS_FILE = "student.json", "iterations.csv"
@@ -200,8 +201,7 @@ class Distiller:
             "episodes": self.cfg.eval_episodes, "eval_seed": self.cfg.eval_seed,
             "teacher_return": teacher, "teacher_return_std": float(np.std(self.teacher_returns)),
             "student_return": last["student_return"], "student_return_std": last["student_return_std"],
-            # A share of the teacher's return means something only when returns are positive (not on Pendulum).
-            "ratio": last["student_return"] / teacher if teacher > 0 else None,
+            "ratio": share_of(last["student_return"], teacher),
             "sparsity": weight_sparsity(self.student),
             "nnz": sum(int(l.mask.sum()) for l in layers), "weights": sum(l.mask.numel() for l in layers),
             "layer_nnz": [int(l.mask.sum()) for l in layers], "hidden": self.hidden,

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from tinypolicy.checkpoint import CHECKPOINT_FILE, load_checkpoint, nonfinite_tensors, save_checkpoint
 from tinypolicy.config import refuse_other_settings
-from tinypolicy.envs import actor_policy, evaluate_policy, make_env
+from tinypolicy.envs import actor_policy, env_spaces, evaluate_policy, make_env, require_dims
 from tinypolicy.models import (
     GaussianActor,
     TwinCritic,
@@ -211,13 +211,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
 
         self.env = make_env(cfg.env_id, seed=cfg.seed)
-        obs_space, act_space = self.env.observation_space, self.env.action_space
-        self.obs_dim, self.act_dim = obs_space.shape[0], act_space.shape[0]
-        self.spaces = {
-            "obs_dim": self.obs_dim, "act_dim": self.act_dim,
-            "obs_low": obs_space.low.tolist(), "obs_high": obs_space.high.tolist(),
-            "action_low": act_space.low.tolist(), "action_high": act_space.high.tolist(),
-        }
+        act_space = self.env.action_space
+        self.spaces = env_spaces(self.env)
+        self.obs_dim, self.act_dim = self.spaces["obs_dim"], self.spaces["act_dim"]
         hidden = list(cfg.hidden)
         # an imported actor's activation, output squashing or observation normaliser
         init, self.actor_arch = None, {}
@@ -264,9 +260,7 @@ class Trainer:
         if "critic" not in init.data:
             raise UserError(f"{init.path} holds an actor only; fine-tuning needs its critics (`tinypolicy compress "
                             "--from` distils such a policy into a sparse student instead)")
-        if (spaces["obs_dim"], spaces["act_dim"]) != (self.obs_dim, self.act_dim):
-            raise UserError(f"{init.path} is a policy for {spaces['obs_dim']} observations and {spaces['act_dim']} "
-                            f"actions; {cfg.env_id} has {self.obs_dim} and {self.act_dim}")
+        require_dims(cfg.env_id, spaces, str(init.path))
         theirs = {"algo": init.config["algo"], "hidden": list(init.config["hidden"])}
         ours = {"algo": cfg.algo, "hidden": list(cfg.hidden)}
         if theirs != ours:

@@ -300,12 +300,12 @@ def test_the_report_labels_every_retrained_return_with_its_start_and_architectur
     report._retrain_section(doc, tmp_path, 2500.0, {"method": "dense", "algo": "sac"}, None)
     text = doc.markdown()
     assert "| expert: dense SAC (for reference) |" in text and "teacher" not in text
-    assert "| fresh inits (seeds 100, 101) | 64-64 tanh | 500.0 | 20% of the expert |" in text
-    assert "| own init (the one it was distilled for) | 64-64 tanh | 1900.0 | 76% of the expert |" in text
-    assert ("| dense | 64-64 tanh | fresh init (seeds 0, 1, 2) | 0.05 | 500.0 (400, 600, 500) | 20% of the expert |"
+    assert "| share of the expert |" in text and "| fresh inits (seeds 100, 101) | 64-64 tanh | 500.0 | 20% |" in text
+    assert "| own init (the one it was distilled for) | 64-64 tanh | 1900.0 | 76% |" in text
+    assert ("| dense | 64-64 tanh | fresh init (seeds 0, 1, 2) | 0.05 | 500.0 (400, 600, 500) | 20% |"
             in text)
     assert "| sparse | sparse topology of export/actor.onnx: 256-256 tanh, 98.0% sparse | fresh init" in text
-    assert ("| dense_own_init | 64-64 tanh | own init (policy_init.npz) | 0.05 | 2000.0 (2000) | 80% of the expert |"
+    assert ("| dense_own_init | 64-64 tanh | own init (policy_init.npz) | 0.05 | 2000.0 (2000) | 80% |"
             in text)
 
     compressed = Document("report")  # compress --from: the expert is the compressed policy, its teacher beside it
@@ -314,3 +314,7 @@ def test_the_report_labels_every_retrained_return_with_its_start_and_architectur
     text = compressed.markdown()
     assert "| expert: the compressed policy, DAgger student (for reference) |" in text and "2500.0" in text
     assert "| teacher: the policy given to --from (for reference) |" in text and "3000.0" in text
+
+    negative = Document("report")  # a share of a negative expert return (Pendulum's) means nothing
+    report._retrain_section(negative, tmp_path, -150.0, {"method": "dense", "algo": "sac"}, None)
+    assert "| 0.05 | 500.0 (400, 600, 500) | n/a |" in negative.markdown()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.builders import mask_onnx
 from tinypolicy.ondevice.dataset import load_dataset, save_dataset
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.distill import DistillConfig, distill
@@ -149,12 +150,11 @@ def test_generalisation_grid_on_a_tiny_dataset(tmp_path):
     with the NumPy trainer; the init a HaDES-F dataset ships is retrained beside them."""
     import csv
 
-    from tests.test_retrain import _mask_onnx
     from tinypolicy.ondevice.retrain import init_params as numpy_init
     from tinypolicy.pipeline.generalise import generalise
 
     dataset = _tiny_dataset(tmp_path / "dataset")
-    _mask_onnx(tmp_path / "actor.onnx", [11, 12, 12, 3])
+    mask_onnx(tmp_path / "actor.onnx", [11, 12, 12, 3])
     own = numpy_init([11, 16, 3], seed=5)
     np.savez(dataset / "policy_init.npz", w0=own.weights[0], b0=own.biases[0], w1=own.weights[1], b1=own.biases[1],
              log_std=own.log_std)
@@ -194,6 +194,18 @@ def test_generalise_without_an_expert_return_reports_returns_only(tmp_path):
                                            "worst_cell": "8 tanh, lr 0.005, 5 steps"}
     shares = summarise(cells, 100.0, 0.6)
     assert shares["fraction_at_target"] == pytest.approx(2 / 3) and shares["worst_share"] == pytest.approx(0.4)
+    # every return is above 60% of a negative expert's: a share of it would be meaningless
+    assert summarise(cells, -100.0, 0.6) == summarise(cells, None, 0.6)
+
+
+def test_hades_table_refuses_to_publish_a_run_onto_itself(tmp_path):
+    from benchmarks.hades_table import publish
+
+    run = _tiny_dataset(tmp_path / "run")
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    with pytest.raises(UserError, match="onto itself"):
+        publish(run, run / "..", None)  # the run folder, spelt otherwise
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
 def test_architecture_settings_are_checked():
@@ -207,9 +219,7 @@ def test_architecture_settings_are_checked():
 
 @pytest.mark.integration
 def test_architecture_randomised_distillation_trains_the_family_and_resumes(tmp_path):
-    from tests.test_retrain import _mask_onnx
-
-    _mask_onnx(tmp_path / "actor.onnx", [11, 12, 12, 3])
+    mask_onnx(tmp_path / "actor.onnx", [11, 12, 12, 3])
     settings = dict(TINY, mode="a", arch_widths=(8, 16), arch_depths=(1, 2), arch_mask=str(tmp_path / "actor.onnx"),
                     mask_share=0.5)
     out = tmp_path / "run"

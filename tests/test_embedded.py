@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import sparse_actor, write_checkpoint
 
+from tests.builders import sparse_actor, write_checkpoint
 from tinypolicy.export.bundle import export_bundle
 from tinypolicy.export.c_codegen import INT8_STEP_SLACK
 from tinypolicy.export.embedded import (

@@ -18,6 +18,7 @@ from tinypolicy.ondevice.artefact import (
 )
 from tinypolicy.ondevice.errors import UserError, os_error_line
 from tinypolicy.plots import save_figure, subplots
+from tinypolicy.shares import percent, share_of
 from tinypolicy.tables import CsvLog, write_csv
 
 ENV = "Pendulum-v1"  # 200-step episodes, no MuJoCo: cheap to roll out
@@ -163,3 +164,10 @@ def test_an_output_file_that_is_a_folder_or_an_input_is_refused(case, message, t
         check_output_file(out, "--out", (tmp_path / "in.npz", None))
     assert (tmp_path / "in.npz").read_bytes() == b"input"
     assert check_output_file(tmp_path / "new" / "out.onnx", "--out", (tmp_path / "in.npz",)).parent.is_dir()
+
+
+def test_a_share_needs_a_positive_finite_reference():
+    assert share_of(50.0, 200.0) == 0.25 and percent(share_of(50.0, 200.0)) == "25%"
+    for reference in (0.0, -200.0, float("inf"), float("nan"), None):  # Pendulum's experts score below zero
+        assert share_of(50.0, reference) is None
+    assert percent(None) == "n/a"

@@ -16,9 +16,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.builders import mask_onnx, synthetic_dataset
 from tests.conftest import ROOT
-from tinypolicy.ondevice.dataset import ACTIVATIONS, BCRecipe, Dataset, load_dataset, save_dataset
-from tinypolicy.ondevice.onnx_mlp import policy_onnx, read_policy_onnx, save_onnx
+from tinypolicy.ondevice.dataset import ACTIVATIONS, BCRecipe, load_dataset, save_dataset
+from tinypolicy.ondevice.onnx_mlp import read_policy_onnx
 from tinypolicy.ondevice.retrain import (
     MLPParams,
     _FlatLayout,
@@ -45,32 +46,10 @@ sys.meta_path.insert(0, _Blocked())
 """
 
 
-def _dataset(rng, env_id="Hopper-v5", obs_dim=11, act_dim=3, size=64) -> Dataset:
-    """A learnable synthetic dataset with HaDES-like labels (some beyond [-1, 1]) and
-    non-trivial normalisation and action bounds."""
-    states = rng.normal(size=(size, obs_dim))
-    actions = 1.5 * np.tanh(states @ rng.normal(size=(obs_dim, act_dim)) / np.sqrt(obs_dim))
-    return Dataset(env_id, states, actions, obs_mean=rng.normal(size=obs_dim),
-                   obs_std=rng.uniform(0.5, 2.0, obs_dim), action_low=-rng.uniform(0.5, 2.0, act_dim),
-                   action_high=rng.uniform(0.5, 2.0, act_dim))
-
-
 @pytest.fixture
 def dataset_dir(tmp_path) -> Path:
-    save_dataset(_dataset(np.random.default_rng(0)), tmp_path / "dataset")
+    save_dataset(synthetic_dataset(np.random.default_rng(0)), tmp_path / "dataset")
     return tmp_path / "dataset"
-
-
-def _mask_onnx(path: Path, sizes, env_id="Hopper-v5", density=0.2, seed=1) -> list[np.ndarray]:
-    """An exported-actor-like mask: ReLU hidden layers, tanh head, exact zeros in the weights."""
-    rng = np.random.default_rng(seed)
-    weights = [(rng.normal(size=(o, i)) * (rng.random((o, i)) < density)).astype(np.float32)
-               for i, o in zip(sizes[:-1], sizes[1:])]
-    biases = [rng.normal(size=o).astype(np.float32) for o in sizes[1:]]
-    model = policy_onnx(weights, biases, "relu", "tanh", np.zeros(sizes[0]), np.ones(sizes[0]),
-                        -np.ones(sizes[-1]), np.ones(sizes[-1]), {"env_id": env_id})
-    save_onnx(model, path)
-    return [w != 0 for w in weights]
 
 
 def _run(*args, cwd=ROOT, block=None) -> subprocess.CompletedProcess:
@@ -85,7 +64,7 @@ def _run(*args, cwd=ROOT, block=None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("activation", ACTIVATIONS)  # every activation a dataset recipe may name
 def test_gradient_matches_finite_differences(activation):
     rng = np.random.default_rng(0)
-    data = _dataset(rng, size=16)
+    data = synthetic_dataset(rng, size=16)
     sizes = [11, 12, 8, 3]
     init = init_params(sizes, seed=0)
     layout = _FlatLayout(sizes, 3)
@@ -105,7 +84,7 @@ def test_gradient_matches_finite_differences(activation):
 
 
 def test_an_unknown_activation_is_refused_rather_than_trained_as_elu():
-    data = _dataset(np.random.default_rng(0), size=4)
+    data = synthetic_dataset(np.random.default_rng(0), size=4)
     params = init_params([11, 8, 3], seed=0)
     with pytest.raises(ValueError, match="unknown hidden activation 'gelu'"):
         policy_mean(params, "gelu", data.states)
@@ -122,7 +101,7 @@ def test_loss_curve_matches_the_torch_inner_loop(activation, masked):
     from tinypolicy.models.bc import policy_mean as torch_policy_mean
     from tinypolicy.models.bc import train_bc as torch_train_bc
 
-    data = _dataset(np.random.default_rng(0))
+    data = synthetic_dataset(np.random.default_rng(0))
     recipe = BCRecipe(hidden=(64, 64), activation=activation, steps=100)
     rng = np.random.default_rng(7)
     masks = [rng.random((o, i)) < 0.3 for i, o in zip([11, 64, 64], [64, 64, 3])] if masked else None
@@ -151,7 +130,7 @@ def test_masked_training_matches_torch_adam_on_masked_gradients():
     """With a fixed mask: torch.optim.Adam and clip_grad_norm_ on gradients zeroed outside
     the mask (as models.sparse trains) give the same curve, and the zeros stay exact."""
     rng = np.random.default_rng(0)
-    data = _dataset(rng)
+    data = synthetic_dataset(rng)
     recipe = BCRecipe(hidden=(32, 32), activation="relu", steps=100)
     sizes = [11, 32, 32, 3]
     masks = [rng.random((o, i)) < 0.3 for i, o in zip(sizes[:-1], sizes[1:])]
@@ -206,7 +185,7 @@ def test_onnx_policy_equals_numpy_forward_pass(tmp_path, dataset_dir):
 
 
 def test_mask_keeps_the_exported_actors_topology(tmp_path, dataset_dir):
-    masks = _mask_onnx(tmp_path / "actor.onnx", [11, 48, 24, 3])
+    masks = mask_onnx(tmp_path / "actor.onnx", [11, 48, 24, 3])
     summary = retrain(dataset_dir, tmp_path / "policy.onnx", mask_path=tmp_path / "actor.onnx")
     weights, _, metadata = read_policy_onnx(tmp_path / "policy.onnx")
     assert summary["hidden"] == [48, 24] and summary["activation"] == "tanh"
@@ -245,7 +224,7 @@ def test_robot_copy_runs_without_torch_gymnasium_or_mujoco(tmp_path, dataset_dir
     unimportable and tinypolicy not installed on the path."""
     robot = tmp_path / "robot"
     shutil.copytree(ROBOT_FOLDER, robot / "ondevice", ignore=shutil.ignore_patterns("__pycache__"))
-    _mask_onnx(tmp_path / "actor.onnx", [11, 64, 64, 3])
+    mask_onnx(tmp_path / "actor.onnx", [11, 64, 64, 3])
     probe = ("import runpy, sys; sys.argv = ['retrain', *sys.argv[1:]]\n"
              "try:\n    runpy.run_module('ondevice.retrain', run_name='__main__')\n"
              "except SystemExit as exit:\n    code = exit.code\n"
@@ -293,14 +272,14 @@ def test_blocker_really_blocks(tmp_path):
 
 def _bad_inputs(tmp_path, dataset_dir):
     other_dims = tmp_path / "dims"
-    save_dataset(_dataset(np.random.default_rng(2), obs_dim=17, act_dim=6), other_dims)
+    save_dataset(synthetic_dataset(np.random.default_rng(2), obs_dim=17, act_dim=6), other_dims)
     truncated = tmp_path / "truncated"
     shutil.copytree(dataset_dir, truncated)
     npz = truncated / "dataset.npz"
     npz.write_bytes(npz.read_bytes()[:-100])
-    _mask_onnx(tmp_path / "walker.onnx", [17, 32, 6], env_id="Walker2d-v5")
-    _mask_onnx(tmp_path / "cheetah.onnx", [17, 32, 6], env_id="HalfCheetah-v5")
-    _mask_onnx(tmp_path / "hopper.onnx", [11, 32, 3])
+    mask_onnx(tmp_path / "walker.onnx", [17, 32, 6], env_id="Walker2d-v5")
+    mask_onnx(tmp_path / "cheetah.onnx", [17, 32, 6], env_id="HalfCheetah-v5")
+    mask_onnx(tmp_path / "hopper.onnx", [11, 32, 3])
     (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07garbage")
     init = init_params([17, 8, 6], seed=0)
     np.savez(tmp_path / "init17.npz", w0=init.weights[0], b0=init.biases[0], w1=init.weights[1],
@@ -340,7 +319,7 @@ def test_bad_datasets_and_masks_are_refused_on_one_line(tmp_path, dataset_dir, c
 
 
 def test_64_64_tanh_on_64_pairs_trains_in_well_under_a_second():
-    data = _dataset(np.random.default_rng(0))
+    data = synthetic_dataset(np.random.default_rng(0))
     recipe = BCRecipe(hidden=(64, 64), activation="tanh")
     init = init_params([11, 64, 64, 3], seed=0)
     times = []
@@ -352,7 +331,7 @@ def test_64_64_tanh_on_64_pairs_trains_in_well_under_a_second():
 
 
 def _inputs(tmp_path, dataset_dir) -> dict[str, Path]:
-    _mask_onnx(tmp_path / "mask.onnx", [11, 32, 3])
+    mask_onnx(tmp_path / "mask.onnx", [11, 32, 3])
     init = init_params([11, 8, 3], seed=0)
     np.savez(tmp_path / "init.npz", w0=init.weights[0], b0=init.biases[0], w1=init.weights[1],
              b1=init.biases[1], log_std=init.log_std)

@@ -591,7 +591,7 @@ def test_init_from_copies_the_weights_and_sparse_methods_keep_the_largest(tmp_pa
 @pytest.mark.parametrize("overrides, message", [
     ({"hidden": (16, 16)}, "pass --algo td3 --hidden 32 32"),
     ({"algo": "sac"}, "holds a td3 policy"),
-    ({"env_id": "InvertedPendulum-v5"}, "is a policy for 3 observations and 1 actions"),
+    ({"env_id": "InvertedPendulum-v5"}, "takes 3 observations and gives 1 actions"),
 ])
 def test_init_from_refuses_a_policy_this_run_cannot_continue(tmp_path, overrides, message):
     teacher_dir = _teacher(tmp_path)

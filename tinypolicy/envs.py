@@ -37,15 +37,22 @@ def make_env(env_id: str, seed: int | None = None) -> gym.Env:
     return env
 
 
+def env_spaces(env: gym.Env) -> dict:
+    """The spaces record a checkpoint keeps: observation and action sizes and bounds, as lists."""
+    obs, act = env.observation_space, env.action_space
+    return {"obs_dim": obs.shape[0], "act_dim": act.shape[0], "obs_low": obs.low.tolist(),
+            "obs_high": obs.high.tolist(), "action_low": act.low.tolist(), "action_high": act.high.tolist()}
+
+
 def require_dims(env_id: str, spaces: dict, what: str) -> None:
-    """Refuse, on one line, a policy (`what`) whose recorded observation and action sizes are
-    not those of `env_id`."""
+    """Refuse, on one line, a policy (`what`) whose observation and action sizes (`spaces`'
+    obs_dim and act_dim) are not those of `env_id`."""
     env = make_env(env_id)
     dims = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
     if dims != (spaces["obs_dim"], spaces["act_dim"]):
-        raise UserError(f"{env_id} has obs/action dims {dims[0]}/{dims[1]}, {what} records "
-                        f"{spaces['obs_dim']}/{spaces['act_dim']}")
+        raise UserError(f"{what} takes {spaces['obs_dim']} observations and gives {spaces['act_dim']} actions; "
+                        f"{env_id} has {dims[0]} and {dims[1]}")
 
 
 def actor_policy(actor) -> Policy:
