@@ -4,7 +4,8 @@ TD3 and SAC answer one question about our dense baseline: does an independent, w
 implementation with the same settings (256-256 networks, batch 256, lr, gamma, tau, noise, one
 update per env step, the same scaled random warm-up) learn the same way on the same budget?
 PPO trains an actor-only teacher for `tinypolicy compress --from` with the RL Zoo's tuned
-Hopper settings (`PPO_ZOO`, observations and rewards normalised by VecNormalize); its
+Hopper settings (`PPO_ZOO`) or SB3's defaults (`--ppo-settings sb3`), observations and
+rewards normalised by VecNormalize; its
 observation statistics are saved as `obs_stats.npz` for `tinypolicy import --obs-stats`,
 since VecNormalize's own file is a pickle.
 
@@ -40,14 +41,18 @@ PPO_ZOO_STEPS = 1_000_000
 PPO_CLIP_OBS = 10.0
 
 
-def sb3_ppo(env_id: str, seed: int):
-    """An SB3 PPO with the RL Zoo's Hopper settings on a VecNormalize'd env."""
+def sb3_ppo(env_id: str, seed: int, settings: str):
+    """An SB3 PPO on a VecNormalize'd env, with the RL Zoo's Hopper settings ("zoo") or SB3's
+    defaults ("sb3": the PPO paper's MuJoCo settings, a 64-64 tanh policy)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    venv = VecNormalize(DummyVecEnv([lambda: make_env(env_id, seed=seed)]), gamma=PPO_ZOO["gamma"],
+    zoo = settings == "zoo"
+    venv = VecNormalize(DummyVecEnv([lambda: make_env(env_id, seed=seed)]), gamma=PPO_ZOO["gamma"] if zoo else 0.99,
                         clip_obs=PPO_CLIP_OBS)
     venv.seed(seed)
+    if not zoo:
+        return PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0)
     return PPO("MlpPolicy", venv, policy_kwargs=dict(PPO_ZOO_POLICY, activation_fn=torch.nn.ReLU), seed=seed,
                device="cpu", verbose=0, **PPO_ZOO)
 
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v5")
     parser.add_argument("--algo", choices=("td3", "sac", "ppo"), default="td3")
+    parser.add_argument("--ppo-settings", choices=("zoo", "sb3"), default="zoo",
+                        help="PPO's hyperparameters: the RL Zoo's for Hopper, or SB3's defaults (64-64 tanh)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"env steps (default: 300,000 for td3/sac, {PPO_ZOO_STEPS:,} for ppo)")
     parser.add_argument("--seed", type=int, default=0)
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"sb3_reference: error: {exc}\n")
     torch.set_num_threads(args.threads)
     warmup = 0 if on_policy else Schedule.for_config(cfg).learning_starts
-    model = sb3_ppo(cfg.env_id, cfg.seed) if on_policy else sb3_model(cfg, env, warmup)
+    model = sb3_ppo(cfg.env_id, cfg.seed, args.ppo_settings) if on_policy else sb3_model(cfg, env, warmup)
     # PPO acts on normalised observations; the statistics are frozen while evaluating
     normalise = model.get_env().normalize_obs if on_policy else (lambda obs: obs)
 
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     returns = evaluate()
     write_json(args.out / "eval.json", {
         "env_id": cfg.env_id, "algo": args.algo, "implementation": "stable-baselines3", "seed": cfg.seed,
+        **({"ppo_settings": args.ppo_settings} if on_policy else {}),
         "steps": cfg.total_steps, "learning_starts": warmup, "episodes": cfg.eval_episodes,
         "mean_return": float(returns.mean()), "std_return": float(returns.std()), "returns": returns.tolist()})
     return 0
