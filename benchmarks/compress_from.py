@@ -61,7 +61,9 @@ def collect(run: Path, into: Path) -> Path:
         flash = {name: kernels[name]["flash_bytes"] for name in ("sparse", "int8", "dense") if name in kernels}
     record = {
         "env_id": compressed["env_id"],
-        "teacher": identity | {"mean_return": teacher["mean_return"], "std_return": teacher["std_return"]},
+        # the folder holding the checkpoint names the teacher for readers of the table (an import's --out)
+        "teacher": identity | {"name": Path(teacher["source"]).parent.name, "mean_return": teacher["mean_return"],
+                               "std_return": teacher["std_return"]},
         "method": teacher["method"],
         "seed": train["settings"]["seed"],
         "target_sparsity": train["settings"]["actor_sparsity"],
@@ -105,7 +107,8 @@ def table(folder: Path, reps: int = REPS) -> str:
         flash = runs[0]["flash_bytes"][FLASH_TARGET]
         sparsity = np.mean([r["actor_sparsity"] for r in runs])
         lines.append(
-            f"| {env} | {runs[0]['teacher']['kind']} {algo} | {teacher:.0f} | {method} | {sparsity:.3f} "
+            f"| {env} | {runs[0]['teacher']['name']} ({runs[0]['teacher']['kind']} {algo}) | {teacher:.0f} "
+            f"| {method} | {sparsity:.3f} "
             f"| {', '.join(str(r['seed']) for r in runs)} | {summary(returns, '{:.0f}')} "
             f"| {summary(kept * 100, '{:.0f}%')} "
             f"| {', '.join(f'{k:.0%}' for k in kept)} | {minutes:.1f} ({train_minutes:.1f}) "

@@ -68,7 +68,7 @@ def test_compress_from_prunes_a_policy_with_critics_end_to_end(teacher, tmp_path
     given.unlink()
     collect(out, tmp_path / "collected")
     row = table(tmp_path / "collected").splitlines()[-1].split(" | ")
-    assert row[:2] == ["| Hopper-v5", "tinypolicy TD3"] and row[3] == "fine-tuned (prune)"
+    assert row[:2] == ["| Hopper-v5", "given (tinypolicy TD3)"] and row[3] == "fine-tuned (prune)"
     assert float(row[2]) == pytest.approx(record["mean_return"], abs=0.5) and row[5] == "0"
 
 
