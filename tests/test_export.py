@@ -210,6 +210,26 @@ def test_int8_tolerance_is_one_step_and_exact_for_unquantised_actions():
     assert int8_steps_apart(1e-7, 0.0) is None and int8_steps_apart(0.0, 0.0) is None
 
 
+@pytest.mark.parametrize("rows_off, steps_off, passed", [
+    (0, 0, True),
+    (10, 6, True),      # rounding ties: a hidden code flipped by float arithmetic order, amplified
+    (10, 1, True),      # within one step anywhere
+    (11, 6, False),     # more rows than ties explain: a wrong kernel
+    (10_000, 2, False),
+])
+def test_int8_parity_allows_rare_rounding_ties_only(rows_off, steps_off, passed):
+    from tinypolicy.export.c_codegen import int8_rows_apart
+
+    step = 2.0 / 255
+    ort = np.random.default_rng(0).integers(-127, 128, (10_000, 3)) * step
+    c = ort.copy()
+    c[:rows_off, 0] += steps_off * step
+    parity = int8_rows_apart(c, ort, step)
+    assert parity["passed"] == passed
+    assert parity["rows_beyond_one_step"] == (rows_off if steps_off > 1 else 0)
+    assert parity["max_abs_error"] == pytest.approx(steps_off * step)
+
+
 def test_a_missing_c_compiler_is_a_clear_error(tmp_path, monkeypatch):
     import shutil
 
