@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", metavar="NAME", help="tiny, quick or full (default quick)")
     p.add_argument("--from", dest="source", type=Path, default=None, metavar="CHECKPOINT",
                    help="compress this policy instead of training one (a checkpoint, e.g. of `tinypolicy import`): "
-                        "with critics it is fine-tuned while pruned (--method, default prune), an actor alone is "
-                        "distilled into a sparse student (DAgger)")
+                        "it is distilled into a sparse student (DAgger); with --method (e.g. prune, rigl) a policy "
+                        "with critics is fine-tuned in the env by that method instead")
     p.add_argument("--presets", type=Path, default=None, metavar="FILE",
                    help="a TOML file of presets (default: the packaged pipeline/presets.toml)")
     # A trained policy comes in by --from alone, the route that compares it by content and records it.
@@ -295,8 +295,6 @@ def cmd_compress(args) -> int:
     if args.preset not in presets:
         raise UserError(f"unknown preset {args.preset!r}; available: {', '.join(presets)}")
     overrides: dict[str, dict] = {"train": flag_values(args, TrainConfig)}
-    if args.source is not None:
-        overrides["train"].setdefault("method", "prune")  # a trained policy is pruned, unless --method says
     for stage, key, value in args.overrides:
         overrides.setdefault(stage, {})[key] = value
     config = PipelineConfig.from_preset(args.env_id, presets[args.preset], overrides, source=args.source)

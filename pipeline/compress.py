@@ -61,9 +61,11 @@ STAGE_CONFIGS = {"train": TrainConfig, "evaluate": EvaluateConfig, "export": Exp
                  "embedded": EmbeddedConfig, "distill": DistillConfig, "retrain": RetrainConfig,
                  "report": ReportConfig}
 STAGES = tuple(STAGE_CONFIGS)  # in the order they run
-# With --from, the train stage compresses the given policy instead of training one: a policy
-# with critics is fine-tuned while it is pruned (the train table), an actor-only one is distilled
-# into a sparse student (this table, at the train table's actor sparsity and seed).
+# With --from, the train stage compresses the given policy instead of training one: it is distilled
+# into a sparse student (this table, at the train table's actor sparsity and seed), or, with a train
+# method given, a policy with critics is fine-tuned in the env with it (the train table). Measured on
+# an SB3 TD3 Hopper teacher (3,036) at 95%: fine-tuning while pruning over 50k steps fell to 400-1,800
+# in every setting tried, the student stayed at 2,200-3,060 (docs/BENCHMARKS.md).
 SETTINGS = STAGE_CONFIGS | {"student": StudentConfig}
 # compress distils from the expert it has just trained; `tinypolicy distill` starts from zeros, as the paper does.
 # It distils for the policies a robot retrains (mode a: any init and architecture, and the exported actor's
@@ -173,6 +175,9 @@ class PipelineConfig:
     env_id: str
     stages: dict[str, dict]
     source: Path | None = None  # --from: the policy to compress (a checkpoint), else one is trained
+    # --from with a train method given (--method, --set train.method): fine-tune the policy and
+    # its critics in the env with that method, instead of distilling a sparse student (DAgger)
+    fine_tune: bool = False
 
     @classmethod
     def from_preset(cls, env_id: str, preset: dict, overrides: dict[str, dict] | None = None,
@@ -189,7 +194,8 @@ class PipelineConfig:
                 raise UserError(f"train.init_from in the {origin}: compress starts from a trained policy given as "
                                 "--from CHECKPOINT")
         config = cls(env_id, {name: PIPELINE_DEFAULTS.get(name, {}) | preset.get(name, {}) | overrides.get(name, {})
-                              for name in SETTINGS}, source)
+                              for name in SETTINGS}, source,
+                     fine_tune=source is not None and "method" in overrides.get("train", {}))
         config.train_config()  # fail early, before any work, on a bad key or value of any stage
         config.distill_config(Path("checkpoint.pt"), Path("actor.onnx"))
         config.student_config()
@@ -372,7 +378,11 @@ def source_stage(config: PipelineConfig, progress: bool) -> Stage:
         write_json(folder / "teacher.json", record)
         return record
 
-    if "critic" in teacher.data:
+    if config.fine_tune:
+        if "critic" not in teacher.data:
+            raise UserError(f"{config.source} holds an actor alone, without the critics that fine-tuning "
+                            f"({config.settings('train').method}) trains with; drop --method to distil it into a "
+                            "sparse student")
         # The network is the teacher's: its algorithm and widths, whatever the preset trains.
         cfg = replace(config.train_config(), init_from=str(source), algo=teacher.config["algo"],
                       hidden=tuple(teacher.config["hidden"]))

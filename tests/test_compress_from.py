@@ -36,7 +36,7 @@ def actor_only(teacher: Path, folder: Path) -> Path:
 
 
 @pytest.mark.integration
-def test_compress_from_prunes_a_policy_with_critics_end_to_end(teacher, tmp_path, capsys):
+def test_compress_from_fine_tunes_a_policy_with_critics_end_to_end(teacher, tmp_path, capsys):
     given = tmp_path / "given" / "checkpoint.pt"  # a copy, so that the test can remove it
     given.parent.mkdir()
     shutil.copyfile(teacher, given)
@@ -44,11 +44,11 @@ def test_compress_from_prunes_a_policy_with_critics_end_to_end(teacher, tmp_path
 
     def run(source: Path) -> int:
         return cli.main(["compress", "--env", "Hopper-v5", "--preset", "tiny", "--from", str(source),
-                         "--out", str(out), "--quiet"])
+                         "--method", "prune", "--out", str(out), "--quiet"])
 
     assert run(given.parent) == 0  # the run folder holding the checkpoint
     ckpt = load_checkpoint(out / "train")
-    # the teacher's network (32-32, not the preset's 64-64), fine-tuned by the default method for --from
+    # the teacher's network (32-32, not the preset's 64-64), fine-tuned by the method given
     assert ckpt.config["hidden"] == [32, 32] and ckpt.config["method"] == "prune"
     assert ckpt.config["init_from"] == str(given.resolve())
     assert ckpt.data["sparsity"]["actor"] == pytest.approx(TINY["train"]["actor_sparsity"], abs=1e-3)
@@ -90,18 +90,23 @@ def test_compress_from_refuses_a_policy_for_another_env(teacher):
         source_stage(config, progress=False)
 
 
-def test_compress_from_keeps_the_method_given(teacher, tmp_path, monkeypatch):
+def test_compress_from_distils_a_student_unless_a_method_is_given(teacher, tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "load_presets", lambda path: {"tiny": TINY})
 
     def fake_compress(config, out, **kwargs):
-        seen["method"] = source_stage(config, progress=False).params["method"]
+        seen["route"] = source_stage(config, progress=False).params.get("method", "student")
         return []
 
     monkeypatch.setattr("tinypolicy.pipeline.compress.compress", fake_compress)
     base = ["compress", "--preset", "tiny", "--from", str(teacher), "--out", str(tmp_path / "o"), "--quiet"]
-    assert cli.main(base) == 0 and seen["method"] == "prune"
-    assert cli.main([*base, "--method", "rigl"]) == 0 and seen["method"] == "rigl"
+    assert cli.main(base) == 0 and seen["route"] == "student"  # though the tiny preset's train table says rlx2
+    assert cli.main([*base, "--method", "rigl"]) == 0 and seen["route"] == "rigl"
+    assert cli.main([*base, "--set", 'train.method="prune"']) == 0 and seen["route"] == "prune"
+    config = PipelineConfig.from_preset("Hopper-v5", TINY, {"train": {"method": "prune"}},
+                                        source=actor_only(teacher, tmp_path))
+    with pytest.raises(UserError, match="holds an actor alone"):
+        source_stage(config, progress=False)
 
 
 def test_a_fine_tune_resumes_from_its_own_checkpoint_wherever_its_source_went(tmp_path):
