@@ -11,7 +11,8 @@ since VecNormalize's own file is a pickle.
 
 Evaluation matches `tinypolicy train`: every `--eval-interval` env steps, `--eval-episodes`
 deterministic episodes on seeds seed + 100, ...; the output directory gets `metrics.csv`
-(step, eval_return, eval_return_std, elapsed_s), `eval.json` and the trained model, `model.zip`.
+(step, eval_return, eval_return_std, elapsed_s), `eval.json`, the trained model, `model.zip`,
+and the best-evaluated one, `best_model.zip` (with `best_obs_stats.npz` for PPO).
 
     python -m benchmarks.sb3_reference --env Hopper-v5 --algo td3 --steps 300000 --seed 0 \\
         --out runs/hopper-td3-sb3-s0
@@ -116,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_policy(lambda obs: model.predict(normalise(obs), deterministic=True)[0], cfg.env_id,
                                cfg.eval_episodes, seed=cfg.seed + 100)
 
+    def save_teacher(prefix: str) -> None:
+        """The model (and PPO's observation statistics, which VecNormalize keeps in a pickle) as
+        a teacher for `tinypolicy import` and `compress --from`."""
+        model.save(args.out / f"{prefix}model.zip")
+        if on_policy:
+            rms = model.get_env().obs_rms
+            np.savez(args.out / f"{prefix}obs_stats.npz", mean=rms.mean, var=rms.var,
+                     epsilon=model.get_env().epsilon, clip_obs=PPO_CLIP_OBS)
+
+    best = {"step": None, "mean_return": -np.inf}
+
     class Evaluation(BaseCallback):
         def _on_step(self) -> bool:
             if self.num_timesteps % cfg.eval_interval == 0:
@@ -123,20 +135,21 @@ def main(argv: list[str] | None = None) -> int:
                 metrics.write({"step": self.num_timesteps, "eval_return": float(returns.mean()),
                                "eval_return_std": float(returns.std()), "elapsed_s": time.perf_counter() - start})
                 print(f"step {self.num_timesteps}: return {returns.mean():.1f}", flush=True)
+                # PPO's return can collapse late in a run: the best evaluated model is the teacher a user keeps
+                if returns.mean() > best["mean_return"]:
+                    best.update(step=self.num_timesteps, mean_return=float(returns.mean()))
+                    save_teacher("best_")
             return True
 
     model.learn(cfg.total_steps, callback=Evaluation())
-    model.save(args.out / "model.zip")  # a teacher for `tinypolicy import` and `compress --from`
-    if on_policy:
-        rms = model.get_env().obs_rms
-        np.savez(args.out / "obs_stats.npz", mean=rms.mean, var=rms.var, epsilon=model.get_env().epsilon,
-                 clip_obs=PPO_CLIP_OBS)
+    save_teacher("")
     returns = evaluate()
     write_json(args.out / "eval.json", {
         "env_id": cfg.env_id, "algo": args.algo, "implementation": "stable-baselines3", "seed": cfg.seed,
         **({"ppo_settings": args.ppo_settings} if on_policy else {}),
         "steps": cfg.total_steps, "learning_starts": warmup, "episodes": cfg.eval_episodes,
-        "mean_return": float(returns.mean()), "std_return": float(returns.std()), "returns": returns.tolist()})
+        "mean_return": float(returns.mean()), "std_return": float(returns.std()), "returns": returns.tolist(),
+        "best": best})
     return 0
 
 

@@ -201,7 +201,9 @@ def test_sb3_reference_ppo_teacher_imports(tmp_path):
     run = tmp_path / "ppo"
     assert sb3_reference(["--env", env_id, "--algo", "ppo", "--steps", "1024", "--eval-interval", "1024",
                           "--eval-episodes", "1", "--out", str(run)]) == 0
-    assert json.loads((run / "eval.json").read_text())["algo"] == "ppo"
+    record = json.loads((run / "eval.json").read_text())
+    assert record["algo"] == "ppo" and record["best"]["step"] == 1024  # the only evaluation
+    assert (run / "best_model.zip").is_file() and (run / "best_obs_stats.npz").is_file()
     summary = import_policy(run / "model.zip", env_id, tmp_path / "imported",
                             ImportConfig(obs_stats=str(run / "obs_stats.npz")))
     obs = np.stack([step.obs for step in rollout(env_id, None, seed=0, episodes=20)]).astype(np.float32)
