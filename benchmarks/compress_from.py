@@ -15,6 +15,7 @@ mean over seeds with a 95% stratified bootstrap interval from 3 seeds on (rliabl
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +27,7 @@ from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.compress import STAGES, policy_origin
+from tinypolicy.shares import percent, share_of
 
 FLASH_TARGET = "cortex-m4"
 
@@ -116,6 +118,26 @@ def table(folder: Path, reps: int = REPS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def routes(folder: Path) -> str:
+    """The fine-tune-vs-student experiments of one teacher: every evaluation of each run in
+    `folder` (a subfolder per run: settings.json, and metrics.csv or a student's iterations.csv)."""
+    lines = ["| route | settings | return at each evaluation (fine-tune: every eval_interval steps; student: each "
+             "iteration) | run | last as % of teacher |", "|---|---|---|---|---:|"]
+    for run in sorted(p for p in folder.iterdir() if (p / "settings.json").is_file()):
+        settings = read_json(run / "settings.json")
+        table = run / ("metrics.csv" if (run / "metrics.csv").is_file() else "iterations.csv")
+        with table.open() as f:
+            returns = [float(r["eval_return" if table.name == "metrics.csv" else "student_return"])
+                       for r in csv.DictReader(f)]
+        shown = {k: settings[k] for k in ("method", "critic_sparsity", "lr", "learning_starts", "iterations")
+                 if k in settings}
+        described = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+        lines.append(f"| {settings['route']} | {described} "
+                     f"| {', '.join(f'{r:.0f}' for r in returns)} | {settings.get('note', 'finished')} "
+                     f"| {percent(share_of(returns[-1], settings['teacher_return']))} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,13 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--into", type=Path, required=True)
     p = sub.add_parser("table", help="the teacher-vs-compressed table of collected runs (markdown)")
     p.add_argument("folder", type=Path)
+    p = sub.add_parser("routes", help="fine-tune vs student experiments of one teacher (markdown)")
+    p.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
     try:
         if args.command == "collect":
             for run in args.runs:
                 print(collect(run, args.into))
-        else:
+        elif args.command == "table":
             print(table(args.folder), end="")
+        else:
+            print(routes(args.folder), end="")
     except UserError as exc:
         parser.exit(2, f"compress_from: error: {exc}\n")
     return 0

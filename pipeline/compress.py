@@ -64,8 +64,9 @@ STAGES = tuple(STAGE_CONFIGS)  # in the order they run
 # With --from, the train stage compresses the given policy instead of training one: it is distilled
 # into a sparse student (this table, at the train table's actor sparsity and seed), or, with a train
 # method given, a policy with critics is fine-tuned in the env with it (the train table). Measured on
-# an SB3 TD3 Hopper teacher (3,036) at 95%: fine-tuning while pruning over 50k steps fell to 400-1,800
-# in every setting tried, the student stayed at 2,200-3,060 (docs/BENCHMARKS.md).
+# an SB3 TD3 Hopper teacher (3,036) at 95%: fine-tuning while pruning swung between 300 and 3,200 (and
+# ended at 620 with the quick preset's settings), the student's iterations stayed at 2,200-3,060
+# (docs/BENCHMARKS.md).
 SETTINGS = STAGE_CONFIGS | {"student": StudentConfig}
 # compress distils from the expert it has just trained; `tinypolicy distill` starts from zeros, as the paper does.
 # It distils for the policies a robot retrains (mode a: any init and architecture, and the exported actor's

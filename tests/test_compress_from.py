@@ -125,3 +125,16 @@ def test_a_fine_tune_resumes_from_its_own_checkpoint_wherever_its_source_went(tm
         Trainer(cfg, tmp_path / "run").restore()
     with pytest.raises(UserError, match="moved/checkpoint.pt does not exist"):
         Trainer(moved, tmp_path / "fresh")
+
+
+def test_routes_table_lists_every_evaluation_and_the_last_share(tmp_path):
+    from benchmarks.compress_from import routes
+
+    for name, table, column, values in (("ft", "metrics.csv", "eval_return", [100.0, 50.0]),
+                                        ("st", "iterations.csv", "student_return", [90.0, 110.0])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "settings.json").write_text(json.dumps(
+            {"route": name, "lr": 1e-4, "teacher_return": 100.0} | ({"note": "stopped"} if name == "ft" else {})))
+        (tmp_path / name / table).write_text(f"step,{column}\n" + "".join(f"{i},{v}\n" for i, v in enumerate(values)))
+    rows = routes(tmp_path).splitlines()[2:]
+    assert rows == ["| ft | lr 0.0001 | 100, 50 | stopped | 50% |", "| st | lr 0.0001 | 90, 110 | finished | 110% |"]
