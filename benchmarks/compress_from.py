@@ -96,7 +96,8 @@ def table(folder: Path, reps: int = REPS) -> str:
         runs.sort(key=lambda r: r["seed"])
         teacher = runs[0]["teacher"]["mean_return"]
         returns = np.array([r["mean_return"] for r in runs])
-        kept = returns / teacher
+        shares = [share_of(value, teacher) for value in returns]
+        kept = np.array([np.nan if share is None else share for share in shares])
 
         def summary(values: np.ndarray, fmt: str) -> str:
             if len(values) < MIN_SEEDS:
@@ -113,7 +114,7 @@ def table(folder: Path, reps: int = REPS) -> str:
             f"| {method} | {sparsity:.3f} "
             f"| {', '.join(str(r['seed']) for r in runs)} | {summary(returns, '{:.0f}')} "
             f"| {summary(kept * 100, '{:.0f}%')} "
-            f"| {', '.join(f'{k:.0%}' for k in kept)} | {minutes:.1f} ({train_minutes:.1f}) "
+            f"| {', '.join(percent(share) for share in shares)} | {minutes:.1f} ({train_minutes:.1f}) "
             f"| {' / '.join(f'{flash[k] / 1024:.1f}' if k in flash else '-' for k in ('sparse', 'int8', 'dense'))} |")
     return "\n".join(lines) + "\n"
 

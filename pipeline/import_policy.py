@@ -52,10 +52,11 @@ from tinypolicy.pipeline.train import config_record
 
 Layer = tuple[np.ndarray, np.ndarray]  # weight [out, in], bias [out], float64
 
-# SB3 `policy_class.__module__` -> the algorithms it serves; the zip's tensors tell TD3 from DDPG.
+# SB3 `policy_class.__module__` -> the algorithms it serves; the zip's tensors tell TD3 from DDPG,
+# and its plain `data` JSON PPO from A2C (only PPO saves n_epochs).
 SB3_MODULES = {"stable_baselines3.td3.policies": "TD3", "stable_baselines3.sac.policies": "SAC",
                "stable_baselines3.common.policies": "PPO/A2C"}
-SB3_DEFAULT_ACTIVATION = {"TD3": "relu", "DDPG": "relu", "SAC": "relu", "PPO/A2C": "tanh"}
+SB3_DEFAULT_ACTIVATION = {"TD3": "relu", "DDPG": "relu", "SAC": "relu", "PPO": "tanh", "A2C": "tanh"}
 TORCH_ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh"}
 ONNX_ACTIVATIONS = {"Relu": "relu", "Tanh": "tanh"}
 SUPPORTED = "Stable-Baselines3 TD3, SAC, DDPG, PPO and A2C with continuous (Box) actions"
@@ -222,7 +223,7 @@ def read_sb3(path: Path, activation: str | None = None) -> Source:
                         "observations")
     algo = SB3_MODULES[module]
     if algo == "PPO/A2C":
-        return _sb3_on_policy(state, kwargs, activation, where)
+        return _sb3_on_policy(state, kwargs, "PPO" if "n_epochs" in data else "A2C", activation, where)
     if kwargs.get("use_sde"):
         raise UserError(f"{where} uses gSDE, whose deterministic action clips the mean before tanh; tinypolicy "
                         "imports SAC without gSDE")
@@ -245,7 +246,7 @@ def read_sb3(path: Path, activation: str | None = None) -> Source:
     return Source("sb3", algo, actor, target, critic, critic_target)
 
 
-def _sb3_on_policy(state: dict[str, torch.Tensor], kwargs: dict[str, Any], activation: str | None,
+def _sb3_on_policy(state: dict[str, torch.Tensor], kwargs: dict[str, Any], algo: str, activation: str | None,
                    where: str) -> Source:
     """PPO and A2C: the policy trunk and action_net give the Gaussian's mean; SB3's
     deterministic `predict` clips it to the bounds (tanh with `squash_output`). The
@@ -255,11 +256,11 @@ def _sb3_on_policy(state: dict[str, torch.Tensor], kwargs: dict[str, Any], activ
                         f"tinypolicy imports {SUPPORTED}")
     layers = _chain([*_indexed_layers(state, "mlp_extractor.policy_net.", where),
                      _linear(state, "action_net", where)], where)
-    actor = ForeignActor(layers, _sb3_activation(kwargs, "PPO/A2C", activation, where),
+    actor = ForeignActor(layers, _sb3_activation(kwargs, algo, activation, where),
                          "tanh" if kwargs.get("squash_output") else "clip",
-                         notes=[("PPO/A2C: actor only; the deterministic action is the Gaussian mean, clipped to "
+                         notes=[(f"{algo}: actor only; the deterministic action is the Gaussian mean, clipped to "
                                  "the action bounds (tanh-squashed with squash_output) as SB3's predict acts")])
-    return Source("sb3", "PPO/A2C", actor)
+    return Source("sb3", algo, actor)
 
 
 # ----------------------------------------------------------------------------- state dicts
