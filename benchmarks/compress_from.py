@@ -67,6 +67,7 @@ def collect(run: Path, into: Path) -> Path:
         "teacher": identity | {"name": Path(teacher["source"]).parent.name, "mean_return": teacher["mean_return"],
                                "std_return": teacher["std_return"]},
         "method": teacher["method"],
+        "settings": train["settings"],
         "seed": train["settings"]["seed"],
         "target_sparsity": train["settings"]["actor_sparsity"],
         "actor_sparsity": train["summary"]["actor_sparsity"],
@@ -81,18 +82,37 @@ def collect(run: Path, into: Path) -> Path:
     return target
 
 
+# Train-stage settings that the table's other columns show or that do not change the result.
+NOT_ROUTE_SETTINGS = {"seed", "actor_sparsity", "threads", "eval_episodes", "eval_seed"}
+
+
+def route_settings(record: dict) -> str:
+    """The train stage's settings of a compress run as a group key (JSON, sorted)."""
+    return json.dumps({k: v for k, v in record["settings"].items() if k not in NOT_ROUTE_SETTINGS}, sort_keys=True)
+
+
+def settings_shown(settings: str, siblings: list[str]) -> str:
+    """The settings in which a group differs from groups of the same teacher, method and
+    sparsity, e.g. "iterations 30"; "-" when it has no such sibling."""
+    mine, others = json.loads(settings), [json.loads(s) for s in siblings if s != settings]
+    keys = sorted({k for other in others for k in mine.keys() | other.keys() if mine.get(k) != other.get(k)})
+    return ", ".join(f"{k} {mine.get(k)}" for k in keys) or "-"
+
+
 def table(folder: Path, reps: int = REPS) -> str:
     records = [read_json(p / "record.json") for p in sorted(folder.iterdir()) if (p / "record.json").is_file()]
     if not records:
         raise UserError(f"{folder} holds no collected runs; see `benchmarks.compress_from collect`")
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        groups[(r["env_id"], r["teacher"]["algo"], r["teacher"]["sha256"], r["method"], r["target_sparsity"])].append(r)
-    lines = [("| env | teacher | teacher return | method | actor sparsity | seeds | compressed return: IQM [95% CI] "
+        groups[(r["env_id"], r["teacher"]["algo"], r["teacher"]["sha256"], r["method"], r["target_sparsity"],
+                route_settings(r))].append(r)
+    lines = [("| env | teacher | teacher return | method | settings (where runs differ) | actor sparsity | seeds | compressed return: IQM [95% CI] "
               "| kept: IQM [95% CI] | kept per seed | compress time (min, mean; train stage) | flash KiB "
               f"({FLASH_TARGET}: sparse / int8 / dense) |"),
-             "|---|---|---:|---|---:|---|---:|---:|---|---:|---:|"]
-    for (env, algo, _, method, target), runs in sorted(groups.items(), key=lambda kv: kv[0][:2] + kv[0][3:]):
+             "|---|---|---:|---|---|---:|---|---:|---:|---|---:|---:|"]
+    for key, runs in sorted(groups.items(), key=lambda kv: kv[0][:2] + kv[0][3:]):
+        env, algo, _, method, target, settings = key
         runs.sort(key=lambda r: r["seed"])
         teacher = runs[0]["teacher"]["mean_return"]
         returns = np.array([r["mean_return"] for r in runs])
@@ -111,7 +131,7 @@ def table(folder: Path, reps: int = REPS) -> str:
         sparsity = np.mean([r["actor_sparsity"] for r in runs])
         lines.append(
             f"| {env} | {runs[0]['teacher']['name']} ({runs[0]['teacher']['kind']} {algo}) | {teacher:.0f} "
-            f"| {method} | {sparsity:.3f} "
+            f"| {method} | {settings_shown(settings, [k[5] for k in groups if k[:5] == key[:5]])} | {sparsity:.3f} "
             f"| {', '.join(str(r['seed']) for r in runs)} | {summary(returns, '{:.0f}')} "
             f"| {summary(kept * 100, '{:.0f}%')} "
             f"| {', '.join(percent(share) for share in shares)} | {minutes:.1f} ({train_minutes:.1f}) "

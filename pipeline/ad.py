@@ -87,19 +87,28 @@ def q_learning(env: BatchDarkRoom | BatchKeyToDoor, episodes: int, rng: np.rando
     q, rows = np.zeros((n, env.num_learner_states, NUM_ACTIONS)), np.arange(n)
     states = np.zeros((n, episodes, env.episode_steps), dtype=np.uint8)
     actions, rewards = np.zeros_like(states), np.zeros_like(states)
+    learner_states = np.zeros((n, env.episode_steps + 1), dtype=np.int64)
+
+    def backup(s: np.ndarray, a: np.ndarray, r: np.ndarray, s_next: np.ndarray) -> None:
+        # The episode end is a time limit, not a terminal state: bootstrap through it.
+        target = r + cfg.gamma * q[rows, s_next].max(1)
+        q[rows, s, a] += cfg.lr * (target - q[rows, s, a])
+
     for episode in range(episodes):
         epsilon, obs = cfg.epsilon(episode), env.reset()
-        s = env.learner_state(obs)
+        learner_states[:, 0] = env.learner_state(obs)
         for t in range(env.episode_steps):
+            s = learner_states[:, t]
             greedy = (q[rows, s] + rng.random((n, NUM_ACTIONS)) * 1e-9).argmax(1)
             a = np.where(rng.random(n) < epsilon, rng.integers(0, NUM_ACTIONS, n), greedy)
             obs_next, r = env.step(a)
-            s_next = env.learner_state(obs_next)
-            # The episode end is a time limit, not a terminal state: bootstrap through it.
-            target = r + cfg.gamma * q[rows, s_next].max(1)
-            q[rows, s, a] += cfg.lr * (target - q[rows, s, a])
+            learner_states[:, t + 1] = env.learner_state(obs_next)
+            backup(s, a, r, learner_states[:, t + 1])
             states[:, episode, t], actions[:, episode, t], rewards[:, episode, t] = obs, a, r
-            obs, s = obs_next, s_next
+            obs = obs_next
+        if cfg.backward_replay:
+            for t in reversed(range(env.episode_steps)):
+                backup(learner_states[:, t], actions[:, episode, t], rewards[:, episode, t], learner_states[:, t + 1])
     return states, actions, rewards
 
 
@@ -185,6 +194,8 @@ def collect(out_dir: Path, env_id: str = DARK_ROOM_ID, test_goals: int = ADColle
     if (Path(out_dir) / "histories.json").is_file():
         existing = load_histories(out_dir)
         saved = {k: existing.meta.get(k) for k in params} | {"test_goals": len(existing.test_goals)}
+        if isinstance(saved["q_learning"], dict):  # histories from before a setting existed used its default
+            saved["q_learning"] = asdict(QLearningConfig()) | saved["q_learning"]
         refuse_other_settings(saved, params | {"test_goals": test_goals}, out_dir,
                               hint="use another --out (AD checkpoints trained on these histories need them)")
         return _collect_summary(existing, status="exists")

@@ -69,7 +69,7 @@ def test_compress_from_fine_tunes_a_policy_with_critics_end_to_end(teacher, tmp_
     collect(out, tmp_path / "collected")
     row = table(tmp_path / "collected").splitlines()[-1].split(" | ")
     assert row[:2] == ["| Hopper-v5", "given (tinypolicy TD3)"] and row[3] == "fine-tuned (prune)"
-    assert float(row[2]) == pytest.approx(record["mean_return"], abs=0.5) and row[5] == "0"
+    assert float(row[2]) == pytest.approx(record["mean_return"], abs=0.5) and row[4] == "-" and row[6] == "0"
 
 
 def test_compress_from_distils_an_actor_only_policy_into_a_student(teacher, tmp_path):
@@ -138,3 +138,10 @@ def test_routes_table_lists_every_evaluation_and_the_last_share(tmp_path):
         (tmp_path / name / table).write_text(f"step,{column}\n" + "".join(f"{i},{v}\n" for i, v in enumerate(values)))
     rows = routes(tmp_path).splitlines()[2:]
     assert rows == ["| ft | lr 0.0001 | 100, 50 | stopped | 50% |", "| st | lr 0.0001 | 90, 110 | finished | 110% |"]
+
+
+def test_table_names_the_settings_in_which_runs_of_one_teacher_differ():
+    from benchmarks.compress_from import settings_shown
+    ten, thirty = (json.dumps({"iterations": n, "lr": 0.001}) for n in (10, 30))
+    assert settings_shown(ten, [ten, thirty]) == "iterations 10" and settings_shown(thirty, [ten, thirty]) == "iterations 30"
+    assert settings_shown(ten, [ten]) == "-"
