@@ -420,16 +420,20 @@ def torch_step_function(model: ADTransformer) -> StepFunction:
     return step
 
 
-def sample_actions(logits: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Inverse-CDF sampling from softmax(logits) with given uniforms, so two backends with the
-    same uniforms take the same actions unless their probabilities differ at the draw."""
+def sample_actions(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Inverse-CDF sampling from softmax(logits / temperature) with given uniforms, so two
+    backends with the same uniforms take the same actions unless their probabilities differ at
+    the draw; temperature 0 takes the argmax."""
+    if temperature == 0:
+        return logits.argmax(1)
+    logits = logits / temperature
     p = np.exp(logits - logits.max(1, keepdims=True))
     cdf = np.cumsum(p / p.sum(1, keepdims=True), 1)
     return np.minimum((cdf < uniforms[:, None]).sum(1), logits.shape[1] - 1)
 
 
 def in_context_returns(step_fn: StepFunction, env: BatchDarkRoom | BatchKeyToDoor, episodes: int, window: int,
-                       seed: int, reset_each_episode: bool = False, greedy: bool = False,
+                       seed: int, reset_each_episode: bool = False, temperature: float = 1.0,
                        progress: bool = False, desc: str = "in-context") -> np.ndarray:
     """Roll the frozen model out from an empty context on each of the batch env's N tasks:
     returns [N, episodes].
@@ -449,7 +453,7 @@ def in_context_returns(step_fn: StepFunction, env: BatchDarkRoom | BatchKeyToDoo
         start = max(0, k + 1 - window, episode * episode_steps if reset_each_episode else 0)
         logits = step_fn(states[:, start:k + 1], prev_actions[:, start:k + 1], prev_rewards[:, start:k + 1])
         uniforms = rng.random(n)
-        actions = logits.argmax(1) if greedy else sample_actions(logits, uniforms)
+        actions = sample_actions(logits, uniforms, temperature)
         s_next, rewards = env.step(actions)
         returns[:, episode] += rewards
         if k + 1 < steps:
@@ -501,21 +505,21 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
         curves[name] = fn()
         timings[name] = round(time.time() - started, 1)
 
-    run("ad", lambda: in_context_returns(step_fn, test_env, cfg.episodes, window, cfg.seed, greedy=cfg.greedy,
+    run("ad", lambda: in_context_returns(step_fn, test_env, cfg.episodes, window, cfg.seed, temperature=cfg.temperature,
                                          progress=progress, desc="AD held-out"))
     if ed_model is not None:
         run("ed", lambda: in_context_returns(torch_step_function(ed_model), test_env, cfg.short_episodes,
-                                             ed_model.cfg.window, cfg.seed, greedy=cfg.greedy,
+                                             ed_model.cfg.window, cfg.seed, temperature=cfg.temperature,
                                              progress=progress, desc="ED held-out"))
     train_subset = train_goals[np.random.default_rng(cfg.seed).permutation(len(train_goals))[:len(test_goals)]]
     run("ad_train_goals", lambda: in_context_returns(step_fn, env_cls(train_subset), cfg.short_episodes, window,
-                                                     cfg.seed, greedy=cfg.greedy, progress=progress,
+                                                     cfg.seed, temperature=cfg.temperature, progress=progress,
                                                      desc="AD train goals"))
     run("ad_window_%d" % cfg.ablation_window,
         lambda: in_context_returns(step_fn, test_env, cfg.short_episodes, cfg.ablation_window, cfg.seed,
-                                   greedy=cfg.greedy, progress=progress, desc="AD short window"))
+                                   temperature=cfg.temperature, progress=progress, desc="AD short window"))
     run("ad_reset_each_episode",
-        lambda: in_context_returns(step_fn, test_env, cfg.short_episodes, window, cfg.seed, greedy=cfg.greedy,
+        lambda: in_context_returns(step_fn, test_env, cfg.short_episodes, window, cfg.seed, temperature=cfg.temperature,
                                    reset_each_episode=True, progress=progress, desc="AD context reset"))
     # the Q-learner the histories came from
     source_cfg = from_dict(QLearningConfig, ckpt["source_q_learning"], f"{ad_checkpoint} source_q_learning")
@@ -528,7 +532,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
     marks = [e for e in TABLE_EPISODES if e <= cfg.episodes]
     summary = {
         "env": env_cls.env_id, "test_goals": test_goals.tolist(), "seeds_per_goal": cfg.seeds, "eval_seed": cfg.seed,
-        "greedy": cfg.greedy, "window": window, "train_step": int(ckpt["step"]),
+        "temperature": cfg.temperature, "window": window, "train_step": int(ckpt["step"]),
         "train_seconds": float(ckpt["train_seconds"]), "eval_seconds": timings,
         "return_at_episode": {name: {e: round(float(m[e - 1]), 2) for e in marks if e <= len(m)}
                               for name, m in mean.items()},

@@ -368,7 +368,8 @@ class ADEvalConfig:
     short_episodes: int = option(150, "ED, AD on training goals and the ablations")
     ablation_window: int = setting(10, positive_int)  # under one episode
     seed: int = option(1000, metavar="K", parse=random_seed)
-    greedy: bool = option(False, "argmax actions instead of sampling")
+    temperature: float = option(1.0, "softmax temperature of the model's sampled actions (0: always the most "
+                                     "likely one)", parse=nonnegative)
 
 
 @dataclass

@@ -405,6 +405,18 @@ def test_collect_key_to_door_split_shapes_and_dynamics(k2d_dir):
     assert (expert == 2).all()
 
 
+def test_sampling_temperature_sharpens_the_model_distribution():
+    logits = np.log(np.tile([0.1, 0.2, 0.7], (20_000, 1)))
+    uniforms = np.random.default_rng(0).random(20_000)
+
+    def frequencies(temperature: float) -> np.ndarray:
+        return np.bincount(ad.sample_actions(logits, uniforms, temperature), minlength=3) / len(uniforms)
+
+    np.testing.assert_allclose(frequencies(1.0), [0.1, 0.2, 0.7], atol=0.01)
+    np.testing.assert_allclose(frequencies(0.5), np.array([0.01, 0.04, 0.49]) / 0.54, atol=0.01)  # p**2, renormalised
+    assert (frequencies(0.0) == [0, 0, 1]).all()
+
+
 def test_backward_replay_turns_a_discovery_into_the_next_episode():
     """With one-step backups a reward reaches only the step before it; replaying the episode
     backwards carries it to the start, so the greedy learner returns to the key and door at once."""

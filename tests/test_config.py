@@ -38,7 +38,7 @@ from tinypolicy.pipeline.settings import (
     (TrainConfig, {"hidden": [64, "a"]}, "hidden must be a list, each an integer, got [64, 'a']"),
     (TrainConfig, {"hidden": 64}, "hidden must be a list, each an integer, got 64"),
     (TrainConfig, {"learning_starts": "x"}, "learning_starts must be an integer or none, got 'x'"),
-    (ADEvalConfig, {"greedy": 1}, "greedy must be true or false, got 1"),
+    (ADEvalConfig, {"temperature": -1.0}, "temperature"),
     (TrainConfig, {"method": "rlx3"}, "where: unknown method 'rlx3'; choose one of dense, prune, static, set, rigl, rlx2"),
     (EmbeddedConfig, {"targets": ["cortex-m4", "cortex-m9"]}, "unknown targets 'cortex-m9'"),
     (DistillConfig, {"size": 8}, "where: env_id must be given"),
@@ -90,7 +90,7 @@ def test_flags_parse_into_the_config():
                               precision="bf16", seed=7)
     args = _parsed(["embedded", "bundle", "--target", "aarch64", "cortex-m4"])
     assert from_dict(EmbeddedConfig, flag_values(args, EmbeddedConfig), "flags").targets == ("aarch64", "cortex-m4")
-    assert _parsed(["ad", "evaluate", "ckpt", "--out", "x", "--greedy"]).greedy is True
+    assert _parsed(["ad", "evaluate", "ckpt", "--out", "x", "--temperature", "0"]).temperature == 0
 
 
 @pytest.mark.parametrize("argv, message", [
