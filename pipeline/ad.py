@@ -106,7 +106,7 @@ def q_learning(env: BatchDarkRoom | BatchKeyToDoor, episodes: int, rng: np.rando
             backup(s, a, r, learner_states[:, t + 1])
             states[:, episode, t], actions[:, episode, t], rewards[:, episode, t] = obs, a, r
             obs = obs_next
-        if cfg.backward_replay:
+        for _ in range(cfg.replay_sweeps):
             for t in reversed(range(env.episode_steps)):
                 backup(learner_states[:, t], actions[:, episode, t], rewards[:, episode, t], learner_states[:, t + 1])
     return states, actions, rewards

@@ -306,12 +306,13 @@ class QLearningConfig:
     gamma: float = setting(0.9, unit_interval)
     decay_episodes: int = option(50, "source episodes over which Q-learning's epsilon falls from 1 to 0",
                                  flag="--epsilon-decay")
-    # At each episode's end, back its transitions up once more, last first (episodic backward
-    # update, Lee et al. 2019): a reward found propagates along the whole path that led to it,
-    # so the next episode heads for it. With one-step backups alone the episode after a
+    # Sweeps at each episode's end backing its transitions up again, last first (episodic
+    # backward update, Lee et al. 2019): a reward found propagates along the whole path that led
+    # to it, so the next episode heads for it. With one-step backups alone the episode after a
     # learner's first key and door returns 0.73 of 2 (random: 0.27), and AD's windows show
-    # rewards that change nothing; with the replay 1.40-1.65.
-    backward_replay: bool = setting(False, bool)
+    # rewards that change nothing; with one sweep 1.40-1.65.
+    replay_sweeps: int = option(0, "backward sweeps over each source episode at its end (0: one-step Q-learning "
+                                   "only)", parse=nonnegative_int)
 
     def epsilon(self, episode: int) -> float:
         return max(0.0, 1.0 - episode / self.decay_episodes)
@@ -383,7 +384,7 @@ class ADExportConfig:
 # these under the flags given, by the env of `--env` (collect) or of the histories (train).
 # Key-to-Door's were chosen by measurement (docs/BENCHMARKS.md, Algorithm Distillation): AD
 # must see a discovery change the source's next episodes, so the source replays each episode
-# backwards (QLearningConfig.backward_replay), learns over 20 episodes (1.66 of 2 by episode
+# backwards (QLearningConfig.replay_sweeps), learns over 20 episodes (1.66 of 2 by episode
 # 20, 1.94 by 50) and every episode is kept, where one-step Q-learning subsampled every 10th
 # episode showed improvements that no reward in the window explained; one learner per key/door
 # pair, every pair but the held-out ones, buys task diversity, the paper's main lever; a
@@ -393,7 +394,7 @@ AD_ENV_DEFAULTS: dict[str, dict[str, dict]] = {
     DARK_ROOM_ID: {"collect": {}, "q_learning": {}, "train": {}},
     KEY_TO_DOOR_ID: {
         "collect": {"test_goals": 20, "seeds_per_goal": 1, "episodes": 50, "keep_every": 1},
-        "q_learning": {"decay_episodes": 20, "backward_replay": True},
+        "q_learning": {"decay_episodes": 20, "replay_sweeps": 1},
         "train": {"window": 200},
     },
 }

@@ -370,7 +370,7 @@ def test_cli_ad_bad_input_is_one_line_error(histories_dir, tmp_path):
 
 # ---------------------------------------------------------------- Key-to-Door end to end
 
-K2D_SOURCE = ad.QLearningConfig(decay_episodes=6, backward_replay=True)
+K2D_SOURCE = ad.QLearningConfig(decay_episodes=6, replay_sweeps=1)
 
 
 @pytest.fixture(scope="module")
@@ -422,11 +422,11 @@ def test_backward_replay_turns_a_discovery_into_the_next_episode():
     backwards carries it to the start, so the greedy learner returns to the key and door at once."""
     pairs = np.repeat(key_door_pairs()[::97], 10, axis=0)  # 67 pairs, 10 learners each
     returns = {}
-    for replay in (False, True):
-        cfg = ad.QLearningConfig(decay_episodes=10, backward_replay=replay)
+    for sweeps in (0, 1):
+        cfg = ad.QLearningConfig(decay_episodes=10, replay_sweeps=sweeps)
         rewards = ad.q_learning(BatchKeyToDoor(pairs), 16, np.random.default_rng(0), cfg)[2]
-        returns[replay] = rewards.sum(-1)[:, 10:].mean()   # greedy episodes
-    assert returns[True] > 1.3 and returns[False] < 1.0, returns  # measured: 1.50 and 0.76
+        returns[sweeps] = rewards.sum(-1)[:, 10:].mean()   # greedy episodes
+    assert returns[1] > 1.3 and returns[0] < 1.0, returns  # measured: 1.50 and 0.76
 
 
 def test_evaluate_key_to_door_shapes(k2d_dir, tmp_path):
