@@ -143,5 +143,6 @@ def test_routes_table_lists_every_evaluation_and_the_last_share(tmp_path):
 def test_table_names_the_settings_in_which_runs_of_one_teacher_differ():
     from benchmarks.compress_from import settings_shown
     ten, thirty = (json.dumps({"iterations": n, "lr": 0.001}) for n in (10, 30))
-    assert settings_shown(ten, [ten, thirty]) == "iterations 10" and settings_shown(thirty, [ten, thirty]) == "iterations 30"
+    assert settings_shown(ten, [ten, thirty]) == "iterations 10"
+    assert settings_shown(thirty, [ten, thirty]) == "iterations 30"
     assert settings_shown(ten, [ten]) == "-"
