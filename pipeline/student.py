@@ -10,14 +10,20 @@ visited joins one dataset, labelled with the teacher's deterministic action in [
 student (a TD3-style ReLU/tanh actor at an ER-distributed sparsity) is trained with
 minibatch Adam on the mean squared error of its squashed actions, and its topology evolves as
 in training (RigL: `MaskedAdam.evolve` on the loss's dense gradient, `drop_fraction`'s
-cosine schedule).
+cosine schedule). After each iteration the student is evaluated on episodes kept apart from
+the reported ones (`select_seed`); of the iterations after the topology froze, the best of
+them is kept, as SB3's EvalCallback keeps a best model, since the return swings between
+iterations by more than the goal's margin while the loss barely moves. The kept student
+alone is evaluated on the reported episodes (`eval_seed`).
 
 Output folder: checkpoint.pt (an actor-only tinypolicy checkpoint that evaluate and export
-take, also holding the run's state, so a killed run resumes after its last iteration),
-iterations.csv (one row per iteration) and student.json (teacher vs student).
+take: the kept student; it also holds the run's state, so a killed run resumes after its last
+iteration), iterations.csv (one row per iteration, returns on the selection episodes) and
+student.json (teacher vs the kept student on the reported episodes).
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict
@@ -81,6 +87,8 @@ class Distiller:
         self.obs = torch.zeros(0, self.spaces["obs_dim"])
         self.labels = torch.zeros(0, self.spaces["act_dim"])
         self.iteration = self.grad_steps = 0
+        self.kept: torch.nn.Module | None = None  # the best student since the topology froze
+        self.kept_iteration, self.kept_return = -1, -np.inf
         self.history: list[dict] = []
         self.teacher_returns: list[float] = []
         self.wall_time = 0.0
@@ -111,8 +119,11 @@ class Distiller:
         cfg = self.cfg
         if self.grad_steps == 0 or self.grad_steps % cfg.topology_interval:
             return 0.0
-        end = round(cfg.topology_end * cfg.iterations * cfg.grad_steps)
-        return drop_fraction(self.grad_steps, end, cfg.drop_fraction)
+        return drop_fraction(self.grad_steps, self.topology_steps(), cfg.drop_fraction)
+
+    def topology_steps(self) -> int:
+        """The gradient step after which the topology stays fixed."""
+        return round(self.cfg.topology_end * self.cfg.iterations * self.cfg.grad_steps)
 
     def fit(self) -> float:
         """`grad_steps` minibatch steps on the whole dataset; returns their mean loss."""
@@ -136,15 +147,20 @@ class Distiller:
                             f"lower --lr (now {self.cfg.lr:g})")
         return float(total) / self.cfg.grad_steps
 
-    def evaluate(self, actor: torch.nn.Module) -> np.ndarray:
-        return evaluate_policy(actor_policy(actor), self.env_id, self.cfg.eval_episodes, self.cfg.eval_seed)
+    def evaluate(self, actor: torch.nn.Module, seed: int | None = None) -> np.ndarray:
+        """Returns on the reported episodes (`eval_seed`), or on those starting at `seed`."""
+        seed = self.cfg.eval_seed if seed is None else seed
+        return evaluate_policy(actor_policy(actor), self.env_id, self.cfg.eval_episodes, seed)
 
     def run_iteration(self) -> dict:
         start = time.perf_counter()
         beta = self.cfg.beta ** self.iteration  # 1 at iteration 0: the teacher's own states first
         self.collect(beta)
         loss = self.fit()
-        returns = self.evaluate(self.student)
+        returns = self.evaluate(self.student, self.cfg.select_seed)
+        if self.grad_steps >= self.topology_steps() and returns.mean() > self.kept_return:
+            self.kept = copy.deepcopy(self.student)
+            self.kept_iteration, self.kept_return = self.iteration, float(returns.mean())
         self.wall_time += time.perf_counter() - start
         self.iteration += 1
         row = {"iteration": self.iteration - 1, "beta": beta, "dataset_size": len(self.obs), "loss": loss,
@@ -159,13 +175,15 @@ class Distiller:
             "config": self.config,
             "spaces": self.spaces,
             "steps_done": len(self.obs),
-            "actor": self.student.state_dict(),
+            "actor": (self.kept or self.student).state_dict(),
             "actor_arch": self.arch,
             "sparsity": {"actor": weight_sparsity(self.student)},
             "teacher": {"path": str(self.teacher_path), "sha256": self.config["teacher_sha256"],
                         "returns": self.teacher_returns},
             "student_state": {
                 "iteration": self.iteration, "grad_steps": self.grad_steps, "wall_time": self.wall_time,
+                "student": self.student.state_dict(), "kept_iteration": self.kept_iteration,
+                "kept_return": self.kept_return,
                 "history": self.history, "obs": self.obs, "labels": self.labels,
                 "optimizer": self.optimizer.state_dict(),
                 "numpy_rng": json.dumps(self.rng.bit_generator.state),
@@ -183,7 +201,11 @@ class Distiller:
             raise UserError(f"{ckpt.path} was not written by a student distillation; use another --out")
         refuse_other_settings(ckpt.config, self.config, self.out)
         d, s = ckpt.data, ckpt.data["student_state"]
-        self.student.load_state_dict(d["actor"])
+        self.student.load_state_dict(s["student"])
+        if s["kept_iteration"] >= 0:
+            self.kept = copy.deepcopy(self.student)
+            self.kept.load_state_dict(d["actor"])
+            self.kept_iteration, self.kept_return = s["kept_iteration"], s["kept_return"]
         self.optimizer.load_state_dict(s["optimizer"])
         self.teacher_returns = list(d["teacher"]["returns"])
         self.iteration, self.grad_steps, self.wall_time = s["iteration"], s["grad_steps"], s["wall_time"]
@@ -194,15 +216,20 @@ class Distiller:
         self.generator.set_state(s["generator"])
 
     def summary(self) -> dict:
-        teacher, last = float(np.mean(self.teacher_returns)), self.history[-1]
-        layers = sparse_layers(self.student)
+        """Teacher vs the kept student, both on the reported episodes."""
+        start = time.perf_counter()
+        returns = self.evaluate(self.kept)
+        self.wall_time += time.perf_counter() - start
+        teacher, layers = float(np.mean(self.teacher_returns)), sparse_layers(self.kept)
         return {
             "env_id": self.env_id, "teacher": str(self.teacher_path), "teacher_sha256": self.config["teacher_sha256"],
             "episodes": self.cfg.eval_episodes, "eval_seed": self.cfg.eval_seed,
             "teacher_return": teacher, "teacher_return_std": float(np.std(self.teacher_returns)),
-            "student_return": last["student_return"], "student_return_std": last["student_return_std"],
-            "ratio": share_of(last["student_return"], teacher),
-            "sparsity": weight_sparsity(self.student),
+            "student_return": float(returns.mean()), "student_return_std": float(returns.std()),
+            "ratio": share_of(float(returns.mean()), teacher),
+            "kept_iteration": self.kept_iteration, "kept_selection_return": self.kept_return,
+            "select_seed": self.cfg.select_seed,
+            "sparsity": weight_sparsity(self.kept),
             "nnz": sum(int(l.mask.sum()) for l in layers), "weights": sum(l.mask.numel() for l in layers),
             "layer_nnz": [int(l.mask.sum()) for l in layers], "hidden": self.hidden,
             "iterations": self.iteration, "env_steps": len(self.obs), "grad_steps": self.grad_steps,

@@ -141,6 +141,17 @@ def test_later_iterations_gather_student_states_labelled_by_the_teacher(teacher,
     assert follows(reference).mean() < 0.5
 
 
+def test_keeps_the_best_student_on_the_selection_episodes_once_the_topology_froze(teacher, tmp_path):
+    # The topology freezes after 30% of the 900 gradient steps: during iteration 0. Seed 5's
+    # students return most after iteration 0, so keeping the last one would fail.
+    summary = distil_student(replace(CFG, topology_end=0.3, seed=5), teacher, tmp_path, progress=False)
+    selection = [float(r["student_return"]) for r in rows(tmp_path)]
+    assert summary["kept_iteration"] == int(np.argmax(selection)) != len(selection) - 1
+    assert summary["kept_selection_return"] == max(selection)
+    kept = load_checkpoint(tmp_path).build_actor()
+    assert float(evaluate_policy(actor_policy(kept), ENV, CFG.eval_episodes, CFG.select_seed).mean()) == max(selection)
+
+
 def test_resumes_a_killed_run_exactly(run, teacher, tmp_path):
     out, summary = run
     killed = Distiller(CFG, teacher, tmp_path)
