@@ -147,17 +147,21 @@ class Distiller:
                             f"lower --lr (now {self.cfg.lr:g})")
         return float(total) / self.cfg.grad_steps
 
-    def evaluate(self, actor: torch.nn.Module, seed: int | None = None) -> np.ndarray:
-        """Returns on the reported episodes (`eval_seed`), or on those starting at `seed`."""
-        seed = self.cfg.eval_seed if seed is None else seed
-        return evaluate_policy(actor_policy(actor), self.env_id, self.cfg.eval_episodes, seed)
+    def evaluate(self, actor: torch.nn.Module) -> np.ndarray:
+        """Returns on the reported episodes."""
+        return evaluate_policy(actor_policy(actor), self.env_id, self.cfg.eval_episodes, self.cfg.eval_seed)
+
+    def selection_returns(self) -> np.ndarray:
+        """The current student's returns on the episodes that choose which student to keep."""
+        return evaluate_policy(actor_policy(self.student), self.env_id, self.cfg.select_episodes,
+                               self.cfg.select_seed)
 
     def run_iteration(self) -> dict:
         start = time.perf_counter()
         beta = self.cfg.beta ** self.iteration  # 1 at iteration 0: the teacher's own states first
         self.collect(beta)
         loss = self.fit()
-        returns = self.evaluate(self.student, self.cfg.select_seed)
+        returns = self.selection_returns()
         if self.grad_steps >= self.topology_steps() and returns.mean() > self.kept_return:
             self.kept = copy.deepcopy(self.student)
             self.kept_iteration, self.kept_return = self.iteration, float(returns.mean())
@@ -228,7 +232,7 @@ class Distiller:
             "student_return": float(returns.mean()), "student_return_std": float(returns.std()),
             "ratio": share_of(float(returns.mean()), teacher),
             "kept_iteration": self.kept_iteration, "kept_selection_return": self.kept_return,
-            "select_seed": self.cfg.select_seed,
+            "select_episodes": self.cfg.select_episodes, "select_seed": self.cfg.select_seed,
             "sparsity": weight_sparsity(self.kept),
             "nnz": sum(int(l.mask.sum()) for l in layers), "weights": sum(l.mask.numel() for l in layers),
             "layer_nnz": [int(l.mask.sum()) for l in layers], "hidden": self.hidden,

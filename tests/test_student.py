@@ -33,7 +33,7 @@ ENV = "Pendulum-v1"
 EPISODE = 200  # Pendulum's time limit
 TEACHER_ARCH = {"activation": "tanh", "output": "clip", "obs_norm": True}
 CFG = StudentConfig(actor_sparsity=0.9, hidden=(32, 32), iterations=3, env_steps=2 * EPISODE, grad_steps=300,
-                    batch_size=64, topology_interval=50, eval_episodes=2)
+                    batch_size=64, topology_interval=50, eval_episodes=2, select_episodes=2)
 
 
 def write_teacher(path: Path) -> Path:
@@ -149,7 +149,8 @@ def test_keeps_the_best_student_on_the_selection_episodes_once_the_topology_froz
     assert summary["kept_iteration"] == int(np.argmax(selection)) != len(selection) - 1
     assert summary["kept_selection_return"] == max(selection)
     kept = load_checkpoint(tmp_path).build_actor()
-    assert float(evaluate_policy(actor_policy(kept), ENV, CFG.eval_episodes, CFG.select_seed).mean()) == max(selection)
+    assert float(evaluate_policy(actor_policy(kept), ENV, CFG.select_episodes, CFG.select_seed).mean()) \
+        == max(selection)
 
 
 def test_resumes_a_killed_run_exactly(run, teacher, tmp_path):
