@@ -37,6 +37,38 @@ Activations are applied where each output is formed, not in a second pass. Indic
 uint8_t for dimensions up to 256 and pointers the smallest type that holds the nonzero
 count. The int8 kernel keeps tables everywhere: it is the compact one.
 
+On x86 with AVX-512 (`#if AVX512_GUARD`) actor.c has a second implementation, with the
+portable one above as its #else: every other target (Cortex-M, aarch64, x86 without
+AVX-512) compiles exactly the code it compiled before. CSC was the weak spot there: on the
+90% HalfCheetah actor (17-252-256-6) its zero-input skip mispredicts on rollout inputs, and
+the 256 x 252 layer (3,635 nonzeros) took 1.7 us against 0.8 us on a repeated input, the
+whole actor 2.0 us, 1.1x faster than the dense reference. Each layer gets (`avx512_kind`):
+
+- ell (sparse): inputs in groups of 32, a register pair, outputs in blocks of 16, an
+  accumulator register each. For each group and block, as many slots as the block's
+  longest row has nonzeros in the group; a slot widens 16 8-bit indices, gathers the 16
+  inputs from the pair (_mm512_permutex2var_ps) and multiply-adds its 16 weights (zero in
+  padding lanes). Straight-line code, group by group with up to 16 accumulators: nothing
+  depends on the data. A slot costs ~0.6 ns (two shuffles), so padding is what to cut:
+  rows of similar shape go into the same block, and when the previous layer is dense (free
+  to write its outputs in any order) inputs are regrouped too (`_ell_order`): 411 slots for
+  the layer above, against 505 with rows sorted by length and 856 as they are (228 at best).
+- dense (dense-ish first layers): all outputs in registers, one pass over the inputs, each
+  broadcast: ~0.25 ns per 16 multiply-adds. A layer is ell where ELL_SLOT_COST x its slots
+  is below its inputs x blocks.
+- rows (fewer than 16 outputs, the action head): dot products over registers of inputs,
+  summed across lanes by a tree of shuffles into one register, then a vector tanh
+  (`tp_tanh`, 1.4 ulp; libm's tanhf costs 10-35 ns a call, as much as the rest of the head).
+
+Hidden vectors there are in the branch's own order, padded with zeros to whole registers;
+each layer's tables are permuted to match (rows by its own order, columns by the previous
+layer's), and the last layer keeps the actions' order. Measured on the dev box (ns per call,
+layers alone / whole actor, inputs from rollouts, each changing every call), HEAD -> this:
+90% HalfCheetah layers 125 / 2,400 / 152 -> 67 / 231 / 71, actor 2,580 -> 445 (dense
+reference 2,260); 95% HalfCheetah actor 1,600 -> 228; 98% Hopper 312 -> 137. The whole
+actor costs more than its layers: its tables (60 KB on the 90% actor) overflow the 48 KB L1
+data cache, so each call streams them from L2 (reading 15 KB less saved 75 ns).
+
 The int8 kernel computes what actor.int8.onnx (ONNX Runtime's QDQ quantisation) computes,
 with its quantisation parameters: float layers stay float; a quantised layer quantises
 its input to uint8 codes (round half to even, saturate), multiplies int8 weights in
@@ -48,7 +80,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +125,18 @@ UNROLLED_MAX_NNZ = 8192
 # against 2.9 us as CSC tables on the dev box); larger layers use the tables there.
 VECTOR_UNROLLED_MAX_NNZ = 1024
 REGISTER_BLOCK = 8
+# actor.c's AVX-512 branch (x86 hosts, `avx512_kind`): its condition; floats per register (a block of outputs),
+AVX512_GUARD = "defined(__AVX512F__) && !defined(TP_SCALAR_FPU)"
+LANES = 16
+# inputs an ELL slot gathers from (a register pair, _mm512_permutex2var_ps),
+GROUP = 2 * LANES
+# blocks of outputs accumulated per pass (with the input pair and a slot's temporaries they fill the 32 registers),
+MAX_BLOCKS = 16
+# what an ELL slot costs in dense multiply-adds (first layers of the three benchmark actors on the dev box, either
+# kernel: 0.63-0.65 ns a slot, 0.24-0.25 ns a multiply-add of 16 lanes),
+ELL_SLOT_COST = 2.6
+# and the most alternations of the input and row order searches (`_ell_order`).
+ORDER_PASSES = 4
 WARNINGS = ("-Wall", "-Wextra", "-Werror", "-pedantic")
 # The host build: the same flags for every kernel, tuned for the machine it runs on.
 # Contraction into fused multiply-adds is allowed (ISO C mode turns it off by default).
@@ -146,18 +191,20 @@ def _initializer(items: list[str], per_line: int, indent: str) -> str:
     return f",\n{indent}".join(lines)
 
 
-def _array(ctype: str, name: str, values: np.ndarray, per_line: int = 6, fmt=_float) -> str:
-    """A const table; 2-D arrays are written row by row with nested braces."""
+def _array(ctype: str, name: str, values: np.ndarray, per_line: int = 6, fmt=_float, aligned: bool = False) -> str:
+    """A const table; 2-D arrays are written row by row with nested braces. `aligned`: on a
+    cache line (TP_ALIGNED), for tables read in whole vectors."""
     values = np.asarray(values)
+    align = " TP_ALIGNED" if aligned else ""
     if values.ndim == 2:
         rows = ",\n    ".join("{" + _initializer([fmt(v) for v in row], per_line, "     ") + "}"
                               for row in values)
-        return f"static const {ctype} {name}[{values.shape[0]}][{values.shape[1]}] = {{\n    {rows}\n}};\n"
+        return f"static const {ctype} {name}[{values.shape[0]}][{values.shape[1]}]{align} = {{\n    {rows}\n}};\n"
     flat = values.ravel()
     if flat.size == 0:  # C99 forbids empty arrays; the kernel never reads this element
         flat = np.zeros(1, dtype=flat.dtype)
     body = _initializer([fmt(v) for v in flat], per_line, "    ")
-    return f"static const {ctype} {name}[{flat.size}] = {{\n    {body}\n}};\n"
+    return f"static const {ctype} {name}[{flat.size}]{align} = {{\n    {body}\n}};\n"
 
 
 def _int(x) -> str:
@@ -206,7 +253,8 @@ def _weight_bytes(w: np.ndarray, kind: str, value_bytes: int = 4) -> int:
 
 
 def sparse_table_bytes(policy: MLPPolicy) -> int:
-    """Bytes of actor.c's weights (fp32 values, indices, pointers) and biases."""
+    """Bytes of actor.c's weights (fp32 values, indices, pointers) and biases in its portable
+    kernel, the one embedded targets build (the AVX-512 branch's are padded: larger)."""
     return sum(_weight_bytes(w, layer_kind(w)) + 4 * b.size for w, b in zip(policy.weights, policy.biases))
 
 
@@ -414,8 +462,12 @@ def _comment(k: int, w: np.ndarray, kind: str, what: str) -> str:
 
 # --- the float kernels ---------------------------------------------------------------------
 
+def _normalises(policy: MLPPolicy) -> bool:
+    return not (np.all(policy.obs_mean == 0) and np.all(policy.obs_std == 1))
+
+
 def _io_tables(policy: MLPPolicy) -> tuple[str, bool]:
-    normalise = not (np.all(policy.obs_mean == 0) and np.all(policy.obs_std == 1))
+    normalise = _normalises(policy)
     parts = []
     if normalise:
         parts.append(_array("float", "OBS_MEAN", policy.obs_mean))
@@ -451,13 +503,13 @@ def _store(policy: MLPPolicy, last: bool, buffer: str) -> str:
     return f"{buffer}[{{i}}] = {_c_activation(policy)}({{v}});"
 
 
-def _float_kernel(policy: MLPPolicy, function: str, description: str, kinds: list[str]) -> str:
-    """One function per layer, kept out of line: inlined into one body, compilers carry the
-    straight-line layers' outputs into the next layer in registers and spill them (kilobytes
-    of stack on Cortex-M)."""
-    io, normalise = _io_tables(policy)
+def _portable_kernel(policy: MLPPolicy, function: str, kinds: list[str]) -> tuple[str, str]:
+    """(tables, code) of the kernel every target builds. One function per layer, kept out of
+    line: inlined into one body, compilers carry the straight-line layers' outputs into the
+    next layer in registers and spill them (kilobytes of stack on Cortex-M)."""
+    normalise = _normalises(policy)
     width = max(w.shape[0] for w in policy.weights)
-    tables, layers, calls = [io], [], []
+    tables, layers, calls = [], [], []
     source = "x"
     for k, (w, b, kind) in enumerate(zip(policy.weights, policy.biases, kinds)):
         last = k == len(policy.weights) - 1
@@ -471,23 +523,395 @@ def _float_kernel(policy: MLPPolicy, function: str, description: str, kinds: lis
                       + _comment(k, w, kind, policy.output if last else policy.hidden_activation) + loop + "}\n\n")
         calls.append(f"    layer{k}({source}, actions);\n")
         source = dst
-    return (f"/* Generated by tinypolicy: {description}. */\n" + _PREAMBLE + "".join(tables) + "\n"
-            + f"static float h0[{width}], h1[{width}];\n\n" + "".join(layers)
-            + f"void {function}(const float *obs, float *actions)\n{{\n"
-            + ("    int i;\n" if normalise else "") + _input(normalise) + "".join(calls) + "}\n")
+    return "".join(tables), (f"\nstatic float h0[{width}], h1[{width}];\n\n" + "".join(layers)
+                             + f"void {function}(const float *obs, float *actions)\n{{\n"
+                             + ("    int i;\n" if normalise else "") + _input(normalise) + "".join(calls) + "}\n")
+
+
+def _float_kernel(policy: MLPPolicy, function: str, description: str, kinds: list[str],
+                  vector: list[_VectorLayer] | None = None) -> str:
+    """The kernel with each layer's `kinds`; given a `vector` plan, an AVX-512 branch for x86
+    hosts comes first and the portable kernel is its #else."""
+    io, _ = _io_tables(policy)
+    tables, code = _portable_kernel(policy, function, kinds)
+    body = tables + code
+    if vector is not None:
+        body = f"#if {AVX512_GUARD}\n{_avx512_kernel(policy, function, vector)}#else\n{body}#endif\n"
+    return f"/* Generated by tinypolicy: {description}. */\n" + _PREAMBLE + io + body
 
 
 def sparse_source(policy: MLPPolicy) -> str:
-    """actor.c: each layer with the kernel its density calls for (`layer_kind`)."""
+    """actor.c: each layer with the kernel its density calls for (`layer_kind`), and on x86
+    with AVX-512 the one `avx512_kind` picks."""
     kinds = [layer_kind(w) for w in policy.weights]
+    vector = _vector_plan(policy)
     return _float_kernel(policy, KERNELS["sparse"].function, f"sparse policy, {sum(policy.nnz())} nonzero weights, "
-                         f"layers {'/'.join(kinds)}", kinds)
+                         f"layers {'/'.join(kinds)} (AVX-512: {'/'.join(v.kind for v in vector)})", kinds, vector)
 
 
 def dense_source(policy: MLPPolicy) -> str:
     """actor_dense.c: the same computation over every weight, zeros included."""
     return _float_kernel(policy, KERNELS["dense"].function, f"dense reference policy, {policy.macs()} weights",
                          ["dense"] * len(policy.weights))
+
+
+# --- actor.c's AVX-512 branch (x86 hosts) ---------------------------------------------------
+
+@dataclass(frozen=True)
+class _VectorLayer:
+    """One layer of the AVX-512 branch. Hidden vectors there are in an order of the branch's
+    choosing (`order`), padded to whole registers, so each layer's weights are permuted: rows
+    by its own order, columns by the previous layer's."""
+    kind: str           # "dense", "ell" or "rows" (see avx512_kind)
+    w: np.ndarray       # float32 [len(order), inputs the previous layer writes]
+    bias: np.ndarray    # float32 [len(order)]
+    order: np.ndarray   # output position -> neuron; positions holding neuron >= outputs are padding (zero)
+    slots: int          # "ell": vectors of LANES weights stored, padding included; else 0
+
+
+def _group_counts(nz: np.ndarray) -> np.ndarray:
+    """Nonzeros of each row in each GROUP of inputs."""
+    groups = -(-nz.shape[1] // GROUP)
+    padded = np.zeros((nz.shape[0], groups * GROUP), np.int32)
+    padded[:, :nz.shape[1]] = nz
+    return padded.reshape(nz.shape[0], groups, GROUP).sum(2)
+
+
+def _ell_slots(counts: np.ndarray) -> int:
+    """Slots of rows in this order: per block of LANES rows and group, the longest row there."""
+    return int(counts.reshape(-1, LANES, counts.shape[1]).max(1).sum())
+
+
+def _row_descent(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """`order` (position -> row) after the swap of rows between two blocks that saves most
+    slots, repeated while one saves any."""
+    blocks, groups = len(order) // LANES, counts.shape[1]
+    same = np.arange(blocks)
+    while True:
+        m = counts[order].reshape(blocks, LANES, groups)
+        top = m.max(1)
+        at_top = m == top[:, None]
+        second = np.where(at_top, -1, m).max(1)
+        second = np.where(at_top.sum(1) > 1, top, second)
+        without = np.where(at_top, second[:, None], top[:, None])  # a block's maxima without one of its rows
+        # Slots of block A with its row a replaced by row b of block B, for every A, a, B, b.
+        swapped = np.maximum(without[:, :, None, None, :], m[None, None]).sum(-1)
+        base = top.sum(1)
+        gain = swapped + swapped.transpose(2, 3, 0, 1) - base[:, None, None, None] - base[None, None, :, None]
+        gain[same, :, same, :] = 0
+        best = int(np.argmin(gain))
+        if gain.flat[best] >= 0:
+            return order
+        a, i, b, j = np.unravel_index(best, gain.shape)
+        order = order.copy()
+        order[[a * LANES + i, b * LANES + j]] = order[[b * LANES + j, a * LANES + i]]
+
+
+def _column_descent(nz: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(input order, whether it changed) of `nz` [rows in order, inputs] after, for each two
+    groups in turn, the swap of inputs between them that saves most slots, while one saves any."""
+    x = nz.astype(np.int8)
+    groups = [np.arange(g, min(g + GROUP, x.shape[1])) for g in range(0, x.shape[1], GROUP)]
+    columns, changed, improved = np.arange(x.shape[1]), False, True
+    while improved:
+        improved = False
+        for i, u in enumerate(groups):
+            for v in groups[i + 1:]:
+                cu, cv = x[:, u].sum(1), x[:, v].sum(1)
+                moved = x[:, None, v] - x[:, u, None]  # rows, u, v: +1 where the swap brings a nonzero into u's group
+                slots = ((cu[:, None, None] + moved).reshape(-1, LANES, len(u), len(v)).max(1).sum(0)
+                         + (cv[:, None, None] - moved).reshape(-1, LANES, len(u), len(v)).max(1).sum(0))
+                best = np.unravel_index(int(np.argmin(slots)), slots.shape)
+                if slots[best] < cu.reshape(-1, LANES).max(1).sum() + cv.reshape(-1, LANES).max(1).sum():
+                    pair = [u[best[0]], v[best[1]]]
+                    x[:, pair] = x[:, pair[::-1]]
+                    columns[pair] = columns[pair[::-1]]
+                    changed = improved = True
+    return columns, changed
+
+
+def _ell_order(nz: np.ndarray, free_columns: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(row order, input order) with few ELL slots for nonzero pattern `nz` [rows, inputs]:
+    rows by nonzeros, then `_row_descent`; where the previous layer can write its outputs in
+    any order (`free_columns`), alternately `_column_descent` and `_row_descent` while the
+    inputs move, at most ORDER_PASSES times. Slots on the 90% HalfCheetah actor: 505 sorted,
+    454 after the row descent, 411 with the inputs, in a third of a second (a minute of
+    simulated annealing over the rows alone found 426)."""
+    columns = np.arange(nz.shape[1])
+    rows = _row_descent(_group_counts(nz), np.argsort(-nz.sum(1), kind="stable"))
+    for _ in range(ORDER_PASSES if free_columns else 0):
+        moved, changed = _column_descent(nz[rows][:, columns])
+        if not changed:
+            break
+        columns = columns[moved]
+        rows = _row_descent(_group_counts(nz[:, columns]), rows)
+    return rows, columns
+
+
+def avx512_kind(w: np.ndarray, last: bool, free_columns: bool = False) -> tuple[str, np.ndarray, np.ndarray, int]:
+    """The AVX-512 branch's kernel for weights `w` [out, in] (inputs in the order the previous
+    layer writes them): (kind, output order, input order, ELL slots). Fewer than LANES outputs
+    (the action head): "rows", dot products over registers of inputs. Wider layers: "ell" when
+    ELL_SLOT_COST x its slots is below the dense kernel's multiply-adds (inputs x blocks),
+    else "dense". The last layer keeps its outputs in order: they are the actions; the inputs
+    are reordered only where the previous layer's outputs can be (`free_columns`)."""
+    out, inputs = w.shape
+    identity = np.arange(inputs)
+    if out < LANES:
+        return "rows", np.arange(out), identity, 0
+    padded = -(-out // LANES) * LANES
+    nz = np.zeros((padded, inputs), bool)
+    nz[:out] = w != 0
+    rows, columns = (np.arange(padded), identity) if last else _ell_order(nz, free_columns)
+    slots = _ell_slots(_group_counts(nz[rows][:, columns]))
+    if ELL_SLOT_COST * slots < inputs * padded // LANES:
+        return "ell", rows, columns, slots
+    return "dense", np.arange(padded), identity, 0
+
+
+def _vector_plan(policy: MLPPolicy) -> list[_VectorLayer]:
+    plan: list[_VectorLayer] = []
+    columns = np.arange(policy.obs_dim)  # input position -> input of the layer
+    for k, (w, b) in enumerate(zip(policy.weights, policy.biases)):
+        real = columns < w.shape[1]
+        permuted = np.zeros((w.shape[0], len(columns)), np.float32)
+        permuted[:, real] = w[:, columns[real]]
+        free = bool(plan) and plan[-1].kind == "dense"
+        kind, order, inputs, slots = avx512_kind(permuted, k == len(policy.weights) - 1, free)
+        if free and kind == "ell":  # the dense layer before writes its outputs in the order this one reads them
+            plan[-1] = replace(plan[-1], w=plan[-1].w[inputs], bias=plan[-1].bias[inputs], order=plan[-1].order[inputs])
+            permuted, columns = permuted[:, inputs], columns[inputs]
+        rows = order < w.shape[0]
+        vw = np.zeros((len(order), len(columns)), np.float32)
+        vw[rows] = permuted[order[rows]]
+        vb = np.zeros(len(order), np.float32)
+        vb[rows] = b[order[rows]]
+        plan.append(_VectorLayer(kind, vw, vb, order, slots))
+        columns = order
+    return plan
+
+
+def _mask(lanes: int) -> str:
+    return f"(__mmask16)0x{(1 << lanes) - 1:04x}"
+
+
+def _load(src: str, start: int, width: int) -> str:
+    """The register of inputs start.. of `src`, which holds `width` (zeros beyond)."""
+    if start + LANES <= width:
+        return f"_mm512_loadu_ps({src} + {start})"
+    if start < width:
+        return f"_mm512_maskz_loadu_ps({_mask(width - start)}, {src} + {start})"
+    return "_mm512_setzero_ps()"
+
+
+@dataclass(frozen=True)
+class _VectorOut:
+    """Where a layer of the AVX-512 branch stores its outputs, activation applied in registers."""
+    dst: str            # output array, or "actions" for the last layer (squashed and scaled)
+    activation: str     # "relu", "tanh" or "clip"
+    outputs: int        # outputs stored, padding included (zeros: the activations keep 0 at 0)
+
+    def store(self, start: int, v: str) -> str:
+        """Outputs start.. from register `v`."""
+        lanes = min(LANES, self.outputs - start)
+        if self.activation == "relu":
+            v = f"_mm512_max_ps({v}, _mm512_setzero_ps())"  # a NaN becomes 0, as in tp_relu
+        elif self.activation == "tanh":
+            v = f"tp_tanh({v})"
+        else:
+            v = f"_mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_set1_ps(-1.0f), {v}))"
+        if self.dst == "actions":
+            v = (f"_mm512_fmadd_ps({v}, _mm512_maskz_loadu_ps({_mask(lanes)}, ACTION_SCALE + {start}), "
+                 f"_mm512_maskz_loadu_ps({_mask(lanes)}, ACTION_OFFSET + {start}))")
+        if lanes == LANES:
+            return f"_mm512_storeu_ps({self.dst} + {start}, {v});"
+        return f"_mm512_mask_storeu_ps({self.dst} + {start}, {_mask(lanes)}, {v});"
+
+
+def _vector_passes(layer: _Layer, out: _VectorOut, inputs: Callable[[int, int], str]) -> str:
+    """Passes over the inputs with up to MAX_BLOCKS blocks of outputs in registers each;
+    `inputs(first, blocks)` gives a pass's statements, accumulating into a0, a1, ..."""
+    blocks = layer.out // LANES
+    code = []
+    for first in range(0, blocks, MAX_BLOCKS):
+        count = min(MAX_BLOCKS, blocks - first)
+        accs = ", ".join(f"a{b} = _mm512_loadu_ps({layer.name}_BIAS + {LANES * (first + b)})" for b in range(count))
+        code.append(f"    {{\n        __m512 {accs};\n" + inputs(first, count)
+                    + "".join(f"        {out.store(LANES * (first + b), f'a{b}')}\n" for b in range(count))
+                    + "    }\n")
+    return "".join(code)
+
+
+def _avx512_dense(layer: _Layer, out: _VectorOut, bias: np.ndarray) -> tuple[str, str]:
+    """All outputs in registers over one pass over the inputs, each broadcast to every block."""
+    def inputs(first: int, count: int) -> str:
+        fmas = [f"a{b} = _mm512_fmadd_ps(_mm512_loadu_ps(&{layer.name}_W[j][{LANES * (first + b)}]), xj, a{b});"
+                for b in range(count)]
+        return (f"        for (j = 0; j < {layer.inputs}; ++j) {{\n"
+                f"            const __m512 xj = _mm512_set1_ps({layer.src}[j]);\n"
+                + "".join(f"            {fma}\n" for fma in fmas) + "        }\n")
+
+    code = _vector_passes(layer, out, inputs)
+    return (_array("float", f"{layer.name}_BIAS", bias, aligned=True)
+            + _array("float", f"{layer.name}_W", layer.w.T, aligned=True)), code
+
+
+def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray) -> tuple[str, str]:
+    """ELL slots, straight-line: for each group of GROUP inputs (a register pair) and block of
+    LANES outputs, as many slots as the block's longest row there; a slot's lanes gather their
+    input from the pair by 8-bit index and multiply-add it by their weight (zero in padding,
+    which adds nothing as long as the inputs are finite)."""
+    w = layer.w
+    index, value = [], []
+
+    def inputs(first: int, count: int) -> str:
+        code = []
+        for g in range(-(-layer.inputs // GROUP)):
+            slots = []
+            for b in range(count):
+                cell = w[LANES * (first + b):LANES * (first + b + 1), GROUP * g:GROUP * (g + 1)]
+                used = [np.flatnonzero(row) for row in cell]
+                for s in range(max(len(u) for u in used)):
+                    index.append([u[s] if s < len(u) else 0 for u in used])
+                    value.append([cell[lane, u[s]] if s < len(u) else 0.0 for lane, u in enumerate(used)])
+                    slots.append(f"        TP_SLOT(a{b}, {layer.name}, {len(index) - 1});\n")
+            if slots:
+                code.append(f"        xl = {_load(layer.src, GROUP * g, layer.inputs)};\n"
+                            f"        xh = {_load(layer.src, GROUP * g + LANES, layer.inputs)};\n" + "".join(slots))
+        return ("        __m512 xl, xh;\n" if code else "") + "".join(code)
+
+    code = _vector_passes(layer, out, inputs)
+    tables = _array("float", f"{layer.name}_BIAS", bias, aligned=True)
+    if index:  # a layer without nonzeros has no slots to read them (and C has no empty arrays)
+        tables += (_array("float", f"{layer.name}_VAL", np.array(value, np.float32), aligned=True)
+                   + _array("uint8_t", f"{layer.name}_IDX", np.array(index, np.uint8), 16, _int))
+    return tables, code
+
+
+def _lane_sums(accs: list[str]) -> tuple[str, str]:
+    """(statements, register) summing each of up to LANES registers across its lanes into lane
+    r of one register, in registers: a tree of shuffles and adds (pairs of rows, then of 4-lane
+    blocks), where scalar sums stored and reloaded as a vector stall store forwarding."""
+    steps = [("_mm512_unpacklo_ps({a}, {b})", "_mm512_unpackhi_ps({a}, {b})"),
+             ("_mm512_shuffle_ps({a}, {b}, 0x44)", "_mm512_shuffle_ps({a}, {b}, 0xee)"),
+             ("_mm512_shuffle_f32x4({a}, {b}, 0x88)", "_mm512_shuffle_f32x4({a}, {b}, 0xdd)"),
+             ("_mm512_shuffle_f32x4({a}, {b}, 0x88)", "_mm512_shuffle_f32x4({a}, {b}, 0xdd)")]
+    level = accs + [""] * (LANES - len(accs))
+    code = []
+    for depth, (low, high) in enumerate(steps):
+        merged = []
+        for i in range(0, len(level), 2):
+            a, b = level[i] or "_mm512_setzero_ps()", level[i + 1] or "_mm512_setzero_ps()"
+            name = f"r{depth}_{i // 2}"
+            if level[i] or level[i + 1]:
+                code.append(f"    const __m512 {name} = "
+                            f"_mm512_add_ps({low.format(a=a, b=b)}, {high.format(a=a, b=b)});\n")
+            merged.append(name if level[i] or level[i + 1] else "")
+        level = merged
+    return "".join(code), level[0]
+
+
+def _avx512_rows(layer: _Layer, out: _VectorOut, bias: np.ndarray) -> tuple[str, str]:
+    """Fewer outputs than lanes: each a dot product over registers of LANES inputs, the rows'
+    registers then summed across lanes into one, which goes through the activation."""
+    full = layer.inputs // LANES * LANES
+    w = np.zeros((layer.out, -(-layer.inputs // LANES) * LANES), np.float32)
+    w[:, :layer.inputs] = layer.w
+    rows = range(layer.out)
+
+    def step(start: str, load: str) -> str:
+        return (f"        const __m512 xc = {load};\n"
+                + "".join(f"        a{r} = _mm512_fmadd_ps(_mm512_loadu_ps(&{layer.name}_W[{r}][{start}]), xc, a{r});\n"
+                          for r in rows))
+
+    sums, total = _lane_sums([f"a{r}" for r in rows])
+    code = (f"    __m512 {', '.join(f'a{r} = _mm512_setzero_ps()' for r in rows)};\n"
+            + (f"    for (j = 0; j < {full}; j += {LANES}) {{\n" + step("j", f"_mm512_loadu_ps({layer.src} + j)")
+               + "    }\n" if full else "")
+            + (f"    {{\n{step(str(full), _load(layer.src, full, layer.inputs))}    }}\n"
+               if full < layer.inputs else "")
+            + sums + f"    {out.store(0, f'_mm512_add_ps({total}, _mm512_loadu_ps({layer.name}_BIAS))')}\n")
+    padded = np.zeros(LANES, np.float32)
+    padded[:layer.out] = bias
+    return (_array("float", f"{layer.name}_BIAS", padded, aligned=True)
+            + _array("float", f"{layer.name}_W", w, aligned=True)), code
+
+
+_AVX512_PREAMBLE = """#include <immintrin.h>
+
+/* x86 with AVX-512 (see c_codegen's docstring): hidden vectors are permuted and padded to
+   whole registers; a sparse layer is ELL slots, each gathering 16 inputs from the register
+   pair xl, xh of its group by 8-bit index and multiply-adding them into an accumulator. */
+#if defined(__GNUC__)
+#define TP_ALIGNED __attribute__((aligned(64)))
+#else
+#define TP_ALIGNED
+#endif
+#define TP_SLOT(acc, layer, s) \\
+    acc = _mm512_fmadd_ps(_mm512_permutex2var_ps(xl, _mm512_cvtepu8_epi32(_mm_loadu_si128( \\
+        (const __m128i *)layer##_IDX[s])), xh), _mm512_loadu_ps(layer##_VAL[s]), acc)
+
+"""
+
+# libm's tanhf takes 10-35 ns a call, as long as the rest of a small actor's head.
+_AVX512_TANH = """/* tanh of 16 floats, within 1.4 ulp of tanh in double on every float: an odd polynomial
+   below 0.625, above it 1 - 2 / (exp(2|x|) + 1) with exp by range reduction and Taylor. */
+static inline __m512 tp_tanh(__m512 x)
+{
+    const __m512 one = _mm512_set1_ps(1.0f), a = _mm512_abs_ps(x), t = _mm512_mul_ps(x, x);
+    const __m512 y = _mm512_min_ps(_mm512_set1_ps(18.0f), _mm512_add_ps(a, a)); /* NaN stays NaN */
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.442695041e+00f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765e-06f),
+                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(6.931457520e-01f), y));
+    __m512 e = _mm512_set1_ps(1.984126984e-04f), p = _mm512_set1_ps(-5.704978481e-03f), big;
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.388888889e-03f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(8.333333333e-03f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(4.166666667e-02f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.666666667e-01f));
+    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(5.000000000e-01f));
+    e = _mm512_fmadd_ps(e, r, one);
+    e = _mm512_scalef_ps(_mm512_fmadd_ps(e, r, one), n);
+    big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+    big = _mm512_mask_sub_ps(big, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps(), big);
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(2.063907869e-02f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-5.373971164e-02f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.333144158e-01f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-3.333328068e-01f));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(0.625f), _CMP_LT_OQ), big,
+                                _mm512_fmadd_ps(_mm512_mul_ps(x, t), p, x));
+}
+
+"""
+
+
+def _avx512_kernel(policy: MLPPolicy, function: str, plan: list[_VectorLayer]) -> str:
+    """The AVX-512 branch of actor.c: tables, one function per layer, `function`."""
+    normalise = _normalises(policy)
+    width = max(len(v.order) for v in plan)
+    tables, layers, calls = [], [], []
+    source = "x"
+    for k, (w, vector) in enumerate(zip(policy.weights, plan)):
+        last = k == len(plan) - 1
+        dst = f"h{k % 2}"
+        out = (_VectorOut("actions", "tanh" if policy.output == "tanh" else "clip", policy.act_dim) if last
+               else _VectorOut(dst, policy.hidden_activation, len(vector.order)))
+        layer = _Layer(f"V{k}", vector.w, "x", dst, skip_zero=False)
+        table, code = {"rows": _avx512_rows, "ell": _avx512_ell, "dense": _avx512_dense}[vector.kind](
+            layer, out, vector.bias)
+        tables.append(table)
+        kind = f"AVX-512 {vector.kind}" + (f" ({vector.slots} slots)" if vector.slots else "")
+        layers.append(f"static TP_NOINLINE void layer{k}(const float *restrict x, float *restrict actions)\n{{\n"
+                      + ("    int j;\n" if "for (j = 0;" in code else "") + "    (void)actions;\n"
+                      + _comment(k, w, kind, policy.output if last else policy.hidden_activation) + code + "}\n\n")
+        calls.append(f"    layer{k}({source}, actions);\n")
+        source = dst
+    tanh = "tanh" in (policy.output, policy.hidden_activation)
+    buffers = ", ".join(f"h{k}[{width}] TP_ALIGNED" for k in range(min(2, len(plan) - 1)))
+    return (_AVX512_PREAMBLE + (_AVX512_TANH if tanh else "") + "".join(tables)
+            + (f"\nstatic float {buffers};\n\n" if buffers else "\n")
+            + "".join(layers) + f"void {function}(const float *obs, float *actions)\n{{\n"
+            + ("    int i;\n" if normalise else "") + _input(normalise) + "".join(calls) + "}\n")
 
 
 # --- the int8 kernel -----------------------------------------------------------------------

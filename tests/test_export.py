@@ -263,6 +263,60 @@ def test_layer_kinds_follow_density_and_size():
     assert layer_kind(matrix(256, 17, 0.5), compact=True) == "csc"      # the int8 kernel's float layer: bytes
 
 
+def _host_has_avx512() -> bool:
+    macros = subprocess.run(["gcc", "-march=native", "-dM", "-E", "-"], input="", capture_output=True, text=True,
+                            check=True)
+    return "__AVX512F__" in macros.stdout
+
+
+def _ell_policies():
+    """Two policies whose AVX-512 branch has every kernel: (a) 13-40-37-53-6 ReLU/tanh, a dense
+    first layer, then ELL layers with rows not a multiple of 16, inputs not a multiple of 32,
+    empty rows and an empty (block, group) cell, and the action head as rows; (b) tanh hidden
+    units, a narrow hidden layer (8 outputs: rows), a clipped ELL head in the actions' order
+    (40 actions: a masked last block) and normalisation."""
+    from tinypolicy.export.mlp import MLPPolicy
+
+    rng = np.random.default_rng(11)
+
+    def layer(rows, cols, density):  # weights at a trained actor's scale: unit variance in, unit variance out
+        w = np.where(rng.random((rows, cols)) < density, rng.normal(size=(rows, cols)) / np.sqrt(cols * density), 0)
+        return w.astype(np.float32), rng.uniform(-0.5, 0.5, rows).astype(np.float32)
+
+    (w0, b0), (w1, b1), (w2, b2), (w3, b3) = layer(40, 13, 0.9), layer(37, 40, 0.1), layer(53, 37, 0.15), \
+        layer(6, 53, 0.5)
+    w1[[3, 20]] = 0
+    w1[16:32, 32:] = 0
+    a = MLPPolicy((w0, w1, w2, w3), (b0, b1, b2, b3), "relu", "tanh", np.zeros(13, np.float32),
+                  np.ones(13, np.float32), -np.ones(6, np.float32), np.ones(6, np.float32))
+    (v0, c0), (v1, c1), (v2, c2) = layer(70, 9, 0.1), layer(8, 70, 0.3), layer(40, 8, 0.1)
+    b = MLPPolicy((v0, v1, v2), (c0, c1, c2), "tanh", "clip", rng.normal(size=9).astype(np.float32),
+                  rng.uniform(0.5, 2, 9).astype(np.float32), -rng.uniform(0.5, 2, 40).astype(np.float32),
+                  rng.uniform(0.5, 2, 40).astype(np.float32))
+    return a, b
+
+
+@pytest.mark.parametrize("branch", ["avx512", "portable"])
+def test_sparse_kernel_matches_pytorch_in_its_avx512_and_portable_branches(tmp_path, branch):
+    """actor.c's AVX-512 branch (permuted, padded ELL layers) and its portable #else branch
+    (what Cortex-M and aarch64 build) both compute the policy."""
+    from tinypolicy.export.c_codegen import HOST_CFLAGS, sparse_source, write_c_sources
+    from tinypolicy.export.runtimes import CKernels
+
+    if branch == "avx512" and not _host_has_avx512():
+        pytest.skip("the host has no AVX-512")
+    kinds = [["dense", "ell", "ell", "rows"], ["ell", "rows", "ell"]]
+    for k, policy in enumerate(_ell_policies()):
+        write_c_sources(policy, tmp_path / str(k))
+        source = (tmp_path / str(k) / "actor.c").read_text()
+        assert source == sparse_source(policy)  # deterministic
+        assert f"(AVX-512: {'/'.join(kinds[k])})" in source
+        cflags = HOST_CFLAGS if branch == "avx512" else (*HOST_CFLAGS, "-mno-avx512f")
+        kernels = CKernels(tmp_path / str(k), tmp_path / str(k), policy.obs_dim, policy.act_dim, cflags)
+        obs = _observations(2000, policy.obs_dim, k)
+        assert np.abs(kernels.actions(obs) - policy(obs)).max() < 1e-5, (k, branch)
+
+
 @pytest.mark.parametrize("target", ["host", "cortex-m4", "cortex-m7", "aarch64"])
 def test_generated_c_compiles_warning_free_for_every_target(tmp_path, target):
     """-Wall -Wextra -Werror -pedantic for the host, Cortex-M4/M7 and aarch64 (cross compilers
