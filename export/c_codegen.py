@@ -550,9 +550,11 @@ def sparse_source(policy: MLPPolicy) -> str:
 
 
 def dense_source(policy: MLPPolicy) -> str:
-    """actor_dense.c: the same computation over every weight, zeros included."""
+    """actor_dense.c: the same computation over every weight, zeros included; on x86 with
+    AVX-512 with the same intrinsics as actor.c's dense and rows layers, so that the sparse
+    kernel is compared with the best dense one we can write."""
     return _float_kernel(policy, KERNELS["dense"].function, f"dense reference policy, {policy.macs()} weights",
-                         ["dense"] * len(policy.weights))
+                         ["dense"] * len(policy.weights), _vector_plan(policy, sparse=False))
 
 
 # --- actor.c's AVX-512 branch (x86 hosts) ---------------------------------------------------
@@ -669,7 +671,9 @@ def avx512_kind(w: np.ndarray, last: bool, free_columns: bool = False) -> tuple[
     return "dense", np.arange(padded), identity, 0
 
 
-def _vector_plan(policy: MLPPolicy) -> list[_VectorLayer]:
+def _vector_plan(policy: MLPPolicy, sparse: bool = True) -> list[_VectorLayer]:
+    """The AVX-512 branch's layers: each the kernel `avx512_kind` picks, or (not `sparse`)
+    every weight multiplied, in the layers' own order."""
     plan: list[_VectorLayer] = []
     columns = np.arange(policy.obs_dim)  # input position -> input of the layer
     for k, (w, b) in enumerate(zip(policy.weights, policy.biases)):
@@ -677,7 +681,12 @@ def _vector_plan(policy: MLPPolicy) -> list[_VectorLayer]:
         permuted = np.zeros((w.shape[0], len(columns)), np.float32)
         permuted[:, real] = w[:, columns[real]]
         free = bool(plan) and plan[-1].kind == "dense"
-        kind, order, inputs, slots = avx512_kind(permuted, k == len(policy.weights) - 1, free)
+        if sparse:
+            kind, order, inputs, slots = avx512_kind(permuted, k == len(policy.weights) - 1, free)
+        else:
+            padded = -(-w.shape[0] // LANES) * LANES
+            kind, order = ("dense", np.arange(padded)) if w.shape[0] >= LANES else ("rows", np.arange(w.shape[0]))
+            inputs, slots = np.arange(len(columns)), 0
         if free and kind == "ell":  # the dense layer before writes its outputs in the order this one reads them
             plan[-1] = replace(plan[-1], w=plan[-1].w[inputs], bias=plan[-1].bias[inputs], order=plan[-1].order[inputs])
             permuted, columns = permuted[:, inputs], columns[inputs]
