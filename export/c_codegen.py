@@ -49,7 +49,10 @@ whole actor 2.0 us, 1.1x faster than the dense reference. Each layer gets (`avx5
   longest row has nonzeros in the group; a slot widens 16 8-bit indices, gathers the 16
   inputs from the pair (_mm512_permutex2var_ps) and multiply-adds its 16 weights (zero in
   padding lanes). Straight-line code, group by group with up to 16 accumulators: nothing
-  depends on the data. A slot costs ~0.6 ns (two shuffles), so padding is what to cut:
+  depends on the data. Where the tables fit the L1 data cache with them (AVX512_L1_BYTES),
+  indices are stored as 32-bit lanes, which saves the widening shuffle: 0.5 ns a slot against
+  0.6 (95% HalfCheetah, 42 KB); and a layer of few blocks spreads each block's slots over 2
+  accumulators, which halves its chain of dependent multiply-adds. Padding is what to cut:
   rows of similar shape go into the same block, and when the previous layer is dense (free
   to write its outputs in any order) inputs are regrouped too (`_ell_order`): 411 slots for
   the layer above, against 505 with rows sorted by length and 856 as they are (228 at best).
@@ -57,8 +60,9 @@ whole actor 2.0 us, 1.1x faster than the dense reference. Each layer gets (`avx5
   broadcast: ~0.25 ns per 16 multiply-adds. A layer is ell where ELL_SLOT_COST x its slots
   is below its inputs x blocks.
 - rows (fewer than 16 outputs, the action head): dot products over registers of inputs,
-  summed across lanes by a tree of shuffles into one register, then a vector tanh
-  (`tp_tanh`, 1.4 ulp; libm's tanhf costs 10-35 ns a call, as much as the rest of the head).
+  4 partial sums a row, summed across lanes by a tree of shuffles into one register, then a
+  vector tanh (`tp_tanh`, 1.4 ulp; libm's tanhf costs 10-35 ns a call, as much as the rest of
+  the head).
 
 Hidden vectors there are in the branch's own order, padded with zeros to whole registers;
 each layer's tables are permuted to match (rows by its own order, columns by the previous
@@ -67,7 +71,10 @@ layers alone / whole actor, inputs from rollouts, each changing every call), HEA
 90% HalfCheetah layers 125 / 2,400 / 152 -> 67 / 231 / 71, actor 2,580 -> 445 (dense
 reference 2,260); 95% HalfCheetah actor 1,600 -> 228; 98% Hopper 312 -> 137. The whole
 actor costs more than its layers: its tables (60 KB on the 90% actor) overflow the 48 KB L1
-data cache, so each call streams them from L2 (reading 15 KB less saved 75 ns).
+data cache, so each call streams them from L2 (reading 15 KB less saved 75 ns). Then
+(untimed loop of calls, ns): wide indices, 2 accumulators per block and the head's partial
+sums took the 95% HalfCheetah actor 224 -> 169 and the 98% Hopper 99 -> 72 (measured with a
+tanh about 9 ns faster than tp_tanh, not kept); the 90% actor (narrow indices) stayed at 410.
 
 The int8 kernel computes what actor.int8.onnx (ONNX Runtime's QDQ quantisation) computes,
 with its quantisation parameters: float layers stay float; a quantised layer quantises
@@ -137,6 +144,19 @@ MAX_BLOCKS = 16
 ELL_SLOT_COST = 2.6
 # and the most alternations of the input and row order searches (`_ell_order`).
 ORDER_PASSES = 4
+# An ELL block's slots alternate between up to ELL_CHAINS accumulators, within ELL_ACCUMULATORS registers a pass
+# (with the input pair and a slot's temporaries, no spills): a single accumulator chains all of a block's
+# multiply-adds (4 cycles each), the critical path of a layer of few blocks (2 accumulators took the 98% Hopper
+# actor, 6 blocks, from 99 to 82 ns and the 95% HalfCheetah one, 13 blocks, from 174 to 162; 4 gained nothing).
+ELL_CHAINS = 2
+ELL_ACCUMULATORS = 26
+# Partial sums per row of the action head (`_avx512_rows`), within this many accumulator registers.
+ROW_PARTIALS = 4
+ROW_REGISTERS = 24
+# ELL indices are stored wide (`_avx512_ell`) while the AVX-512 branch's tables stay within this many bytes with
+# them, most of the dev box's 48 KB L1 data cache: the 95% HalfCheetah actor's (42 KB) ran 25% faster wide, the
+# 90% one's (76 KB wide, 56 KB narrow) 20% slower.
+AVX512_L1_BYTES = 45056
 WARNINGS = ("-Wall", "-Wextra", "-Werror", "-pedantic")
 # The host build: the same flags for every kernel, tuned for the machine it runs on.
 # Contraction into fused multiply-adds is allowed (ISO C mode turns it off by default).
@@ -765,16 +785,26 @@ def _avx512_dense(layer: _Layer, out: _VectorOut, bias: np.ndarray) -> tuple[str
             + _array("float", f"{layer.name}_W", layer.w.T, aligned=True)), code
 
 
-def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray) -> tuple[str, str]:
+def _pairwise_sum(terms: list[str]) -> str:
+    """The sum of registers `terms`, added in pairs."""
+    while len(terms) > 1:
+        terms = [f"_mm512_add_ps({a}, {b})" for a, b in zip(terms[::2], terms[1::2])] + terms[len(terms) // 2 * 2:]
+    return terms[0]
+
+
+def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray, wide: bool) -> tuple[str, str]:
     """ELL slots, straight-line: for each group of GROUP inputs (a register pair) and block of
     LANES outputs, as many slots as the block's longest row there; a slot's lanes gather their
     input from the pair by 8-bit index and multiply-add it by their weight (zero in padding,
-    which adds nothing as long as the inputs are finite)."""
+    which adds nothing as long as the inputs are finite). A block's slots take turns between up
+    to ELL_CHAINS accumulators, added up at the end of the pass. `wide`: indices stored as the 32-bit
+    lanes the permute reads, no widening (vpmovzxbd) on the shuffle port the permutes saturate,
+    at four times the index bytes (see AVX512_L1_BYTES)."""
     w = layer.w
     index, value = [], []
 
     def inputs(first: int, count: int) -> str:
-        code = []
+        code, chains, done = [], max(1, min(ELL_CHAINS, ELL_ACCUMULATORS // count)), [0] * count
         for g in range(-(-layer.inputs // GROUP)):
             slots = []
             for b in range(count):
@@ -783,17 +813,28 @@ def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray) -> tuple[str, 
                 for s in range(max(len(u) for u in used)):
                     index.append([u[s] if s < len(u) else 0 for u in used])
                     value.append([cell[lane, u[s]] if s < len(u) else 0.0 for lane, u in enumerate(used)])
-                    slots.append(f"        TP_SLOT(a{b}, {layer.name}, {len(index) - 1});\n")
+                    chain = done[b] % chains
+                    acc = f"c{chain}_{b}" if chain else f"a{b}"
+                    done[b] += 1
+                    slots.append(f"        TP_SLOT{'_WIDE' if wide else ''}({acc}, {layer.name}, {len(index) - 1});\n")
             if slots:
                 code.append(f"        xl = {_load(layer.src, GROUP * g, layer.inputs)};\n"
                             f"        xh = {_load(layer.src, GROUP * g + LANES, layer.inputs)};\n" + "".join(slots))
-        return ("        __m512 xl, xh;\n" if code else "") + "".join(code)
+        if not code:
+            return ""
+        extra = {b: [f"c{chain}_{b}" for chain in range(1, min(chains, done[b]))] for b in range(count)}
+        declared = [c for chained in extra.values() for c in chained]
+        return ("        __m512 xl, xh;\n"
+                + (f"        __m512 {', '.join(f'{c} = _mm512_setzero_ps()' for c in declared)};\n" if declared else "")
+                + "".join(code) + "".join(f"        a{b} = {_pairwise_sum([f'a{b}', *chained])};\n"
+                                          for b, chained in extra.items() if chained))
 
     code = _vector_passes(layer, out, inputs)
     tables = _array("float", f"{layer.name}_BIAS", bias, aligned=True)
     if index:  # a layer without nonzeros has no slots to read them (and C has no empty arrays)
         tables += (_array("float", f"{layer.name}_VAL", np.array(value, np.float32), aligned=True)
-                   + _array("uint8_t", f"{layer.name}_IDX", np.array(index, np.uint8), 16, _int))
+                   + (_array("uint32_t", f"{layer.name}_IDX", np.array(index, np.uint32), 16, _int, aligned=True)
+                      if wide else _array("uint8_t", f"{layer.name}_IDX", np.array(index, np.uint8), 16, _int)))
     return tables, code
 
 
@@ -822,35 +863,36 @@ def _lane_sums(accs: list[str]) -> tuple[str, str]:
 
 def _avx512_rows(layer: _Layer, out: _VectorOut, bias: np.ndarray) -> tuple[str, str]:
     """Fewer outputs than lanes: each a dot product over registers of LANES inputs, the rows'
-    registers then summed across lanes into one, which goes through the activation."""
-    full = layer.inputs // LANES * LANES
-    w = np.zeros((layer.out, -(-layer.inputs // LANES) * LANES), np.float32)
+    registers then summed across lanes into one, which goes through the activation. Each row
+    keeps up to ROW_PARTIALS partial sums: one chain of multiply-adds per row would be as long
+    as the input registers (16 x 4 cycles on a 256-input head), the head's critical path."""
+    registers = -(-layer.inputs // LANES)
+    w = np.zeros((layer.out, registers * LANES), np.float32)
     w[:, :layer.inputs] = layer.w
     rows = range(layer.out)
+    partials = max(1, min(ROW_PARTIALS, registers, ROW_REGISTERS // layer.out))
 
-    def step(start: str, load: str) -> str:
-        return (f"        const __m512 xc = {load};\n"
-                + "".join(f"        a{r} = _mm512_fmadd_ps(_mm512_loadu_ps(&{layer.name}_W[{r}][{start}]), xc, a{r});\n"
-                          for r in rows))
-
+    code = [f"    __m512 {', '.join(f'a{r}_{p} = _mm512_setzero_ps()' for r in rows for p in range(partials))};\n"]
+    for c in range(registers):
+        code.append(f"    {{\n        const __m512 xc = {_load(layer.src, LANES * c, layer.inputs)};\n"
+                    + "".join(f"        a{r}_{c % partials} = _mm512_fmadd_ps("
+                              f"_mm512_load_ps(&{layer.name}_W[{r}][{LANES * c}]), xc, a{r}_{c % partials});\n"
+                              for r in rows) + "    }\n")
+    code += [f"    const __m512 a{r} = {_pairwise_sum([f'a{r}_{p}' for p in range(partials)])};\n" for r in rows]
     sums, total = _lane_sums([f"a{r}" for r in rows])
-    code = (f"    __m512 {', '.join(f'a{r} = _mm512_setzero_ps()' for r in rows)};\n"
-            + (f"    for (j = 0; j < {full}; j += {LANES}) {{\n" + step("j", f"_mm512_loadu_ps({layer.src} + j)")
-               + "    }\n" if full else "")
-            + (f"    {{\n{step(str(full), _load(layer.src, full, layer.inputs))}    }}\n"
-               if full < layer.inputs else "")
-            + sums + f"    {out.store(0, f'_mm512_add_ps({total}, _mm512_loadu_ps({layer.name}_BIAS))')}\n")
+    code.append(sums + f"    {out.store(0, f'_mm512_add_ps({total}, _mm512_loadu_ps({layer.name}_BIAS))')}\n")
     padded = np.zeros(LANES, np.float32)
     padded[:layer.out] = bias
     return (_array("float", f"{layer.name}_BIAS", padded, aligned=True)
-            + _array("float", f"{layer.name}_W", w, aligned=True)), code
+            + _array("float", f"{layer.name}_W", w, aligned=True)), "".join(code)
 
 
 _AVX512_PREAMBLE = """#include <immintrin.h>
 
 /* x86 with AVX-512 (see c_codegen's docstring): hidden vectors are permuted and padded to
    whole registers; a sparse layer is ELL slots, each gathering 16 inputs from the register
-   pair xl, xh of its group by 8-bit index and multiply-adding them into an accumulator. */
+   pair xl, xh of its group by index (8-bit, TP_SLOT, or 32-bit where the tables still fit the
+   L1 data cache, TP_SLOT_WIDE) and multiply-adding them into an accumulator. */
 #if defined(__GNUC__)
 #define TP_ALIGNED __attribute__((aligned(64)))
 #else
@@ -859,7 +901,9 @@ _AVX512_PREAMBLE = """#include <immintrin.h>
 #define TP_SLOT(acc, layer, s) \\
     acc = _mm512_fmadd_ps(_mm512_permutex2var_ps(xl, _mm512_cvtepu8_epi32(_mm_loadu_si128( \\
         (const __m128i *)layer##_IDX[s])), xh), _mm512_loadu_ps(layer##_VAL[s]), acc)
-
+#define TP_SLOT_WIDE(acc, layer, s) \\
+    acc = _mm512_fmadd_ps(_mm512_permutex2var_ps(xl, _mm512_load_si512(layer##_IDX[s]), xh), \\
+                          _mm512_loadu_ps(layer##_VAL[s]), acc)
 """
 
 # libm's tanhf takes 10-35 ns a call, as long as the rest of a small actor's head.
@@ -898,6 +942,8 @@ def _avx512_kernel(policy: MLPPolicy, function: str, plan: list[_VectorLayer]) -
     """The AVX-512 branch of actor.c: tables, one function per layer, `function`."""
     normalise = _normalises(policy)
     width = max(len(v.order) for v in plan)
+    table_bytes = sum(4 * v.bias.size + (8 * LANES * v.slots if v.kind == "ell" else 4 * v.w.size) for v in plan)
+    wide = table_bytes <= AVX512_L1_BYTES
     tables, layers, calls = [], [], []
     source = "x"
     for k, (w, vector) in enumerate(zip(policy.weights, plan)):
@@ -906,8 +952,10 @@ def _avx512_kernel(policy: MLPPolicy, function: str, plan: list[_VectorLayer]) -
         out = (_VectorOut("actions", "tanh" if policy.output == "tanh" else "clip", policy.act_dim) if last
                else _VectorOut(dst, policy.hidden_activation, len(vector.order)))
         layer = _Layer(f"V{k}", vector.w, "x", dst, skip_zero=False)
-        table, code = {"rows": _avx512_rows, "ell": _avx512_ell, "dense": _avx512_dense}[vector.kind](
-            layer, out, vector.bias)
+        if vector.kind == "ell":
+            table, code = _avx512_ell(layer, out, vector.bias, wide)
+        else:
+            table, code = {"rows": _avx512_rows, "dense": _avx512_dense}[vector.kind](layer, out, vector.bias)
         tables.append(table)
         kind = f"AVX-512 {vector.kind}" + (f" ({vector.slots} slots)" if vector.slots else "")
         layers.append(f"static TP_NOINLINE void layer{k}(const float *restrict x, float *restrict actions)\n{{\n"

@@ -296,22 +296,27 @@ def _ell_policies():
     return a, b
 
 
-@pytest.mark.parametrize("branch", ["avx512", "portable"])
-def test_sparse_kernel_matches_pytorch_in_its_avx512_and_portable_branches(tmp_path, branch):
-    """actor.c's AVX-512 branch (permuted, padded ELL layers) and its portable #else branch
-    (what Cortex-M and aarch64 build) both compute the policy."""
+@pytest.mark.parametrize("branch", ["avx512", "avx512_byte_indices", "portable"])
+def test_sparse_kernel_matches_pytorch_in_its_avx512_and_portable_branches(tmp_path, monkeypatch, branch):
+    """actor.c's AVX-512 branch (permuted, padded ELL layers; 32-bit ELL indices while the tables
+    fit the L1 budget, bytes beyond it) and its portable #else branch (what Cortex-M and aarch64
+    build) both compute the policy."""
+    from tinypolicy.export import c_codegen
     from tinypolicy.export.c_codegen import HOST_CFLAGS, sparse_source, write_c_sources
     from tinypolicy.export.runtimes import CKernels
 
-    if branch == "avx512" and not _host_has_avx512():
+    if branch.startswith("avx512") and not _host_has_avx512():
         pytest.skip("the host has no AVX-512")
+    if branch == "avx512_byte_indices":
+        monkeypatch.setattr(c_codegen, "AVX512_L1_BYTES", 0)
     kinds = [["dense", "ell", "ell", "rows"], ["ell", "rows", "ell"]]
     for k, policy in enumerate(_ell_policies()):
         write_c_sources(policy, tmp_path / str(k))
         source = (tmp_path / str(k) / "actor.c").read_text()
         assert source == sparse_source(policy)  # deterministic
         assert f"(AVX-512: {'/'.join(kinds[k])})" in source
-        cflags = HOST_CFLAGS if branch == "avx512" else (*HOST_CFLAGS, "-mno-avx512f")
+        assert ("        TP_SLOT_WIDE(" in source) == (branch != "avx512_byte_indices")
+        cflags = HOST_CFLAGS if branch != "portable" else (*HOST_CFLAGS, "-mno-avx512f")
         kernels = CKernels(tmp_path / str(k), tmp_path / str(k), policy.obs_dim, policy.act_dim, cflags)
         obs = _observations(2000, policy.obs_dim, k)
         assert np.abs(kernels.actions(obs) - policy(obs)).max() < 1e-5, (k, branch)
