@@ -486,17 +486,16 @@ def _normalises(policy: MLPPolicy) -> bool:
     return not (np.all(policy.obs_mean == 0) and np.all(policy.obs_std == 1))
 
 
-def _io_tables(policy: MLPPolicy) -> tuple[str, bool]:
-    normalise = _normalises(policy)
+def _io_tables(policy: MLPPolicy) -> str:
     parts = []
-    if normalise:
+    if _normalises(policy):
         parts.append(_array("float", "OBS_MEAN", policy.obs_mean))
         parts.append(_array("float", "OBS_STD", policy.obs_std))
     low, high = policy.action_low.astype(np.float32), policy.action_high.astype(np.float32)
     # The same float32 arithmetic as the ONNX graph and the PyTorch reference.
     parts.append(_array("float", "ACTION_SCALE", (high - low) / np.float32(2)))
     parts.append(_array("float", "ACTION_OFFSET", (high + low) / np.float32(2)))
-    return "".join(parts), normalise
+    return "".join(parts)
 
 
 def _input(normalise: bool) -> str:
@@ -552,7 +551,7 @@ def _float_kernel(policy: MLPPolicy, function: str, description: str, kinds: lis
                   vector: list[_VectorLayer] | None = None) -> str:
     """The kernel with each layer's `kinds`; given a `vector` plan, an AVX-512 branch for x86
     hosts comes first and the portable kernel is its #else."""
-    io, _ = _io_tables(policy)
+    io = _io_tables(policy)
     tables, code = _portable_kernel(policy, function, kinds)
     body = tables + code
     if vector is not None:

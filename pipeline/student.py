@@ -175,13 +175,14 @@ class Distiller:
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict:
+        actor = self.kept or self.student  # what evaluate and export take: the kept student once there is one
         return {
             "config": self.config,
             "spaces": self.spaces,
             "steps_done": len(self.obs),
-            "actor": (self.kept or self.student).state_dict(),
+            "actor": actor.state_dict(),
             "actor_arch": self.arch,
-            "sparsity": {"actor": weight_sparsity(self.student)},
+            "sparsity": {"actor": weight_sparsity(actor)},
             "teacher": {"path": str(self.teacher_path), "sha256": self.config["teacher_sha256"],
                         "returns": self.teacher_returns},
             "student_state": {
