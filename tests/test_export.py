@@ -270,11 +270,12 @@ def _host_has_avx512() -> bool:
 
 
 def _ell_policies():
-    """Two policies whose AVX-512 branch has every kernel: (a) 13-40-37-53-6 ReLU/tanh, a dense
+    """Three policies whose AVX-512 branch has every kernel: (a) 13-40-37-53-6 ReLU/tanh, a dense
     first layer, then ELL layers with rows not a multiple of 16, inputs not a multiple of 32,
     empty rows and an empty (block, group) cell, and the action head as rows; (b) tanh hidden
     units, a narrow hidden layer (8 outputs: rows), a clipped ELL head in the actions' order
-    (40 actions: a masked last block) and normalisation."""
+    (40 actions: a masked last block) and normalisation; (c) 17-272-32-6, a first layer with 6 dense
+    inputs and 11 sparse ones (ELL with dense inputs) and 17 blocks: two passes."""
     from tinypolicy.export.mlp import MLPPolicy
 
     rng = np.random.default_rng(11)
@@ -293,33 +294,41 @@ def _ell_policies():
     b = MLPPolicy((v0, v1, v2), (c0, c1, c2), "tanh", "clip", rng.normal(size=9).astype(np.float32),
                   rng.uniform(0.5, 2, 9).astype(np.float32), -rng.uniform(0.5, 2, 40).astype(np.float32),
                   rng.uniform(0.5, 2, 40).astype(np.float32))
-    return a, b
+    (u0, d0), (u1, d1), (u2, d2) = layer(272, 17, 0.05), layer(32, 272, 0.1), layer(6, 32, 0.5)
+    u0[:, 11:] = layer(272, 6, 1.0)[0]
+    c = MLPPolicy((u0, u1, u2), (d0, d1, d2), "relu", "tanh", np.zeros(17, np.float32), np.ones(17, np.float32),
+                  -np.ones(6, np.float32), np.ones(6, np.float32))
+    return a, b, c
 
 
-@pytest.mark.parametrize("branch", ["avx512", "avx512_byte_indices", "portable"])
+@pytest.mark.parametrize("branch", ["avx512", "avx512_packed_indices", "portable"])
 def test_sparse_kernel_matches_pytorch_in_its_avx512_and_portable_branches(tmp_path, monkeypatch, branch):
-    """actor.c's AVX-512 branch (permuted, padded ELL layers; 32-bit ELL indices while the tables
-    fit the L1 budget, bytes beyond it) and its portable #else branch (what Cortex-M and aarch64
-    build) both compute the policy."""
+    """actor.c's AVX-512 branch (permuted, padded ELL layers, slots of several groups merged; 32-bit
+    ELL indices while the tables fit the L1 budget, packed 5-bit fields beyond it) and its portable
+    #else branch (what Cortex-M and aarch64 build) both compute the policy."""
     from tinypolicy.export import c_codegen
     from tinypolicy.export.c_codegen import HOST_CFLAGS, sparse_source, write_c_sources
     from tinypolicy.export.runtimes import CKernels
 
     if branch.startswith("avx512") and not _host_has_avx512():
         pytest.skip("the host has no AVX-512")
-    if branch == "avx512_byte_indices":
+    if branch == "avx512_packed_indices":
         monkeypatch.setattr(c_codegen, "AVX512_L1_BYTES", 0)
-    kinds = [["dense", "ell", "ell", "rows"], ["ell", "rows", "ell"]]
+    kinds, merged = [["dense", "ell", "ell", "rows"], ["ell", "rows", "ell"], ["ell", "ell", "rows"]], 0
     for k, policy in enumerate(_ell_policies()):
         write_c_sources(policy, tmp_path / str(k))
         source = (tmp_path / str(k) / "actor.c").read_text()
         assert source == sparse_source(policy)  # deterministic
         assert f"(AVX-512: {'/'.join(kinds[k])})" in source
-        assert ("        TP_SLOT_WIDE(" in source) == (branch != "avx512_byte_indices")
+        assert ("_IDX[" in source) == (branch != "avx512_packed_indices")
+        assert ("_PACKED[" in source) == (branch == "avx512_packed_indices")
+        merged += source.count("_mm512_mask_mov_ps(_mm512_permutex2var_ps(")
+        assert ("dense inputs" in source) == (k == 2)
         cflags = HOST_CFLAGS if branch != "portable" else (*HOST_CFLAGS, "-mno-avx512f")
         kernels = CKernels(tmp_path / str(k), tmp_path / str(k), policy.obs_dim, policy.act_dim, cflags)
         obs = _observations(2000, policy.obs_dim, k)
         assert np.abs(kernels.actions(obs) - policy(obs)).max() < 1e-5, (k, branch)
+    assert merged  # slots of several groups sharing one weight vector were tested
 
 
 @pytest.mark.parametrize("target", ["host", "cortex-m4", "cortex-m7", "aarch64"])
