@@ -3,10 +3,14 @@ and publish their datasets.
 
 Reads each run folder's summary.json (written by `tinypolicy distill`) and the expert's return
 (`--expert-return`, else the dataset's meta.expert_return, which a run from an expert records),
-and prints one row per run:
+and prints one row per run, then, for the runs with a `tinypolicy generalise` report in
+RUN/generalise/, one row per grid (mean, worst cell, share of cells at the target):
 
     python -m benchmarks.hades_table runs/hopper-d64-r-expert runs/hopper-d64-a-expert \
         --out docs/results/hades/hopper-table.md
+
+A published folder (below) is itself a run folder for this table, so the docs' tables rerun
+from the committed files.
 
 `--publish DIR` also copies each run's dataset (dataset.npz, dataset.json, and policy_init.npz
 for HaDES-F) with its summary.json, fitness.csv and generalise/ reports, when present, into
@@ -29,7 +33,8 @@ from tinypolicy.ondevice.errors import UserError
 from tinypolicy.shares import percent, share_of
 
 VARIANTS = {"f": "HaDES-F", "r": "HaDES-R", "a": "architecture-randomised"}
-COPIED = ("policy_init.npz", "summary.json", "fitness.csv", "generalise/generalise.md", "generalise/generalise.json",
+GENERALISE = "generalise/generalise.json"
+COPIED = ("policy_init.npz", "summary.json", "fitness.csv", "fitness.png", "generalise/generalise.md", GENERALISE,
           "generalise/generalise.csv", "generalise/generalise.png")
 
 
@@ -38,9 +43,9 @@ def _expert_return(run: Path, given: float | None) -> float | None:
 
 
 def rows(run_dirs: list[Path], expert_return: float | None) -> list[str]:
-    lines = ["| env | variant | D | N x G | env steps | ES wall time | retrained return, fresh inits (mean; per seed) "
-             "| % of expert | own init (% of expert) | random |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| env | variant | D | N x G | dataset = mean of generation | env steps | ES wall time "
+             "| retrained return, fresh inits (mean; per seed) | % of expert | own init (% of expert) | random |",
+             "|---|---|---|---|---:|---|---|---|---|---|---|"]
     for run in run_dirs:
         s = json.loads((run / "summary.json").read_text())
         expert = _expert_return(run, expert_return)
@@ -52,9 +57,22 @@ def rows(run_dirs: list[Path], expert_return: float | None) -> list[str]:
                  if "fixed_init_return" in s else "-")
         per_seed = ", ".join(f"{r:.0f}" for r in s["fresh_init_returns"])
         lines.append(f"| {s['env_id']} | {VARIANTS[s['mode']]} from {s['init']} | {s['size']} | "
-                     f"{s['population']} x {s['generations']} | {s['env_steps'] / 1e6:.2f}M | "
+                     f"{s['population']} x {s['generations']} | {s.get('selected_generation', '-')} | "
+                     f"{s['env_steps'] / 1e6:.2f}M | "
                      f"{s['distill_seconds'] / 60:.0f} min | {s['fresh_init_mean']:.0f} ({per_seed}) | "
                      f"{share(s['fresh_init_mean'])} | {fixed} | {s['random_policy_return']:.0f} |")
+    grids = [(run, json.loads((run / GENERALISE).read_text())) for run in run_dirs if (run / GENERALISE).is_file()]
+    if grids:
+        lines += ["", "| variant | grid | cells | mean return | % of expert | worst cell | worst return | % of expert "
+                      "| cells >= target |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    for run, report in grids:
+        mode = json.loads((run / "summary.json").read_text())["mode"]
+        expert = report["expert_return"] if expert_return is None else expert_return
+        for grid, g in report["summary"].items():
+            lines.append(f"| {VARIANTS[mode]} | {grid} | {g['cells']} | {g['mean_return']:.0f} | "
+                         f"{percent(share_of(g['mean_return'], expert))} | {g['worst_cell']} | "
+                         f"{g['worst_return']:.0f} | {percent(share_of(g['worst_return'], expert))} | "
+                         f"{percent(g['fraction_at_target'])} (>= {report['target_share']:.0%}) |")
     return lines
 
 

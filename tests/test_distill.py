@@ -208,6 +208,25 @@ def test_hades_table_refuses_to_publish_a_run_onto_itself(tmp_path):
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
+def test_hades_table_summarises_each_grid_of_a_published_run(tmp_path):
+    from benchmarks.hades_table import rows
+
+    run = _tiny_dataset(tmp_path / "run")
+    summary = {"env_id": "Hopper-v5", "mode": "r", "init": "expert", "size": 8, "population": 4, "generations": 3,
+               "selected_generation": 2, "env_steps": 2e6, "distill_seconds": 120.0, "fresh_init_returns": [90.0, 150.0],
+               "fresh_init_mean": 120.0, "random_policy_return": 16.0}
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert rows([run], None)[-1] == ("| Hopper-v5 | HaDES-R from expert | 8 | 4 x 3 | 2 | 2.00M | 2 min | 120 (90, 150) "
+                                     "| 40% | - | 16 |")
+    (run / "generalise").mkdir()
+    grid = {"cells": 405, "mean_return": 75.0, "worst_cell": "16 relu, lr 0.01, 100 steps", "worst_return": 3.0,
+            "fraction_at_target": 0.25}
+    (run / "generalise" / "generalise.json").write_text(json.dumps(
+        {"expert_return": 300.0, "target_share": 0.6, "summary": {"dense": grid}}))
+    assert rows([run], None)[-1] == ("| HaDES-R | dense | 405 | 75 | 25% | 16 relu, lr 0.01, 100 steps | 3 | 1% "
+                                     "| 25% (>= 60%) |")
+
+
 def test_architecture_settings_are_checked():
     with pytest.raises(UserError, match="--arch-mask needs --mode a"):
         DistillConfig(env_id="Hopper-v5", mode="r", arch_mask="actor.onnx")
