@@ -48,17 +48,21 @@ whole actor 2.0 us, 1.1x faster than the dense reference. Each layer gets (`avx5
   accumulator register each. For each group and block, as many slots as the block's
   longest row has nonzeros in the group; a slot gathers the 16 inputs from the pair by
   index (_mm512_permutex2var_ps) and multiply-adds its 16 weights (zero in padding lanes).
-  Straight-line code, group by group with up to 16 accumulators: nothing depends on the
-  data. Slots of different groups whose lanes do not overlap share one weight vector
-  (`_block_slots`, blended gathers). Where the tables fit the L1 data cache with them
+  Straight-line code, group by group, in passes of up to 16 accumulators (more spill
+  registers): nothing depends on the data. Slots of different groups whose lanes do not
+  overlap share one weight vector (`_block_slots`, blended gathers). Where the tables fit the L1 data cache with them
   (AVX512_L1_BYTES), indices are stored as 32-bit lanes: 0.5 ns a slot (95% HalfCheetah,
   42 KB); beyond, 6 slots share one vector of 5-bit indices, shifted into place on port 0
   (`_packed_table`; 8-bit indices widened on the shuffle port the gathers saturate were 7%
-  slower on the 90% actor). A layer of few blocks spreads each block's slots over 2
-  accumulators, which halves its chain of dependent multiply-adds. Padding is what to cut:
+  slower on the 90% actor). Each block's slots alternate between 2 accumulators, which
+  halves its chain of dependent multiply-adds. Padding is what to cut:
   rows of similar shape go into the same block, and when the previous layer is dense (free
   to write its outputs in any order) inputs are regrouped too (`_ell_order`): 411 slots for
   the layer above, against 505 with rows sorted by length and 856 as they are (228 at best).
+  A block has as many slots in a group as its longest row there, so the few longest rows of
+  a layer (up to 4) may be dot products over registers of inputs instead, summed across lanes
+  into their block (`_dot_rows`): the 98% Hopper actor's second layer, whose longest row has
+  51 nonzeros and the next 22, 47 slots and a dot row against 78 slots.
   A dense-ish layer (`_dense_columns`) is ell too, its densest inputs broadcast as in dense,
   its other inputs in slots: the 90% actor's first layer 9 dense inputs and 43 slots.
 - dense (dense-ish first layers): all outputs in registers, one pass over the inputs, each
@@ -67,8 +71,8 @@ whole actor 2.0 us, 1.1x faster than the dense reference. Each layer gets (`avx5
   dense inputs and slots) to free the next layer's input order.
 - rows (fewer than 16 outputs, the action head): dot products over registers of inputs,
   4 partial sums a row, summed across lanes by a tree of shuffles into one register, then a
-  vector tanh (`tp_tanh`, 1.4 ulp; libm's tanhf costs 10-35 ns a call, as much as the rest of
-  the head).
+  vector tanh (`tp_tanh`, a rational function within 6.1 ulp; libm's tanhf costs 10-35 ns a
+  call, as much as the rest of the head).
 
 Hidden vectors there are in the branch's own order, padded with zeros to whole registers;
 each layer's tables are permuted to match (rows by its own order, columns by the previous
@@ -85,6 +89,13 @@ Then, the 90% actor being bound by the bytes it streams from L2 (56 KB of tables
 KB less) and the shuffle port: packed indices, merged slots (411 -> 354 weight vectors) and
 the first layer's dense inputs (17 -> 13 KB) took it 396 -> 288 ns (load 4, one binary), 5.8x
 faster than the dense reference; the 95% actor 161 -> 157 and the 98% Hopper 75 -> 71.
+Then, small actors being bound by their chain of dependent steps more than by their slots (a
+random walk over orders that cut the 95% actor's second layer from 172 to 153 slots gained 2%,
+more accumulators for long blocks nothing): the rational tp_tanh (Hopper -17%, 95% -9%), a dot
+row in each second layer (Hopper -8%), layers inlined into the actor (2-3%) and passes of at
+most 16 accumulators (95% -3%) took (load 4, one binary, median of 61 interleaved rounds) the
+98% Hopper 73 -> 55 ns, the 95% HalfCheetah 161 -> 151 and the 90% 297 -> 292; the dense
+reference, which shares tp_tanh and the inlining, 1,820 -> 1,733 ns on the HalfCheetah actors.
 
 The int8 kernel computes what actor.int8.onnx (ONNX Runtime's QDQ quantisation) computes,
 with its quantisation parameters: float layers stay float; a quantised layer quantises
@@ -147,22 +158,31 @@ AVX512_GUARD = "defined(__AVX512F__) && !defined(TP_SCALAR_FPU)"
 LANES = 16
 # inputs an ELL slot gathers from (a register pair, _mm512_permutex2var_ps),
 GROUP = 2 * LANES
-# blocks of outputs accumulated per pass (with the input pair and a slot's temporaries they fill the 32 registers),
+# blocks of outputs accumulated per pass of a dense layer (ELL layers: ELL_PASS_ACCUMULATORS),
 MAX_BLOCKS = 16
 # what an ELL slot costs in dense multiply-adds (first layers of the three benchmark actors on the dev box, either
 # kernel: 0.63-0.65 ns a slot, 0.24-0.25 ns a multiply-add of 16 lanes),
 ELL_SLOT_COST = 2.6
 # and the most alternations of the input and row order searches (`_ell_order`).
 ORDER_PASSES = 4
-# An ELL block's slots alternate between up to ELL_CHAINS accumulators, within ELL_ACCUMULATORS registers a pass
-# (with the input pair and a slot's temporaries, no spills): a single accumulator chains all of a block's
+# An ELL block's slots alternate between ELL_CHAINS accumulators: a single accumulator chains all of a block's
 # multiply-adds (4 cycles each), the critical path of a layer of few blocks (2 accumulators took the 98% Hopper
-# actor, 6 blocks, from 99 to 82 ns and the 95% HalfCheetah one, 13 blocks, from 174 to 162; 4 gained nothing).
+# actor, 6 blocks, from 99 to 82 ns and the 95% HalfCheetah one, 13 blocks, from 174 to 162; 4, or more for the
+# blocks of most slots only, gained nothing). A layer whose accumulators would exceed ELL_PASS_ACCUMULATORS is split
+# into passes of equal numbers of blocks: the 95% HalfCheetah actor's 26 accumulators in one pass spilled registers
+# (2 passes of 7 and 6 blocks: 3% faster; 20 a pass, the same).
 ELL_CHAINS = 2
-ELL_ACCUMULATORS = 26
+ELL_PASS_ACCUMULATORS = 16
 # Partial sums per row of the action head (`_avx512_rows`), within this many accumulator registers.
 ROW_PARTIALS = 4
 ROW_REGISTERS = 24
+# An ELL layer's longest rows, up to MAX_DOT_ROWS, may be dot products instead (`_dot_rows`), each costing, besides
+# its multiply-adds, this many dense multiply-adds for its share of the sum across lanes.
+MAX_DOT_ROWS = 4
+DOT_ROW_COST = 3
+# A dot row's multiply-adds alternate between this many partial sums (its chain, 4 cycles a multiply-add, is on the
+# layer's critical path).
+DOT_PARTIALS = 2
 # ELL indices are stored wide (`_avx512_ell`) while the AVX-512 branch's tables stay within this many bytes with
 # them, most of the dev box's 48 KB L1 data cache: the 95% HalfCheetah actor's (42 KB) ran 25% faster wide than
 # with 8-bit indices and 6% faster than packed, the 90% one's (76 KB wide, 56 KB 8-bit) 20% slower.
@@ -605,6 +625,7 @@ class _VectorLayer:
     order: np.ndarray   # output position -> neuron; positions holding neuron >= outputs are padding (zero)
     slots: int          # "ell": slots of LANES weights, padding included, before merging (`_block_slots`); else 0
     dense_columns: tuple[int, ...] = ()  # "ell": inputs multiplied densely, by broadcast (`_dense_columns`)
+    dot_rows: tuple[int, ...] = ()  # "ell": output positions computed as dot products, not in slots (`_dot_rows`)
 
 
 def _group_counts(nz: np.ndarray) -> np.ndarray:
@@ -687,25 +708,59 @@ def _ell_order(nz: np.ndarray, free_columns: bool) -> tuple[np.ndarray, np.ndarr
 
 
 def avx512_kind(w: np.ndarray, last: bool, free_columns: bool = False,
-                dense: bool = False) -> tuple[str, np.ndarray, np.ndarray, int]:
+                dense: bool = False) -> tuple[str, np.ndarray, np.ndarray, int, tuple[int, ...]]:
     """The AVX-512 branch's kernel for weights `w` [out, in] (inputs in the order the previous
-    layer writes them): (kind, output order, input order, ELL slots). Fewer than LANES outputs
-    (the action head): "rows", dot products over registers of inputs. Wider layers: "ell" when
-    ELL_SLOT_COST x its slots is below the dense kernel's multiply-adds (inputs x blocks) and not
+    layer writes them): (kind, output order, input order, ELL slots, output positions computed as
+    dot products, `_dot_rows`). Fewer than LANES outputs (the action head): "rows", dot products
+    over registers of inputs. Wider layers: "ell" when ELL_SLOT_COST x its slots plus the dot rows'
+    `_dot_cost` is below the dense kernel's multiply-adds (inputs x blocks) and not
     `dense`, else "dense". The last layer keeps its outputs in order: they are the actions; the inputs
     are reordered only where the previous layer's outputs can be (`free_columns`)."""
     out, inputs = w.shape
     identity = np.arange(inputs)
     if out < LANES:
-        return "rows", np.arange(out), identity, 0
+        return "rows", np.arange(out), identity, 0, ()
     padded = -(-out // LANES) * LANES
     nz = np.zeros((padded, inputs), bool)
     nz[:out] = w != 0
-    rows, columns = (np.arange(padded), identity) if last else _ell_order(nz, free_columns)
-    slots = _ell_slots(_group_counts(nz[rows][:, columns]))
-    if ELL_SLOT_COST * slots < inputs * padded // LANES and not dense:
-        return "ell", rows, columns, slots
-    return "dense", np.arange(padded), identity, 0
+    rows, columns, slots, dots = ((np.arange(padded), identity, _ell_slots(_group_counts(nz)), ()) if last
+                                  else _dot_rows(nz, free_columns))
+    if ELL_SLOT_COST * slots + _dot_cost(nz[rows][:, columns], dots) < inputs * padded // LANES and not dense:
+        return "ell", rows, columns, slots, dots
+    return "dense", np.arange(padded), identity, 0, ()
+
+
+def _dot_cost(nz: np.ndarray, dots: tuple[int, ...]) -> float:
+    """What rows `dots` of `nz` [rows, inputs] cost as dot products, in dense multiply-adds: one per register of
+    inputs the row uses, and DOT_ROW_COST for its share of the sum across lanes."""
+    registers = -(-nz.shape[1] // LANES)
+    padded = np.zeros((len(dots), registers * LANES), bool)
+    padded[:, :nz.shape[1]] = nz[list(dots)]
+    return int(padded.reshape(len(dots), registers, LANES).any(2).sum()) + DOT_ROW_COST * len(dots)
+
+
+def _dot_rows(nz: np.ndarray, free_columns: bool) -> tuple[np.ndarray, np.ndarray, int, tuple[int, ...]]:
+    """(row order, input order, ELL slots, positions of dot-product rows) for nonzero pattern `nz` [rows, inputs]:
+    the longest rows, up to MAX_DOT_ROWS, left out of the ELL slots and computed as dot products over registers of
+    inputs, as many as `_dot_cost` and ELL_SLOT_COST find cheapest. A block has as many slots in a group as its
+    longest row there, so a single long row pads its 15 neighbours: the 98% Hopper actor's second layer has a row
+    of 51 nonzeros, the next 22: 47 slots and that row as a dot product instead of 78 slots. The dot rows take the
+    places of rows left without nonzeros (`_ell_order` sorts them last), which add no slot, in order."""
+    longest = np.argsort(-nz.sum(1), kind="stable")
+    best = None
+    for count in range(min(MAX_DOT_ROWS, nz.shape[0]) + 1):
+        rest = nz.copy()
+        rest[longest[:count]] = False
+        rows, columns = _ell_order(rest, free_columns)
+        slots = _ell_slots(_group_counts(rest[rows][:, columns]))
+        cost = ELL_SLOT_COST * slots + _dot_cost(nz[:, columns], tuple(longest[:count]))
+        if best is None or cost < best[0]:
+            empty = [p for p, row in enumerate(rows) if not rest[row].any()]
+            dot = set(longest[:count].tolist())
+            rows = rows.copy()
+            rows[empty] = rows[sorted(empty, key=lambda p: rows[p] not in dot)]  # stable: the dot rows first
+            best = cost, rows, columns, slots, tuple(empty[:count])
+    return best[1:]
 
 
 def _sparse_plan(policy: MLPPolicy) -> list[_VectorLayer]:
@@ -724,8 +779,8 @@ def _sparse_plan(policy: MLPPolicy) -> list[_VectorLayer]:
 def _plan_cost(plan: list[_VectorLayer], streamed: bool) -> float:
     """What `_dense_columns` minimises, over a plan's layers: ELL_SLOT_COST per slot and one per dense
     multiply-add of LANES lanes, plus STREAMED_BYTE_COST per byte of table where they overflow the L1 data cache."""
-    compute = sum(ELL_SLOT_COST * v.slots + len(v.order) // LANES * len(v.dense_columns) if v.kind == "ell"
-                  else v.w.size / LANES for v in plan)
+    compute = sum(ELL_SLOT_COST * v.slots + len(v.order) // LANES * len(v.dense_columns)
+                  + _dot_cost(v.w != 0, v.dot_rows) if v.kind == "ell" else v.w.size / LANES for v in plan)
     return compute + (STREAMED_BYTE_COST * _table_bytes(plan, wide=False) if streamed else 0)
 
 
@@ -741,11 +796,12 @@ def _vector_plan(policy: MLPPolicy, sparse: bool = True, dense_layers: frozenset
         permuted[:, real] = w[:, columns[real]]
         free = bool(plan) and plan[-1].kind == "dense"
         if sparse:
-            kind, order, inputs, slots = avx512_kind(permuted, k == len(policy.weights) - 1, free, k in dense_layers)
+            kind, order, inputs, slots, dots = avx512_kind(permuted, k == len(policy.weights) - 1, free,
+                                                           k in dense_layers)
         else:
             padded = -(-w.shape[0] // LANES) * LANES
             kind, order = ("dense", np.arange(padded)) if w.shape[0] >= LANES else ("rows", np.arange(w.shape[0]))
-            inputs, slots = np.arange(len(columns)), 0
+            inputs, slots, dots = np.arange(len(columns)), 0, ()
         if free and kind == "ell":  # the dense layer before writes its outputs in the order this one reads them
             plan[-1] = replace(plan[-1], w=plan[-1].w[inputs], bias=plan[-1].bias[inputs], order=plan[-1].order[inputs])
             permuted, columns = permuted[:, inputs], columns[inputs]
@@ -754,7 +810,7 @@ def _vector_plan(policy: MLPPolicy, sparse: bool = True, dense_layers: frozenset
         vw[rows] = permuted[order[rows]]
         vb = np.zeros(len(order), np.float32)
         vb[rows] = b[order[rows]]
-        plan.append(_VectorLayer(kind, vw, vb, order, slots))
+        plan.append(_VectorLayer(kind, vw, vb, order, slots, dot_rows=dots))
         columns = order
     if sparse:  # dense layers' rows are in their final order now, up to moves within the next layer's groups
         streamed = _table_bytes(plan, wide=False) > AVX512_L1_BYTES
@@ -773,7 +829,8 @@ def _vector_plan(policy: MLPPolicy, sparse: bool = True, dense_layers: frozenset
 def _table_bytes(plan: list[_VectorLayer], wide: bool) -> int:
     """Bytes of the AVX-512 branch's tables, ELL indices `wide` or packed."""
     slot = 8 * LANES if wide else 4 * LANES + 4 * LANES // PACKED_SLOTS
-    return sum(4 * v.bias.size + (slot * v.slots + 4 * len(v.order) * len(v.dense_columns) if v.kind == "ell"
+    return sum(4 * v.bias.size + (slot * v.slots + 4 * len(v.order) * len(v.dense_columns)
+                                  + 4 * -(-v.w.shape[1] // LANES) * LANES * len(v.dot_rows) if v.kind == "ell"
                                   else 4 * v.w.size) for v in plan)
 
 
@@ -849,13 +906,14 @@ class _VectorOut:
         return f"_mm512_mask_storeu_ps({self.dst} + {start}, {_mask(lanes)}, {v});"
 
 
-def _vector_passes(layer: _Layer, out: _VectorOut, inputs: Callable[[int, int], str]) -> str:
-    """Passes over the inputs with up to MAX_BLOCKS blocks of outputs in registers each;
+def _vector_passes(layer: _Layer, out: _VectorOut, inputs: Callable[[int, int], str],
+                   max_blocks: int = MAX_BLOCKS) -> str:
+    """Passes over the inputs with up to `max_blocks` blocks of outputs in registers each;
     `inputs(first, blocks)` gives a pass's statements, accumulating into a0, a1, ..."""
     blocks = layer.out // LANES
     code = []
-    for first in range(0, blocks, MAX_BLOCKS):
-        count = min(MAX_BLOCKS, blocks - first)
+    for first in range(0, blocks, max_blocks):
+        count = min(max_blocks, blocks - first)
         accs = ", ".join(f"a{b} = _mm512_loadu_ps({layer.name}_BIAS + {LANES * (first + b)})" for b in range(count))
         code.append(f"    {{\n        __m512 {accs};\n" + inputs(first, count)
                     + "".join(f"        {out.store(LANES * (first + b), f'a{b}')}\n" for b in range(count))
@@ -924,16 +982,18 @@ def _block_slots(cell_rows: np.ndarray, groups: int) -> list[_Slot]:
 
 
 def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray, wide: bool,
-                dense_columns: tuple[int, ...] = ()) -> tuple[str, str]:
+                dense_columns: tuple[int, ...] = (), dot_rows: tuple[int, ...] = ()) -> tuple[str, str]:
     """ELL slots, straight-line: for each group of GROUP inputs (a register pair) and block of
     LANES outputs, as many slots as the block's longest row there; a slot's lanes gather their
     input from the pair by index and multiply-add it by their weight (zero in padding, which adds
     nothing as long as the inputs are finite). Slots of different groups whose lanes do not overlap
     share one weight vector and multiply-add (`_block_slots`): each of their gathers costs a shuffle
     as before, and they are blended (90% HalfCheetah: 411 slots -> 354 weight vectors). A block's
-    slots take turns between up to ELL_CHAINS accumulators, added up at the end of the pass.
+    slots take turns between ELL_CHAINS accumulators, added up at the end of the pass; passes of at most
+    ELL_PASS_ACCUMULATORS accumulators.
     `dense_columns` (`_dense_columns`) are multiplied first, each broadcast to every block; the
-    slots cover the other inputs.
+    slots cover the other inputs. `dot_rows` (`_dot_rows`) are dot products over registers of inputs, summed
+    across lanes (`_lane_sums`) into their block's accumulator.
 
     `wide`: indices stored as the 32-bit lanes the permute reads. Otherwise PACKED_SLOTS slots share
     one vector of indices, PACKED_BITS a lane each, shifted into place (on port 0, where widening
@@ -942,6 +1002,10 @@ def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray, wide: bool,
     w = layer.w.copy()
     dense_w = w[:, list(dense_columns)].T
     w[:, list(dense_columns)] = 0
+    registers = -(-layer.inputs // LANES)
+    dot_w = np.zeros((len(dot_rows), registers * LANES), np.float32)
+    dot_w[:, :layer.inputs] = w[list(dot_rows)]
+    w[list(dot_rows)] = 0
     slots: list[_Slot] = []
 
     def index_vector(s: int) -> str:
@@ -953,7 +1017,7 @@ def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray, wide: bool,
         return f"_mm512_srlv_epi32(idx, _mm512_set1_epi32({field}))" if field else "idx"
 
     def inputs(first: int, count: int) -> str:
-        code, chains, done = [], max(1, min(ELL_CHAINS, ELL_ACCUMULATORS // count)), [0] * count
+        code, chains, done = [], ELL_CHAINS, [0] * count
         if dense_columns:  # each broadcast to every block, as in _avx512_dense
             row = f"{layer.name}_DENSE[j]"
             fmas = "".join(f"            a{b} = _mm512_fmadd_ps(_mm512_load_ps(&{row}[{LANES * (first + b)}]), "
@@ -988,6 +1052,7 @@ def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray, wide: bool,
             if lines:
                 code.append(f"        xl = {_load(layer.src, GROUP * g, layer.inputs)};\n"
                             f"        xh = {_load(layer.src, GROUP * g + LANES, layer.inputs)};\n" + "".join(lines))
+        code += [d for d in (_dot_products(layer, dot_w, dot_rows, first + b, b) for b in range(count)) if d]
         if not code:
             return ""
         extra = {b: [f"c{chain}_{b}" for chain in range(1, min(chains, done[b]))] for b in range(count)}
@@ -1000,8 +1065,12 @@ def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray, wide: bool,
                 + "".join(code) + "".join(f"        a{b} = {_pairwise_sum([f'a{b}', *chained])};\n"
                                           for b, chained in extra.items() if chained))
 
-    code = _vector_passes(layer, out, inputs)
+    blocks = layer.out // LANES
+    passes = max(1, -(-blocks * ELL_CHAINS // ELL_PASS_ACCUMULATORS))
+    code = _vector_passes(layer, out, inputs, -(-blocks // passes))
     tables = _array("float", f"{layer.name}_BIAS", bias, aligned=True)
+    if dot_rows:
+        tables += _array("float", f"{layer.name}_DOT", dot_w, aligned=True)
     if dense_columns:
         tables += (_array("float", f"{layer.name}_DENSE", dense_w, aligned=True)
                    + _array(_index_type(layer.inputs), f"{layer.name}_COLUMNS", np.array(dense_columns), 16, _int))
@@ -1012,6 +1081,32 @@ def _avx512_ell(layer: _Layer, out: _VectorOut, bias: np.ndarray, wide: bool,
                     + _array("uint32_t", f"{layer.name}_IDX", index, 16, _int, aligned=True)) if wide
                    else _packed_table(layer.name, index, value))
     return tables, code
+
+
+def _dot_products(layer: _Layer, dot_w: np.ndarray, dot_rows: tuple[int, ...], block: int, acc: int) -> str:
+    """Statements adding the dot-product rows (`_dot_rows`) of `block` into accumulator a{acc}: each row's
+    multiply-adds over the registers of inputs it uses, in DOT_PARTIALS chains, then the rows summed across lanes
+    into their lanes of one register (`_lane_sums`)."""
+    lanes, products = [""] * LANES, []
+    for k, position in enumerate(dot_rows):
+        if position // LANES != block:
+            continue
+        partials = [""] * DOT_PARTIALS
+        used = [c for c in range(dot_w.shape[1] // LANES) if dot_w[k, LANES * c:LANES * (c + 1)].any()]
+        for n, c in enumerate(used):
+            product = (f"_mm512_load_ps(&{layer.name}_DOT[{k}][{LANES * c}]), "
+                       f"{_load(layer.src, LANES * c, layer.inputs)}")
+            chain = partials[n % DOT_PARTIALS]
+            partials[n % DOT_PARTIALS] = (f"_mm512_fmadd_ps({product}, {chain})" if chain
+                                          else f"_mm512_mul_ps({product})")
+        lanes[position % LANES] = f"d{k}"
+        products.append(f"            const __m512 d{k} = "
+                        f"{_pairwise_sum([p for p in partials if p] or ['_mm512_setzero_ps()'])};\n")
+    if not products:
+        return ""
+    sums, total = _lane_sums(lanes)
+    return ("        {\n" + "".join(products) + sums.replace("    const", "            const")
+            + f"            a{acc} = _mm512_add_ps(a{acc}, {total});\n        }}\n")
 
 
 def _packed_table(name: str, index: np.ndarray, value: np.ndarray) -> str:
@@ -1098,33 +1193,26 @@ _AVX512_PREAMBLE = """#include <immintrin.h>
 #endif
 """
 
-# libm's tanhf takes 10-35 ns a call, as long as the rest of a small actor's head.
-_AVX512_TANH = """/* tanh of 16 floats, within 1.4 ulp of tanh in double on every float: an odd polynomial
-   below 0.625, above it 1 - 2 / (exp(2|x|) + 1) with exp by range reduction and Taylor. */
+# libm's tanhf takes 10-35 ns a call, as long as the rest of a small actor's head; the vector tanh is the last step
+# of a call, all latency: as exp by range reduction (1.4 ulp) it took 25 ns of the 98% Hopper actor's 84.
+_AVX512_TANH = """/* tanh of 16 floats, within 6.1 ulp of tanh in double on every float (checked exhaustively), NaN
+   stays NaN: x P(x^2) / Q(x^2), both of degree 4 (a rational minimax fit on [0, 9], relative error
+   2e-8 before float rounding), by Estrin's scheme: about 40 cycles from x to the result where an
+   exp, a division and a blend of two branches took about 90. Beyond |x| = 8, where the fit could
+   round past 1, the result is +-1 (tanh(8) is 1 - 3.8 ulp). */
 static inline __m512 tp_tanh(__m512 x)
 {
-    const __m512 one = _mm512_set1_ps(1.0f), a = _mm512_abs_ps(x), t = _mm512_mul_ps(x, x);
-    const __m512 y = _mm512_min_ps(_mm512_set1_ps(18.0f), _mm512_add_ps(a, a)); /* NaN stays NaN */
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.442695041e+00f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765e-06f),
-                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(6.931457520e-01f), y));
-    __m512 e = _mm512_set1_ps(1.984126984e-04f), p = _mm512_set1_ps(-5.704978481e-03f), big;
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.388888889e-03f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(8.333333333e-03f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(4.166666667e-02f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(1.666666667e-01f));
-    e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(5.000000000e-01f));
-    e = _mm512_fmadd_ps(e, r, one);
-    e = _mm512_scalef_ps(_mm512_fmadd_ps(e, r, one), n);
-    big = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
-    big = _mm512_mask_sub_ps(big, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps(), big);
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(2.063907869e-02f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-5.373971164e-02f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.333144158e-01f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-3.333328068e-01f));
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(0.625f), _CMP_LT_OQ), big,
-                                _mm512_fmadd_ps(_mm512_mul_ps(x, t), p, x));
+    const __m512 t = _mm512_mul_ps(x, x), t2 = _mm512_mul_ps(t, t), t4 = _mm512_mul_ps(t2, t2);
+    const __m512 p01 = _mm512_fmadd_ps(_mm512_set1_ps(1.338102795e-01f), t, _mm512_set1_ps(1.0f));
+    const __m512 p23 = _mm512_fmadd_ps(_mm512_set1_ps(2.060912249e-05f), t, _mm512_set1_ps(3.495590784e-03f));
+    const __m512 q01 = _mm512_fmadd_ps(_mm512_set1_ps(4.671434355e-01f), t, _mm512_set1_ps(1.0f));
+    const __m512 q23 = _mm512_fmadd_ps(_mm512_set1_ps(3.285639006e-04f), t, _mm512_set1_ps(2.587699254e-02f));
+    const __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.335471126e-08f), t4, _mm512_fmadd_ps(p23, t2, p01));
+    const __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(7.776579872e-07f), t4, _mm512_fmadd_ps(q23, t2, q01));
+    const __m512 one = _mm512_castsi512_ps(_mm512_ternarylogic_epi32( /* (x & sign bit) | 1.0f */
+        _mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN), _mm512_castps_si512(_mm512_set1_ps(1.0f)), 0xea));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(8.0f), _CMP_GT_OQ),
+                                _mm512_div_ps(_mm512_mul_ps(x, p), q), one);
 }
 
 """
@@ -1144,14 +1232,17 @@ def _avx512_kernel(policy: MLPPolicy, function: str, plan: list[_VectorLayer]) -
                else _VectorOut(dst, policy.hidden_activation, len(vector.order)))
         layer = _Layer(f"V{k}", vector.w, "x", dst, skip_zero=False)
         if vector.kind == "ell":
-            table, code = _avx512_ell(layer, out, vector.bias, wide, vector.dense_columns)
+            table, code = _avx512_ell(layer, out, vector.bias, wide, vector.dense_columns, vector.dot_rows)
         else:
             table, code = {"rows": _avx512_rows, "dense": _avx512_dense}[vector.kind](layer, out, vector.bias)
         tables.append(table)
         details = ([f"{vector.slots} slots"] if vector.slots else []) + (
-            [f"{len(vector.dense_columns)} dense inputs"] if vector.dense_columns else [])
+            [f"{len(vector.dense_columns)} dense inputs"] if vector.dense_columns else []) + (
+            [f"{len(vector.dot_rows)} dot-product rows"] if vector.dot_rows else [])
         kind = f"AVX-512 {vector.kind}" + (f" ({', '.join(details)})" if details else "")
-        layers.append(f"static TP_NOINLINE void layer{k}(const float *restrict x, float *restrict actions)\n{{\n"
+        # Inlined into the actor: the next layer's loads of the outputs just stored become register reads, and the
+        # compiler may interleave the end of one layer with the start of the next (2-3% on the three actors).
+        layers.append(f"static inline void layer{k}(const float *restrict x, float *restrict actions)\n{{\n"
                       + ("    int j;\n" if "for (j = 0;" in code else "") + "    (void)actions;\n"
                       + _comment(k, w, kind, policy.output if last else policy.hidden_activation) + code + "}\n\n")
         calls.append(f"    layer{k}({source}, actions);\n")
