@@ -53,6 +53,10 @@ BENCH_JSON, BENCH_MD, BENCH_PNG = "bench.json", "bench.md", "bench.png"
 VARIANTS = ("pytorch_eager", "ort_dense", "ort_pruned", "ort_int8", "c_sparse", "c_dense", "c_int8", "emx_dense")
 C_VARIANTS = {"c_sparse": "sparse", "c_dense": "dense", "c_int8": "int8", "emx_dense": EMX}
 DENSE_VARIANTS = ("pytorch_eager", "ort_dense", "c_dense", "emx_dense")
+# The C kernels' clock-free loops (c_timer.c): independent calls (a throughput) and calls chained
+# through their actions (a latency, which the goal is judged by: it neither overlaps calls nor pays
+# the clock reads that weigh on a p50 of a 60 ns call).
+C_LOOP_COMPARISONS = {"c_loop_mean": "loop_mean_us", "c_chained_mean": "chained_mean_us"}
 LABELS = {"pytorch_eager": "PyTorch eager (masked dense)", "ort_dense": "ONNX Runtime, masked dense",
           "ort_pruned": "ONNX Runtime, pruned", "ort_int8": "ONNX Runtime, int8 (pruned)",
           "c_sparse": "C sparse (tp_actor)", "c_dense": "C dense, vectorised (tp_actor_dense)",
@@ -176,18 +180,22 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
         # this shared machine falls on all of them rather than on one.
         samples: dict[str, list[np.ndarray]] = {name: [] for name in [*python_timed, *c_variants]}
         loop_means: dict[str, list[float]] = {name: [] for name in c_variants}
+        chained_means: dict[str, list[float]] = {name: [] for name in c_variants}
         with torch.inference_mode():
             for _ in range(rounds):
                 for name, call in python_timed.items():
                     samples[name].append(_time_python(call, max(1, calls // rounds)))
                 for name, kernel in c_variants.items():
-                    per_call, loop_mean = kernels.time_calls(observations, max(1, c_calls // rounds), kernel)
+                    per_call, loop_mean, chained_mean = kernels.time_calls(observations, max(1, c_calls // rounds),
+                                                                           kernel)
                     samples[name].append(per_call)
                     loop_means[name].append(loop_mean)
+                    chained_means[name].append(chained_mean)
                 bar.update()
         latency = {name: _stats(np.concatenate(samples[name])) for name in (*variants, "ort_identity")}
         for name in c_variants:
             latency[name]["loop_mean_us"] = float(np.median(loop_means[name])) / 1000.0
+            latency[name]["chained_mean_us"] = float(np.median(chained_means[name])) / 1000.0
             latency[name]["ctypes"] = _stats(np.concatenate(samples[f"{name}_ctypes"]))
 
         policies = {
@@ -205,7 +213,7 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
     bar.close()
 
     result = {
-        "format": "tinypolicy.bench", "version": 3,  # 3: speedup holds only the p50 and c_loop_mean comparisons
+        "format": "tinypolicy.bench", "version": 4,  # 4: C kernels' chained (latency) loop, c_chained_mean
         "bundle": str(folder), "env_id": manifest["env_id"],
         "checkpoint": manifest["checkpoint"],
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -221,8 +229,8 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
         "sparsity_after_removal": 1.0 - manifest["macs"]["nonzero"] / manifest["macs"]["dense"],
         "latency": latency,
         "speedup": {"p50": _speedups(latency, variants, manifest["macs"], "p50_us"),
-                    "c_loop_mean": _speedups(latency, [v for v in variants if v in C_VARIANTS],
-                                             manifest["macs"], "loop_mean_us")},
+                    **{comparison: _speedups(latency, [v for v in variants if v in C_VARIANTS], manifest["macs"], key)
+                       for comparison, key in C_LOOP_COMPARISONS.items()}},
         "macs": manifest["macs"],
         "parameter_bytes": manifest["parameter_bytes"],
         "file_bytes": {key: entry["bytes"] for key, entry in manifest["files"].items()},
@@ -236,14 +244,16 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
 
 
 def speedup_sentence(r: dict[str, Any]) -> str:
-    """The sparse kernel's speed-up against the fastest dense variant, and whether it reaches
-    half the ideal ratio (the goal)."""
-    p50, loop = r["speedup"]["p50"], r["speedup"]["c_loop_mean"]
-    verdict = "goal met" if loop["goal_half_of_ideal_met"] else "goal NOT met"
+    """The sparse kernel's speed-up against the fastest dense variant, and whether its chained
+    latency reaches half the ideal ratio (the goal)."""
+    p50, loop, chained = (r["speedup"][k] for k in ("p50", "c_loop_mean", "c_chained_mean"))
+    verdict = "goal met" if chained["goal_half_of_ideal_met"] else "goal NOT met"
     return (f"C sparse speed-up over the fastest dense variant: {p50['c_sparse_vs_fastest_dense']:.1f}x by p50 "
-            f"(fastest: {LABELS[p50['fastest_dense']]}), {loop['c_sparse_vs_fastest_dense']:.1f}x by untimed-loop "
-            f"mean among the C kernels (fastest: {LABELS[loop['fastest_dense']]}); ideal (dense / nonzero MACs) "
-            f"{loop['ideal']:.1f}x, so {loop['fraction_of_ideal']:.0%} of ideal: {verdict} (at least half).")
+            f"(fastest: {LABELS[p50['fastest_dense']]}); among the C kernels "
+            f"{chained['c_sparse_vs_fastest_dense']:.1f}x by chained-loop latency (fastest: "
+            f"{LABELS[chained['fastest_dense']]}) and {loop['c_sparse_vs_fastest_dense']:.1f}x by untimed-loop "
+            f"throughput; ideal (dense / nonzero MACs) {chained['ideal']:.1f}x, so the latency is "
+            f"{chained['fraction_of_ideal']:.0%} of ideal: {verdict} (at least half).")
 
 
 def _write_markdown(path: Path, r: dict[str, Any]) -> None:
@@ -255,15 +265,17 @@ def _write_markdown(path: Path, r: dict[str, Any]) -> None:
              f"{r['settings']['c_calls']} timed inside C, in {r['settings']['rounds']} interleaved rounds; "
              f"returns over {r['settings']['episodes']} episodes from seed {r['settings']['seed']}. "
              f"C flags: `{r['machine']['c_flags']}`.", "",
-             "| variant | p50 µs | p99 µs | untimed-loop mean µs | via ctypes p50 / p99 µs | return |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| variant | p50 µs | p99 µs | chained-loop mean µs | untimed-loop mean µs | via ctypes p50 / p99 µs "
+             "| return |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name in (*r["variants"], "ort_identity"):
         lat = r["latency"][name]
         ctypes_cell = (f"{lat['ctypes']['p50_us']:.2f} / {lat['ctypes']['p99_us']:.2f}" if "ctypes" in lat else "")
-        loop_cell = f"{lat['loop_mean_us']:.2f}" if "loop_mean_us" in lat else ""
+        loop_cell, chained_cell = (f"{lat[key]:.2f}" if key in lat else "" for key in C_LOOP_COMPARISONS.values())
         ret = r["returns"].get(name)
         ret_cell = f"{ret['mean']:.1f} ± {ret['std']:.1f}" if ret else ""
-        lines.append(f"| {LABELS[name]} | {lat['p50_us']:.2f} | {lat['p99_us']:.2f} | {loop_cell} | {ctypes_cell} "
+        lines.append(f"| {LABELS[name]} | {lat['p50_us']:.2f} | {lat['p99_us']:.2f} | {chained_cell} | {loop_cell} "
+                     f"| {ctypes_cell} "
                      f"| {ret_cell} |")
     lines += ["", *(f"Skipped {LABELS[name]}: {why}." for name, why in r["skipped"].items())]
     m, b, f = r["macs"], r["parameter_bytes"], r["file_bytes"]

@@ -84,7 +84,7 @@ class CKernels:
         for fn in self.functions.values():
             fn.argtypes, fn.restype = [FLOAT_P, FLOAT_P], None
         self.lib.tp_time_calls.argtypes = [ctypes.c_void_p, FLOAT_P, ctypes.c_int, ctypes.c_int,
-                                           ctypes.POINTER(ctypes.c_double)]
+                                           ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double)]
         self.lib.tp_time_calls.restype = ctypes.c_double
         self._out = np.zeros(act_dim, np.float32)
         self._out_p = self._out.ctypes.data_as(FLOAT_P)
@@ -120,12 +120,15 @@ class CKernels:
 
         return act
 
-    def time_calls(self, obs: np.ndarray, calls: int, kernel: str = "sparse") -> tuple[np.ndarray, float]:
-        """Per-call nanoseconds of `calls` calls timed inside C (cycling through `obs`), and
-        the mean nanoseconds per call of an untimed loop of as many calls."""
+    def time_calls(self, obs: np.ndarray, calls: int, kernel: str = "sparse") -> tuple[np.ndarray, float, float]:
+        """Per-call nanoseconds of `calls` calls timed inside C (cycling through `obs`), and the
+        mean nanoseconds per call of two untimed loops of as many calls: independent calls (a
+        throughput), and calls chained through their actions (a latency; see c_timer.c)."""
         obs = np.ascontiguousarray(obs, dtype=np.float32).reshape(-1, self.obs_dim)
         per_call = np.empty(calls, np.float64)
+        chained_mean = ctypes.c_double()
         address = ctypes.cast(self.function(kernel), ctypes.c_void_p)
         loop_mean = self.lib.tp_time_calls(address, obs.ctypes.data_as(FLOAT_P), len(obs), calls,
-                                           per_call.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
-        return per_call, float(loop_mean)
+                                           per_call.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                                           ctypes.byref(chained_mean))
+        return per_call, float(loop_mean), chained_mean.value
