@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 ENV    ?= Hopper-v5
 PRESET ?= quick
 
-.PHONY: install test test-fast lint-imports compress bench-train bench-embedded clean embedded-deps render-deps distill ad
+.PHONY: install test test-fast lint-imports compress bench-train bench-embedded clean embedded-deps render-deps distill ad \
+        benchmarks-report
 
 # MuJoCo renders offscreen through EGL (Mesa's software driver when there is no GPU)
 export MUJOCO_GL ?= egl
@@ -79,6 +80,10 @@ ad: $(STAMP)
 
 clean:
 	rm -rf $(VENV) artifacts runs
+
+# Every generated table of docs/BENCHMARKS.md, rewritten from the committed raw files (docs/results/).
+benchmarks-report: $(STAMP)
+	$(PY) -m benchmarks.docs_page
 
 # Export + bench of the committed benchmark actors (docs/BENCHMARKS.md, "Export"), with
 # emx-onnx-cgen as the external dense peer (the `emx` extra). Writes docs/results/export_*.
