@@ -42,7 +42,8 @@ class Block:
 
 def blocks(page: str) -> list[Block]:
     found = [Block(m["command"], m["body"], page.count("\n", 0, m.start()) + 1) for m in BLOCK.finditer(page)]
-    opened, closed = page.count("<!-- generated: "), page.count("<!-- end generated -->")
+    opened = len(re.findall(r"^<!-- generated: ", page, re.MULTILINE))
+    closed = len(re.findall(r"^<!-- end generated -->", page, re.MULTILINE))
     if not (len(found) == opened == closed):
         raise UserError(f"unbalanced generated blocks: {opened} opening and {closed} closing markers, "
                         f"{len(found)} well-formed")
