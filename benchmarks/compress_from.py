@@ -108,7 +108,8 @@ def table(folder: Path, reps: int = REPS) -> str:
         groups[(r["env_id"], r["teacher"]["algo"], r["teacher"]["sha256"], r["method"], r["target_sparsity"],
                 route_settings(r))].append(r)
     lines = [("| env | teacher | teacher return | method | settings (where runs differ) | actor sparsity | seeds "
-              "| compressed return: IQM [95% CI] | kept: IQM [95% CI] | kept per seed | compress time (min, mean; train stage) | flash KiB "
+              "| compressed return: IQM [95% CI] | kept: IQM [95% CI] | kept per seed "
+              "| compress time (min, mean; train stage) | flash KiB "
               f"({FLASH_TARGET}: sparse / int8 / dense) |"),
              "|---|---|---:|---|---|---:|---|---:|---:|---|---:|---:|"]
     for key, runs in sorted(groups.items(), key=lambda kv: kv[0][:2] + kv[0][3:]):

@@ -146,3 +146,13 @@ def test_table_names_the_settings_in_which_runs_of_one_teacher_differ():
     assert settings_shown(ten, [ten, thirty]) == "iterations 10"
     assert settings_shown(thirty, [ten, thirty]) == "iterations 30"
     assert settings_shown(ten, [ten]) == "-"
+
+
+def test_table_of_the_committed_runs():
+    from benchmarks.compress_from import table
+
+    lines = table(Path(__file__).resolve().parents[1] / "docs" / "results" / "compress_from", reps=200).splitlines()
+    assert lines[0].startswith("| env | teacher | teacher return | method |") and len(lines) == 4  # superseded/ skipped
+    assert lines[3].startswith("| Hopper-v5 | import-hopper-td3-sb3-s0 (sb3 TD3) | 2995 | DAgger student | - | 0.950 "
+                               "| 0, 1, 2 | 2990 [")
+    assert lines[3].endswith("| 101%, 102%, 97% | 18.0 (14.6) | 52.5 / 14.7 / 273.8 |")

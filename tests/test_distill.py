@@ -260,3 +260,17 @@ def test_a_bad_mask_is_refused_before_any_work(tmp_path):
             distill(DistillConfig(generations=1, mode="a", arch_mask=str(mask), **TINY), tmp_path / "run",
                     progress=False)
         assert not (tmp_path / "run" / "es_state.npz").exists()
+
+
+def test_hades_table_prints_the_committed_d64_tables_and_writes_nothing(capsys):
+    from benchmarks.hades_table import main
+
+    hades = ROOT / "docs" / "results" / "hades"
+    before = sorted(hades.rglob("*"))
+    assert main([str(hades / f"hopper-d64-{mode}-expert") for mode in "raf"]) == 0
+    out = capsys.readouterr().out
+    assert out == (hades / "hopper-d64-table.md").read_text()  # the docs' two tables, nothing else
+    assert out.startswith("| env | variant | D | N x G | dataset = mean of generation |")
+    assert "| Hopper-v5 | HaDES-F from expert | 64 | 64 x 400 | 7 | 25.08M | 86 min |" in out
+    assert "| HaDES-R | dense | 405 | 324 | 10% | 64 elu, lr 0.01, 200 steps |" in out
+    assert sorted(hades.rglob("*")) == before
