@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.docs_page import PAGE, blocks, main as docs_page_main
+from benchmarks.docs_page import PAGE, blocks
+from benchmarks.docs_page import main as docs_page_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
