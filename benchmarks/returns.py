@@ -6,6 +6,8 @@ Two steps, so that the results page is regenerated from committed raw files alon
     python -m benchmarks.returns collect /work/runs/hopper-td3-* --into docs/results/runs
     # aggregate them: returns.json, returns.md and one learning-curve plot per env
     python -m benchmarks.returns report docs/results/runs --out docs/results/returns
+    # print the same table (the results page's section 3) and write nothing
+    python -m benchmarks.returns table docs/results/runs
 
 A run is a `tinypolicy train` folder or a `benchmarks.sb3_reference` folder (label "sb3").
 Its score is the mean evaluation return over its last 10% of evaluations (one lucky
@@ -15,6 +17,15 @@ configuration's IQM as a percentage of the dense IQM, with an interval from resa
 sets of seeds independently. With fewer than MIN_SEEDS seeds a configuration gets no interval
 and no ratio: one seed is an anecdote. Curves: IQM over seeds at every evaluation, shaded
 with its 95% interval.
+
+Each row also says what the configuration costs: its actor and critic sparsity (the runs'
+final eval.json; SB3 runs are dense), its training FLOPs per env step and inference FLOPs
+per action as fractions of dense, analytic from ER masks at the run's sparsities (the
+counts of `benchmarks.flops`), and the median over seeds of the runs' env steps per second
+(training time only, on whatever shared machine trained them; SB3 runs record none).
+Gradual magnitude pruning ("prune") trains dense and prunes on a cubic schedule, so its
+training FLOPs are the mean over the run's updates, step by step as the trainer prunes,
+and its inference FLOPs those of the final network.
 """
 from __future__ import annotations
 
@@ -23,16 +34,22 @@ import csv
 import json
 import shutil
 from collections import defaultdict
+from dataclasses import fields
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from rliable import library as rly
 from rliable import metrics
 
+from benchmarks.flops import flops_vs_dense, one_thread
 from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.config import from_dict
+from tinypolicy.models import gmp_sparsity
 from tinypolicy.ondevice.artefact import write_json, write_text
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.sweep import config_label
+from tinypolicy.pipeline.train import Schedule, TrainConfig
 from tinypolicy.plots import save_figure, subplots
 
 MIN_SEEDS = 3
@@ -80,15 +97,61 @@ def load_run(folder: Path) -> dict:
         if not curve:
             raise UserError(f"{folder}/metrics.csv has no evaluations")
         tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
-        return {"name": folder.name, "env": record["env_id"], "algo": record["algo"],
-                "label": "sb3" if record["implementation"] == "stable-baselines3" else config_label(record),
-                "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
-                "final_return": final["mean_return"], "curve": curve}
+        run = {"name": folder.name, "env": record["env_id"], "algo": record["algo"],
+               "label": "sb3" if record["implementation"] == "stable-baselines3" else config_label(record),
+               "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
+               "final_return": final["mean_return"], "curve": curve}
     except KeyError as exc:
         raise UserError(f"{folder} holds no collected run (no field {exc} in run.json, eval.json or metrics.csv); "
                         "see `benchmarks.returns collect`") from None
     except (OSError, ValueError, TypeError) as exc:  # TypeError: JSON that is not an object, a short CSV row
         raise UserError(f"{folder} holds no collected run ({exc}); see `benchmarks.returns collect`") from None
+    return run | costs(folder, record, final)
+
+
+# --------------------------------------------------------------------------- costs
+
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig) if f.init}
+
+
+def costs(folder: Path, record: dict, final: dict) -> dict:
+    """A run's final sparsities (eval.json), FLOPs vs dense and env steps per second."""
+    speed = final.get("steps_per_s")
+    if record["implementation"] == "stable-baselines3":  # our dense networks, SB3's loop
+        return {"actor_sparsity": 0.0, "critic_sparsity": 0.0, "train_flops": 1.0, "infer_flops": 1.0,
+                "steps_per_s": speed}
+    values = {key: value for key, value in record.items() if key in TRAIN_FIELDS}
+    values.setdefault("total_steps", final["steps"])
+    cfg = from_dict(TrainConfig, values, f"{folder}/run.json")
+    dense = cfg.method == "dense"
+    # the masks the run trained with: ER shares of its target sparsities (pruning reaches them at prune_end)
+    target = (0.0, 0.0) if dense else (cfg.actor_sparsity, cfg.critic_sparsity)
+    train, infer = flops_vs_dense(cfg.env_id, *target, cfg.hidden, cfg.algo, cfg.policy_freq)
+    if cfg.method == "prune":
+        train = pruned_training_flops(cfg.env_id, cfg.hidden, cfg.algo, cfg.policy_freq, target,
+                                      Schedule.for_config(cfg), cfg.total_steps)
+    return {"actor_sparsity": float(final.get("actor_sparsity", target[0])),
+            "critic_sparsity": float(final.get("critic_sparsity", target[1])),
+            "train_flops": train, "infer_flops": infer, "steps_per_s": speed}
+
+
+@cache
+def pruned_training_flops(env: str, hidden: tuple[int, ...], algo: str, policy_freq: int,
+                          target: tuple[float, float], s: Schedule, total_steps: int) -> float:
+    """Training FLOPs vs dense of a GMP run, averaged over its updates (steps learning_starts+1
+    to total_steps). As in the trainer, step t's update comes before step t's pruning: it uses
+    the masks of the last pruning step before t (dense before the first)."""
+    prunings = sorted(set(range(s.prune_start + s.prune_interval, s.prune_end + 1, s.prune_interval)) | {s.prune_end})
+    levels = [(0.0, 0.0)] + [tuple(gmp_sparsity(step, s.prune_start, s.prune_end, final) for final in target)
+                             for step in prunings]
+    total = updates = 0.0
+    # level k is in force for the updates of steps (after[k], until[k]]
+    for (actor, critic), after, until in zip(levels, [0] + prunings, prunings + [total_steps]):
+        n = max(0, min(until, total_steps) - max(after, s.learning_starts))
+        if n:
+            total += n * flops_vs_dense(env, actor, critic, hidden, algo, policy_freq)[0]
+            updates += n
+    return total / updates if updates else flops_vs_dense(env, *target, hidden, algo, policy_freq)[0]
 
 
 def seed_resampling(seed: int) -> None:
@@ -135,7 +198,14 @@ def aggregate(runs: list[dict], reps: int) -> list[dict]:
                "steps": sorted({r["steps"] for r in group}), "scores": scores.tolist(),
                "final_returns": [r["final_return"] for r in group], "iqm": iqm(scores),
                "iqm_ci": interval(scores, seed=0, reps=reps) if len(group) >= MIN_SEEDS else None,
-               "pct_of_dense": None, "pct_of_dense_ci": None}
+               "pct_of_dense": None, "pct_of_dense_ci": None,
+               "actor_sparsity": float(np.median([r["actor_sparsity"] for r in group])),
+               "critic_sparsity": float(np.median([r["critic_sparsity"] for r in group])),
+               "train_flops_vs_dense": float(np.mean([r["train_flops"] for r in group])),
+               "infer_flops_vs_dense": float(np.mean([r["infer_flops"] for r in group])),
+               "steps_per_s_per_seed": [r["steps_per_s"] for r in group]}
+        speeds = [v for v in row["steps_per_s_per_seed"] if v is not None]
+        row["steps_per_s"] = float(np.median(speeds)) if speeds else None
         dense = groups.get((env, algo, "dense"))
         if label != "dense" and dense and len(group) >= MIN_SEEDS and len(dense) >= MIN_SEEDS:
             dense_scores = np.array([r["score"] for r in dense])
@@ -149,14 +219,19 @@ def markdown(rows: list[dict]) -> str:
     def ci(values, fmt="{:.0f}"):
         return f"[{fmt.format(values[0])}, {fmt.format(values[1])}]" if values else "n/a"
 
-    lines = ["| env | algo | configuration | seeds | steps | IQM score | 95% CI | % of dense (IQM) | 95% CI | "
-             "scores per seed |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [("| env | algo | configuration | seeds | steps | IQM score | 95% CI | % of dense (IQM) | 95% CI | "
+              "actor / critic sparsity | training FLOPs vs dense (mean over training) | "
+              "inference FLOPs vs dense (final network) | env steps/s (shared VM) | scores per seed |"),
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         pct = f"{r['pct_of_dense']:.1f}" if r["pct_of_dense"] is not None else "n/a"
+        speed = f"{r['steps_per_s']:.1f}" if r["steps_per_s"] is not None else "n/a"
         lines.append(f"| {r['env']} | {r['algo'].upper()} | {r['label']} | {', '.join(map(str, r['seeds']))} | "
                      f"{'/'.join(f'{s:,}' for s in r['steps'])} | {r['iqm']:.0f} | {ci(r['iqm_ci'])} | {pct} | "
-                     f"{ci(r['pct_of_dense_ci'], '{:.1f}')} | {', '.join(f'{s:.0f}' for s in r['scores'])} |")
+                     f"{ci(r['pct_of_dense_ci'], '{:.1f}')} | "
+                     f"{100 * r['actor_sparsity']:.1f}% / {100 * r['critic_sparsity']:.1f}% | "
+                     f"{r['train_flops_vs_dense']:.3f} | {r['infer_flops_vs_dense']:.3f} | {speed} | "
+                     f"{', '.join(f'{s:.0f}' for s in r['scores'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,10 +260,23 @@ def plot(runs: list[dict], path: Path, env: str, reps: int) -> None:
     save_figure(fig, path)
 
 
-def report(folder: Path, out: Path, reps: int = REPS) -> str:
-    runs = [load_run(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+def load_runs(folder: Path) -> list[dict]:
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder of collected runs")
+    with one_thread():  # the FLOPs of a pruned run's hundreds of mask sizes
+        runs = [load_run(p) for p in sorted(folder.iterdir()) if p.is_dir()]
     if not runs:
         raise UserError(f"{folder} holds no collected runs")
+    return runs
+
+
+def table(folder: Path, reps: int = REPS) -> str:
+    """The markdown table `report` writes to returns.md, computed the same way; writes nothing."""
+    return markdown(aggregate(load_runs(folder), reps))
+
+
+def report(folder: Path, out: Path, reps: int = REPS) -> str:
+    runs = load_runs(folder)
     rows = aggregate(runs, reps)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)
@@ -208,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="aggregate collected runs (IQM, bootstrap CIs, curves)")
     p.add_argument("folder", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("table", help="print the table `report` writes to returns.md, writing nothing")
+    p.add_argument("folder", type=Path)
     args = parser.parse_args(argv)
     try:
         if args.command == "collect":
@@ -216,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(collect(run, args.into))
                 else:
                     print(f"skipped {run}: not finished")
+        elif args.command == "table":
+            print(table(args.folder, REPS), end="")
         else:
             print(report(args.folder, args.out), end="")
     except UserError as exc:

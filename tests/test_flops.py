@@ -122,3 +122,19 @@ def test_handwritten_td3_in_bfloat16_follows_float32():
         for master, cast in zip(params[:-2], compute[:-2]):
             torch.testing.assert_close(cast, master.to(torch.bfloat16))
         assert all(cast is master for master, cast in zip(params[-2:], compute[-2:]))  # output layer: float32
+
+
+def test_table_prints_the_results_page_rows(capsys):
+    """`--table` prints docs/BENCHMARKS.md's section 2 (the densities, counts and ratios of the ER masks)."""
+    from benchmarks.flops import main
+
+    assert main(["--table", "Hopper-v5:0.98:0.95"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        ("| env | actor / critic sparsity | actor layer densities % | actor nnz | critic nnz | size vs dense | "
+         "training FLOPs | inference FLOPs |"),
+        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| Hopper-v5 | 98% / 95% | 12.6 / 1.0 / 44.9 | 1,382 / 69,120 | 6,938 / 138,752 | 0.040 | 0.047 | 0.024 |"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--table", "Hopper-v5:0.98"])
+    assert exit_info.value.code == 2
+    assert "is not ENV:ACTOR_SPARSITY:CRITIC_SPARSITY" in capsys.readouterr().err

@@ -11,14 +11,14 @@ from benchmarks.returns import main as returns_main, report
 pytest.importorskip("rliable")
 
 
-def _collected(folder, name, method, seed, curve, sparsity=(0.98, 0.95), implementation="tinypolicy"):
+def _collected(folder, name, method, seed, curve, sparsity=(0.98, 0.95), implementation="tinypolicy", final=None):
     run = folder / name
     run.mkdir(parents=True)
     record = {"implementation": implementation, "env_id": "Hopper-v5", "algo": "td3", "seed": seed}
     if implementation == "tinypolicy":
         record |= {"method": method, "actor_sparsity": sparsity[0], "critic_sparsity": sparsity[1]}
     (run / "run.json").write_text(json.dumps(record))
-    (run / "eval.json").write_text(json.dumps({"steps": 100 * len(curve), "mean_return": curve[-1]}))
+    (run / "eval.json").write_text(json.dumps({"steps": 100 * len(curve), "mean_return": curve[-1]} | (final or {})))
     rows = ["step,eval_return"] + [f"{100 * (i + 1)},{v}" for i, v in enumerate(curve)]
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
 
@@ -49,6 +49,46 @@ def test_iqm_intervals_and_ratio_to_dense(tmp_path):
     assert "| Hopper-v5 | TD3 | prune 98/95 | 0 | 2,000 | 1000 | n/a | n/a | n/a |" in table
     assert (out / "curves_hopper.png").stat().st_size > 10_000
     assert report(runs, tmp_path / "again", reps=1000) == table  # the page regenerates identically
+
+
+def test_cost_columns_sparsity_flops_and_speed(tmp_path, capsys, monkeypatch):
+    """Dense rows cost 1.0 of dense; a 98/95 network far less; GMP the same at inference but,
+    training dense first, more in training: the mean over its updates, as the trainer prunes."""
+    from benchmarks.flops import flops_vs_dense
+    from tinypolicy.models import gmp_sparsity
+    from tinypolicy.pipeline.train import Schedule, TrainConfig
+
+    runs = tmp_path / "runs"
+    measured = {"actor_sparsity": 0.980005787037037, "critic_sparsity": 0.9499971171586716}
+    for seed, speed in enumerate([10.0, 40.0, 20.0]):
+        _collected(runs, f"dense-s{seed}", "dense", seed, [1.0] * 20,
+                   final={"actor_sparsity": 0.0, "critic_sparsity": 0.0, "steps_per_s": speed})
+        _collected(runs, f"rlx2-s{seed}", "rlx2", seed, [1.0] * 20, final=measured | {"steps_per_s": speed + 1})
+    _collected(runs, "prune-s0", "prune", 0, [1.0] * 20, final=measured)
+    _collected(runs, "sb3-s0", None, 0, [1.0] * 20, implementation="stable-baselines3")
+    monkeypatch.setattr("benchmarks.returns.REPS", 100)
+    assert returns_main(["table", str(runs)]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # `table` writes nothing
+    rows = {line.split(" | ")[2]: line.split(" | ")[9:13] for line in printed.splitlines()[2:]}
+    assert rows["dense"] == ["0.0% / 0.0%", "1.000", "1.000", "20.0"]  # steps/s: median over seeds
+    assert rows["sb3"] == ["0.0% / 0.0%", "1.000", "1.000", "n/a"]
+    sparsity, train, infer, speed = rows["rlx2 98/95"]
+    assert (sparsity, speed) == ("98.0% / 95.0%", "21.0")
+    assert float(train) < 0.06 and float(infer) < 0.03
+    assert rows["prune 98/95"][2] == infer
+
+    # the trainer's order: step t's update, then (when due) pruning to the schedule's sparsity
+    cfg = TrainConfig(method="prune", actor_sparsity=0.98, critic_sparsity=0.95, total_steps=2000)
+    s, level, flops = Schedule.for_config(cfg), (0.0, 0.0), []
+    for step in range(1, cfg.total_steps + 1):
+        if step > s.learning_starts:
+            flops.append(flops_vs_dense("Hopper-v5", *level)[0])
+        if s.prune_start < step <= s.prune_end and ((step - s.prune_start) % s.prune_interval == 0
+                                                    or step == s.prune_end):
+            level = tuple(gmp_sparsity(step, s.prune_start, s.prune_end, f) for f in (0.98, 0.95))
+    assert rows["prune 98/95"][1] == f"{np.mean(flops):.3f}"
+    assert float(train) < np.mean(flops) < 1.0
 
 
 def test_report_refuses_a_folder_without_collected_runs(tmp_path, capsys):
