@@ -8,12 +8,18 @@ a few generations from scratch; `fitness.csv` splits every generation into batch
 (on the driver) and rollouts (on the workers). The projection assumes rollouts split
 evenly over workers and BC stays on one driver core:
     T(workers) = T_bc + T_rollout(1 worker) / workers + overhead.
+
+`table` prints the measured rows of a written report (by default the committed one) as
+docs/BENCHMARKS.md's table:
+
+    python -m benchmarks.ray_distill table [docs/results/bench_ray.json]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +27,30 @@ from pathlib import Path
 from tinypolicy.pipeline.distill import DistillConfig, distill
 
 CONFIGS = (("local", 1), ("local", 2), ("ray", 2))
+BACKENDS = {"local": "local processes", "ray": "Ray (local instance)"}
+REPORT = Path(__file__).resolve().parents[1] / "docs" / "results" / "bench_ray.json"
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| backend | rollout workers | s / generation | batched BC (driver) s | rollouts s |",
+             "|---|---:|---:|---:|---:|"]
+    for r in report["measured"]:
+        lines.append(f"| {BACKENDS.get(r['backend'], r['backend'])} | {r['workers']} | "
+                     f"{r['seconds_per_generation']:.2f} | {r['bc_seconds']:.2f} | {r['rollout_seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def table_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ray_distill table",
+                                     description="Print the measured rows of a written report as a table.")
+    parser.add_argument("report", nargs="?", type=Path, default=REPORT)
+    args = parser.parse_args(argv)
+    try:
+        report = json.loads(args.report.read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"{args.report}: {exc}")
+    sys.stdout.write(markdown_table(report))
+    return 0
 
 
 def measure(backend: str, workers: int, generations: int, env_id: str, population: int) -> dict:
@@ -40,6 +70,9 @@ def measure(backend: str, workers: int, generations: int, env_id: str, populatio
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["table"]:
+        return table_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v5")
     parser.add_argument("--population", type=int, default=64)
@@ -63,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
               "projection_16_core_nodes": projection}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print("| backend | workers | s / generation | BC s | rollout s |")
-    print("|---|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['backend']} | {r['workers']} | {r['seconds_per_generation']:.2f} | {r['bc_seconds']:.2f} | "
-              f"{r['rollout_seconds']:.2f} |")
+    sys.stdout.write(markdown_table(report))
     return 0
 
 

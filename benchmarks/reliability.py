@@ -18,11 +18,17 @@
    reported, in cores: what made "alone" less than alone.
 
     python -m benchmarks.reliability --steps 2000 --out docs/results/reliability.json
+
+`table` prints the bad-input cases per command as docs/BENCHMARKS.md's two-column table:
+counted from tests/bad_input_cases.py, or as a written RESULTS.json recorded them:
+
+    python -m benchmarks.reliability table [RESULTS.json]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -47,6 +53,34 @@ def bad_input_counts() -> dict:
     by_command = Counter(case.command for case in CASES)
     return {"total": len(CASES), "integration": sum(case.slow for case in CASES),
             "by_command": dict(sorted(by_command.items()))}
+
+
+def counts_table(by_command: dict[str, int]) -> str:
+    """The cases per command, most first (ties by name), in two side-by-side column pairs:
+    the first half of the commands on the left, the rest on the right."""
+    ordered = sorted(by_command.items(), key=lambda item: (-item[1], item[0]))
+    half = (len(ordered) + 1) // 2
+    left, right = ordered[:half], ordered[half:] + [("", "")] * (2 * half - len(ordered))
+    lines = ["| command | cases | | command | cases |", "|---|---:|---|---|---:|"]
+    for (command, n), (other, m) in zip(left, right):
+        lines.append("|" + "|".join(f" {cell} " if cell != "" else " " for cell in (command, n, "", other, m)) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def table_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability table",
+                                     description="Print the bad-input cases per command as a table.")
+    parser.add_argument("results", nargs="?", type=Path, default=None,
+                        help="a written results file (default: count tests/bad_input_cases.py now)")
+    args = parser.parse_args(argv)
+    counts = bad_input_counts()
+    if args.results is not None:
+        try:
+            counts = json.loads(args.results.read_text())["bad_input_cases"]
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"{args.results}: {exc!r}")
+    sys.stdout.write(counts_table(counts["by_command"]))
+    return 0
 
 
 def trainer_runner(env_id: str, threads: int, warmup: int, seed: int) -> Callable[[int], None]:
@@ -162,6 +196,9 @@ def ratios(rows: list[dict], key: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["table"]:
+        return table_main(words[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v5")
     parser.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated")

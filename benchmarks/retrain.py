@@ -13,10 +13,20 @@
 
     python -m benchmarks.retrain --dataset DIR [--mask ACTOR.onnx] --seeds 0,1,2,3,4,5,6,7,8,9 \
         --episodes 10 --out docs/results/bench_retrain_hopper.json
+
+`table KIND` prints one of docs/BENCHMARKS.md's tables from written results (by default the
+committed files its section cites): `time`, `returns` and `mask` ("On-device retraining",
+one row per results file), `hades-history` and `hades-retrained` (the one-hour HaDES-F run:
+its summary.json, fitness.csv and this benchmark's results on its dataset):
+
+    python -m benchmarks.retrain table {time,returns,mask} [RESULTS.json...]
+    python -m benchmarks.retrain table hades-history [SUMMARY.json FITNESS.csv RESULTS.json]
+    python -m benchmarks.retrain table hades-retrained [SUMMARY.json FITNESS.csv RESULTS.json] [--expert-return R]
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -37,6 +47,7 @@ from tinypolicy.envs import evaluate_policy
 from tinypolicy.models.bc import BCParams, gaussian_nll, init_params, policy_mean, train_bc
 from tinypolicy.ondevice.dataset import Dataset, load_dataset
 from tinypolicy.ondevice.retrain import read_init, retrain
+from tinypolicy.shares import percent, share_of
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -119,7 +130,158 @@ def _median(summaries: list[dict], key: str) -> float:
     return statistics.median(s[key] for s in summaries)
 
 
+RESULTS = ROOT / "docs" / "results"
+RETRAIN_RESULTS = tuple(RESULTS / f"bench_retrain_{name}.json" for name in ("expert", "expert100k", "hades"))
+HADES_1H = (RESULTS / "hades" / "hopper-d64-f-expert-1h-summary.json",
+            RESULTS / "hades" / "hopper-d64-f-expert-1h-fitness.csv", RESULTS / "bench_retrain_hades_1h.json")
+HISTORY_GENERATIONS = (0, 50, 100, 200, 300, 400, 500)  # and the last
+
+
+def dataset_label(result: dict) -> str:
+    meta = result["dataset_meta"]
+    if meta["mode"] == "expert-rollouts":
+        return f"expert {meta['checkpoint_steps'] // 1000}k"
+    return f"HaDES-{meta['mode'].upper()}" + (", fresh inits" if result.get("from_init") else "")
+
+
+def _spread(variant: dict, fmt: str = "{:.1f}") -> str:
+    return f"{fmt.format(variant['return_mean'])} +- {fmt.format(variant['return_std'])}"
+
+
+def time_table(results: list[dict]) -> str:
+    lines = ["| dataset | training, CPU | training, wall (shared machine) | whole command, wall | whole command, CPU |",
+             "|---|---:|---:|---:|---:|"]
+    for r in results:
+        t = r["timing"]
+        command_cpu = (f"{t['command_cpu_seconds_median']:.2f} s" if "command_cpu_seconds_median" in t
+                       else "not measured")
+        lines.append(f"| {dataset_label(r).removesuffix(', fresh inits')} | {t['train_cpu_seconds_median']:.3f} s | "
+                     f"{t['train_seconds_median']:.2f} s | {t['wall_seconds_median']:.2f} s | {command_cpu} |")
+    return "\n".join(lines) + "\n"
+
+
+def returns_table(results: list[dict]) -> str:
+    lines = ["| dataset | NumPy | torch inner loop | NumPy - torch (standard error) |", "|---|---:|---:|---:|"]
+    for r in results:
+        v, diff = r["variants"], r["numpy_minus_torch_return"]
+        lines.append(f"| {dataset_label(r)} | {_spread(v['numpy 64-64 tanh'])} | {_spread(v['torch 64-64 tanh'])} | "
+                     f"{diff['mean']:+.1f} ({diff['standard_error']:.1f}) |")
+        if r.get("from_init"):
+            numpy_return, torch_return = r["from_init"]["numpy"]["return"], r["from_init"]["torch"]["return"]
+            lines.append(f"| {dataset_label(r).removesuffix(', fresh inits')}, its fixed init | {numpy_return:.1f} | "
+                         f"{torch_return:.1f} | {numpy_return - torch_return:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def mask_table(results: list[dict]) -> str:
+    lines = ["| dataset | mask, tanh | mask, relu | dense 64-64 tanh (above) | the mask actor itself |",
+             "|---|---:|---:|---:|---:|"]
+    for r in results:
+        if r.get("mask"):
+            v = r["variants"]
+            lines.append(f"| {dataset_label(r)} | {_spread(v['numpy mask tanh'])} | {_spread(v['numpy mask relu'])} | "
+                         f"{_spread(v['numpy 64-64 tanh'])} | {r['mask']['mask_actor_return']:,.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def hades_history_table(summary: dict, fitness: list[dict], results: dict,
+                        generations: tuple[int, ...] = HISTORY_GENERATIONS) -> str:
+    """A HaDES run's progress at some generations and its last: minutes since the start (the
+    generations' summed seconds), population mean fitness and the search mean's return."""
+    minutes, elapsed = {}, 0.0
+    for row in fitness:
+        elapsed += float(row["seconds"])
+        minutes[int(row["generation"])] = elapsed / 60
+    by_generation = {int(row["generation"]): row for row in fitness}
+    last = max(by_generation)
+    shown = [g for g in generations if g in by_generation and g != last] + [last]
+    episodes = results["dataset_meta"]["config"]["mean_episodes"]
+    rows = [("generation", [str(g) for g in shown]), ("minutes", [f"{minutes[g]:.1f}" for g in shown]),
+            ("population mean fitness", [f"{float(by_generation[g]['mean_fitness']):,.0f}" for g in shown]),
+            (f"search mean, {episodes} episodes",
+             [f"{float(by_generation[g]['mean_dataset_return']):,.0f}" for g in shown])]
+    lines = [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    return "\n".join(lines[:1] + ["|---|" + "---:|" * len(shown)] + lines[1:]) + "\n"
+
+
+def _seed_range(seeds: list[int]) -> str:
+    consecutive = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f"{seeds[0]}-{seeds[-1]}" if consecutive and len(seeds) > 1 else ", ".join(map(str, seeds))
+
+
+def hades_retrained_table(summary: dict, results: dict, expert_return: float | None = None) -> str:
+    """Returns retrained on a HaDES-F dataset, from its shipped init and from fresh ones, with
+    the distill run's own evaluation (summary.json) and this benchmark's (`results`), as shares
+    of `expert_return` (default: the mean of the expert rollouts recorded in the dataset)."""
+    if expert_return is None:
+        expert_return = statistics.mean(results["dataset_meta"]["expert_rollout_returns"])
+
+    def share(value: float) -> str:
+        return percent(share_of(value, expert_return))
+
+    s, init, v = summary, results["from_init"], results["variants"]
+    numpy_fresh, torch_fresh = v["numpy 64-64 tanh"], v["torch 64-64 tanh"]
+    rows = [
+        (f"from the shipped `policy_init.npz`, torch inner loop ({s['episodes']} episodes, `summary.json`)",
+         f"{s['fixed_init_return']:,.1f}", share(s["fixed_init_return"])),
+        (f"from the shipped init, **NumPy on-device retrainer** -> ONNX, {results['episodes']} episodes",
+         f"**{init['numpy']['return']:,.1f}**", f"**{share(init['numpy']['return'])}**"),
+        (f"from the shipped init, torch, {results['episodes']} episodes", f"{init['torch']['return']:,.1f}",
+         share(init["torch"]["return"])),
+        (f"fresh inits (seeds {_seed_range(s['fresh_init_seeds'])}, torch, {s['episodes']} episodes each)",
+         f"{s['fresh_init_mean']:,.0f} ({', '.join(f'{r:,.0f}' for r in s['fresh_init_returns'])})",
+         share(s["fresh_init_mean"])),
+        (f"fresh inits (seeds {_seed_range(results['seeds'])}, NumPy / torch, {results['episodes']} episodes each)",
+         f"{_spread(numpy_fresh, '{:,.0f}')} / {_spread(torch_fresh, '{:,.0f}')}",
+         f"{share(numpy_fresh['return_mean'])} / {share(torch_fresh['return_mean'])}"),
+        (f"last search mean (generation {s['generations']}) from its init / fresh inits",
+         f"{s['last_mean_fixed_init_return']:,.0f} / {s['last_mean_fresh_init_mean']:,.0f}",
+         f"{share(s['last_mean_fixed_init_return'])} / {share(s['last_mean_fresh_init_mean'])}"),
+    ]
+    lines = ["| retrained on the dataset | return | % of expert |", "|---|---:|---:|"]
+    return "\n".join(lines + [f"| {label} | {value} | {pct} |" for label, value, pct in rows]) + "\n"
+
+
+TABLES = ("time", "returns", "mask", "hades-history", "hades-retrained")
+
+
+def table_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.retrain table",
+                                     description="Print one of docs/BENCHMARKS.md's tables from written results.")
+    parser.add_argument("kind", choices=TABLES)
+    parser.add_argument("files", nargs="*", type=Path,
+                        help="results files (time, returns, mask); SUMMARY.json FITNESS.csv RESULTS.json (hades-*)")
+    parser.add_argument("--expert-return", type=float, default=None,
+                        help="hades-retrained: the reference for %% of expert (default: the mean of the expert "
+                             "rollouts in the results' dataset meta)")
+    args = parser.parse_args(argv)
+    hades = args.kind.startswith("hades-")
+    files = args.files or list(HADES_1H if hades else RETRAIN_RESULTS)
+    if hades and len(files) != 3:
+        parser.error(f"{args.kind} reads three files: SUMMARY.json FITNESS.csv RESULTS.json")
+    try:
+        if hades:
+            summary, results = json.loads(files[0].read_text()), json.loads(files[2].read_text())
+            with files[1].open(newline="") as f:
+                fitness = list(csv.DictReader(f))
+        else:
+            results_list = [json.loads(path.read_text()) for path in files]
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    if args.kind == "hades-history":
+        text = hades_history_table(summary, fitness, results)
+    elif args.kind == "hades-retrained":
+        text = hades_retrained_table(summary, results, args.expert_return)
+    else:
+        text = {"time": time_table, "returns": returns_table, "mask": mask_table}[args.kind](results_list)
+    sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["table"]:
+        return table_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--mask", type=Path, default=None, help="an exported actor.onnx (its topology is kept)")

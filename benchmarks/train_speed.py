@@ -23,10 +23,18 @@ algorithm at the same network sizes and precision can beat its speed, so its rat
 SB3 bounds what can be reached here.
 
     python -m benchmarks.train_speed --env Hopper-v5 --steps 3000 --threads 1,2
+
+`table` prints docs/BENCHMARKS.md's section-1 table from written results (LABEL=PATH, or
+PATH labelled by its file name; by default runs a and b of 2026-12-05):
+
+    python -m benchmarks.train_speed table [--threads 2] [--precisions fp32] [LABEL=]RESULTS.json...
 """
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -283,7 +291,58 @@ def handwritten_runner(env_id: str, precision: str, warmup: int, threads: int, s
     return run
 
 
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+TABLE_RUNS = (f"a={RESULTS / 'bench_train_hopper_avx512_2026-12-05a.json'}",
+              f"b={RESULTS / 'bench_train_hopper_avx512_2026-12-05b.json'}")
+TABLE_COLUMNS = {"matmul-floor": "floor", "handwritten-td3": "hand-written", "tinypolicy-dense": "dense",
+                 "tinypolicy-rlx2": "RLx2"}
+SLOW_CHUNK = 0.5  # a chunk under this share of its implementation's median chunk marks the ratio with *
+
+
+def markdown_table(runs: list[tuple[str, dict]], threads: int = 2, precisions: tuple[str, ...] = ("fp32",)) -> str:
+    """SB3's env steps/s and each implementation's ratio to it, one row per algorithm and run
+    (`runs`: (label, written results)); "-" where a run lacks the implementation, "*" where one
+    of its chunks ran under SLOW_CHUNK of its median chunk (a slow spell of the machine)."""
+    columns = {f"{impl}-{precision}": f"{name} {precision}" for precision in precisions
+               for impl, name in TABLE_COLUMNS.items()}
+    lines = ["| algo | run | SB3 | " + " | ".join(columns.values()) + " |", "|---|---|" + "---:|" * (1 + len(columns))]
+    algos = dict.fromkeys(r["algo"] for _, result in runs for r in result["rows"])
+    for algo in algos:
+        for label, result in runs:
+            rows = {r["impl"]: r for r in result["rows"] if r["algo"] == algo and r["threads"] == threads}
+            if "sb3" not in rows:
+                continue
+            cells = [algo.upper(), label, f"{rows['sb3']['steps_per_s']:.1f}"]
+            for column in columns:
+                r = rows.get(column)
+                slow = r is not None and min(r["chunks"]) < SLOW_CHUNK * statistics.median(r["chunks"])
+                cells.append("-" if r is None else f"{r['ratio']:.2f}x" + "*" * slow)
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_speed table",
+                                     description="Print the training-speed table of written results.")
+    parser.add_argument("results", nargs="*", default=list(TABLE_RUNS), metavar="[LABEL=]RESULTS.json")
+    parser.add_argument("--threads", type=int, default=2, help="the thread count whose rows to show")
+    parser.add_argument("--precisions", default="fp32", help="comma-separated, e.g. fp32,bf16")
+    args = parser.parse_args(argv)
+    runs = []
+    for spec in args.results:
+        label, _, path = spec.rpartition("=")
+        try:
+            runs.append((label or Path(path).stem, json.loads(Path(path).read_text())))
+        except (OSError, ValueError) as exc:
+            parser.error(f"{path}: {exc}")
+    sys.stdout.write(markdown_table(runs, args.threads, tuple(args.precisions.split(","))))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["table"]:
+        return table_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v5")
     parser.add_argument("--algos", default="td3,sac")
