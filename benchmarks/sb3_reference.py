@@ -127,11 +127,14 @@ def main(argv: list[str] | None = None) -> int:
                      epsilon=model.get_env().epsilon, clip_obs=PPO_CLIP_OBS)
 
     best = {"step": None, "mean_return": -np.inf}
+    evaluation_seconds = [0.0]  # excluded from the training time, as tinypolicy train excludes its own
 
     class Evaluation(BaseCallback):
         def _on_step(self) -> bool:
             if self.num_timesteps % cfg.eval_interval == 0:
+                evaluation_start = time.perf_counter()
                 returns = evaluate()
+                evaluation_seconds[0] += time.perf_counter() - evaluation_start
                 metrics.write({"step": self.num_timesteps, "eval_return": float(returns.mean()),
                                "eval_return_std": float(returns.std()), "elapsed_s": time.perf_counter() - start})
                 print(f"step {self.num_timesteps}: return {returns.mean():.1f}", flush=True)
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             return True
 
     model.learn(cfg.total_steps, callback=Evaluation())
+    train_time = time.perf_counter() - start - evaluation_seconds[0]
     save_teacher("")
     returns = evaluate()
     write_json(args.out / "eval.json", {
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         **({"ppo_settings": args.ppo_settings} if on_policy else {}),
         "steps": cfg.total_steps, "learning_starts": warmup, "episodes": cfg.eval_episodes,
         "mean_return": float(returns.mean()), "std_return": float(returns.std()), "returns": returns.tolist(),
-        "best": best})
+        "best": best, "train_time_s": train_time, "steps_per_s": cfg.total_steps / train_time})
     return 0
 
 

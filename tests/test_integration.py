@@ -163,6 +163,8 @@ def test_returns_collects_finished_runs_and_their_settings(tmp_path):
     assert (record["implementation"], record["method"], record["seed"]) == ("tinypolicy", "prune", 3)
     assert json.loads((into / "sb3-s0" / "run.json").read_text())["implementation"] == "stable-baselines3"
     assert (tmp_path / "sb3-s0" / "model.zip").stat().st_size > 10_000  # the teacher `tinypolicy import` reads
+    sb3_eval = json.loads((tmp_path / "sb3-s0" / "eval.json").read_text())  # its speed, for the returns table
+    assert sb3_eval["train_time_s"] > 0 and sb3_eval["steps_per_s"] == pytest.approx(1200 / sb3_eval["train_time_s"])
     assert (into / "prune-s3" / "metrics.csv").read_bytes() == (tmp_path / "prune-s3" / "metrics.csv").read_bytes()
     assert returns_main(["report", str(into), "--out", str(tmp_path / "report")]) == 0
     table = (tmp_path / "report" / "returns.md").read_text()
