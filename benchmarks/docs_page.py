@@ -38,10 +38,12 @@ class Block:
     command: str
     body: str
     line: int  # of the opening marker, 1-based
+    span: tuple[int, int]  # of the body in the page
 
 
 def blocks(page: str) -> list[Block]:
-    found = [Block(m["command"], m["body"], page.count("\n", 0, m.start()) + 1) for m in BLOCK.finditer(page)]
+    found = [Block(m["command"], m["body"], page.count("\n", 0, m.start()) + 1, m.span("body"))
+             for m in BLOCK.finditer(page)]
     opened = len(re.findall(r"^<!-- generated: ", page, re.MULTILINE))
     closed = len(re.findall(r"^<!-- end generated -->", page, re.MULTILINE))
     if not (len(found) == opened == closed):
@@ -76,13 +78,12 @@ def run_command(command: str) -> str:
 def regenerate(page: str) -> tuple[str, list[Block]]:
     """The page with every block's body replaced by its command's output, and the blocks that changed."""
     changed, pieces, last = [], [], 0
-    found = blocks(page)
-    for match, block in zip(BLOCK.finditer(page), found):
+    for block in blocks(page):
         body = run_command(block.command)
         if body != block.body:
             changed.append(block)
-        pieces += [page[last:match.start("body")], body]
-        last = match.end("body")
+        pieces += [page[last:block.span[0]], body]
+        last = block.span[1]
     return "".join(pieces) + page[last:], changed
 
 
