@@ -291,24 +291,12 @@ def model_config(cfg: ADTrainConfig) -> ADConfig:
         raise UserError(str(exc)) from None
 
 
-def history_tokens(states: np.ndarray, actions: np.ndarray, rewards: np.ndarray, marked_episode_steps: int = 0):
-    """Token t of a stream = (s_t, a_{t-1}, r_{t-1}); target a_t. Inputs [H, L] -> torch [H, L].
-    With `marked_episode_steps` (the histories' episode length), the first token of every
-    episode carries no action and reward 0, as the history's first token does."""
+def history_tokens(states: np.ndarray, actions: np.ndarray, rewards: np.ndarray):
+    """Token t of a stream = (s_t, a_{t-1}, r_{t-1}); target a_t. Inputs [H, L] -> torch [H, L]."""
     prev_actions = np.concatenate([np.full((len(actions), 1), NO_ACTION), actions[:, :-1]], 1)
     prev_rewards = np.concatenate([np.zeros((len(rewards), 1)), rewards[:, :-1]], 1)
-    if marked_episode_steps:
-        prev_actions[:, ::marked_episode_steps] = NO_ACTION
-        prev_rewards[:, ::marked_episode_steps] = 0.0
     return (torch.as_tensor(states, dtype=torch.long), torch.as_tensor(prev_actions, dtype=torch.long),
             torch.as_tensor(prev_rewards, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.long))
-
-
-def marked_episode_steps(train_config: dict, env_cls: type[BatchDarkRoom | BatchKeyToDoor]) -> int:
-    """The episode length whose starts a model's tokens mark, 0 for a stream: how its
-    checkpoint's `train_config` (asdict of ADTrainConfig; older ones lack the field and used a
-    stream) says it was trained, which its rollouts must repeat."""
-    return env_cls.episode_steps if train_config.get("episode_start", "continued") == "marked" else 0
 
 
 def sample_windows(tokens, batch: int, window: int, generator: torch.Generator):
@@ -355,9 +343,7 @@ def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = Tr
     step, seconds, resumed_from = 0, 0.0, []
     if ckpt_path.exists():
         ckpt = load_ad_checkpoint(ckpt_path)
-        # runs saved before episode starts could be marked trained on a stream
-        refuse_other_settings({"episode_start": "continued"} | ckpt["train_config"]
-                              | {"histories_sha256": ckpt["histories_sha256"]},
+        refuse_other_settings(ckpt["train_config"] | {"histories_sha256": ckpt["histories_sha256"]},
                               asdict(cfg) | {"histories_sha256": sha}, ckpt_path, ignore=cfg.RESUMABLE,
                               hint="use a new --out")
         model.load_state_dict(ckpt["model"])
@@ -381,8 +367,7 @@ def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = Tr
             "env_id": histories.env_id,
             "test_goals": torch.as_tensor(histories.test_goals), "train_goals": torch.as_tensor(histories.train_goals)})
 
-    tokens = history_tokens(data["states"], data["actions"], data["rewards"],
-                            marked_episode_steps(asdict(cfg), grid_env(histories.env_id)))
+    tokens = history_tokens(data["states"], data["actions"], data["rewards"])
     metrics = CsvLog(out_dir / "metrics.csv", METRIC_COLUMNS, resume_step=step)
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, unit="step", desc=f"ad train ({cfg.source})")
@@ -449,13 +434,12 @@ def sample_actions(logits: np.ndarray, uniforms: np.ndarray, temperature: float 
 
 def in_context_returns(step_fn: StepFunction, env: BatchDarkRoom | BatchKeyToDoor, episodes: int, window: int,
                        seed: int, reset_each_episode: bool = False, temperature: float = 1.0,
-                       marked_episodes: bool = False, progress: bool = False, desc: str = "in-context") -> np.ndarray:
+                       progress: bool = False, desc: str = "in-context") -> np.ndarray:
     """Roll the frozen model out from an empty context on each of the batch env's N tasks:
     returns [N, episodes].
 
     The context holds the last `window` transitions (across episodes), or only the current
-    episode's when `reset_each_episode`. With `marked_episodes` (a model trained so) the first
-    token of every episode carries no action and reward 0."""
+    episode's when `reset_each_episode`."""
     rng, episode_steps = np.random.default_rng(seed), env.episode_steps
     n, steps = len(env.xy), episodes * episode_steps
     states = np.zeros((n, steps), dtype=np.int64)
@@ -473,9 +457,7 @@ def in_context_returns(step_fn: StepFunction, env: BatchDarkRoom | BatchKeyToDoo
         s_next, rewards = env.step(actions)
         returns[:, episode] += rewards
         if k + 1 < steps:
-            states[:, k + 1] = s_next
-            if not (marked_episodes and t + 1 == episode_steps):
-                prev_actions[:, k + 1], prev_rewards[:, k + 1] = actions, rewards
+            states[:, k + 1], prev_actions[:, k + 1], prev_rewards[:, k + 1] = s_next, actions, rewards
     return returns
 
 
@@ -510,7 +492,6 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
         ed_model = build_model(ed)
     out_dir = prepare_output_dir(out_dir)
     window = model.cfg.window
-    marked = marked_episode_steps(ckpt["train_config"], env_cls) > 0
     test_goals = ckpt["test_goals"].numpy()
     train_goals = ckpt["train_goals"].numpy()
     test_seeded = np.repeat(test_goals, cfg.seeds, axis=0)
@@ -525,24 +506,21 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
         timings[name] = round(time.time() - started, 1)
 
     run("ad", lambda: in_context_returns(step_fn, test_env, cfg.episodes, window, cfg.seed, temperature=cfg.temperature,
-                                         marked_episodes=marked, progress=progress, desc="AD held-out"))
+                                         progress=progress, desc="AD held-out"))
     if ed_model is not None:
         run("ed", lambda: in_context_returns(torch_step_function(ed_model), test_env, cfg.short_episodes,
                                              ed_model.cfg.window, cfg.seed, temperature=cfg.temperature,
-                                             marked_episodes=marked_episode_steps(ed["train_config"], env_cls) > 0,
                                              progress=progress, desc="ED held-out"))
     train_subset = train_goals[np.random.default_rng(cfg.seed).permutation(len(train_goals))[:len(test_goals)]]
     run("ad_train_goals", lambda: in_context_returns(step_fn, env_cls(train_subset), cfg.short_episodes, window,
-                                                     cfg.seed, temperature=cfg.temperature, marked_episodes=marked,
-                                                     progress=progress, desc="AD train goals"))
+                                                     cfg.seed, temperature=cfg.temperature, progress=progress,
+                                                     desc="AD train goals"))
     run("ad_window_%d" % cfg.ablation_window,
         lambda: in_context_returns(step_fn, test_env, cfg.short_episodes, cfg.ablation_window, cfg.seed,
-                                   temperature=cfg.temperature, marked_episodes=marked, progress=progress,
-                                   desc="AD short window"))
+                                   temperature=cfg.temperature, progress=progress, desc="AD short window"))
     run("ad_reset_each_episode",
         lambda: in_context_returns(step_fn, test_env, cfg.short_episodes, window, cfg.seed, temperature=cfg.temperature,
-                                   reset_each_episode=True, marked_episodes=marked, progress=progress,
-                                   desc="AD context reset"))
+                                   reset_each_episode=True, progress=progress, desc="AD context reset"))
     # the Q-learner the histories came from
     source_cfg = from_dict(QLearningConfig, ckpt["source_q_learning"], f"{ad_checkpoint} source_q_learning")
     run("source", lambda: q_learning(test_env, cfg.episodes, np.random.default_rng(cfg.seed),
@@ -554,8 +532,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
     marks = [e for e in TABLE_EPISODES if e <= cfg.episodes]
     summary = {
         "env": env_cls.env_id, "test_goals": test_goals.tolist(), "seeds_per_goal": cfg.seeds, "eval_seed": cfg.seed,
-        "temperature": cfg.temperature, "window": window, "episode_start": "marked" if marked else "continued",
-        "train_step": int(ckpt["step"]),
+        "temperature": cfg.temperature, "window": window, "train_step": int(ckpt["step"]),
         "train_seconds": float(ckpt["train_seconds"]), "eval_seconds": timings,
         "return_at_episode": {name: {e: round(float(m[e - 1]), 2) for e in marks if e <= len(m)}
                               for name, m in mean.items()},
@@ -636,7 +613,6 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
     env_cls = checkpoint_env(ckpt, env_id, checkpoint_path)
     model = build_model(ckpt)
     window = model.cfg.window
-    marked = marked_episode_steps(ckpt["train_config"], env_cls) > 0
     out_dir = prepare_output_dir(out_dir)
     onnx_path = export_step_onnx(model, out_dir / "ad.onnx")
     session = ort_session(onnx_path)
@@ -654,12 +630,11 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
         return ort_logits
 
     started = time.time()
-    torch_curve = in_context_returns(torch_fn, env_cls(goals), episodes, window, seed, marked_episodes=marked,
-                                     progress=progress, desc="torch")
+    torch_curve = in_context_returns(torch_fn, env_cls(goals), episodes, window, seed, progress=progress, desc="torch")
     torch_seconds = time.time() - started
     started = time.time()
-    ort_curve = in_context_returns(checked, env_cls(goals), episodes, window, seed, marked_episodes=marked,
-                                   progress=progress, desc="onnxruntime")
+    ort_curve = in_context_returns(checked, env_cls(goals), episodes, window, seed, progress=progress,
+                                   desc="onnxruntime")
     ort_seconds = time.time() - started
 
     latency_ms = step_latency_ms(session, window)
@@ -667,8 +642,6 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
     torch_mean, ort_mean = torch_curve.mean(0), ort_curve.mean(0)
     summary = {
         "env": env_cls.env_id, "onnx": str(onnx_path), "opset": ONNX_OPSET, "window": window,
-        # how a caller builds the tokens: the first of an episode without action and reward, or not
-        "episode_start": "marked" if marked else "continued",
         "bytes": onnx_path.stat().st_size,
         "goals": len(goals), "episodes": episodes, "seed": seed,
         "max_abs_logit_diff": gaps[0], "greedy_action_agreement": agree[0] / max(1, total[0]),

@@ -341,9 +341,6 @@ class ADCollectConfig:
     seed: int = option(0, "seed of the goal split and the learners", metavar="K", parse=random_seed)
 
 
-EPISODE_STARTS = ("continued", "marked")
-
-
 @dataclass
 class ADTrainConfig:
     """`ad train`: the causal transformer and its optimiser."""
@@ -356,9 +353,6 @@ class ADTrainConfig:
     grad_clip: float = setting(1.0, positive_float)
     seed: int = option(0, metavar="K", parse=random_seed)
     window: int = option(60, "context length T in transitions")
-    episode_start: str = option("continued", "the first token of an episode: 'continued' carries the previous "
-                                "episode's last action and reward, as one stream; 'marked' carries no action and "
-                                "reward 0, so the model sees where its episode began", choices=EPISODE_STARTS)
     dim: int = option(64)
     layers: int = option(3)
     heads: int = option(4)
@@ -407,15 +401,12 @@ class ADExportConfig:
 # episode showed improvements that no reward in the window explained; one learner per key/door
 # pair, every pair but the held-out ones, buys task diversity, the paper's main lever; a
 # window of four 50-step episodes holds a discovery and the episodes that use it (the paper:
-# 100 transitions reach 1.74 of 2, 200 reach 1.84). Episode starts are marked: whether the
-# key was taken is whether a reward came after the episode's start, which an unmarked stream
-# hides (its windows start anywhere in an episode); unmarked, AD found the key on held-out
-# pairs and then never the door.
+# 100 transitions reach 1.74 of 2, 200 reach 1.84).
 AD_ENV_DEFAULTS: dict[str, dict[str, dict]] = {
     DARK_ROOM_ID: {"collect": {}, "q_learning": {}, "train": {}},
     KEY_TO_DOOR_ID: {
         "collect": {"test_goals": 20, "seeds_per_goal": 1, "episodes": 50, "keep_every": 1},
         "q_learning": {"decay_episodes": 20, "replay_sweeps": 1},
-        "train": {"window": 200, "episode_start": "marked"},
+        "train": {"window": 200},
     },
 }

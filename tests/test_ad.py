@@ -221,36 +221,6 @@ def test_causal_mask_no_future_leakage():
     assert rewards_in.grad[:, cut:].abs().max() == 0 and rewards_in.grad[:, :cut].abs().max() > 0
 
 
-def test_marked_tokens_start_every_episode_without_action_or_reward():
-    """Marked histories and marked rollouts give the model the same tokens: the first of every
-    episode has no previous action and reward 0; inside an episode (s_t, a_{t-1}, r_{t-1})."""
-    rng = np.random.default_rng(0)
-    steps = 3
-    states, actions = rng.integers(0, 81, (2, 4 * steps)), rng.integers(0, NUM_ACTIONS, (2, 4 * steps))
-    rewards = rng.integers(0, 2, (2, 4 * steps)).astype(np.float32) + 1
-    _, stream_actions, stream_rewards, _ = ad.history_tokens(states, actions, rewards)
-    _, prev_actions, prev_rewards, _ = ad.history_tokens(states, actions, rewards, marked_episode_steps=steps)
-    starts = np.arange(4 * steps) % steps == 0
-    assert (prev_actions[:, starts] == ad.NO_ACTION).all() and (prev_rewards[:, starts] == 0).all()
-    assert torch.equal(prev_actions[:, ~starts], stream_actions[:, ~starts])
-    assert torch.equal(prev_rewards[:, ~starts], stream_rewards[:, ~starts])
-    assert (stream_actions[:, starts][:, 1:] != ad.NO_ACTION).all()       # a stream carries them on
-    seen = []
-
-    def last_tokens(states, prev_actions, prev_rewards):
-        seen.append((prev_actions[:, -1].copy(), prev_rewards[:, -1].copy()))
-        return np.zeros((len(states), NUM_ACTIONS))
-
-    for marked in (False, True):
-        seen.clear()
-        ad.in_context_returns(last_tokens, BatchKeyToDoor(np.array([[4, 5, 4, 6]])), 3, 60, seed=0,
-                              marked_episodes=marked)
-        first = [seen[k] for k in range(0, len(seen), BatchKeyToDoor.episode_steps)]
-        assert first[0][0][0] == ad.NO_ACTION
-        assert all(a[0] == ad.NO_ACTION and r[0] == 0 for a, r in first[1:]) == marked
-        assert all(seen[k][0][0] != ad.NO_ACTION for k in range(len(seen)) if k % BatchKeyToDoor.episode_steps)
-
-
 def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch):
     cfg = ad.ADTrainConfig(steps=30, batch=16, window=40, dim=32, layers=1, heads=2, ff_dim=64, warmup=5,
                          checkpoint_every=10)
@@ -487,8 +457,7 @@ def test_cli_takes_key_to_door_defaults_under_the_flags_given(k2d_dir, tmp_path,
     small = ["--steps", "1", "--batch", "2", "--dim", "16", "--layers", "1", "--heads", "2", "--ff-dim", "32",
              "--quiet"]
     assert cli_main(["ad", "train", "--data", str(k2d_dir), "--out", str(tmp_path / "a"), *small]) == 0
-    trained = ad.load_ad_checkpoint(tmp_path / "a" / "checkpoint.pt")
-    assert trained["model_config"]["window"] == k2d_window and trained["train_config"]["episode_start"] == "marked"
+    assert ad.load_ad_checkpoint(tmp_path / "a" / "checkpoint.pt")["model_config"]["window"] == k2d_window
     assert cli_main(["ad", "train", "--data", str(k2d_dir), "--out", str(tmp_path / "b"), "--window", "30",
                      *small]) == 0
     assert ad.load_ad_checkpoint(tmp_path / "b" / "checkpoint.pt")["model_config"]["window"] == 30
