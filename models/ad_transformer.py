@@ -29,6 +29,8 @@ class ADConfig:
     ff_dim: int
     dropout: float              # residual and embedding dropout
     attn_dropout: float
+    # tokens also carry the return so far in their episode (Key-to-Door: whether the key is held)
+    episode_return_input: bool = False
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -82,9 +84,13 @@ class Block(nn.Module):
 
 
 class ADTransformer(nn.Module):
-    """(states, prev_actions, prev_rewards) [B, L] with L <= window -> action logits [B, L, A].
+    """(states, prev_actions, prev_rewards[, episode_returns]) [B, L] with L <= window -> action
+    logits [B, L, A].
 
     prev_actions uses `num_actions` as "no previous action" (the first token of a history).
+    episode_returns (given iff cfg.episode_return_input) is the return collected earlier in each
+    token's episode: what an agent in a dark room remembers of its episode, which a window that
+    starts mid-episode cannot tell it.
     """
 
     def __init__(self, cfg: ADConfig):
@@ -93,6 +99,7 @@ class ADTransformer(nn.Module):
         self.state_emb = nn.Embedding(cfg.num_states, cfg.dim)
         self.action_emb = nn.Embedding(cfg.num_actions + 1, cfg.dim)
         self.reward_emb = nn.Linear(1, cfg.dim)
+        self.return_emb = nn.Linear(1, cfg.dim) if cfg.episode_return_input else None
         self.pos_emb = nn.Parameter(torch.zeros(cfg.window, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
@@ -109,11 +116,16 @@ class ADTransformer(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, states: torch.Tensor, prev_actions: torch.Tensor, prev_rewards: torch.Tensor,
-                last_only: bool = False) -> torch.Tensor:
+                episode_returns: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Logits [B, L, A]; with last_only, [B, 1, A] for the last token (a third cheaper at 3 layers)."""
+        if (episode_returns is None) != (self.return_emb is None):
+            raise ValueError("episode_returns must be given exactly when the model takes them "
+                             f"(episode_return_input={self.cfg.episode_return_input})")
         length = states.shape[1]
         x = (self.state_emb(states) + self.action_emb(prev_actions)
              + self.reward_emb(prev_rewards.unsqueeze(-1)) + self.pos_emb[:length])
+        if self.return_emb is not None:
+            x = x + self.return_emb(episode_returns.unsqueeze(-1))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, last_only and i == len(self.blocks) - 1)
@@ -130,6 +142,9 @@ class ADStepPolicy(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, states, prev_actions, prev_rewards, valid_length):
-        logits = self.model(states, prev_actions, prev_rewards)        # [1, T, A]
+    def forward(self, *inputs):
+        """(states, prev_actions, prev_rewards[, episode_returns], valid_length): the model's
+        inputs (tinypolicy.export.ad_onnx.input_names) and the valid length."""
+        *tokens, valid_length = inputs
+        logits = self.model(*tokens)                                  # [1, T, A]
         return torch.index_select(logits, 1, valid_length - 1).squeeze(1)

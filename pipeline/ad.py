@@ -36,7 +36,7 @@ from tqdm import tqdm
 from tinypolicy.checkpoint import load_torch_artefact, nonfinite_tensors, save_torch_artefact
 from tinypolicy.config import check_settings, from_dict, refuse_other_settings
 from tinypolicy.export.ad_onnx import OPSET as ONNX_OPSET
-from tinypolicy.export.ad_onnx import export_step_onnx, ort_step_function, step_latency_ms
+from tinypolicy.export.ad_onnx import export_step_onnx, input_names, ort_step_function, step_latency_ms
 from tinypolicy.export.runtimes import ort_session
 from tinypolicy.models.ad_transformer import ADConfig, ADTransformer
 from tinypolicy.ondevice.artefact import (
@@ -286,17 +286,22 @@ def model_config(cfg: ADTrainConfig) -> ADConfig:
     """The transformer `cfg` describes, on Dark Room's states and actions."""
     try:
         return ADConfig(NUM_STATES, NUM_ACTIONS, cfg.window, cfg.dim, cfg.layers, cfg.heads, cfg.ff_dim, cfg.dropout,
-                        cfg.attn_dropout)
+                        cfg.attn_dropout, episode_return_input=cfg.episode_return == "yes")
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
 
-def history_tokens(states: np.ndarray, actions: np.ndarray, rewards: np.ndarray):
-    """Token t of a stream = (s_t, a_{t-1}, r_{t-1}); target a_t. Inputs [H, L] -> torch [H, L]."""
+def history_tokens(states: np.ndarray, actions: np.ndarray, rewards: np.ndarray, episode_steps: int):
+    """Token t of a stream = (s_t, a_{t-1}, r_{t-1}, R_t) with R_t the return earlier in t's
+    episode (episodes of `episode_steps`); target a_t. Inputs [H, L] -> torch [H, L]:
+    states, prev_actions, prev_rewards, episode_returns, targets."""
     prev_actions = np.concatenate([np.full((len(actions), 1), NO_ACTION), actions[:, :-1]], 1)
     prev_rewards = np.concatenate([np.zeros((len(rewards), 1)), rewards[:, :-1]], 1)
+    per_episode = rewards.reshape(len(rewards), -1, episode_steps)
+    episode_returns = (np.cumsum(per_episode, -1) - per_episode).reshape(rewards.shape)
     return (torch.as_tensor(states, dtype=torch.long), torch.as_tensor(prev_actions, dtype=torch.long),
-            torch.as_tensor(prev_rewards, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.long))
+            torch.as_tensor(prev_rewards, dtype=torch.float32), torch.as_tensor(episode_returns, dtype=torch.float32),
+            torch.as_tensor(actions, dtype=torch.long))
 
 
 def sample_windows(tokens, batch: int, window: int, generator: torch.Generator):
@@ -343,7 +348,9 @@ def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = Tr
     step, seconds, resumed_from = 0, 0.0, []
     if ckpt_path.exists():
         ckpt = load_ad_checkpoint(ckpt_path)
-        refuse_other_settings(ckpt["train_config"] | {"histories_sha256": ckpt["histories_sha256"]},
+        # runs saved before tokens could carry episode returns trained without them
+        refuse_other_settings({"episode_return": "no"} | ckpt["train_config"]
+                              | {"histories_sha256": ckpt["histories_sha256"]},
                               asdict(cfg) | {"histories_sha256": sha}, ckpt_path, ignore=cfg.RESUMABLE,
                               hint="use a new --out")
         model.load_state_dict(ckpt["model"])
@@ -367,15 +374,16 @@ def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = Tr
             "env_id": histories.env_id,
             "test_goals": torch.as_tensor(histories.test_goals), "train_goals": torch.as_tensor(histories.train_goals)})
 
-    tokens = history_tokens(data["states"], data["actions"], data["rewards"])
+    tokens = history_tokens(data["states"], data["actions"], data["rewards"], grid_env(histories.env_id).episode_steps)
     metrics = CsvLog(out_dir / "metrics.csv", METRIC_COLUMNS, resume_step=step)
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, unit="step", desc=f"ad train ({cfg.source})")
     losses, hits = [], []
     while step < cfg.steps:
         started = time.time()
-        states, prev_actions, prev_rewards, targets = sample_windows(tokens, cfg.batch, cfg.window, generator)
-        logits = model(states, prev_actions, prev_rewards)
+        states, prev_actions, prev_rewards, episode_returns, targets = sample_windows(tokens, cfg.batch, cfg.window,
+                                                                                     generator)
+        logits = model(states, prev_actions, prev_rewards, episode_returns if model.return_emb is not None else None)
         loss = F.cross_entropy(logits.reshape(-1, NUM_ACTIONS), targets.reshape(-1))
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
@@ -405,16 +413,18 @@ def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = Tr
 
 # --------------------------------------------------------------------------- evaluate
 
-# A step function: tokens (states, prev_actions, prev_rewards) [B, n], n <= window -> logits [B, A]
-# of the last token. Torch evaluates it batched; `export` passes an ONNX Runtime one too.
-StepFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# A step function: tokens (states, prev_actions, prev_rewards, episode_returns) [B, n], n <= window
+# -> logits [B, A] of the last token; a model without the episode-return input ignores that one.
+# Torch evaluates it batched; `export` passes an ONNX Runtime one too.
+StepFunction = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def torch_step_function(model: ADTransformer) -> StepFunction:
     @torch.inference_mode()
-    def step(states, prev_actions, prev_rewards):
+    def step(states, prev_actions, prev_rewards, episode_returns):
+        returns = torch.as_tensor(episode_returns, dtype=torch.float32) if model.return_emb is not None else None
         logits = model(torch.as_tensor(states, dtype=torch.long), torch.as_tensor(prev_actions, dtype=torch.long),
-                       torch.as_tensor(prev_rewards, dtype=torch.float32), last_only=True)
+                       torch.as_tensor(prev_rewards, dtype=torch.float32), returns, last_only=True)
         return logits[:, -1].numpy()
 
     return step
@@ -445,19 +455,23 @@ def in_context_returns(step_fn: StepFunction, env: BatchDarkRoom | BatchKeyToDoo
     states = np.zeros((n, steps), dtype=np.int64)
     prev_actions = np.full((n, steps), NO_ACTION, dtype=np.int64)
     prev_rewards = np.zeros((n, steps), dtype=np.float32)
+    episode_returns = np.zeros((n, steps), dtype=np.float32)   # the return earlier in each step's episode
     returns = np.zeros((n, episodes))
     for k in tqdm(range(steps), disable=not progress, desc=desc, unit="step", mininterval=2):
         episode, t = divmod(k, episode_steps)
         if t == 0:
             states[:, k] = env.reset()
         start = max(0, k + 1 - window, episode * episode_steps if reset_each_episode else 0)
-        logits = step_fn(states[:, start:k + 1], prev_actions[:, start:k + 1], prev_rewards[:, start:k + 1])
+        logits = step_fn(states[:, start:k + 1], prev_actions[:, start:k + 1], prev_rewards[:, start:k + 1],
+                         episode_returns[:, start:k + 1])
         uniforms = rng.random(n)
         actions = sample_actions(logits, uniforms, temperature)
         s_next, rewards = env.step(actions)
         returns[:, episode] += rewards
         if k + 1 < steps:
             states[:, k + 1], prev_actions[:, k + 1], prev_rewards[:, k + 1] = s_next, actions, rewards
+            if t + 1 < episode_steps:
+                episode_returns[:, k + 1] = returns[:, episode]
     return returns
 
 
@@ -621,12 +635,11 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
     torch_fn, ort_fn = torch_step_function(model), ort_step_function(session, window, model.cfg.num_actions)
     gaps, agree, total = [0.0], [0], [0]
 
-    def checked(states, prev_actions, prev_rewards):
-        ort_logits = ort_fn(states, prev_actions, prev_rewards)
-        torch_logits = torch_fn(states, prev_actions, prev_rewards)
+    def checked(*tokens):
+        ort_logits, torch_logits = ort_fn(*tokens), torch_fn(*tokens)
         gaps[0] = max(gaps[0], float(np.abs(ort_logits - torch_logits).max()))
         agree[0] += int((ort_logits.argmax(1) == torch_logits.argmax(1)).sum())
-        total[0] += len(states)
+        total[0] += len(tokens[0])
         return ort_logits
 
     started = time.time()
@@ -642,6 +655,7 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
     torch_mean, ort_mean = torch_curve.mean(0), ort_curve.mean(0)
     summary = {
         "env": env_cls.env_id, "onnx": str(onnx_path), "opset": ONNX_OPSET, "window": window,
+        "inputs": input_names(model.cfg),
         "bytes": onnx_path.stat().st_size,
         "goals": len(goals), "episodes": episodes, "seed": seed,
         "max_abs_logit_diff": gaps[0], "greedy_action_agreement": agree[0] / max(1, total[0]),

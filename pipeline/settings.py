@@ -353,6 +353,8 @@ class ADTrainConfig:
     grad_clip: float = setting(1.0, positive_float)
     seed: int = option(0, metavar="K", parse=random_seed)
     window: int = option(60, "context length T in transitions")
+    episode_return: str = option("no", "tokens also carry the return collected earlier in their episode (what a "
+                                       "dark-room agent remembers of it)", choices=("no", "yes"))
     dim: int = option(64)
     layers: int = option(3)
     heads: int = option(4)
@@ -401,12 +403,14 @@ class ADExportConfig:
 # episode showed improvements that no reward in the window explained; one learner per key/door
 # pair, every pair but the held-out ones, buys task diversity, the paper's main lever; a
 # window of four 50-step episodes holds a discovery and the episodes that use it (the paper:
-# 100 transitions reach 1.74 of 2, 200 reach 1.84).
+# 100 transitions reach 1.74 of 2, 200 reach 1.84). Tokens carry the episode's return so far:
+# a window starts mid-episode, and without it the model could not tell a key taken in this
+# episode from one taken in the last (it then hovered around the key cell, returning 1).
 AD_ENV_DEFAULTS: dict[str, dict[str, dict]] = {
     DARK_ROOM_ID: {"collect": {}, "q_learning": {}, "train": {}},
     KEY_TO_DOOR_ID: {
         "collect": {"test_goals": 20, "seeds_per_goal": 1, "episodes": 50, "keep_every": 1},
         "q_learning": {"decay_episodes": 20, "replay_sweeps": 1},
-        "train": {"window": 200},
+        "train": {"window": 200, "episode_return": "yes"},
     },
 }

@@ -243,10 +243,33 @@ def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch
     monkeypatch.setattr(ad, "q_learning", lambda *a: used.append(a[3]) or real_q_learning(*a))
     ad.evaluate(checkpoint, tmp_path / "eval", ad.ADEvalConfig(episodes=2, seeds=1, short_episodes=1), progress=False)
     assert used == [SOURCE]
-    # Tokens: (s_t, a_{t-1}, r_{t-1}) with "no action" first, target a_t.
+    # Tokens: (s_t, a_{t-1}, r_{t-1}, R_t) with "no action" first, target a_t.
     data = ad.load_histories(histories_dir).source("learning")
-    states, prev_actions, prev_rewards, targets = ad.history_tokens(data["states"], data["actions"], data["rewards"])
+    _, prev_actions, _, _, targets = ad.history_tokens(data["states"], data["actions"], data["rewards"],
+                                                       BatchDarkRoom.episode_steps)
     assert prev_actions[0, 0] == ad.NO_ACTION and torch.equal(prev_actions[:, 1:], targets[:, :-1])
+
+
+def test_episode_returns_restart_every_episode_in_histories_and_rollouts():
+    """R_t, the return earlier in t's episode, by hand on two 3-step episodes; a rollout hands
+    the step function the same quantity (checked against the rewards it was handed)."""
+    rewards = np.array([[1.0, 0.0, 1.0, 0.0, 1.0, 1.0]])
+    _, _, _, episode_returns, _ = ad.history_tokens(np.zeros((1, 6), int), np.zeros((1, 6), int), rewards, 3)
+    assert episode_returns.tolist() == [[0.0, 1.0, 1.0, 0.0, 0.0, 1.0]]
+    seen = []
+
+    def walk_right(states, prev_actions, prev_rewards, episode_returns):
+        seen.append((prev_rewards[0].copy(), episode_returns[0].copy()))
+        return np.eye(NUM_ACTIONS)[[RIGHT]] * 50.0
+
+    # The key one step right of the centre, the door two: walking right takes both.
+    returns = ad.in_context_returns(walk_right, BatchKeyToDoor(np.array([[5, 4, 6, 4]])), 2, 200, seed=0)
+    assert returns.tolist() == [[2.0, 2.0]]
+    steps = BatchKeyToDoor.episode_steps
+    for k in (1, 2, 3, steps, steps + 1, steps + 2, steps + 3):
+        prev_rewards, episode_returns = seen[k]
+        start = k - k % steps
+        assert episode_returns[-1] == prev_rewards[start + 1:k + 1].sum() == min(k % steps, 2)
 
 
 def test_an_update_that_diverges_at_a_checkpoint_is_not_saved(histories_dir, tmp_path, monkeypatch):
@@ -287,22 +310,33 @@ def test_onnx_step_function_matches_torch(tmp_path):
     from tinypolicy.export.runtimes import ort_session
 
     torch.manual_seed(1)
-    model = ADTransformer(ad.model_config(ad.ADTrainConfig(window=40, dim=32, layers=2, heads=4, ff_dim=64))).eval()
-    session = ort_session(export_step_onnx(model, tmp_path / "ad.onnx"))
-    rng = np.random.default_rng(0)
-    step = ad.torch_step_function(model)
-    for n in (1, 7, 40):
-        states = rng.integers(0, 81, (3, n))
-        actions = rng.integers(0, 6, (3, n))
-        rewards = rng.integers(0, 2, (3, n)).astype(np.float32)
-        np.testing.assert_allclose(ort_step_function(session, 40, ad.NO_ACTION)(states, actions, rewards),
-                                   step(states, actions, rewards), atol=1e-5)
-    # The same in-context rollout under both runtimes (sliding window, several episodes).
-    goals = all_cells()[[3, 50]]
-    torch_curve = ad.in_context_returns(step, BatchDarkRoom(goals), 4, 40, seed=5)
-    onnx_curve = ad.in_context_returns(ort_step_function(session, 40, ad.NO_ACTION), BatchDarkRoom(goals), 4, 40,
-                                       seed=5)
-    np.testing.assert_array_equal(torch_curve, onnx_curve)
+    for episode_return in ("no", "yes"):
+        cfg = ad.ADTrainConfig(window=40, dim=32, layers=2, heads=4, ff_dim=64, episode_return=episode_return)
+        model = ADTransformer(ad.model_config(cfg)).eval()
+        session = ort_session(export_step_onnx(model, tmp_path / f"ad-{episode_return}.onnx"))
+        assert [i.name for i in session.get_inputs()][-2] == ("episode_returns" if episode_return == "yes"
+                                                              else "prev_rewards")
+        rng = np.random.default_rng(0)
+        step = ad.torch_step_function(model)
+        for n in (1, 7, 40):
+            tokens = (rng.integers(0, 81, (3, n)), rng.integers(0, 6, (3, n)),
+                      rng.integers(0, 2, (3, n)).astype(np.float32), rng.integers(0, 3, (3, n)).astype(np.float32))
+            np.testing.assert_allclose(ort_step_function(session, 40, ad.NO_ACTION)(*tokens), step(*tokens),
+                                       atol=1e-5)
+        # The same in-context rollout under both runtimes (sliding window, several episodes).
+        goals = all_cells()[[3, 50]]
+        torch_curve = ad.in_context_returns(step, BatchDarkRoom(goals), 4, 40, seed=5)
+        onnx_curve = ad.in_context_returns(ort_step_function(session, 40, ad.NO_ACTION), BatchDarkRoom(goals), 4,
+                                           40, seed=5)
+        np.testing.assert_array_equal(torch_curve, onnx_curve)
+    # A model with the input uses it, and refuses to run without it.
+    tokens = [torch.as_tensor(t) for t in (rng.integers(0, 81, (1, 5)), rng.integers(0, 6, (1, 5)),
+                                           np.zeros((1, 5), np.float32))]
+    with torch.no_grad():
+        model.return_emb.weight.fill_(1.0)
+        assert not torch.equal(model(*tokens, torch.zeros(1, 5)), model(*tokens, torch.ones(1, 5)))
+    with pytest.raises(ValueError, match="episode_returns must be given"):
+        model(*tokens)
 
 
 # ---------------------------------------------------------------- CLI
@@ -457,7 +491,8 @@ def test_cli_takes_key_to_door_defaults_under_the_flags_given(k2d_dir, tmp_path,
     small = ["--steps", "1", "--batch", "2", "--dim", "16", "--layers", "1", "--heads", "2", "--ff-dim", "32",
              "--quiet"]
     assert cli_main(["ad", "train", "--data", str(k2d_dir), "--out", str(tmp_path / "a"), *small]) == 0
-    assert ad.load_ad_checkpoint(tmp_path / "a" / "checkpoint.pt")["model_config"]["window"] == k2d_window
+    trained = ad.load_ad_checkpoint(tmp_path / "a" / "checkpoint.pt")["model_config"]
+    assert trained["window"] == k2d_window and trained["episode_return_input"]
     assert cli_main(["ad", "train", "--data", str(k2d_dir), "--out", str(tmp_path / "b"), "--window", "30",
                      *small]) == 0
     assert ad.load_ad_checkpoint(tmp_path / "b" / "checkpoint.pt")["model_config"]["window"] == 30
