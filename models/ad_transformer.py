@@ -88,8 +88,8 @@ class ADTransformer(nn.Module):
     logits [B, L, A].
 
     prev_actions uses `num_actions` as "no previous action" (the first token of a history).
-    episode_returns (given iff cfg.episode_return_input) is the return collected earlier in each
-    token's episode: what an agent in a dark room remembers of its episode, which a window that
+    episode_returns (required where cfg.episode_return_input, else unused) is the return collected
+    earlier in each token's episode: what an agent in a dark room remembers of its episode, which a window that
     starts mid-episode cannot tell it.
     """
 
@@ -118,9 +118,8 @@ class ADTransformer(nn.Module):
     def forward(self, states: torch.Tensor, prev_actions: torch.Tensor, prev_rewards: torch.Tensor,
                 episode_returns: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Logits [B, L, A]; with last_only, [B, 1, A] for the last token (a third cheaper at 3 layers)."""
-        if (episode_returns is None) != (self.return_emb is None):
-            raise ValueError("episode_returns must be given exactly when the model takes them "
-                             f"(episode_return_input={self.cfg.episode_return_input})")
+        if episode_returns is None and self.return_emb is not None:
+            raise ValueError("episode_returns must be given: this model takes them (episode_return_input)")
         length = states.shape[1]
         x = (self.state_emb(states) + self.action_emb(prev_actions)
              + self.reward_emb(prev_rewards.unsqueeze(-1)) + self.pos_emb[:length])

@@ -383,7 +383,7 @@ def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = Tr
         started = time.time()
         states, prev_actions, prev_rewards, episode_returns, targets = sample_windows(tokens, cfg.batch, cfg.window,
                                                                                      generator)
-        logits = model(states, prev_actions, prev_rewards, episode_returns if model.return_emb is not None else None)
+        logits = model(states, prev_actions, prev_rewards, episode_returns)
         loss = F.cross_entropy(logits.reshape(-1, NUM_ACTIONS), targets.reshape(-1))
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
@@ -422,9 +422,9 @@ StepFunction = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.nda
 def torch_step_function(model: ADTransformer) -> StepFunction:
     @torch.inference_mode()
     def step(states, prev_actions, prev_rewards, episode_returns):
-        returns = torch.as_tensor(episode_returns, dtype=torch.float32) if model.return_emb is not None else None
         logits = model(torch.as_tensor(states, dtype=torch.long), torch.as_tensor(prev_actions, dtype=torch.long),
-                       torch.as_tensor(prev_rewards, dtype=torch.float32), returns, last_only=True)
+                       torch.as_tensor(prev_rewards, dtype=torch.float32),
+                       torch.as_tensor(episode_returns, dtype=torch.float32), last_only=True)
         return logits[:, -1].numpy()
 
     return step
