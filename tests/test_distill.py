@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.builders import mask_onnx
+from tests.builders import mask_onnx, sparse_actor, write_checkpoint
 from tinypolicy.ondevice.dataset import load_dataset, save_dataset
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.distill import DistillConfig, distill
@@ -225,6 +225,33 @@ def test_hades_table_summarises_each_grid_of_a_published_run(tmp_path):
         {"expert_return": 300.0, "target_share": 0.6, "summary": {"dense": grid}}))
     assert rows([run], None)[-1] == ("| HaDES-R | dense | 405 | 75 | 25% | 16 relu, lr 0.01, 100 steps | 3 | 1% "
                                      "| 25% (>= 60%) |")
+
+
+def test_bc_ceiling_summarises_the_grid_against_the_expert():
+    from benchmarks.bc_ceiling import table
+
+    rows = [{"width": w, "depth": d, "activation": "tanh", "mean_return": r}
+            for (w, d), r in zip([(16, 1), (16, 2), (64, 1), (64, 2)], [30.0, 50.0, 70.0, 90.0])]
+    report = {"env_id": "Hopper-v5", "expert_return": 100.0, "pairs": 500, "steps": 10, "batch": 8, "lr": 0.01,
+              "seeds": 1, "episodes": 1, "rows": rows}
+    lines = table(report)
+    assert lines[2:6] == ["| 16 | 30% |", "| 16-16 | 50% |", "| 64 | 70% |", "| 64-64 | 90% |"]
+    assert ("mean over the 4 cells 60%, worst 16 tanh 30%, cells at >= 40% 75%, at >= 60% 50%." in lines[-1])
+
+
+def test_bc_ceiling_trains_and_rolls_out_each_architecture(tmp_path):
+    from benchmarks.bc_ceiling import main
+
+    ckpt = write_checkpoint(tmp_path / "expert.pt", sparse_actor("td3", 0.9, hidden=(32, 32)), hidden=(32, 32))
+    out = tmp_path / "ceiling.json"
+    args = ["run", str(ckpt), "--out", str(out), "--pairs", "300", "--steps", "30", "--seeds", "2", "--episodes", "1",
+            "--widths", "8", "--depths", "1,2", "--activations", "relu", "--quiet"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert [(r["width"], r["depth"], r["activation"]) for r in report["rows"]] == [(8, 1, "relu"), (8, 2, "relu")]
+    assert all(len(r["returns"]) == 2 and len(r["train_mse"]) == 2 for r in report["rows"])
+    before = out.read_bytes()
+    assert main(args) == 2 and out.read_bytes() == before  # an existing report is never overwritten
 
 
 def test_architecture_settings_are_checked():
