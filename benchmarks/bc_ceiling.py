@@ -23,7 +23,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
             "expert_return": round(expert_return, 2), "pairs": args.pairs, "steps": args.steps, "lr": args.lr,
             "batch": args.batch, "seeds": args.seeds, "episodes": args.episodes, "rows": rows,
             "seconds": round(time.time() - start, 1), "torch_threads": torch.get_num_threads(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": platform.processor() or platform.machine()}
 
 
@@ -113,12 +113,14 @@ def table(report: dict) -> list[str]:
         lines.append(f"| {'-'.join([str(width)] * depth)} | " + " | ".join(shares) + " |")
     values = np.asarray([r["mean_return"] for r in report["rows"]])
     worst = report["rows"][int(values.argmin())]
-    lines += ["", f"{report['env_id']}, expert {expert:,.0f} ({report['pairs']:,} of its pairs, {report['steps']:,} "
-                  f"Adam steps of {report['batch']}, lr {report['lr']}; {report['seeds']} inits x "
-                  f"{report['episodes']} episodes per cell): mean over the {len(values)} cells "
-                  f"{percent(share_of(values.mean(), expert))}, worst {'-'.join([str(worst['width'])] * worst['depth'])} "
-                  f"{worst['activation']} {percent(share_of(worst['mean_return'], expert))}, cells at >= 40% "
-                  f"{percent(float(np.mean(values >= 0.4 * expert)))}, at >= 60% {percent(float(np.mean(values >= 0.6 * expert)))}."]
+    settings = (f"{report['pairs']:,} of its pairs, {report['steps']:,} Adam steps of {report['batch']}, "
+                f"lr {report['lr']}; {report['seeds']} inits x {report['episodes']} episodes per cell")
+    worst_label = f"{'-'.join([str(worst['width'])] * worst['depth'])} {worst['activation']}"
+    lines += ["", (f"{report['env_id']}, expert {expert:,.0f} ({settings}): mean over the {len(values)} cells "
+                   f"{percent(share_of(values.mean(), expert))}, worst {worst_label} "
+                   f"{percent(share_of(worst['mean_return'], expert))}, cells at >= 40% "
+                   f"{percent(float(np.mean(values >= 0.4 * expert)))}, at >= 60% "
+                   f"{percent(float(np.mean(values >= 0.6 * expert)))}.")]
     return lines
 
 
