@@ -88,7 +88,9 @@ class TrainConfig:
     precision: str = option("fp32", "compute dtype of the hidden layers (bf16: mixed precision, faster on "
                                     "AVX-512 BF16 CPUs)", choices=HIDDEN_DTYPES)
     # None: scaled from total_steps with the paper's proportions (pipeline.train.Schedule).
-    learning_starts: int | None = setting(None, nonnegative_int)
+    learning_starts: int | None = option(None, "env steps of uniformly random actions before learning starts "
+                                               "(default: the paper's 25,000 of 3M scaled to --steps, at least 1,000)",
+                                         parse=nonnegative_int)
     topology_interval: int | None = setting(None, positive_int)
     nstep_start: int | None = setting(None, nonnegative_int)
     buffer_min: int | None = setting(None, positive_int)
@@ -107,6 +109,9 @@ class TrainConfig:
         if self.prune_start >= self.prune_end:
             raise UserError(f"train: prune_start ({self.prune_start:g}) must come before prune_end "
                             f"({self.prune_end:g}), both as fractions of the run")
+        if self.learning_starts is not None and self.learning_starts >= self.total_steps:
+            raise UserError(f"train: --learning-starts ({self.learning_starts}) must be less than --steps "
+                            f"({self.total_steps}): the run would never learn")
 
 
 # --------------------------------------------------------------------------- distill, generalise

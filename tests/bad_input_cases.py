@@ -164,6 +164,8 @@ CASES = [
     Case("train-lr-negative", "train --env Hopper-v5 --out run --lr -1"),
     Case("train-lr-inf", "train --env Hopper-v5 --out run --lr inf"),
     Case("train-seed-negative", "train --env Hopper-v5 --out run --seed -1"),
+    Case("train-warm-up-past-the-run", "train --env Hopper-v5 --out run --steps 5000 --learning-starts 5000",
+         stderr_has=("--learning-starts",)),
     Case("train-discrete-env", "train --env CartPole-v1 --out run"),
     Case("train-init-from-garbage", "train --env Hopper-v5 --init-from bad.pt --out run", (write("bad.pt", GARBAGE),),
          stderr_has=("bad.pt",)),

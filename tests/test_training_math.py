@@ -227,6 +227,9 @@ def test_schedule_scaled_from_total_steps():
     assert (s.learning_starts, s.topology_end, s.topology_interval, s.nstep_start, s.buffer_min) == \
         (25_000, 2_975_000, 10_000, 300_000, 100_000)
     assert (s.prune_start, s.prune_end, s.prune_interval) == (600_000, 2_400_000, 3_000)
+    # --learning-starts replaces the scaled warm-up; topology updates stop that many steps before the end (T - warm-up)
+    s = Schedule.for_config(TrainConfig(total_steps=300_000, learning_starts=25_000))
+    assert (s.learning_starts, s.topology_end) == (25_000, 275_000)
 
 
 def test_trainer_initial_sparsity_and_targets(trainer):
