@@ -335,6 +335,7 @@ def build_model(checkpoint: dict) -> ADTransformer:
 def train(data_dir: Path, out_dir: Path, cfg: ADTrainConfig, progress: bool = True) -> dict:
     """Train AD (cfg.source "learning") or ED ("expert"); resumes from out_dir/checkpoint.pt."""
     check_settings(cfg, "ad train")
+    torch.set_num_threads(cfg.threads)
     histories = load_histories(data_dir)
     data = histories.source(cfg.source)
     if data["states"].shape[1] < cfg.window:
@@ -495,6 +496,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
              progress: bool = True, env_id: str | None = None) -> dict:
     """Every curve of the AD benchmark; writes curves.json, curves.csv, curves.png and
     context_ablation.png. `env_id`, when given, must be the checkpoint's env."""
+    torch.set_num_threads(cfg.threads)
     ckpt = load_ad_checkpoint(ad_checkpoint)
     env_cls = checkpoint_env(ckpt, env_id, ad_checkpoint)
     model = build_model(ckpt)

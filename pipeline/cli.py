@@ -403,7 +403,7 @@ def cmd_ad(args) -> int:
         return from_dict(cls, AD_ENV_DEFAULTS[env_id][stage] | flag_values(args, cls),
                          f"tinypolicy ad {args.ad_command}")
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # collect and export; train and evaluate set their --threads
     if args.ad_command == "collect":
         collect_cfg = env_config(ADCollectConfig, args.env, "collect")
         summary = ad.collect(args.out, args.env, q_cfg=env_config(QLearningConfig, args.env, "q_learning"),

@@ -367,10 +367,11 @@ class ADTrainConfig:
     dropout: float = setting(0.1, fraction)
     attn_dropout: float = setting(0.3, fraction)
     checkpoint_every: int = option(500, "gradient steps between checkpoints")
+    threads: int = option(1, THREADS_HELP)  # one by default, as for RL training (TrainConfig.threads says why)
 
     # fields that may change between a run and its resumption: a run can be extended or cut
     # short, its cosine schedule then follows the new length from the current step on
-    RESUMABLE = ("steps", "checkpoint_every")
+    RESUMABLE = ("steps", "checkpoint_every", "threads")
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 1% of the peak."""
@@ -390,6 +391,7 @@ class ADEvalConfig:
     seed: int = option(1000, metavar="K", parse=random_seed)
     temperature: float = option(1.0, "softmax temperature of the model's sampled actions (0: always the most "
                                      "likely one)", parse=nonnegative)
+    threads: int = option(1, THREADS_HELP)
 
 
 @dataclass

@@ -229,10 +229,12 @@ def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
     assert len(losses) == 3 and losses[-1] < losses[0] < 1.7
-    # Resuming a finished run does no more steps; a longer --steps extends it; another config is refused.
+    # Resuming a finished run does no more steps; a longer --steps (on more threads) extends it; another config is
+    # refused.
     assert ad.train(histories_dir, tmp_path / "run", cfg, progress=False)["steps"] == 30
-    longer = ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40), progress=False)
+    longer = ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40, threads=2), progress=False)
     assert longer["steps"] == 40 and longer["resumed_from"] == [{"step": 30, "steps_before": 30}]
+    assert torch.get_num_threads() == 2
     with pytest.raises(UserError, match=r"other settings \(lr: 0.001 -> 0.0003\)"):
         ad.train(histories_dir, tmp_path / "run", replace(cfg, steps=40, lr=3e-4), progress=False)
     # The checkpoint names the Q-learner behind its histories; evaluation runs that one as "source".
@@ -242,7 +244,7 @@ def test_training_windows_and_loss_decrease(histories_dir, tmp_path, monkeypatch
     real_q_learning = ad.q_learning
     monkeypatch.setattr(ad, "q_learning", lambda *a: used.append(a[3]) or real_q_learning(*a))
     ad.evaluate(checkpoint, tmp_path / "eval", ad.ADEvalConfig(episodes=2, seeds=1, short_episodes=1), progress=False)
-    assert used == [SOURCE]
+    assert used == [SOURCE] and torch.get_num_threads() == 1  # evaluate's own --threads
     # Tokens: (s_t, a_{t-1}, r_{t-1}, R_t) with "no action" first, target a_t.
     data = ad.load_histories(histories_dir).source("learning")
     _, prev_actions, _, _, targets = ad.history_tokens(data["states"], data["actions"], data["rewards"],
