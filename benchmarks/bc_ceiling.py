@@ -5,7 +5,7 @@ architecture reaches from the best dataset is bounded in practice by what plain 
 learning on plenty of the expert's own data gives it. For every architecture of the grid
 (`tinypolicy generalise`'s widths x depths x activations) this trains fresh networks on
 `--pairs` of the expert's (state, action) pairs (its deterministic rollouts, normalised as a
-distilled dataset is; MSE in policy units; Adam on minibatches for `--steps` steps: 150 times
+distilled dataset is; MSE in policy units; Adam on minibatches for `--steps` steps: 156 times
 the pairs and 15 times the steps of a 64-pair dataset's longest BC) and rolls them out:
 
     python -m benchmarks.bc_ceiling run runs/hopper-td3-rlx2-a98-c95-fp32-s0/checkpoint.pt \
