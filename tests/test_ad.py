@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinypolicy.models.ad_transformer import ADTransformer
+from tinypolicy.models.ad_transformer import ADTransformer, _dropped
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline import ad
 from tinypolicy.pipeline.cli import main as cli_main
@@ -387,6 +387,29 @@ def test_last_only_forward_equals_full_forward():
         full = model(states[:, :n], actions[:, :n], rewards[:, :n])[:, -1]
         last = model(states[:, :n], actions[:, :n], rewards[:, :n], last_only=True)[:, -1]
         torch.testing.assert_close(last, full, rtol=0, atol=1e-5)
+
+
+def test_fused_attention_equals_the_written_out_one_that_the_export_traces(monkeypatch):
+    torch.manual_seed(3)
+    model = ADTransformer(ad.model_config(ad.ADTrainConfig(window=40, dim=32, layers=2, heads=4, ff_dim=64))).eval()
+    states, actions = torch.randint(0, 81, (3, 40)), torch.randint(0, 6, (3, 40))
+    rewards = torch.randint(0, 2, (3, 40)).float()
+    fused = [model(states, actions, rewards), model(states, actions, rewards, last_only=True)]
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    written_out = [model(states, actions, rewards), model(states, actions, rewards, last_only=True)]
+    for a, b in zip(fused, written_out):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_attention_dropout_drops_its_fraction_and_keeps_the_expected_value():
+    torch.manual_seed(4)
+    dropped, scale = _dropped(torch.Size([1000, 1000]), 0.3)
+    assert dropped.dtype == torch.bool and abs(dropped.float().mean().item() - 77 / 256) < 0.002
+    assert abs(scale * (1 - dropped.float().mean().item()) - 1) < 0.005
+    model = ADTransformer(ad.model_config(ad.ADTrainConfig(window=16, dim=32, layers=1, heads=4, ff_dim=64)))
+    tokens = torch.randint(0, 81, (2, 16)), torch.randint(0, 6, (2, 16)), torch.zeros(2, 16)
+    assert not torch.equal(model.train()(*tokens), model.train()(*tokens))   # a new mask each call
+    torch.testing.assert_close(model.eval()(*tokens), model.eval()(*tokens), rtol=0, atol=0)
 
 
 def test_cli_collect_records_the_source_schedule(tmp_path):
