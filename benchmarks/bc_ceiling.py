@@ -34,7 +34,7 @@ from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.envs import evaluate_policy
 from tinypolicy.ondevice.artefact import write_json
 from tinypolicy.ondevice.errors import UserError
-from tinypolicy.pipeline.distill import STD_FLOOR, expert_rollouts
+from tinypolicy.pipeline.distill import expert_rollouts, observation_stats
 from tinypolicy.pipeline.settings import ACTIVATIONS, ARCH_DEPTHS, ARCH_WIDTHS
 from tinypolicy.shares import percent, share_of
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> dict:
     if not returns:
         raise UserError(f"the expert finished no episode in {args.pairs} steps; use more --pairs")
     expert_return = float(np.mean(returns))
-    mean, std = visited.mean(0), np.maximum(visited.std(0), STD_FLOOR)
+    mean, std = observation_stats(visited)
     states = torch.as_tensor((visited - mean) / std, dtype=torch.float32)
     actions = torch.as_tensor(labels, dtype=torch.float32)
     cells = [(w, d, a) for w in args.widths for d in args.depths for a in args.activations]

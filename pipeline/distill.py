@@ -61,6 +61,12 @@ HISTORY_COLUMNS = ("generation", "mean_fitness", "best_fitness", "worst_fitness"
 STD_FLOOR = 1e-2  # constant observation dims must not blow up the normalised states
 
 
+def observation_stats(visited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed normalisation of a dataset's states: the visited states' mean and std, the std
+    floored at STD_FLOOR."""
+    return visited.mean(0), np.maximum(visited.std(0), STD_FLOOR)
+
+
 # ---------------------------------------------------------------------------------------------
 # Starting point: fixed observation statistics and the initial search mean
 
@@ -129,14 +135,14 @@ def initial_state(cfg: DistillConfig, out: Path, obs_dim: int, act_dim: int) -> 
     info: dict = {}
     if cfg.init == "zeros":
         visited = _random_rollout_states(cfg.env_id, cfg.stats_steps, seed=cfg.seed * 1000 + 10_000_000)
-        mean, std = visited.mean(0), np.maximum(visited.std(0), STD_FLOOR)
+        mean, std = observation_stats(visited)
         states = np.zeros((cfg.size, obs_dim))  # every state = the mean observation
         actions = np.zeros((cfg.size, act_dim))
     else:
         ckpt, actor = _load_expert(cfg, out)
         visited, labels, returns = expert_rollouts(actor, cfg.env_id, cfg.stats_steps,
                                                     seed=cfg.seed * 1000 + 10_000_000)
-        mean, std = visited.mean(0), np.maximum(visited.std(0), STD_FLOOR)
+        mean, std = observation_stats(visited)
         pick = rng.choice(len(visited), size=cfg.size, replace=len(visited) < cfg.size)
         states, actions = (visited[pick] - mean) / std, labels[pick]
         info = {"expert_steps_done": ckpt.steps_done, "expert_rollout_returns": [round(r, 2) for r in returns],

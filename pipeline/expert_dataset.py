@@ -22,7 +22,7 @@ import torch
 from tinypolicy.checkpoint import load_checkpoint
 from tinypolicy.ondevice.dataset import BCRecipe, Dataset, save_dataset
 from tinypolicy.ondevice.errors import UserError
-from tinypolicy.pipeline.distill import STD_FLOOR, expert_rollouts
+from tinypolicy.pipeline.distill import expert_rollouts, observation_stats
 
 
 def expert_dataset(checkpoint_path: str | Path, size: int, steps: int, seed: int) -> Dataset:
@@ -30,7 +30,7 @@ def expert_dataset(checkpoint_path: str | Path, size: int, steps: int, seed: int
     visited, labels, returns = expert_rollouts(ckpt.build_actor(), ckpt.env_id, steps, seed)
     if size > len(visited):
         raise UserError(f"--size {size} is more than the {len(visited)} states visited; use more --steps")
-    mean, std = visited.mean(axis=0), np.maximum(visited.std(axis=0), STD_FLOOR)
+    mean, std = observation_stats(visited)
     keep = np.random.default_rng(seed).choice(len(visited), size=size, replace=False)
     spaces = ckpt.data["spaces"]
     meta = {"mode": "expert-rollouts", "checkpoint": str(checkpoint_path), "checkpoint_steps": ckpt.steps_done,
