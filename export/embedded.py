@@ -305,7 +305,7 @@ def embedded_report(bundle_dir: str | Path, target: str, observations: np.ndarra
     observations = np.ascontiguousarray(observations, dtype=np.float32)
     if observations.ndim != 2 or observations.shape[1] != sources.obs_dim or not np.isfinite(observations).all():
         raise UserError(f"observations must be finite and shaped [n, {sources.obs_dim}], got {observations.shape}")
-    references = {key: ort_actions(ort_session(sources.directory / FILES[key]), observations)
+    references = {key: ort_actions(ort_session(sources.directory / FILES[key], fuse=False), observations)
                   for key in set(REFERENCE.values())}
 
     final = sources.directory / "embedded" / target
