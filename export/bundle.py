@@ -229,7 +229,8 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
             "c_dense": kernels.actions(observations, "dense"),
         }
         steps.update()
-        int8_actions = ort_actions(ort_session(out / FILES["onnx_int8"], fuse=False), observations)
+        int8_session = ort_session(out / FILES["onnx_int8"], fuse=False)  # the model's own arithmetic
+        int8_actions = ort_actions(int8_session, observations)
         visited_rows = slice(0, len(visited))
         step = int8_output_step(int8_model)
         fused = ort_actions(ort_session(out / FILES["onnx_int8"]), observations)
@@ -241,7 +242,6 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
                 "mean_abs_error_rollouts": float(np.abs(int8_actions[visited_rows] - reference[visited_rows]).mean())}
         eval_seed = 1000 + seed
         fp32_returns = evaluate_policy(actor_policy(actor), ckpt.env_id, episodes, eval_seed)
-        int8_session = ort_session(out / FILES["onnx_int8"], fuse=False)
         int8_returns = evaluate_policy(lambda o: ort_actions(int8_session, o[None])[0], ckpt.env_id,
                                        episodes, eval_seed)
         steps.update()
