@@ -48,7 +48,7 @@ from tinypolicy.config import from_dict
 from tinypolicy.models import gmp_sparsity
 from tinypolicy.ondevice.artefact import write_json, write_text
 from tinypolicy.ondevice.errors import UserError
-from tinypolicy.pipeline.sweep import config_label
+from tinypolicy.pipeline.sweep import config_label, warmup_suffix
 from tinypolicy.pipeline.train import Schedule, TrainConfig
 from tinypolicy.plots import save_figure, subplots
 
@@ -76,6 +76,10 @@ def collect(run: Path, into: Path) -> Path:
         record = {"implementation": "tinypolicy"} | dict(ckpt.config)
     else:  # benchmarks.sb3_reference writes no checkpoint; its eval.json says what it ran
         record = {key: final[key] for key in ("implementation", "env_id", "algo", "seed", "steps")}
+        scaled = Schedule.for_config(TrainConfig(env_id=final["env_id"], algo=final["algo"],
+                                                 total_steps=final["steps"])).learning_starts
+        if final.get("learning_starts", scaled) != scaled:  # as `tinypolicy train` records a hand-set warm-up
+            record["learning_starts"] = final["learning_starts"]
     target = into / run.name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "metrics.csv", target / "metrics.csv")
@@ -98,7 +102,8 @@ def load_run(folder: Path) -> dict:
             raise UserError(f"{folder}/metrics.csv has no evaluations")
         tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
         run = {"name": folder.name, "env": record["env_id"], "algo": record["algo"],
-               "label": "sb3" if record["implementation"] == "stable-baselines3" else config_label(record),
+               "label": ("sb3" + warmup_suffix(record.get("learning_starts"))
+                         if record["implementation"] == "stable-baselines3" else config_label(record)),
                "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
                "final_return": final["mean_return"], "curve": curve}
     except KeyError as exc:

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"env steps (default: 300,000 for td3/sac, {PPO_ZOO_STEPS:,} for ppo)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--learning-starts", type=int, default=None,
+                        help="env steps of random actions before learning (default: as `tinypolicy train`)")
     parser.add_argument("--eval-interval", type=int, default=TrainConfig.eval_interval)
     parser.add_argument("--eval-episodes", type=int, default=TrainConfig.eval_episodes)
     parser.add_argument("--out", type=Path, required=True)
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (PPO_ZOO_STEPS if on_policy else 300_000)
     # TrainConfig validates the shared settings; PPO borrows only those (it has no TD3 "algo")
     cfg = TrainConfig(env_id=args.env, algo="td3" if on_policy else args.algo, method="dense", total_steps=steps,
-                      seed=args.seed, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes)
+                      seed=args.seed, eval_interval=args.eval_interval, eval_episodes=args.eval_episodes,
+                      learning_starts=args.learning_starts)
     try:
         cfg.validate()
         env = make_env(cfg.env_id, seed=cfg.seed)

@@ -135,13 +135,19 @@ def summarise_run(run: Path) -> dict:
 
 
 def config_label(cfg: dict) -> str:
-    """The configuration a run belongs to: method, sparsities (sparse methods) and precision."""
+    """The configuration a run belongs to: method, sparsities (sparse methods), precision and a
+    warm-up set by hand."""
     label = cfg["method"]
     if cfg["method"] != "dense":
         label += f" {100 * cfg['actor_sparsity']:g}/{100 * cfg['critic_sparsity']:g}"
     if cfg.get("precision", "fp32") != "fp32":
         label += f" ({cfg['precision']})"
-    return label
+    return label + warmup_suffix(cfg.get("learning_starts"))
+
+
+def warmup_suffix(learning_starts: int | None) -> str:
+    """Runs with a hand-set warm-up are a configuration of their own (None: the scaled default)."""
+    return "" if learning_starts is None else f" (warm-up {learning_starts:,})"
 
 
 def is_finished(folder: Path, cfg: TrainConfig) -> bool:
