@@ -104,6 +104,7 @@ def load_run(folder: Path) -> dict:
         run = {"name": folder.name, "env": record["env_id"], "algo": record["algo"],
                "label": ("sb3" + warmup_suffix(record.get("learning_starts"))
                          if record["implementation"] == "stable-baselines3" else config_label(record)),
+               "warmup": warmup_suffix(record.get("learning_starts")),
                "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
                "final_return": final["mean_return"], "curve": curve}
     except KeyError as exc:
@@ -211,7 +212,7 @@ def aggregate(runs: list[dict], reps: int) -> list[dict]:
                "steps_per_s_per_seed": [r["steps_per_s"] for r in group]}
         speeds = [v for v in row["steps_per_s_per_seed"] if v is not None]
         row["steps_per_s"] = float(np.median(speeds)) if speeds else None
-        dense = groups.get((env, algo, "dense"))
+        dense = groups.get((env, algo, "dense" + group[0]["warmup"]))  # the same warm-up: the same comparison
         if label != "dense" and dense and len(group) >= MIN_SEEDS and len(dense) >= MIN_SEEDS:
             dense_scores = np.array([r["score"] for r in dense])
             row["pct_of_dense"] = 100 * row["iqm"] / iqm(dense_scores)

@@ -40,6 +40,7 @@ from tinypolicy.envs import make_env
 from tinypolicy.models.flops import inference_flops, training_flops_per_step, weight_count
 from tinypolicy.ondevice.artefact import prepare_output_dir, write_text
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.pipeline.rollouts import start_ray
 from tinypolicy.pipeline.train import METHODS, TrainConfig, train
 from tinypolicy.plots import save_figure, subplots
 from tinypolicy.tables import write_csv
@@ -192,12 +193,7 @@ def run_sweep(config: SweepConfig, backend: str = "local", ray_address: str | No
 
 
 def _run_on_ray(payload: list[tuple[dict, str]], address: str | None, bar) -> list[dict]:
-    try:
-        import ray
-    except ImportError:
-        raise UserError("the ray backend needs Ray: pip install -e '.[ray]'") from None
-    options = {} if address else {"include_dashboard": False, "logging_level": "ERROR"}
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **options)
+    ray = start_ray(address)
     try:
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(run_job)
         refs = [task.remote(*job) for job in payload]
