@@ -48,7 +48,7 @@ from tinypolicy.config import from_dict
 from tinypolicy.models import gmp_sparsity
 from tinypolicy.ondevice.artefact import write_json, write_text
 from tinypolicy.ondevice.errors import UserError
-from tinypolicy.pipeline.sweep import config_label, warmup_suffix
+from tinypolicy.pipeline.sweep import config_label, hand_set_suffix
 from tinypolicy.pipeline.train import Schedule, TrainConfig
 from tinypolicy.plots import save_figure, subplots
 
@@ -102,9 +102,10 @@ def load_run(folder: Path) -> dict:
             raise UserError(f"{folder}/metrics.csv has no evaluations")
         tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
         run = {"name": folder.name, "env": record["env_id"], "algo": record["algo"],
-               "label": ("sb3" + warmup_suffix(record.get("learning_starts"))
+               "label": ("sb3" + hand_set_suffix(record)
                          if record["implementation"] == "stable-baselines3" else config_label(record)),
-               "warmup": warmup_suffix(record.get("learning_starts")),
+               # dense has no dynamic buffer: its counterpart shares the warm-up alone
+               "warmup": hand_set_suffix({"learning_starts": record.get("learning_starts")}),
                "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
                "final_return": final["mean_return"], "curve": curve}
     except KeyError as exc:

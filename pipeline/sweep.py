@@ -136,19 +136,24 @@ def summarise_run(run: Path) -> dict:
 
 
 def config_label(cfg: dict) -> str:
-    """The configuration a run belongs to: method, sparsities (sparse methods), precision and a
-    warm-up set by hand."""
+    """The configuration a run belongs to: method, sparsities (sparse methods), precision and the
+    schedule values set by hand."""
     label = cfg["method"]
     if cfg["method"] != "dense":
         label += f" {100 * cfg['actor_sparsity']:g}/{100 * cfg['critic_sparsity']:g}"
     if cfg.get("precision", "fp32") != "fp32":
         label += f" ({cfg['precision']})"
-    return label + warmup_suffix(cfg.get("learning_starts"))
+    return label + hand_set_suffix(cfg)
 
 
-def warmup_suffix(learning_starts: int | None) -> str:
-    """Runs with a hand-set warm-up are a configuration of their own (None: the scaled default)."""
-    return "" if learning_starts is None else f" (warm-up {learning_starts:,})"
+HAND_SET_LABELS = {"learning_starts": "warm-up", "buffer_min": "buffer floor"}
+
+
+def hand_set_suffix(cfg: dict) -> str:
+    """Runs with a hand-set warm-up or replay floor are configurations of their own (None: the
+    value scaled from the run's length)."""
+    parts = [f"{name} {cfg[key]:,}" for key, name in HAND_SET_LABELS.items() if cfg.get(key) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def is_finished(folder: Path, cfg: TrainConfig) -> bool:

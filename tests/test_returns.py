@@ -117,19 +117,20 @@ def test_report_refuses_a_malformed_run_json_in_one_line(tmp_path, capsys, damag
         assert "'env_id'" in err
 
 
-def test_a_hand_set_warm_up_is_its_own_configuration(tmp_path):
-    """A longer warm-up changes what is compared: its runs (ours and SB3's) get rows of their own,
-    compared with the dense runs of the same warm-up, and an SB3 run at the default warm-up stays
-    plain `sb3`."""
+def test_hand_set_warm_up_and_replay_floor_are_configurations_of_their_own(tmp_path):
+    """A hand-set warm-up or replay floor changes what is compared: its runs (ours and SB3's) get
+    rows of their own, compared with the dense runs of the same warm-up, and an SB3 run at the
+    default warm-up stays plain `sb3`."""
     from benchmarks.returns import collect
 
     runs, sb3_runs = tmp_path / "runs", tmp_path / "sb3"
     for seed in range(3):
         _collected(runs, f"dense-s{seed}", "dense", seed, [1.0] * 20)
-        for method, score in (("dense", 2.0), ("rlx2", 3.0)):
+        for method, score, hand_set in (("dense", 2.0, {}), ("rlx2", 3.0, {"buffer_min": 100_000})):
             _collected(runs, f"{method}-ls-s{seed}", method, seed, [score] * 20)
             record = json.loads((runs / f"{method}-ls-s{seed}" / "run.json").read_text())
-            (runs / f"{method}-ls-s{seed}" / "run.json").write_text(json.dumps(record | {"learning_starts": 25_000}))
+            (runs / f"{method}-ls-s{seed}" / "run.json").write_text(
+                json.dumps(record | {"learning_starts": 25_000} | hand_set))
     for name, warmup in (("sb3-s0", 2_500), ("sb3-ls-s0", 25_000)):  # 2,500: the scaled default at 300k
         (sb3_runs / name).mkdir(parents=True)
         (sb3_runs / name / "metrics.csv").write_text("step,eval_return\n300000,3.0\n")
@@ -140,6 +141,7 @@ def test_a_hand_set_warm_up_is_its_own_configuration(tmp_path):
     report(runs, tmp_path / "out", reps=10)
     rows = {r["label"]: r for r in json.loads((tmp_path / "out" / "returns.json").read_text())["rows"]}
     assert {label: row["scores"] for label, row in rows.items()} == {
-        "dense": [1.0] * 3, "dense (warm-up 25,000)": [2.0] * 3, "rlx2 98/95 (warm-up 25,000)": [3.0] * 3,
+        "dense": [1.0] * 3, "dense (warm-up 25,000)": [2.0] * 3, "rlx2 98/95 (warm-up 25,000, buffer floor 100,000)": [3.0] * 3,
         "sb3": [3.0], "sb3 (warm-up 25,000)": [3.0]}
-    assert rows["rlx2 98/95 (warm-up 25,000)"]["pct_of_dense"] == pytest.approx(150.0)  # 3 / 2, not 3 / 1
+    # compared with dense at the same warm-up: 3 / 2, not 3 / 1
+    assert rows["rlx2 98/95 (warm-up 25,000, buffer floor 100,000)"]["pct_of_dense"] == pytest.approx(150.0)
