@@ -93,7 +93,9 @@ class TrainConfig:
                                          parse=nonnegative_int)
     topology_interval: int | None = setting(None, positive_int)
     nstep_start: int | None = setting(None, nonnegative_int)
-    buffer_min: int | None = setting(None, positive_int)
+    buffer_min: int | None = option(None, "RLx2's dynamic replay buffer never drops below this many transitions "
+                                          "(default: the paper's 100,000 (TD3) or 200,000 (SAC) of 3M scaled to "
+                                          "--steps)", parse=positive_int)
     # --method prune: the fractions of total_steps where pruning starts and reaches the target
     # (Graesser et al. 2022 prune over 20%-80% of training), and the env steps between two
     # pruning steps (None: 1,000 per million env steps).
