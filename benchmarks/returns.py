@@ -48,7 +48,7 @@ from tinypolicy.config import from_dict
 from tinypolicy.models import gmp_sparsity
 from tinypolicy.ondevice.artefact import write_json, write_text
 from tinypolicy.ondevice.errors import UserError
-from tinypolicy.pipeline.sweep import config_label, hand_set_suffix
+from tinypolicy.pipeline.sweep import config_label, schedule_suffix
 from tinypolicy.pipeline.train import Schedule, TrainConfig
 from tinypolicy.plots import save_figure, subplots
 
@@ -76,9 +76,7 @@ def collect(run: Path, into: Path) -> Path:
         record = {"implementation": "tinypolicy"} | dict(ckpt.config)
     else:  # benchmarks.sb3_reference writes no checkpoint; its eval.json says what it ran
         record = {key: final[key] for key in ("implementation", "env_id", "algo", "seed", "steps")}
-        scaled = Schedule.for_config(TrainConfig(env_id=final["env_id"], algo=final["algo"],
-                                                 total_steps=final["steps"])).learning_starts
-        if final.get("learning_starts", scaled) != scaled:  # as `tinypolicy train` records a hand-set warm-up
+        if "learning_starts" in final:
             record["learning_starts"] = final["learning_starts"]
     target = into / run.name
     target.mkdir(parents=True, exist_ok=True)
@@ -102,10 +100,11 @@ def load_run(folder: Path) -> dict:
             raise UserError(f"{folder}/metrics.csv has no evaluations")
         tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
         run = {"name": folder.name, "env": record["env_id"], "algo": record["algo"],
-               "label": ("sb3" + hand_set_suffix(record)
+               "label": ("sb3" + schedule_suffix(record, final["steps"])
                          if record["implementation"] == "stable-baselines3" else config_label(record)),
                # dense has no dynamic buffer: its counterpart shares the warm-up alone
-               "warmup": hand_set_suffix({"learning_starts": record.get("learning_starts")}),
+               "warmup": schedule_suffix({key: record.get(key) for key in ("algo", "learning_starts")},
+                                         final["steps"]),
                "seed": record["seed"], "steps": final["steps"], "score": float(np.mean(tail)),
                "final_return": final["mean_return"], "curve": curve}
     except KeyError as exc:
@@ -214,7 +213,7 @@ def aggregate(runs: list[dict], reps: int) -> list[dict]:
         speeds = [v for v in row["steps_per_s_per_seed"] if v is not None]
         row["steps_per_s"] = float(np.median(speeds)) if speeds else None
         dense = groups.get((env, algo, "dense" + group[0]["warmup"]))  # the same warm-up: the same comparison
-        if label != "dense" and dense and len(group) >= MIN_SEEDS and len(dense) >= MIN_SEEDS:
+        if dense and dense is not group and len(group) >= MIN_SEEDS and len(dense) >= MIN_SEEDS:
             dense_scores = np.array([r["score"] for r in dense])
             row["pct_of_dense"] = 100 * row["iqm"] / iqm(dense_scores)
             row["pct_of_dense_ci"] = [100 * v for v in ratio_interval(scores, dense_scores, seed=1, reps=reps)]

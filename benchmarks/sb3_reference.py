@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     returns = evaluate()
     write_json(args.out / "eval.json", {
         "env_id": cfg.env_id, "algo": args.algo, "implementation": "stable-baselines3", "seed": cfg.seed,
-        **({"ppo_settings": args.ppo_settings} if on_policy else {}),
-        "steps": cfg.total_steps, "learning_starts": warmup, "episodes": cfg.eval_episodes,
+        **({"ppo_settings": args.ppo_settings} if on_policy else {"learning_starts": warmup}),
+        "steps": cfg.total_steps, "episodes": cfg.eval_episodes,
         "mean_return": float(returns.mean()), "std_return": float(returns.std()), "returns": returns.tolist(),
         "best": best, "train_time_s": train_time, "steps_per_s": cfg.total_steps / train_time})
     return 0

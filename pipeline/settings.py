@@ -63,7 +63,7 @@ class TrainConfig:
                                  "RLx2 (RigL + delayed n-step target + dynamic buffer)", choices=METHODS)
     actor_sparsity: float = option(0.9, metavar="S", parse=fraction)
     critic_sparsity: float = option(0.85, metavar="S", parse=fraction)
-    total_steps: int = option(300_000, "env steps; every schedule scales with it", flag="--steps")
+    total_steps: int = option(300_000, "env steps; the topology, n-step and pruning schedules scale with it", flag="--steps")
     seed: int = option(0, metavar="K", parse=random_seed)
     hidden: tuple[int, ...] = option((256, 256))
     batch_size: int = setting(256, positive_int)
@@ -87,15 +87,16 @@ class TrainConfig:
     threads: int = option(1, THREADS_HELP)
     precision: str = option("fp32", "compute dtype of the hidden layers (bf16: mixed precision, faster on "
                                     "AVX-512 BF16 CPUs)", choices=HIDDEN_DTYPES)
-    # None: scaled from total_steps with the paper's proportions (pipeline.train.Schedule).
+    # None: pipeline.train.Schedule's default for the run's length; the checkpoint records the value used.
     learning_starts: int | None = option(None, "env steps of uniformly random actions before learning starts "
-                                               "(default: the paper's 25,000 of 3M scaled to --steps, at least 1,000)",
+                                               "(default: the paper's 25,000, at most a tenth of --steps, at "
+                                               "least 1,000)",
                                          parse=nonnegative_int)
     topology_interval: int | None = setting(None, positive_int)
     nstep_start: int | None = setting(None, nonnegative_int)
     buffer_min: int | None = option(None, "RLx2's dynamic replay buffer never drops below this many transitions "
-                                          "(default: the paper's 100,000 (TD3) or 200,000 (SAC) of 3M scaled to "
-                                          "--steps)", parse=positive_int)
+                                          "(default: the paper's 100,000 (TD3) or 200,000 (SAC), at most a third "
+                                          "of --steps)", parse=positive_int)
     # --method prune: the fractions of total_steps where pruning starts and reaches the target
     # (Graesser et al. 2022 prune over 20%-80% of training), and the env steps between two
     # pruning steps (None: 1,000 per million env steps).

@@ -41,7 +41,7 @@ from tinypolicy.models.flops import inference_flops, training_flops_per_step, we
 from tinypolicy.ondevice.artefact import prepare_output_dir, write_text
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.rollouts import start_ray
-from tinypolicy.pipeline.train import METHODS, TrainConfig, train
+from tinypolicy.pipeline.train import METHODS, Schedule, TrainConfig, train
 from tinypolicy.plots import save_figure, subplots
 from tinypolicy.tables import write_csv
 
@@ -136,23 +136,31 @@ def summarise_run(run: Path) -> dict:
 
 
 def config_label(cfg: dict) -> str:
-    """The configuration a run belongs to: method, sparsities (sparse methods), precision and the
-    schedule values set by hand."""
+    """The configuration a run belongs to: method, sparsities (sparse methods), precision, and a
+    warm-up or replay floor other than the defaults for the run's length."""
     label = cfg["method"]
     if cfg["method"] != "dense":
         label += f" {100 * cfg['actor_sparsity']:g}/{100 * cfg['critic_sparsity']:g}"
     if cfg.get("precision", "fp32") != "fp32":
         label += f" ({cfg['precision']})"
-    return label + hand_set_suffix(cfg)
+    return label + schedule_suffix(cfg, cfg["total_steps"])
 
 
-HAND_SET_LABELS = {"learning_starts": "warm-up", "buffer_min": "buffer floor"}
+SCHEDULE_LABELS = {"learning_starts": "warm-up", "buffer_min": "buffer floor"}
 
 
-def hand_set_suffix(cfg: dict) -> str:
-    """Runs with a hand-set warm-up or replay floor are configurations of their own (None: the
-    value scaled from the run's length)."""
-    parts = [f"{name} {cfg[key]:,}" for key, name in HAND_SET_LABELS.items() if cfg.get(key) is not None]
+def schedule_suffix(cfg: dict, total_steps: int) -> str:
+    """" (warm-up 2,500)" where the run's warm-up or replay floor (the floor only for a method with
+    a dynamic buffer) differs from the defaults for `total_steps`: it is a configuration of its
+    own. None is the default; `cfg` needs "algo" where it holds a value."""
+    parts = []
+    for key, name in SCHEDULE_LABELS.items():
+        value = cfg.get(key)
+        if value is None or (key == "buffer_min" and not METHODS[cfg.get("method", "dense")].dynamic_buffer):
+            continue
+        default = getattr(Schedule.for_config(TrainConfig(algo=cfg["algo"], total_steps=total_steps)), key)
+        if value != default:
+            parts.append(f"{name} {value:,}")
     return f" ({', '.join(parts)})" if parts else ""
 
 

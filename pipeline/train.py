@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ from tinypolicy.tables import CsvLog
 PAPER_STEPS = 3_000_000
 # --precision -> compute dtype of the hidden layers (None: float32)
 PRECISIONS = {name: getattr(torch, dtype) if dtype else None for name, dtype in HIDDEN_DTYPES.items()}
+PAPER_LEARNING_STARTS = 25_000
 PAPER_BUFFER_MIN = {"td3": 100_000, "sac": 200_000}  # the dynamic buffer's floor at 3M steps
 
 
@@ -65,11 +66,14 @@ class Schedule:
 
     @classmethod
     def for_config(cls, cfg: TrainConfig) -> "Schedule":
-        scale = cfg.total_steps / PAPER_STEPS
+        # The warm-up and the replay floor count transitions the critic needs, so they keep the
+        # paper's values instead of shrinking with the run: scaled to a 300k run (2,500 and 10,000)
+        # they held HalfCheetah's dense TD3 and RLx2 near 1,400 (docs/BENCHMARKS.md, section 3).
+        # Short runs cap them, at a tenth and a third of the run.
         starts = cfg.learning_starts if cfg.learning_starts is not None else \
-            min(max(1_000, round(25_000 * scale)), cfg.total_steps // 2)
+            min(PAPER_LEARNING_STARTS, max(1_000, cfg.total_steps // 10))
         end = max(1, cfg.total_steps - starts)
-        interval = cfg.topology_interval or max(1, round(10_000 * end / (PAPER_STEPS - 25_000)))
+        interval = cfg.topology_interval or max(1, round(10_000 * end / (PAPER_STEPS - PAPER_LEARNING_STARTS)))
         return cls(
             learning_starts=starts,
             topology_end=end,
@@ -77,11 +81,20 @@ class Schedule:
             nstep_start=cfg.nstep_start if cfg.nstep_start is not None else round(0.1 * cfg.total_steps),
             buffer_check=interval,
             buffer_min=cfg.buffer_min if cfg.buffer_min is not None else
-            max(cfg.batch_size, round(PAPER_BUFFER_MIN[cfg.algo] * scale)),
+            min(PAPER_BUFFER_MIN[cfg.algo], max(cfg.batch_size, cfg.total_steps // 3)),
             prune_start=round(cfg.prune_start * cfg.total_steps),
             prune_end=round(cfg.prune_end * cfg.total_steps),
             prune_interval=cfg.prune_interval or max(1, round(cfg.total_steps / 1_000)),
         )
+
+
+def with_schedule(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the schedule values it leaves to the defaults written out, so that a checkpoint
+    and run.json say what the run used, and a run saved under other defaults is refused on
+    resume rather than continued under these."""
+    s = Schedule.for_config(cfg)
+    return replace(cfg, learning_starts=s.learning_starts, topology_interval=s.topology_interval,
+                   nstep_start=s.nstep_start, buffer_min=s.buffer_min, prune_interval=s.prune_interval)
 
 
 def native_bf16() -> bool:
@@ -203,6 +216,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out: Path):
         cfg.validate()
         check_precision(cfg.precision)
+        cfg = with_schedule(cfg)
         self.cfg, self.out, self.method = cfg, out, METHODS[cfg.method]
         self.schedule = Schedule.for_config(cfg)
         torch.set_num_threads(cfg.threads)

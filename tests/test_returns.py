@@ -16,7 +16,8 @@ def _collected(folder, name, method, seed, curve, sparsity=(0.98, 0.95), impleme
     run.mkdir(parents=True)
     record = {"implementation": implementation, "env_id": "Hopper-v5", "algo": "td3", "seed": seed}
     if implementation == "tinypolicy":
-        record |= {"method": method, "actor_sparsity": sparsity[0], "critic_sparsity": sparsity[1]}
+        record |= {"method": method, "actor_sparsity": sparsity[0], "critic_sparsity": sparsity[1],
+                   "total_steps": 100 * len(curve)}
     (run / "run.json").write_text(json.dumps(record))
     (run / "eval.json").write_text(json.dumps({"steps": 100 * len(curve), "mean_return": curve[-1]} | (final or {})))
     rows = ["step,eval_return"] + [f"{100 * (i + 1)},{v}" for i, v in enumerate(curve)]
@@ -117,21 +118,25 @@ def test_report_refuses_a_malformed_run_json_in_one_line(tmp_path, capsys, damag
         assert "'env_id'" in err
 
 
-def test_hand_set_warm_up_and_replay_floor_are_configurations_of_their_own(tmp_path):
-    """A hand-set warm-up or replay floor changes what is compared: its runs (ours and SB3's) get
-    rows of their own, compared with the dense runs of the same warm-up, and an SB3 run at the
-    default warm-up stays plain `sb3`."""
+def test_warm_up_and_replay_floor_off_their_defaults_are_configurations_of_their_own(tmp_path):
+    """A warm-up or replay floor other than the defaults for the run's length changes what is
+    compared: its runs (ours and SB3's) get rows of their own, compared with the dense runs of the
+    same warm-up. A floor means nothing to a method without a dynamic buffer, and a value left to
+    the default (None) or written out at the default is the plain configuration."""
     from benchmarks.returns import collect
 
     runs, sb3_runs = tmp_path / "runs", tmp_path / "sb3"
-    for seed in range(3):
-        _collected(runs, f"dense-s{seed}", "dense", seed, [1.0] * 20)
-        for method, score, hand_set in (("dense", 2.0, {}), ("rlx2", 3.0, {"buffer_min": 100_000})):
-            _collected(runs, f"{method}-ls-s{seed}", method, seed, [score] * 20)
-            record = json.loads((runs / f"{method}-ls-s{seed}" / "run.json").read_text())
-            (runs / f"{method}-ls-s{seed}" / "run.json").write_text(
-                json.dumps(record | {"learning_starts": 25_000} | hand_set))
-    for name, warmup in (("sb3-s0", 2_500), ("sb3-ls-s0", 25_000)):  # 2,500: the scaled default at 300k
+    curve = [1.0] * 3000  # 300,000 steps: defaults warm-up 25,000, TD3 floor 100,000
+    at_defaults = [{}, {"learning_starts": 25_000, "buffer_min": 100_000}, {"buffer_min": 10_000}]
+    scaled = {"learning_starts": 2_500, "buffer_min": 10_000}  # the old defaults, scaled to 300k
+    runs_by_score = [("dense", 1.0, at_defaults), ("dense", 2.0, [scaled] * 3),
+                     ("rlx2", 3.0, [scaled] * 3), ("rlx2", 4.0, at_defaults[:2] * 2)]
+    for group, (method, score, settings) in enumerate(runs_by_score):
+        for seed, values in enumerate(settings):
+            _collected(runs, f"g{group}-s{seed}", method, seed, [score] * len(curve))
+            record = json.loads((runs / f"g{group}-s{seed}" / "run.json").read_text())
+            (runs / f"g{group}-s{seed}" / "run.json").write_text(json.dumps(record | values))
+    for name, warmup in (("sb3-s0", 2_500), ("sb3-default-s0", 25_000)):
         (sb3_runs / name).mkdir(parents=True)
         (sb3_runs / name / "metrics.csv").write_text("step,eval_return\n300000,3.0\n")
         (sb3_runs / name / "eval.json").write_text(json.dumps(
@@ -141,7 +146,10 @@ def test_hand_set_warm_up_and_replay_floor_are_configurations_of_their_own(tmp_p
     report(runs, tmp_path / "out", reps=10)
     rows = {r["label"]: r for r in json.loads((tmp_path / "out" / "returns.json").read_text())["rows"]}
     assert {label: row["scores"] for label, row in rows.items()} == {
-        "dense": [1.0] * 3, "dense (warm-up 25,000)": [2.0] * 3, "rlx2 98/95 (warm-up 25,000, buffer floor 100,000)": [3.0] * 3,
-        "sb3": [3.0], "sb3 (warm-up 25,000)": [3.0]}
-    # compared with dense at the same warm-up: 3 / 2, not 3 / 1
-    assert rows["rlx2 98/95 (warm-up 25,000, buffer floor 100,000)"]["pct_of_dense"] == pytest.approx(150.0)
+        "dense": [1.0] * 3, "dense (warm-up 2,500)": [2.0] * 3,
+        "rlx2 98/95 (warm-up 2,500, buffer floor 10,000)": [3.0] * 3, "rlx2 98/95": [4.0] * 4,
+        "sb3 (warm-up 2,500)": [3.0], "sb3": [3.0]}
+    # each compared with dense at its own warm-up: 3 / 2 and 4 / 1; dense rows with nothing
+    assert rows["dense"]["pct_of_dense"] is None and rows["dense (warm-up 2,500)"]["pct_of_dense"] is None
+    assert rows["rlx2 98/95 (warm-up 2,500, buffer floor 10,000)"]["pct_of_dense"] == pytest.approx(150.0)
+    assert rows["rlx2 98/95"]["pct_of_dense"] == pytest.approx(400.0)

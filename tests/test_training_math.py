@@ -15,7 +15,7 @@ from tinypolicy.models import DeterministicActor, TwinCritic, apply_masks, spars
 from tinypolicy.models.topology import drop_fraction, gmp_sparsity, layer_nnz
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.pipeline.replay import Batch
-from tinypolicy.pipeline.train import MaskedAdam, Schedule, TrainConfig, Trainer, soft_update
+from tinypolicy.pipeline.train import MaskedAdam, Schedule, TrainConfig, Trainer, soft_update, with_schedule
 
 # --------------------------------------------------------------------------- helpers
 
@@ -221,15 +221,28 @@ def trainer(tmp_path):
 def test_schedule_scaled_from_total_steps():
     s = Schedule.for_config(TrainConfig(env_id="Pendulum-v1", total_steps=5000))
     assert s == Schedule(learning_starts=1000, topology_end=4000, topology_interval=13,
-                         nstep_start=500, buffer_check=13, buffer_min=256,
+                         nstep_start=500, buffer_check=13, buffer_min=1666,
                          prune_start=1000, prune_end=4000, prune_interval=5)
     s = Schedule.for_config(TrainConfig(total_steps=3_000_000))
     assert (s.learning_starts, s.topology_end, s.topology_interval, s.nstep_start, s.buffer_min) == \
         (25_000, 2_975_000, 10_000, 300_000, 100_000)
     assert (s.prune_start, s.prune_end, s.prune_interval) == (600_000, 2_400_000, 3_000)
-    # --learning-starts replaces the scaled warm-up; topology updates stop that many steps before the end (T - warm-up)
-    s = Schedule.for_config(TrainConfig(total_steps=300_000, learning_starts=25_000))
-    assert (s.learning_starts, s.topology_end) == (25_000, 275_000)
+    # the warm-up and the replay floor keep the paper's values down to runs ten and three times their length
+    s = Schedule.for_config(TrainConfig(total_steps=300_000))
+    assert (s.learning_starts, s.topology_end, s.topology_interval, s.buffer_min) == (25_000, 275_000, 924, 100_000)
+    assert Schedule.for_config(TrainConfig(algo="sac", total_steps=600_000)).buffer_min == 200_000
+    assert Schedule.for_config(TrainConfig(algo="sac", total_steps=300_000)).buffer_min == 100_000
+    # --learning-starts replaces the default warm-up; topology updates stop that many steps before the end (T - warm-up)
+    s = Schedule.for_config(TrainConfig(total_steps=300_000, learning_starts=2_500))
+    assert (s.learning_starts, s.topology_end) == (2_500, 297_500)
+
+
+def test_a_run_records_the_schedule_it_used():
+    cfg = TrainConfig(env_id="Pendulum-v1", total_steps=5000, buffer_min=300)
+    written = with_schedule(cfg)
+    assert (written.learning_starts, written.topology_interval, written.nstep_start, written.buffer_min,
+            written.prune_interval) == (1000, 13, 500, 300, 5)
+    assert with_schedule(written) == written and Schedule.for_config(written) == Schedule.for_config(cfg)
 
 
 def test_trainer_initial_sparsity_and_targets(trainer):
