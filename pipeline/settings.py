@@ -63,7 +63,8 @@ class TrainConfig:
                                  "RLx2 (RigL + delayed n-step target + dynamic buffer)", choices=METHODS)
     actor_sparsity: float = option(0.9, metavar="S", parse=fraction)
     critic_sparsity: float = option(0.85, metavar="S", parse=fraction)
-    total_steps: int = option(300_000, "env steps; the topology, n-step and pruning schedules scale with it", flag="--steps")
+    total_steps: int = option(300_000, "env steps; the topology, n-step and pruning schedules scale with it",
+                              flag="--steps")
     seed: int = option(0, metavar="K", parse=random_seed)
     hidden: tuple[int, ...] = option((256, 256))
     batch_size: int = setting(256, positive_int)

@@ -150,9 +150,9 @@ SCHEDULE_LABELS = {"learning_starts": "warm-up", "buffer_min": "buffer floor"}
 
 
 def schedule_suffix(cfg: dict, total_steps: int) -> str:
-    """" (warm-up 2,500)" where the run's warm-up or replay floor (the floor only for a method with
-    a dynamic buffer) differs from the defaults for `total_steps`: it is a configuration of its
-    own. None is the default; `cfg` needs "algo" where it holds a value."""
+    """A label suffix such as " (warm-up 2,500)" where the run's warm-up or replay floor (the floor
+    only for a method with a dynamic buffer) differs from the defaults for `total_steps`: such a run
+    is a configuration of its own. None is the default; `cfg` needs "algo" where it holds a value."""
     parts = []
     for key, name in SCHEDULE_LABELS.items():
         value = cfg.get(key)
