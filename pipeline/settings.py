@@ -91,7 +91,7 @@ class TrainConfig:
     # None: pipeline.train.Schedule's default for the run's length; the checkpoint records the value used.
     learning_starts: int | None = option(None, "env steps of uniformly random actions before learning starts "
                                                "(default: the paper's 25,000, at most a tenth of --steps, at "
-                                               "least 1,000)",
+                                               "least 1,000 or half of --steps)",
                                          parse=nonnegative_int)
     topology_interval: int | None = setting(None, positive_int)
     nstep_start: int | None = setting(None, nonnegative_int)

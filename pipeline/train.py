@@ -69,9 +69,9 @@ class Schedule:
         # The warm-up and the replay floor count transitions the critic needs, so they keep the
         # paper's values instead of shrinking with the run: scaled to a 300k run (2,500 and 10,000)
         # they held HalfCheetah's dense TD3 and RLx2 near 1,400 (docs/BENCHMARKS.md, section 3).
-        # Short runs cap them, at a tenth and a third of the run.
+        # Short runs cap them, at a tenth and a third of the run (the warm-up at 1,000 or half the run).
         starts = cfg.learning_starts if cfg.learning_starts is not None else \
-            min(PAPER_LEARNING_STARTS, max(1_000, cfg.total_steps // 10))
+            min(PAPER_LEARNING_STARTS, max(1_000, cfg.total_steps // 10), cfg.total_steps // 2)
         end = max(1, cfg.total_steps - starts)
         interval = cfg.topology_interval or max(1, round(10_000 * end / (PAPER_STEPS - PAPER_LEARNING_STARTS)))
         return cls(

@@ -232,6 +232,8 @@ def test_schedule_scaled_from_total_steps():
     assert (s.learning_starts, s.topology_end, s.topology_interval, s.buffer_min) == (25_000, 275_000, 924, 100_000)
     assert Schedule.for_config(TrainConfig(algo="sac", total_steps=600_000)).buffer_min == 200_000
     assert Schedule.for_config(TrainConfig(algo="sac", total_steps=300_000)).buffer_min == 100_000
+    # a run shorter than 2,000 steps still learns for half of it
+    assert Schedule.for_config(TrainConfig(total_steps=1_200)).learning_starts == 600
     # --learning-starts replaces the default warm-up; topology updates stop that many steps before the end (T - warm-up)
     s = Schedule.for_config(TrainConfig(total_steps=300_000, learning_starts=2_500))
     assert (s.learning_starts, s.topology_end) == (2_500, 297_500)
