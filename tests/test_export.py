@@ -263,12 +263,6 @@ def test_layer_kinds_follow_density_and_size():
     assert layer_kind(matrix(256, 17, 0.5), compact=True) == "csc"      # the int8 kernel's float layer: bytes
 
 
-def _host_has_avx512() -> bool:
-    macros = subprocess.run(["gcc", "-march=native", "-dM", "-E", "-"], input="", capture_output=True, text=True,
-                            check=True)
-    return "__AVX512F__" in macros.stdout
-
-
 def _ell_policies():
     """Three policies whose AVX-512 branch has every kernel: (a) 13-40-37-53-6 ReLU/tanh, a dense
     first layer, then ELL layers with rows not a multiple of 16, inputs not a multiple of 32,
@@ -301,47 +295,82 @@ def _ell_policies():
     return a, b, c
 
 
-@pytest.mark.parametrize("branch", ["avx512", "avx512_packed_indices", "portable"])
-def test_sparse_kernel_matches_pytorch_in_its_avx512_and_portable_branches(tmp_path, monkeypatch, branch):
-    """actor.c's AVX-512 branch (permuted, padded ELL layers, slots of several groups merged, long rows
-    as dot products; 32-bit ELL indices while the tables fit the L1 budget, packed 5-bit fields beyond
-    it) and its portable #else branch (what Cortex-M and aarch64 build) both compute the policy."""
+def _host_has(*features: str) -> bool:
+    macros = subprocess.run(["gcc", "-march=native", "-dM", "-E", "-"], input="", capture_output=True, text=True,
+                            check=True).stdout
+    return all(f"__{feature}__" in macros for feature in features)
+
+
+# branch -> (what the host needs to run it, flags that make the host's compiler take it)
+BRANCHES = {"avx512": (("AVX512F",), ()), "avx2": (("AVX2", "FMA"), ("-mno-avx512f",)),
+            "portable": ((), ("-mno-avx512f", "-mno-avx2"))}
+CROSS_MARCH = {"avx512": "-march=x86-64-v4", "avx2": "-march=x86-64-v3"}
+
+
+# Each vector branch's layer kinds for the three `_ell_policies`, and (AVX-512, AVX2) x (whether a layer has dense
+# inputs, dot-product rows): between them the policies cover every kernel of both branches.
+KINDS = {"avx512": [["dense", "ell", "ell", "rows"], ["ell", "rows", "ell"], ["ell", "ell", "rows"]],
+         "avx2": [["dense", "ell", "ell", "rows"], ["ell", "ell", "ell"], ["ell", "ell", "rows"]]}
+FEATURES = [[(False, True), (False, False)], [(False, True), (True, True)], [(True, False), (True, False)]]
+
+
+@pytest.mark.parametrize("branch,packed", [("avx512", False), ("avx512", True), ("avx2", False), ("avx2", True),
+                                           ("portable", False)])
+def test_sparse_kernel_matches_pytorch_in_each_branch(tmp_path, monkeypatch, branch, packed):
+    """actor.c's vector branches, AVX-512 and AVX2 (permuted, padded ELL layers, slots of several groups merged,
+    long rows as dot products; 32-bit ELL indices while the tables fit the L1 budget, packed fields beyond it),
+    and its portable #else branch (what Cortex-M and aarch64 build) all compute the policy."""
+    from dataclasses import replace
+
     from tinypolicy.export import c_codegen
-    from tinypolicy.export.c_codegen import HOST_CFLAGS, sparse_source, write_c_sources
+    from tinypolicy.export.c_codegen import HOST_CFLAGS, compile_shared, sparse_source, write_c_sources
     from tinypolicy.export.runtimes import CKernels
 
-    if branch.startswith("avx512") and not _host_has_avx512():
-        pytest.skip("the host has no AVX-512")
-    if branch == "avx512_packed_indices":
-        monkeypatch.setattr(c_codegen, "AVX512_L1_BYTES", 0)
-    kinds, merged = [["dense", "ell", "ell", "rows"], ["ell", "rows", "ell"], ["ell", "ell", "rows"]], 0
+    needs, flags = BRANCHES[branch]
+    if packed:
+        packed_isas = tuple(replace(isa, l1_bytes=0) for isa in c_codegen.VECTOR_ISAS)
+        monkeypatch.setattr(c_codegen, "VECTOR_ISAS", packed_isas)
+    merged = 0
     for k, policy in enumerate(_ell_policies()):
         write_c_sources(policy, tmp_path / str(k))
         source = (tmp_path / str(k) / "actor.c").read_text()
         assert source == sparse_source(policy)  # deterministic
-        assert f"(AVX-512: {'/'.join(kinds[k])})" in source
-        assert ("_IDX[" in source) == (branch != "avx512_packed_indices")
-        assert ("_PACKED[" in source) == (branch == "avx512_packed_indices")
-        merged += source.count("_mm512_mask_mov_ps(_mm512_permutex2var_ps(")
-        assert ("dense inputs" in source) == (k == 2)
-        assert ("dot-product rows" in source) == (k < 2)
-        cflags = HOST_CFLAGS if branch != "portable" else (*HOST_CFLAGS, "-mno-avx512f")
-        kernels = CKernels(tmp_path / str(k), tmp_path / str(k), policy.obs_dim, policy.act_dim, cflags)
+        assert f"(AVX-512: {'/'.join(KINDS['avx512'][k])}; AVX2: {'/'.join(KINDS['avx2'][k])})" in source
+        assert ("_IDX[" in source) == (not packed)
+        assert ("_PACKED[" in source) == packed
+        avx512, avx2 = source.split(c_codegen.AVX2.guard)
+        assert [("dense inputs" in text, "dot-product rows" in text) for text in (avx512, avx2)] == FEATURES[k]
+        merged += avx512.count("_mm512_mask_mov_ps(_mm512_permutex2var_ps(") if branch == "avx512" else \
+            avx2.count("_mm256_blend_ps(_mm256_permutevar8x32_ps(")
+        if not _host_has(*needs):  # it can still be compiled, for a machine that has them
+            compile_shared(tmp_path / str(k), tmp_path / str(k) / "actor.so",
+                           cflags=(*(f for f in HOST_CFLAGS if f != "-march=native"), CROSS_MARCH[branch]))
+            continue
+        kernels = CKernels(tmp_path / str(k), tmp_path / str(k), policy.obs_dim, policy.act_dim,
+                           (*HOST_CFLAGS, *flags))
         obs = _observations(2000, policy.obs_dim, k)
         assert np.abs(kernels.actions(obs) - policy(obs)).max() < 1e-5, (k, branch)
-    assert merged  # slots of several groups sharing one weight vector were tested
+    assert merged or branch == "portable"  # slots of several groups sharing one weight vector were tested
+    if not _host_has(*needs):
+        pytest.skip(f"the host has no {'/'.join(needs)}: the branch compiled, not run")
 
 
-def test_avx512_tanh_is_within_its_ulp_bound_on_a_sweep_of_floats(tmp_path):
-    """tp_tanh (the AVX-512 branch's vector tanh) against tanh in double: within 6.1 ulp on every
+@pytest.mark.parametrize("branch", ["avx512", "avx2"])
+def test_vector_tanh_is_within_its_ulp_bound_on_a_sweep_of_floats(tmp_path, branch):
+    """tp_tanh (each vector branch's tanh) against tanh in double: within 6.1 ulp on every
     4096th float up to 10 and on the floats around the switch to +-1 at 8, odd, +-1 beyond, NaN kept."""
-    from tinypolicy.export.c_codegen import _AVX512_TANH, host_compiler
+    from tinypolicy.export.c_codegen import AVX2, AVX512, HOST_CFLAGS, host_compiler
 
-    if not _host_has_avx512():
-        pytest.skip("the host has no AVX-512")
+    needs, flags = BRANCHES[branch]
+    if not _host_has(*needs):
+        pytest.skip(f"the host has no {'/'.join(needs)}")
+    isa = {"avx512": AVX512, "avx2": AVX2}[branch]
+    apply = "".join(f"    {isa.op('storeu_ps', f'out + {k}', 'tp_tanh(' + isa.op('loadu_ps', f'in + {k}') + ')')};\n"
+                    for k in range(0, 16, isa.lanes))
     program = tmp_path / "tanh.c"
     program.write_text("#include <math.h>\n#include <stdint.h>\n#include <stdio.h>\n#include <string.h>\n"
-                       "#include <immintrin.h>\n" + _AVX512_TANH + r"""
+                       "#include <immintrin.h>\n" + isa.tanh
+                       + "static void tanh16(float *out, const float *in)\n{\n" + apply + "}\n" + r"""
 static double ulps(float x, float y)
 {
     const double exact = tanh((double)x);
@@ -360,25 +389,25 @@ int main(void)
     memcpy(&start, &edge, 4);
     for (bits = 0; bits < top; bits += 16 * 4096) {
         for (k = 0; k < 16; ++k) { uint32_t b = bits + 4096u * k; memcpy(&x[k], &b, 4); }
-        _mm512_storeu_ps(y, tp_tanh(_mm512_loadu_ps(x)));
+        tanh16(y, x);
         for (k = 0; k < 16; ++k) worst = fmax(worst, ulps(x[k], y[k]));
         for (k = 0; k < 16; ++k) x[k] = -x[k];
-        _mm512_storeu_ps(x, tp_tanh(_mm512_loadu_ps(x)));
+        tanh16(x, x);
         for (k = 0; k < 16; ++k) odd &= x[k] == -y[k];
     }
     for (bits = start - 4096; bits < start + 4096; bits += 16) {
         for (k = 0; k < 16; ++k) { uint32_t b = bits + (uint32_t)k; memcpy(&x[k], &b, 4); }
-        _mm512_storeu_ps(y, tp_tanh(_mm512_loadu_ps(x)));
+        tanh16(y, x);
         for (k = 0; k < 16; ++k) worst = fmax(worst, ulps(x[k], y[k]));
     }
     for (k = 0; k < 16; ++k) x[k] = special[k % 8];
-    _mm512_storeu_ps(y, tp_tanh(_mm512_loadu_ps(x)));
+    tanh16(y, x);
     printf("%.3f %d %g %g %g %g %g %g %d %g\n", worst, odd, y[0], y[1], y[2], y[3], y[4], y[5], isnan(y[6]), y[7]);
     return 0;
 }
 """)
-    subprocess.run([host_compiler(), "-std=c99", "-O2", "-march=native", "-Wall", "-Wextra", "-Werror", str(program),
-                    "-o", str(tmp_path / "tanh"), "-lm"], check=True)
+    subprocess.run([host_compiler(), *HOST_CFLAGS, *flags, str(program), "-o", str(tmp_path / "tanh"), "-lm"],
+                   check=True)
     worst, odd, *values = subprocess.run([str(tmp_path / "tanh")], capture_output=True, text=True,
                                          check=True).stdout.split()
     assert float(worst) <= 6.1 and odd == "1"
