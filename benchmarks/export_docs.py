@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--work", type=Path, default=Path("artifacts/export"), metavar="DIR")
     p_run.add_argument("--episodes", type=int, default=10)
     p_run.add_argument("--quiet", action="store_true")
-    sub.add_parser("table", help="print the docs tables from docs/results/export_*.json")
+    p_table = sub.add_parser("table", help="print the docs tables from docs/results/export_*.json")
+    for sub_parser in (p_run, p_table):  # one folder of results per machine measured
+        sub_parser.add_argument("--results", type=Path, default=RESULTS, metavar="DIR",
+                                help=f"where the export_*.json files are (default {RESULTS})")
     p_save = sub.add_parser("save-actor", help="commit-ready actor-only checkpoint of a training checkpoint")
     p_save.add_argument("checkpoint", type=Path)
     p_save.add_argument("name")
@@ -193,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "untrained":
             print(f"wrote {untrained_checkpoint(args.env_id, args.sparsity, ACTORS / args.name / ACTOR_FILE)}")
         elif args.command == "run":
-            run(args.names or None, args.work, RESULTS, args.episodes, not args.quiet)
-            print(table(results_in(RESULTS)))
+            run(args.names or None, args.work, args.results, args.episodes, not args.quiet)
+            print(table(results_in(args.results)))
         else:
-            print(table(results_in(RESULTS)))
+            print(table(results_in(args.results)))
     except UserError as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
     return 0

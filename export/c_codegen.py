@@ -69,7 +69,7 @@ whole actor 2.0 us, 1.1x faster than the dense reference. Each layer gets (`vect
   A dense-ish layer (`_dense_columns`) is ell too, its densest inputs broadcast as in dense,
   its other inputs in slots: the 90% actor's first layer 9 dense inputs and 43 slots.
 - dense (dense-ish first layers): all outputs in registers, one pass over the inputs, each
-  broadcast: ~0.25 ns per 16 multiply-adds. A layer is ell where ELL_SLOT_COST x its slots
+  broadcast: ~0.25 ns per 16 multiply-adds. A layer is ell where the ISA's slot_cost x its slots
   is below its inputs x blocks, and `_sparse_plan` tries making an ell layer dense (then
   dense inputs and slots) to free the next layer's input order.
 - rows (fewer than 16 outputs, the action head): dot products over registers of inputs,
@@ -156,11 +156,8 @@ UNROLLED_MAX_NNZ = 8192
 # against 2.9 us as CSC tables on the dev box); larger layers use the tables there.
 VECTOR_UNROLLED_MAX_NNZ = 1024
 REGISTER_BLOCK = 8
-# The x86 branches of actor.c (`VectorIsa`, `vector_kind`): what an ELL slot costs in dense multiply-adds (first
-# layers of the three benchmark actors on the AVX-512 dev box, either kernel: 0.63-0.65 ns a slot, 0.24-0.25 ns a
-# multiply-add of 16 lanes),
-ELL_SLOT_COST = 2.6
-# and the most alternations of the input and row order searches (`_ell_order`).
+# The x86 branches of actor.c (`VectorIsa`, `vector_kind`): the most alternations of the input and row order
+# searches (`_ell_order`).
 ORDER_PASSES = 4
 # An ELL block's slots alternate between ELL_CHAINS accumulators: a single accumulator chains all of a block's
 # multiply-adds (4 cycles each), the critical path of a layer of few blocks (2 accumulators took the 98% Hopper
@@ -621,6 +618,7 @@ class VectorIsa:
     dense_blocks: int       # blocks of outputs accumulated per pass of a dense layer
     pass_accumulators: int  # ... of an ELL layer (ELL_CHAINS per block)
     row_registers: int      # accumulators of the action head (`_vector_rows`)
+    slot_cost: float        # what an ELL slot costs, in dense multiply-adds of a register
     # ELL indices are stored as the 32-bit lanes the permute reads while all tables fit in l1_bytes; beyond,
     # `_packed_table`: packed_slots slots share a vector of indices, packed_bits a lane each (the permute reads
     # the low bits, an index within the group, and ignores the rest).
@@ -775,7 +773,7 @@ def vector_kind(w: np.ndarray, last: bool, isa: VectorIsa, free_columns: bool = 
     """A vector branch's kernel for weights `w` [out, in] (inputs in the order the previous
     layer writes them): (kind, output order, input order, ELL slots, output positions computed as
     dot products, `_dot_rows`). Fewer outputs than lanes (the action head): "rows", dot products
-    over registers of inputs. Wider layers: "ell" when ELL_SLOT_COST x its slots plus the dot rows'
+    over registers of inputs. Wider layers: "ell" when the ISA's slot_cost x its slots plus the dot rows'
     `_dot_cost` is below the dense kernel's multiply-adds (inputs x blocks) and not
     `dense`, else "dense". The last layer keeps its outputs in order: they are the actions; the inputs
     are reordered only where the previous layer's outputs can be (`free_columns`)."""
@@ -788,7 +786,7 @@ def vector_kind(w: np.ndarray, last: bool, isa: VectorIsa, free_columns: bool = 
     nz[:out] = w != 0
     rows, columns, slots, dots = ((np.arange(padded), identity, _ell_slots(_group_counts(nz, isa), isa), ()) if last
                                   else _dot_rows(nz, free_columns, isa))
-    if ELL_SLOT_COST * slots + _dot_cost(nz[rows][:, columns], dots, isa) < inputs * padded // isa.lanes and not dense:
+    if isa.slot_cost * slots + _dot_cost(nz[rows][:, columns], dots, isa) < inputs * padded // isa.lanes and not dense:
         return "ell", rows, columns, slots, dots
     return "dense", np.arange(padded), identity, 0, ()
 
@@ -806,7 +804,7 @@ def _dot_rows(nz: np.ndarray, free_columns: bool, isa: VectorIsa
               ) -> tuple[np.ndarray, np.ndarray, int, tuple[int, ...]]:
     """(row order, input order, ELL slots, positions of dot-product rows) for nonzero pattern `nz` [rows, inputs]:
     the longest rows, up to MAX_DOT_ROWS, left out of the ELL slots and computed as dot products over registers of
-    inputs, as many as `_dot_cost` and ELL_SLOT_COST find cheapest. A block has as many slots in a group as its
+    inputs, as many as `_dot_cost` and the ISA's slot_cost find cheapest. A block has as many slots in a group as its
     longest row there, so a single long row pads its neighbours: the 98% Hopper actor's second layer has a row
     of 51 nonzeros, the next 22: 47 slots and that row as a dot product instead of 78 slots (AVX-512). The dot rows
     take the places of rows left without nonzeros (`_ell_order` sorts them last), which add no slot, in order."""
@@ -817,7 +815,7 @@ def _dot_rows(nz: np.ndarray, free_columns: bool, isa: VectorIsa
         rest[longest[:count]] = False
         rows, columns = _ell_order(rest, free_columns, isa)
         slots = _ell_slots(_group_counts(rest[rows][:, columns], isa), isa)
-        cost = ELL_SLOT_COST * slots + _dot_cost(nz[:, columns], tuple(longest[:count]), isa)
+        cost = isa.slot_cost * slots + _dot_cost(nz[:, columns], tuple(longest[:count]), isa)
         if best is None or cost < best[0]:
             empty = [p for p, row in enumerate(rows) if not rest[row].any()]
             dot = set(longest[:count].tolist())
@@ -841,9 +839,9 @@ def _sparse_plan(policy: MLPPolicy, isa: VectorIsa) -> list[_VectorLayer]:
 
 
 def _plan_cost(plan: list[_VectorLayer], isa: VectorIsa, streamed: bool) -> float:
-    """What `_dense_columns` minimises, over a plan's layers: ELL_SLOT_COST per slot and one per dense
+    """What `_dense_columns` minimises, over a plan's layers: the ISA's slot_cost per slot and one per dense
     multiply-add of a register, plus STREAMED_BYTE_COST per byte of table where they overflow the L1 data cache."""
-    compute = sum(ELL_SLOT_COST * v.slots + len(v.order) // isa.lanes * len(v.dense_columns)
+    compute = sum(isa.slot_cost * v.slots + len(v.order) // isa.lanes * len(v.dense_columns)
                   + _dot_cost(v.w != 0, v.dot_rows, isa) if v.kind == "ell" else v.w.size / isa.lanes for v in plan)
     return compute + (STREAMED_BYTE_COST * _table_bytes(plan, isa, wide=False) if streamed else 0)
 
@@ -903,7 +901,7 @@ def _table_bytes(plan: list[_VectorLayer], isa: VectorIsa, wide: bool) -> int:
 def _dense_columns(w: np.ndarray, isa: VectorIsa, streamed: bool, movable: bool
                    ) -> tuple[tuple[int, ...], np.ndarray, int]:
     """(inputs, row order, ELL slots) of a layer [rows, inputs] split into inputs multiplied densely and ELL
-    slots for the others (`_vector_ell`): the densest inputs, as many as minimise the cost, ELL_SLOT_COST x slots +
+    slots for the others (`_vector_ell`): the densest inputs, as many as minimise the cost, slot_cost x slots +
     the dense multiply-adds, plus, where the tables do not fit the L1 data cache (`streamed`), STREAMED_BYTE_COST
     per byte of table. `movable` rows move within their group of positions (`_regroup_rows`), which keeps the
     next layer's slots. On the 90% HalfCheetah actor's first layer (17 inputs, 45% dense) 9 dense inputs and 43
@@ -918,7 +916,7 @@ def _dense_columns(w: np.ndarray, isa: VectorIsa, streamed: bool, movable: bool
         moved = _regroup_rows(rest, isa) if movable else np.arange(w.shape[0])
         slots = _ell_slots(_group_counts(rest[moved], isa), isa)
         table = 4 * isa.lanes * (count * blocks + slots) + 4 * isa.lanes // isa.packed_slots * slots
-        cost = count * blocks + ELL_SLOT_COST * slots + (STREAMED_BYTE_COST * table if streamed else 0)
+        cost = count * blocks + isa.slot_cost * slots + (STREAMED_BYTE_COST * table if streamed else 0)
         if cost < best_cost:
             best, best_cost = (tuple(sorted(int(c) for c in densest[:count])), moved, slots), cost
     return best
@@ -1318,6 +1316,9 @@ _AVX2_TANH = _TANH_TEMPLATE.replace("LANES", "8").replace("VEC", "__m256").repla
 AVX512 = VectorIsa(
     "AVX-512", "defined(__AVX512F__) && !defined(TP_SCALAR_FPU)", "_mm512", lanes=16, pair=True,
     dense_blocks=16, pass_accumulators=16, row_registers=24,
+    # first layers of the three benchmark actors on the dev box, either kernel: 0.63-0.65 ns a slot, 0.24-0.25 ns a
+    # multiply-add of 16 lanes
+    slot_cost=2.6,
     # ELL indices stay wide while the tables fit most of the dev box's 48 KB L1 data cache: the 95% HalfCheetah
     # actor's (42 KB) ran 25% faster wide than with 8-bit indices and 6% faster than packed, the 90% one's (76 KB
     # wide, 56 KB 8-bit) 20% slower.
@@ -1330,6 +1331,10 @@ AVX512 = VectorIsa(
 AVX2 = VectorIsa(
     "AVX2", "defined(__AVX2__) && defined(__FMA__) && !defined(TP_SCALAR_FPU)", "_mm256", lanes=8, pair=False,
     dense_blocks=12, pass_accumulators=8, row_registers=12,
+    # a slot is a permute, an FMA and an index load against the FMA of a dense register: on the AVX2 EPYC (Zen 3),
+    # pricing it 3.5 took the three benchmark actors 137 -> 124 ns (98% Hopper: its first layer dense), 437 -> 427
+    # and 806 -> 799 ns against 2.6 (chained latency, interleaved, median of 7 rounds); 1.8 was no better.
+    slot_cost=3.5,
     l1_bytes=28672, packed_slots=10, packed_bits=3, preamble=_AVX2_PREAMBLE, tanh=_AVX2_TANH,
     lane_sum_steps=(("_mm256_unpacklo_ps({a}, {b})", "_mm256_unpackhi_ps({a}, {b})"),
                     ("_mm256_shuffle_ps({a}, {b}, 0x44)", "_mm256_shuffle_ps({a}, {b}, 0xee)"),
