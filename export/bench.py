@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from tinypolicy.envs import evaluate_policy
 from tinypolicy.export.bundle import FILES, load_bundle
-from tinypolicy.export.c_codegen import HOST_CFLAGS, host_compiler
+from tinypolicy.export.c_codegen import HOST_CFLAGS, host_branch, host_compiler
 from tinypolicy.export.embedded import update_bench_report
 from tinypolicy.export.mlp import MLPPolicy
 from tinypolicy.export.runtimes import EMX, EMX_VERSION, FLOAT_P, CKernels, emx_missing, ort_actions, ort_session
@@ -219,7 +219,7 @@ def bench_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, call
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpu": cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
                     "onnxruntime": ort.__version__, "numpy": np.__version__, "gcc": _compiler_version(),
-                    "threads": 1, "c_flags": " ".join([*HOST_CFLAGS, "-fPIC", "-shared"]),
+                    "threads": 1, "c_flags": " ".join([*HOST_CFLAGS, "-fPIC", "-shared"]), "c_branch": host_branch(),
                     "c_flags_note": "every C kernel, emx-onnx-cgen's included (without -Werror), built with these"},
         "settings": {"calls": calls, "c_calls": c_calls, "rounds": rounds, "warmup_fraction": 0.1,
                      "observations": n,
@@ -264,7 +264,8 @@ def _write_markdown(path: Path, r: dict[str, Any]) -> None:
              f"{r['date_utc']}; batch 1, {r['settings']['calls']} calls per Python-timed variant, "
              f"{r['settings']['c_calls']} timed inside C, in {r['settings']['rounds']} interleaved rounds; "
              f"returns over {r['settings']['episodes']} episodes from seed {r['settings']['seed']}. "
-             f"C flags: `{r['machine']['c_flags']}`.", "",
+             f"C flags: `{r['machine']['c_flags']}` (actor.c's {r['machine'].get('c_branch', 'unrecorded')} branch).",
+             "",
              "| variant | p50 µs | p99 µs | chained-loop mean µs | untimed-loop mean µs | via ctypes p50 / p99 µs "
              "| return |",
              "|---|---:|---:|---:|---:|---:|---:|"]

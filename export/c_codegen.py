@@ -612,6 +612,7 @@ class VectorIsa:
     the L1 data cache the tables should fit, and the intrinsics' spellings."""
     name: str               # in the generated comments
     guard: str              # the preprocessor condition of its branch
+    macros: tuple[str, ...]  # the compiler's macros it needs (the guard's)
     prefix: str             # of its intrinsics, "_mm512"
     lanes: int              # floats per register
     pair: bool
@@ -1314,7 +1315,7 @@ _AVX2_TANH = _TANH_TEMPLATE.replace("LANES", "8").replace("VEC", "__m256").repla
 """)
 
 AVX512 = VectorIsa(
-    "AVX-512", "defined(__AVX512F__) && !defined(TP_SCALAR_FPU)", "_mm512", lanes=16, pair=True,
+    "AVX-512", "defined(__AVX512F__) && !defined(TP_SCALAR_FPU)", ("__AVX512F__",), "_mm512", lanes=16, pair=True,
     dense_blocks=16, pass_accumulators=16, row_registers=24,
     # first layers of the three benchmark actors on the dev box, either kernel: 0.63-0.65 ns a slot, 0.24-0.25 ns a
     # multiply-add of 16 lanes
@@ -1329,7 +1330,8 @@ AVX512 = VectorIsa(
                     ("_mm512_shuffle_f32x4({a}, {b}, 0x88)", "_mm512_shuffle_f32x4({a}, {b}, 0xdd)")))
 # 16 registers instead of 32: passes keep fewer accumulators. The L1 data cache of AVX2-only x86 cores is 32 KB.
 AVX2 = VectorIsa(
-    "AVX2", "defined(__AVX2__) && defined(__FMA__) && !defined(TP_SCALAR_FPU)", "_mm256", lanes=8, pair=False,
+    "AVX2", "defined(__AVX2__) && defined(__FMA__) && !defined(TP_SCALAR_FPU)", ("__AVX2__", "__FMA__"), "_mm256",
+    lanes=8, pair=False,
     dense_blocks=12, pass_accumulators=8, row_registers=12,
     # a slot is a permute, an FMA and an index load against the FMA of a dense register: on the AVX2 EPYC (Zen 3),
     # pricing it 3.5 took the three benchmark actors 137 -> 124 ns (98% Hopper: its first layer dense), 437 -> 427
@@ -1693,6 +1695,14 @@ def host_compiler() -> str:
     if cc is None:
         raise RuntimeError("no C compiler (gcc or cc) on PATH")
     return cc
+
+
+def host_branch(cflags: tuple[str, ...] = HOST_CFLAGS) -> str:
+    """Which branch of actor.c the host compiler takes with `cflags`: a `VectorIsa` name, or "portable"."""
+    macros = subprocess.run([host_compiler(), *(f for f in cflags if not f.startswith("-W")), "-dM", "-E", "-x", "c",
+                             "-"], input="", capture_output=True, text=True, check=True).stdout
+    defined = {line.split()[1] for line in macros.splitlines() if line.startswith("#define ")}
+    return next((isa.name for isa in VECTOR_ISAS if set(isa.macros) <= defined), "portable")
 
 
 def compile_shared(src_dir: str | Path, output: str | Path, extra_sources: tuple[Path, ...] = (),

@@ -295,16 +295,10 @@ def _ell_policies():
     return a, b, c
 
 
-def _host_has(*features: str) -> bool:
-    macros = subprocess.run(["gcc", "-march=native", "-dM", "-E", "-"], input="", capture_output=True, text=True,
-                            check=True).stdout
-    return all(f"__{feature}__" in macros for feature in features)
-
-
-# branch -> (what the host needs to run it, flags that make the host's compiler take it)
-BRANCHES = {"avx512": (("AVX512F",), ()), "avx2": (("AVX2", "FMA"), ("-mno-avx512f",)),
-            "portable": ((), ("-mno-avx512f", "-mno-avx2"))}
-CROSS_MARCH = {"avx512": "-march=x86-64-v4", "avx2": "-march=x86-64-v3"}
+# branch -> (its name in host_branch, flags that make an x86 host's compiler take it)
+BRANCHES = {"avx512": ("AVX-512", ()), "avx2": ("AVX2", ("-mno-avx512f",)),
+            "portable": ("portable", ("-mno-avx512f", "-mno-avx2"))}
+CROSS_MARCH = {"avx512": "-march=x86-64-v4", "avx2": "-march=x86-64-v3", "portable": "-march=x86-64"}
 
 
 # Each vector branch's layer kinds for the three `_ell_policies`, and (AVX-512, AVX2) x (whether a layer has dense
@@ -323,10 +317,13 @@ def test_sparse_kernel_matches_pytorch_in_each_branch(tmp_path, monkeypatch, bra
     from dataclasses import replace
 
     from tinypolicy.export import c_codegen
-    from tinypolicy.export.c_codegen import HOST_CFLAGS, compile_shared, sparse_source, write_c_sources
+    from tinypolicy.export.c_codegen import HOST_CFLAGS, compile_shared, host_branch, sparse_source, write_c_sources
     from tinypolicy.export.runtimes import CKernels
 
-    needs, flags = BRANCHES[branch]
+    name, flags = BRANCHES[branch]
+    runs = host_branch((*HOST_CFLAGS, *flags)) == name
+    cross_flags = (*(f for f in HOST_CFLAGS if f != "-march=native"), CROSS_MARCH[branch])
+    assert runs or host_branch(cross_flags) == name
     if packed:
         packed_isas = tuple(replace(isa, l1_bytes=0) for isa in c_codegen.VECTOR_ISAS)
         monkeypatch.setattr(c_codegen, "VECTOR_ISAS", packed_isas)
@@ -342,28 +339,27 @@ def test_sparse_kernel_matches_pytorch_in_each_branch(tmp_path, monkeypatch, bra
         assert [("dense inputs" in text, "dot-product rows" in text) for text in (avx512, avx2)] == FEATURES[k]
         merged += avx512.count("_mm512_mask_mov_ps(_mm512_permutex2var_ps(") if branch == "avx512" else \
             avx2.count("_mm256_blend_ps(_mm256_permutevar8x32_ps(")
-        if not _host_has(*needs):  # it can still be compiled, for a machine that has them
-            compile_shared(tmp_path / str(k), tmp_path / str(k) / "actor.so",
-                           cflags=(*(f for f in HOST_CFLAGS if f != "-march=native"), CROSS_MARCH[branch]))
+        if not runs:  # it can still be compiled, for a machine that has the ISA
+            compile_shared(tmp_path / str(k), tmp_path / str(k) / "actor.so", cflags=cross_flags)
             continue
         kernels = CKernels(tmp_path / str(k), tmp_path / str(k), policy.obs_dim, policy.act_dim,
                            (*HOST_CFLAGS, *flags))
         obs = _observations(2000, policy.obs_dim, k)
         assert np.abs(kernels.actions(obs) - policy(obs)).max() < 1e-5, (k, branch)
     assert merged or branch == "portable"  # slots of several groups sharing one weight vector were tested
-    if not _host_has(*needs):
-        pytest.skip(f"the host has no {'/'.join(needs)}: the branch compiled, not run")
+    if not runs:
+        pytest.skip(f"the host has no {name}: the branch compiled, not run")
 
 
 @pytest.mark.parametrize("branch", ["avx512", "avx2"])
 def test_vector_tanh_is_within_its_ulp_bound_on_a_sweep_of_floats(tmp_path, branch):
     """tp_tanh (each vector branch's tanh) against tanh in double: within 6.1 ulp on every
     4096th float up to 10 and on the floats around the switch to +-1 at 8, odd, +-1 beyond, NaN kept."""
-    from tinypolicy.export.c_codegen import AVX2, AVX512, HOST_CFLAGS, host_compiler
+    from tinypolicy.export.c_codegen import AVX2, AVX512, HOST_CFLAGS, host_branch, host_compiler
 
-    needs, flags = BRANCHES[branch]
-    if not _host_has(*needs):
-        pytest.skip(f"the host has no {'/'.join(needs)}")
+    name, flags = BRANCHES[branch]
+    if host_branch((*HOST_CFLAGS, *flags)) != name:
+        pytest.skip(f"the host has no {name}")
     isa = {"avx512": AVX512, "avx2": AVX2}[branch]
     apply = "".join(f"    {isa.op('storeu_ps', f'out + {k}', 'tp_tanh(' + isa.op('loadu_ps', f'in + {k}') + ')')};\n"
                     for k in range(0, 16, isa.lanes))
@@ -516,6 +512,7 @@ def test_bench_writes_its_schema(bundle, tmp_path):
     # emx-onnx-cgen is measured where installed, else skipped with its reason.
     assert ("emx_dense" in bench["variants"]) != ("emx_dense" in bench["skipped"])
     assert "-O3" in bench["machine"]["c_flags"] and "-march=native" in bench["machine"]["c_flags"]
+    assert bench["machine"]["c_branch"] in ("AVX-512", "AVX2", "portable")  # the host's branch of actor.c
     # Each comparison picks the dense variant with the lowest latency among those it covers
     # (every one measured by p50; the C kernels by each clock-free loop mean) and divides by c_sparse's.
     assert set(bench["speedup"]) == {"p50", "c_loop_mean", "c_chained_mean"}
