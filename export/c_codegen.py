@@ -156,9 +156,6 @@ UNROLLED_MAX_NNZ = 8192
 # against 2.9 us as CSC tables on the dev box); larger layers use the tables there.
 VECTOR_UNROLLED_MAX_NNZ = 1024
 REGISTER_BLOCK = 8
-# The x86 branches of actor.c (`VectorIsa`, `vector_kind`): the most alternations of the input and row order
-# searches (`_ell_order`).
-ORDER_PASSES = 4
 # An ELL block's slots alternate between ELL_CHAINS accumulators: a single accumulator chains all of a block's
 # multiply-adds (4 cycles each), the critical path of a layer of few blocks (2 accumulators took the 98% Hopper
 # actor, 6 blocks, from 99 to 82 ns and the 95% HalfCheetah one, 13 blocks, from 174 to 162; 4, or more for the
@@ -620,6 +617,7 @@ class VectorIsa:
     pass_accumulators: int  # ... of an ELL layer (ELL_CHAINS per block)
     row_registers: int      # accumulators of the action head (`_vector_rows`)
     slot_cost: float        # what an ELL slot costs, in dense multiply-adds of a register
+    order_passes: int       # the most alternations of the input and row order searches (`_ell_order`)
     # ELL indices are stored as the 32-bit lanes the permute reads while all tables fit in l1_bytes; beyond,
     # `_packed_table`: packed_slots slots share a vector of indices, packed_bits a lane each (the permute reads
     # the low bits, an index within the group, and ignores the rest).
@@ -755,12 +753,12 @@ def _ell_order(nz: np.ndarray, free_columns: bool, isa: VectorIsa) -> tuple[np.n
     """(row order, input order) with few ELL slots for nonzero pattern `nz` [rows, inputs]:
     rows by nonzeros, then `_row_descent`; where the previous layer can write its outputs in
     any order (`free_columns`), alternately `_column_descent` and `_row_descent` while the
-    inputs move, at most ORDER_PASSES times. Slots on the 90% HalfCheetah actor: 505 sorted,
+    inputs move, at most the ISA's order_passes times. Slots on the 90% HalfCheetah actor: 505 sorted,
     454 after the row descent, 411 with the inputs, in a third of a second (a minute of
     simulated annealing over the rows alone found 426; AVX-512)."""
     columns = np.arange(nz.shape[1])
     rows = _row_descent(_group_counts(nz, isa), np.argsort(-nz.sum(1), kind="stable"), isa)
-    for _ in range(ORDER_PASSES if free_columns else 0):
+    for _ in range(isa.order_passes if free_columns else 0):
         moved, changed = _column_descent(nz[rows][:, columns], isa)
         if not changed:
             break
@@ -1319,7 +1317,7 @@ AVX512 = VectorIsa(
     dense_blocks=16, pass_accumulators=16, row_registers=24,
     # first layers of the three benchmark actors on the dev box, either kernel: 0.63-0.65 ns a slot, 0.24-0.25 ns a
     # multiply-add of 16 lanes
-    slot_cost=2.6,
+    slot_cost=2.6, order_passes=4,
     # ELL indices stay wide while the tables fit most of the dev box's 48 KB L1 data cache: the 95% HalfCheetah
     # actor's (42 KB) ran 25% faster wide than with 8-bit indices and 6% faster than packed, the 90% one's (76 KB
     # wide, 56 KB 8-bit) 20% slower.
@@ -1337,6 +1335,10 @@ AVX2 = VectorIsa(
     # pricing it 3.5 took the three benchmark actors 137 -> 124 ns (98% Hopper: its first layer dense), 437 -> 427
     # and 806 -> 799 ns against 2.6 (chained latency, interleaved, median of 7 rounds); 1.8 was no better.
     slot_cost=3.5,
+    # Four times as many (block, group) cells as AVX-512's make each pass of the searches slower: on the 90%
+    # HalfCheetah actor one pass took the plan from 22 to 9 s (beside training), its cost within 1% on both HalfCheetah
+    # actors.
+    order_passes=1,
     l1_bytes=28672, packed_slots=10, packed_bits=3, preamble=_AVX2_PREAMBLE, tanh=_AVX2_TANH,
     lane_sum_steps=(("_mm256_unpacklo_ps({a}, {b})", "_mm256_unpackhi_ps({a}, {b})"),
                     ("_mm256_shuffle_ps({a}, {b}, 0x44)", "_mm256_shuffle_ps({a}, {b}, 0xee)"),
