@@ -705,6 +705,7 @@ def _row_descent(counts: np.ndarray, order: np.ndarray, isa: VectorIsa) -> np.nd
     slots, repeated while one saves any."""
     blocks, groups, lanes = len(order) // isa.lanes, counts.shape[1], isa.lanes
     same = np.arange(blocks)
+    counts = counts.astype(np.int8)  # at most a group's inputs: the 5-D tensor below is most of the time, in bytes
     while True:
         m = counts[order].reshape(blocks, lanes, groups)
         top = m.max(1)
@@ -713,8 +714,8 @@ def _row_descent(counts: np.ndarray, order: np.ndarray, isa: VectorIsa) -> np.nd
         second = np.where(at_top.sum(1) > 1, top, second)
         without = np.where(at_top, second[:, None], top[:, None])  # a block's maxima without one of its rows
         # Slots of block A with its row a replaced by row b of block B, for every A, a, B, b.
-        swapped = np.maximum(without[:, :, None, None, :], m[None, None]).sum(-1)
-        base = top.sum(1)
+        swapped = np.maximum(without[:, :, None, None, :], m[None, None]).sum(-1, dtype=np.int32)
+        base = top.sum(1, dtype=np.int32)
         gain = swapped + swapped.transpose(2, 3, 0, 1) - base[:, None, None, None] - base[None, None, :, None]
         gain[same, :, same, :] = 0
         best = int(np.argmin(gain))
@@ -783,6 +784,11 @@ def vector_kind(w: np.ndarray, last: bool, isa: VectorIsa, free_columns: bool = 
     padded = -(-out // isa.lanes) * isa.lanes
     nz = np.zeros((padded, inputs), bool)
     nz[:out] = w != 0
+    # Each slot fills at most a register's lanes, and dot rows take at most MAX_DOT_ROWS rows: where even that bound
+    # costs more than dense, the order searches below could not make the layer ELL.
+    dot_bound = np.sort(nz.sum(1))[::-1][:0 if last else MAX_DOT_ROWS].sum()
+    if dense or isa.slot_cost * (nz.sum() - dot_bound) / isa.lanes >= inputs * padded // isa.lanes:
+        return "dense", np.arange(padded), identity, 0, ()
     rows, columns, slots, dots = ((np.arange(padded), identity, _ell_slots(_group_counts(nz, isa), isa), ()) if last
                                   else _dot_rows(nz, free_columns, isa))
     if isa.slot_cost * slots + _dot_cost(nz[rows][:, columns], dots, isa) < inputs * padded // isa.lanes and not dense:
@@ -924,8 +930,10 @@ def _dense_columns(w: np.ndarray, isa: VectorIsa, streamed: bool, movable: bool
 def _regroup_rows(nz: np.ndarray, isa: VectorIsa) -> np.ndarray:
     """A row order (position -> row) with few ELL slots for `nz` [rows, inputs] in which rows only move within their
     group of positions: the next layer gathers its inputs by group, so its slots stay as they are. Within each group,
-    rows by nonzeros, then `_row_descent`."""
+    rows by nonzeros, then `_row_descent`. Where a group is one block (AVX2), no move changes a slot."""
     order = np.arange(nz.shape[0])
+    if isa.group == isa.lanes:
+        return order
     for start in range(0, nz.shape[0], isa.group):
         part = nz[start:start + isa.group]
         local = _row_descent(_group_counts(part, isa), np.argsort(-part.sum(1), kind="stable"), isa)

@@ -324,6 +324,8 @@ def test_sparse_kernel_matches_pytorch_in_each_branch(tmp_path, monkeypatch, bra
     runs = host_branch((*HOST_CFLAGS, *flags)) == name
     cross_flags = (*(f for f in HOST_CFLAGS if f != "-march=native"), CROSS_MARCH[branch])
     assert runs or host_branch(cross_flags) == name
+    if packed and not runs:
+        pytest.skip(f"the host has no {name}: its branch is compiled with wide indices only")
     if packed:
         packed_isas = tuple(replace(isa, l1_bytes=0) for isa in c_codegen.VECTOR_ISAS)
         monkeypatch.setattr(c_codegen, "VECTOR_ISAS", packed_isas)
