@@ -32,10 +32,10 @@ embedded-deps:
 # The embedded tests need the cross toolchains and QEMU; without root they skip.
 test: $(STAMP)
 	-@$(MAKE) --no-print-directory embedded-deps render-deps
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadfile -m "not integration"
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not integration"
 
 # The layering contract (.importlinter) alone; `make test` runs it too. It checks a staged
 # copy in which ondevice/, models/, export/ and pipeline/ sit inside tinypolicy/, as installed.
