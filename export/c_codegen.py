@@ -671,8 +671,6 @@ class VectorIsa:
             self.op("load_si256", f"(const __m256i *){address}")
 
 
-
-
 @dataclass(frozen=True)
 class _VectorLayer:
     """One layer of a vector branch. Hidden vectors there are in an order of the branch's
