@@ -608,11 +608,11 @@ class VectorIsa:
     permutex2var; else one, AVX2's permutevar8x32), the registers a pass may keep accumulators in,
     the L1 data cache the tables should fit, and the intrinsics' spellings."""
     name: str               # in the generated comments
-    guard: str              # the preprocessor condition of its branch
-    macros: tuple[str, ...]  # the compiler's macros it needs (the guard's)
+    macros: tuple[str, ...]  # the compiler's macros it needs
     prefix: str             # of its intrinsics, "_mm512"
     lanes: int              # floats per register
     pair: bool
+    masked: bool            # has mask registers (AVX-512's k0-k7); else partial loads and blends take vector masks
     dense_blocks: int       # blocks of outputs accumulated per pass of a dense layer
     pass_accumulators: int  # ... of an ELL layer (ELL_CHAINS per block)
     row_registers: int      # accumulators of the action head (`_vector_rows`)
@@ -629,6 +629,11 @@ class VectorIsa:
     lane_sum_steps: tuple[tuple[str, str], ...]  # `_lane_sums`: the shuffles of each level of its tree
 
     @property
+    def guard(self) -> str:
+        """The preprocessor condition of its branch; TP_SCALAR_FPU forces the portable one."""
+        return " && ".join(f"defined({m})" for m in self.macros) + " && !defined(TP_SCALAR_FPU)"
+
+    @property
     def group(self) -> int:
         """Inputs an ELL slot gathers from."""
         return self.lanes * (2 if self.pair else 1)
@@ -642,18 +647,18 @@ class VectorIsa:
         return f"{self.prefix}_{name}({', '.join(args)})"
 
     def _lane_mask(self, lanes: int) -> str:
-        if self.lanes == 16:
+        if self.masked:
             return f"(__mmask16)0x{(1 << lanes) - 1:04x}"
         return self.op("setr_epi32", *(["-1"] * lanes + ["0"] * (self.lanes - lanes)))
 
     def load_first(self, lanes: int, address: str) -> str:
         """A register of the first `lanes` floats at `address`, zeros in the others."""
         mask = self._lane_mask(lanes)
-        return self.op("maskz_loadu_ps", mask, address) if self.lanes == 16 else self.op("maskload_ps", address, mask)
+        return self.op("maskz_loadu_ps", mask, address) if self.masked else self.op("maskload_ps", address, mask)
 
     def store_first(self, lanes: int, address: str, v: str) -> str:
         mask = self._lane_mask(lanes)
-        return self.op("mask_storeu_ps", address, mask, v) if self.lanes == 16 else \
+        return self.op("mask_storeu_ps", address, mask, v) if self.masked else \
             self.op("maskstore_ps", address, mask, v)
 
     def gather(self, index: str, low: str, high: str) -> str:
@@ -662,7 +667,7 @@ class VectorIsa:
 
     def blend(self, into: str, mask: int, v: str) -> str:
         """`into` with the lanes in `mask` taken from `v`."""
-        if self.lanes == 16:
+        if self.masked:
             return self.op("mask_mov_ps", into, f"0x{mask:04x}", v)
         return self.op("blend_ps", into, v, f"0x{mask:02x}")
 
@@ -1319,7 +1324,7 @@ _AVX2_TANH = _TANH_TEMPLATE.replace("LANES", "8").replace("VEC", "__m256").repla
 """)
 
 AVX512 = VectorIsa(
-    "AVX-512", "defined(__AVX512F__) && !defined(TP_SCALAR_FPU)", ("__AVX512F__",), "_mm512", lanes=16, pair=True,
+    "AVX-512", ("__AVX512F__",), "_mm512", lanes=16, pair=True, masked=True,
     dense_blocks=16, pass_accumulators=16, row_registers=24,
     # first layers of the three benchmark actors on the dev box, either kernel: 0.63-0.65 ns a slot, 0.24-0.25 ns a
     # multiply-add of 16 lanes
@@ -1334,8 +1339,7 @@ AVX512 = VectorIsa(
                     ("_mm512_shuffle_f32x4({a}, {b}, 0x88)", "_mm512_shuffle_f32x4({a}, {b}, 0xdd)")))
 # 16 registers instead of 32: passes keep fewer accumulators. The L1 data cache of AVX2-only x86 cores is 32 KB.
 AVX2 = VectorIsa(
-    "AVX2", "defined(__AVX2__) && defined(__FMA__) && !defined(TP_SCALAR_FPU)", ("__AVX2__", "__FMA__"), "_mm256",
-    lanes=8, pair=False,
+    "AVX2", ("__AVX2__", "__FMA__"), "_mm256", lanes=8, pair=False, masked=False,
     dense_blocks=12, pass_accumulators=8, row_registers=12,
     # a slot is a permute, an FMA and an index load against the FMA of a dense register: on the AVX2 EPYC (Zen 3),
     # pricing it 3.5 took the three benchmark actors 137 -> 124 ns (98% Hopper: its first layer dense), 437 -> 427
