@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 from rliable import library as rly
-from rliable import metrics
 
 from benchmarks.flops import flops_vs_dense, one_thread
 from tinypolicy.checkpoint import load_checkpoint
@@ -56,8 +55,17 @@ MIN_SEEDS = 3
 REPS = 20_000  # bootstrap resamples of the scores (a tenth of them per evaluation step of the curves)
 
 
+def trimmed_mean(scores: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The interquartile mean along `axis`: rliable's aggregate_iqm (scipy's 25% trimmed mean,
+    the same int(n / 4) values cut at either end) without scipy's per-call overhead, about 300 us,
+    which the bootstrap pays once per resample and evaluation step."""
+    ordered = np.sort(np.asarray(scores, dtype=np.float64), axis=axis)
+    n = ordered.shape[axis]
+    return np.take(ordered, np.arange(n // 4, n - n // 4), axis=axis).mean(axis=axis)
+
+
 def iqm(scores: np.ndarray) -> float:
-    return float(metrics.aggregate_iqm(scores))
+    return float(trimmed_mean(np.ravel(scores)))
 
 
 # --------------------------------------------------------------------------- collect
@@ -186,7 +194,7 @@ def curve_band(runs: list[dict], seed: int, reps: int) -> tuple[np.ndarray, np.n
     seed_resampling(seed)
     steps = sorted(set.intersection(*(set(s for s, _ in r["curve"]) for r in runs)))
     values = np.array([[dict(r["curve"])[s] for s in steps] for r in runs])  # [seeds, steps]
-    per_step = lambda x: np.array([iqm(x[:, 0, j]) for j in range(x.shape[-1])])  # noqa: E731
+    per_step = lambda x: trimmed_mean(x[:, 0, :], axis=0)  # noqa: E731  (one call for every step of the curve)
     point, ci = rly.get_interval_estimates({"x": values[:, None, :]}, per_step, reps=reps)
     return np.array(steps), point["x"], ci["x"][0], ci["x"][1]
 

@@ -45,7 +45,7 @@ class Case:
     absent_after: tuple[str, ...] = ()       # glob patterns: nothing may be left behind under these names
     confined_to: str | None = None           # every new file or folder must lie in this folder
     full_disk: bool = False
-    slow: bool = False                       # measured 1.9 s or more on 2 cores (integration)
+    slow: bool = False                       # loads an env, a model or every stage before refusing (integration)
 
     @property
     def command(self) -> str:

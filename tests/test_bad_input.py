@@ -4,23 +4,28 @@ most, and must leave every file that existed before byte-identical (nothing lost
 silently swapped). Valid inputs (a checkpoint, an export bundle, a dataset, a mask, AD
 histories and an AD checkpoint) are built once per module and copied into each case's folder.
 
+Each case runs `tinypolicy ARGS` as its own process, in its own session, with its stderr on a
+pipe, as a shell would run it. The process is forked from a server that has imported the CLI
+once (multiprocessing's forkserver), rather than started afresh: a fresh interpreter spends
+about 1.5 s importing torch and the stages, as much as the slowest refusal, and the table has
+about a hundred cases. The server never runs torch, so forking it is safe.
+
 Each case is refused before any long work once the input is checked; a case still running
-after `TIMEOUT` seconds has started work it should have refused, and fails. On 2 cores
-the cases marked `slow` (integration) take about 2 s each (torch, then an env, a model or
-every stage loaded before the refusal), the others 0.6-1.9 s: about 40 s without them, two
-minutes with.
+after `TIMEOUT` seconds has started work it should have refused, and fails. The cases marked
+`slow` (integration) load an env, a model or every stage before the refusal.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import hashlib
+import multiprocessing
 import os
 import resource
 import shlex
 import signal
-import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,19 +71,45 @@ def _full_disk() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FULL_DISK, FULL_DISK))
 
 
+_FORKSERVER = multiprocessing.get_context("forkserver")
+# the CLI and the stages its commands import when they run
+_FORKSERVER.set_forkserver_preload(["tinypolicy.pipeline.cli", "tinypolicy.pipeline.compress",
+                                    "tinypolicy.pipeline.import_policy", "tinypolicy.pipeline.sweep",
+                                    "tinypolicy.pipeline.distill", "tinypolicy.pipeline.ad",
+                                    "tinypolicy.pipeline.generalise", "tinypolicy.export.bench",
+                                    "tinypolicy.export.embedded", "mujoco"])
+
+
+def _tinypolicy(args: str, cwd: str, full_disk: bool, stderr) -> None:
+    """The child: `python -m tinypolicy ARGS` in `cwd`, stdout discarded, stderr to the pipe. An
+    uncaught exception prints its traceback there and exits 1, as the interpreter would."""
+    os.setsid()  # a timeout kills its process group: its rollout workers too
+    os.chdir(cwd)
+    os.dup2(stderr.fileno(), 2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    if full_disk:
+        _full_disk()
+    sys.exit(main(shlex.split(args)))
+
+
 def run_cli(case: Case, cwd: Path) -> tuple[int | None, str]:
     """Exit status (None if it timed out) and stderr of `tinypolicy ARGS` in `cwd`."""
-    process = subprocess.Popen([sys.executable, "-m", "tinypolicy", *shlex.split(case.args)], cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, preexec_fn=_full_disk if case.full_disk else None)
-    try:
-        _, stderr = process.communicate(timeout=TIMEOUT)
-        return process.returncode, stderr
-    except subprocess.TimeoutExpired:
+    reader, writer = _FORKSERVER.Pipe(duplex=False)
+    child = _FORKSERVER.Process(target=_tinypolicy, args=(case.args, str(cwd), case.full_disk, writer))
+    child.start()
+    writer.close()  # the pipe ends when the child and everything it started have exited
+    chunks: list[bytes] = []
+    drain = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(reader.fileno(), 1 << 16), b"")))
+    drain.start()
+    drain.join(TIMEOUT)
+    timed_out = drain.is_alive()
+    if timed_out:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # its rollout workers too
-        _, stderr = process.communicate()
-        return None, stderr
+            os.killpg(child.pid, signal.SIGKILL)
+        drain.join()
+    child.join()
+    reader.close()
+    return None if timed_out else child.exitcode, b"".join(chunks).decode(errors="replace")
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.integration] if c.slow else [])

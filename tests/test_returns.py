@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.returns import main as returns_main, report
+from benchmarks.returns import iqm, main as returns_main, report, trimmed_mean
 
 pytest.importorskip("rliable")
 
@@ -22,6 +22,19 @@ def _collected(folder, name, method, seed, curve, sparsity=(0.98, 0.95), impleme
     (run / "eval.json").write_text(json.dumps({"steps": 100 * len(curve), "mean_return": curve[-1]} | (final or {})))
     rows = ["step,eval_return"] + [f"{100 * (i + 1)},{v}" for i, v in enumerate(curve)]
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 10, 13])
+def test_iqm_is_rliables(n):
+    """Our trimmed mean cuts what rliable's aggregate_iqm cuts, for every count of seeds mod 4,
+    flattened or column by column."""
+    from rliable import metrics
+
+    scores = np.random.default_rng(n).normal(size=(n, 6)) * 1000
+    assert iqm(scores) == pytest.approx(metrics.aggregate_iqm(scores), rel=1e-12)
+    assert trimmed_mean(scores, axis=0) == pytest.approx([metrics.aggregate_iqm(scores[:, j]) for j in range(6)],
+                                                         rel=1e-12)
+    assert iqm([1.0, 2.0, 3.0, 100.0]) == 2.5  # the outer quarter of each end goes
 
 
 def test_iqm_intervals_and_ratio_to_dense(tmp_path):
