@@ -8,7 +8,8 @@ Each case runs `tinypolicy ARGS` as its own process, in its own session, with it
 pipe, as a shell would run it. The process is forked from a server that has imported the CLI
 once (multiprocessing's forkserver), rather than started afresh: a fresh interpreter spends
 about 1.5 s importing torch and the stages, as much as the slowest refusal, and the table has
-about a hundred cases. The server never runs torch, so forking it is safe.
+about a hundred cases. The server never runs torch, so forking it is safe. One difference from
+an interpreter's exit: the child skips atexit handlers, and tinypolicy registers none.
 
 Each case is refused before any long work once the input is checked; a case still running
 after `TIMEOUT` seconds has started work it should have refused, and fails. The cases marked
