@@ -819,3 +819,22 @@ def test_save_actor_writes_a_small_actor_only_checkpoint_and_never_replaces_one(
         save_actor(run, "hopper-test", root=tmp_path / "actors")
     with pytest.raises(UserError, match="no committed actor nope"):
         committed_actors(tmp_path / "actors", ["nope"])
+
+
+def test_slot_cost_counts_the_gathers_of_the_avx2_branch_only(tmp_path):
+    """benchmarks.slot_cost reads the AVX2 branch up to its own #else, past the #if blocks nested in it."""
+    from benchmarks.slot_cost import GATHER, avx2_branch, gathers
+
+    source = "\n".join(["#if defined(__AVX512F__)", f"a = {GATHER}x, i);", "#elif defined(__AVX2__) && defined(__FMA__)",
+                        "#if defined(__GNUC__)", "#define A 1", "#else", "#define A 2", "#endif",
+                        f"b = {GATHER}x, i); c = {GATHER}y, j);", "#else", f"d = {GATHER}x, i);", "#endif"])
+    branch = avx2_branch(source)
+    assert branch.count(GATHER) == 2 and "#define A 2" in branch and "d =" not in branch
+    with pytest.raises(ValueError, match="no AVX2 branch"):
+        avx2_branch("#if defined(__AVX512F__)\n#endif")
+
+    actor = tmp_path / "actor.pt"
+    write_checkpoint(actor, sparse_actor("td3", 0.9))
+    count = gathers(actor, tmp_path / "c")
+    source = (tmp_path / "c" / "actor.c").read_text()
+    assert count > 0 and count == source.count(GATHER)  # the other branches gather with other intrinsics
