@@ -821,20 +821,30 @@ def test_save_actor_writes_a_small_actor_only_checkpoint_and_never_replaces_one(
         committed_actors(tmp_path / "actors", ["nope"])
 
 
-def test_slot_cost_counts_the_gathers_of_the_avx2_branch_only(tmp_path):
-    """benchmarks.slot_cost reads the AVX2 branch up to its own #else, past the #if blocks nested in it."""
-    from benchmarks.slot_cost import GATHER, avx2_branch, gathers
+def test_slot_cost_counts_the_slots_of_the_avx2_branch_only(tmp_path):
+    """benchmarks.slot_cost reads the AVX2 branch up to its own #else, past the #if blocks nested in it,
+    and sorts its slots (one statement each) by their number of gathers."""
+    from benchmarks.slot_cost import FMA, GATHER, avx2_branch, count, other_multiply_adds, slot_kinds
 
+    merged = f"c = _mm256_fmadd_ps(_mm256_blend_ps({GATHER}x, i), {GATHER}y, i), 3), w, c);"
     source = "\n".join(["#if defined(__AVX512F__)", f"a = {GATHER}x, i);", "#elif defined(__AVX2__) && defined(__FMA__)",
                         "#if defined(__GNUC__)", "#define A 1", "#else", "#define A 2", "#endif",
-                        f"b = {GATHER}x, i); c = {GATHER}y, j);", "#else", f"d = {GATHER}x, i);", "#endif"])
+                        f"b = {GATHER}x, i);", merged, "#else", f"d = {GATHER}x, i);", "#endif"])
     branch = avx2_branch(source)
-    assert branch.count(GATHER) == 2 and "#define A 2" in branch and "d =" not in branch
+    assert "#define A 2" in branch and "d =" not in branch and "a =" not in branch
+    assert slot_kinds(branch) == [1, 1, 0, 0]
     with pytest.raises(ValueError, match="no AVX2 branch"):
         avx2_branch("#if defined(__AVX512F__)\n#endif")
+    with pytest.raises(ValueError, match="a slot of 5 gathers"):
+        slot_kinds(GATHER * 5)
+    loops = "\n".join(["{", "for (j = 0; j < 17; ++j) {", f"a = {FMA}w, x, a); b = {FMA}v, x, b);",
+                       "for (j = 0; j < 3; ++j) {", f"c = {FMA}w, x, c);", "}", "}", f"d = {FMA}w, x, d);", merged, "}"])
+    assert other_multiply_adds(loops) == 17 * 2 + 17 * 3 + 1  # the slot's multiply-add is the slot's
 
     actor = tmp_path / "actor.pt"
     write_checkpoint(actor, sparse_actor("td3", 0.9))
-    count = gathers(actor, tmp_path / "c")
-    source = (tmp_path / "c" / "actor.c").read_text()
-    assert count > 0 and count == source.count(GATHER)  # the other branches gather with other intrinsics
+    counts = count(actor, tmp_path / "c")
+    kinds, source = counts["slots_by_gathers"], (tmp_path / "c" / "actor.c").read_text()
+    # every gather of that intrinsic is in the AVX2 branch (the others gather with others), each in one slot
+    assert kinds[0] > 0 and sum(k * n for k, n in enumerate(kinds, 1)) == source.count(GATHER)
+    assert counts["other_multiply_adds"] >= 3 * 256 / 8  # at least the action head's, a dense layer of 3 x 256
