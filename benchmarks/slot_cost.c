@@ -6,7 +6,7 @@
  * independent accumulators, so the compiler cannot fold or reorder it and no chain waits on
  * another: what is timed is how fast the core issues the mix.
  * Prints one JSON object: ns per instruction, per slot of 1-4 gathers (`slot_ns`), and per slot of 1
- * followed by 2 plain multiply-adds (`slot_and_2_fma_ns`). */
+ * followed by 2 plain multiply-adds (`slot_and_2_fma_ns`), and per slot on the hardware gather. */
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "slot_cost.c measures the AVX2 branch: compile with -mavx2 -mfma (or -march=native on an AVX2 host)"
 #endif
@@ -32,12 +32,13 @@ int main(int argc, char **argv)
     const __m256 w = _mm256_set1_ps(1.0f);
     const __m256i idx = _mm256_setr_epi32(3, 1, 4, 1, 5, 2, 6, 7);
     __m256 x0 = w, x1 = w, x2 = w, x3 = w, x4 = w, x5 = w, x6 = w, x7 = w, x8 = w, x9 = w, x10 = w, x11 = w;
-    double t0, fma, permute, slot[5];
+    double t0, fma, permute, slot[6];
     long i;
     int k = 0;
     static float inputs[32] __attribute__((aligned(32))), weights[256] __attribute__((aligned(32)));
     const __m256i packed = _mm256_set1_epi32(0x1234567), shift = _mm256_set1_epi32(3);
     const __m256 inputs_in_hand = _mm256_set1_ps(0.5f);
+    const __m256i anywhere = _mm256_setr_epi32(3, 9, 14, 17, 22, 26, 29, 31);
 
     t0 = now();
     for (i = 0; i < n; ++i)
@@ -74,21 +75,25 @@ int main(int argc, char **argv)
 /* a slot of 1 gather, then 2 multiply-adds of a dense layer: whether those hide behind the slot */
 #define MIXED(acc) SLOT1(acc) "vfmadd231ps " #acc "*32+256(%12), %%ymm13, %" #acc "\n\t" \
     "vfmadd231ps " #acc "*32+512(%12), %%ymm13, %" #acc "\n\t"
+/* the same slot with AVX2's hardware gather (vgatherdps: 8 inputs from anywhere in memory, under a mask
+ * it clears, so the mask is set again each time) instead of a shifted index and vpermps */
+#define HARDWARE(acc) "vpcmpeqd %%ymm13, %%ymm13, %%ymm13\n\tvgatherdps %%ymm13, (%11,%13,4), %%ymm12\n\t" FMA(acc)
 #define SLOTS(S) \
     t0 = now(); \
     for (i = 0; i < n; ++i) \
         __asm__ volatile(S(0) S(1) S(2) S(3) S(4) S(5) S(6) S(7) \
-                         : CHAINS8 : "x"(packed), "x"(shift), "x"(inputs_in_hand), "r"(inputs), "r"(weights) \
-                         : "ymm12", "ymm13", "ymm15", "memory"); \
+                         : CHAINS8 : "x"(packed), "x"(shift), "x"(inputs_in_hand), "r"(inputs), "r"(weights), \
+                           "x"(anywhere) : "ymm12", "ymm13", "ymm15", "memory"); \
     slot[k++] = (now() - t0) / (8.0 * (double)n)
     SLOTS(SLOT1);
     SLOTS(SLOT2);
     SLOTS(SLOT3);
     SLOTS(SLOT4);
     SLOTS(MIXED);
+    SLOTS(HARDWARE);
 
     printf("{\"fma_ns\": %.5f, \"permute_ns\": %.5f, \"slot_ns\": [%.5f, %.5f, %.5f, %.5f], "
-           "\"slot_and_2_fma_ns\": %.5f}\n", 1e9 * fma, 1e9 * permute, 1e9 * slot[0], 1e9 * slot[1], 1e9 * slot[2],
-           1e9 * slot[3], 1e9 * slot[4]);
+           "\"slot_and_2_fma_ns\": %.5f, \"hardware_gather_slot_ns\": %.5f}\n", 1e9 * fma, 1e9 * permute,
+           1e9 * slot[0], 1e9 * slot[1], 1e9 * slot[2], 1e9 * slot[3], 1e9 * slot[4], 1e9 * slot[5]);
     return 0;
 }

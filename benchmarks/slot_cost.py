@@ -6,21 +6,23 @@
 actor.c's AVX2 branch runs a sparse layer as ELL slots. A slot multiply-adds one register of weights
 into 8 outputs, its lanes gathered by index (`_mm256_permutevar8x32_ps`, vpermps) from one register
 of 8 inputs, or from 2-4 of them merged by blends where lanes of different input groups share the
-slot. It is straight-line code: each slot runs once per call. `run` times the instruction mixes on
-this core (benchmarks/slot_cost.c, compiled with the kernels' flags: a multiply-add alone, a gather
-alone, a slot of 1, 2, 3 or 4 gathers as the kernel compiles it, and a slot followed by two plain
-multiply-adds, which shows whether those overlap; each the best of `--rounds` runs), and counts the slots of each kind in each committed actor's generated AVX2 branch and the
-multiply-adds outside them. `table` sets what those take at the probe's rates (tables in the L1
-cache, no waiting on results: a floor, not a prediction) beside the measured latency (the export
-benchmark's raw file in the same folder) and the latency the host goal asks for: the fastest dense
-kernel's over half the ideal ratio. AVX2 hosts
-only (an AVX-512 host compiles the other branch).
+slot. It is straight-line code: each slot runs once per call.
+
+`run` times instruction mixes on this core with benchmarks/slot_cost.c, compiled with the kernels'
+flags: a multiply-add alone, a gather alone, a slot of 1, 2, 3 or 4 gathers as the kernel compiles
+it, a slot followed by two plain multiply-adds (which shows whether those hide behind the slot), and
+a slot on AVX2's hardware gather instead (vgatherdps: 8 inputs from anywhere, so no groups), each
+the best of `--rounds` runs. It counts the slots of each kind in each committed actor's
+generated AVX2 branch, and the multiply-adds outside them. `table` sets what those take at the
+probe's rates (tables in the L1 cache, no waiting on results: a floor, not a prediction) beside the
+measured latency (the export benchmark's raw file in the same folder) and the latency the host goal
+asks for: the fastest dense kernel's over half the ideal ratio. AVX2 hosts only (an AVX-512 host
+compiles the other branch).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import subprocess
 import tempfile
@@ -31,6 +33,7 @@ import numpy as np
 
 from benchmarks.export_docs import committed_actors, results_in
 from tinypolicy.checkpoint import load_checkpoint
+from tinypolicy.export.bench import cpu_model
 from tinypolicy.export.c_codegen import HOST_CFLAGS, host_branch, host_compiler, write_c_sources
 from tinypolicy.export.mlp import policy_from_actor
 from tinypolicy.export.prune import remove_dead_neurons
@@ -107,7 +110,7 @@ def probe(work: Path, rounds: int) -> dict[str, float | list[float]]:
             for _ in range(rounds)]
     return {"fma_ns": min(r["fma_ns"] for r in runs), "permute_ns": min(r["permute_ns"] for r in runs),
             "slot_ns": [min(r["slot_ns"][k] for r in runs) for k in range(MAX_GATHERS)],
-            "slot_and_2_fma_ns": min(r["slot_and_2_fma_ns"] for r in runs)}
+            **{key: min(r[key] for r in runs) for key in ("slot_and_2_fma_ns", "hardware_gather_slot_ns")}}
 
 
 def run(results: Path, rounds: int) -> dict:
@@ -118,7 +121,7 @@ def run(results: Path, rounds: int) -> dict:
         counts = {name: count(path, Path(tmp) / name) for name, path in committed_actors().items()}
         timings = probe(Path(tmp), rounds)
     record = {"format": "tinypolicy.slot_cost", "version": 1, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"cpu": platform.processor() or platform.machine(), "c_flags": " ".join(HOST_CFLAGS),
+              "machine": {"cpu": cpu_model(), "c_flags": " ".join(HOST_CFLAGS),
                           "rounds": rounds},
               "probe_ns": timings, "actors": counts}
     write_json(results / RESULT, record)
@@ -132,7 +135,8 @@ def table(results: Path) -> str:
     probe_line = (f"Probe (best of {record['machine']['rounds']} runs, {record['date_utc'][:10]}): a multiply-add "
                   f"{probe_ns['fma_ns']:.2f} ns, a gather {probe_ns['permute_ns']:.2f} ns; a slot of 1 / 2 / 3 / 4 "
                   f"gathers {' / '.join(f'{t:.2f}' for t in slot_ns)} ns; a slot of 1 gather and 2 multiply-adds "
-                  f"{probe_ns['slot_and_2_fma_ns']:.2f} ns (issue rates of independent instructions).")
+                  f"{probe_ns['slot_and_2_fma_ns']:.2f} ns; a slot on the hardware gather (vgatherdps) "
+                  f"{probe_ns['hardware_gather_slot_ns']:.2f} ns (issue rates of independent instructions).")
     header = ("| actor | slots of 1 / 2 / 3 / 4 gathers | other multiply-adds | at the probe's rates (us): slots "
               "+ others | measured latency (us, chained) | goal latency (us): fastest dense / half of ideal "
               "| issue time / goal |")

@@ -848,3 +848,17 @@ def test_slot_cost_counts_the_slots_of_the_avx2_branch_only(tmp_path):
     # every gather of that intrinsic is in the AVX2 branch (the others gather with others), each in one slot
     assert kinds[0] > 0 and sum(k * n for k, n in enumerate(kinds, 1)) == source.count(GATHER)
     assert counts["other_multiply_adds"] >= 3 * 256 / 8  # at least the action head's, a dense layer of 3 x 256
+
+
+def test_slot_cost_probe_builds_with_the_kernels_flags_and_times_every_mix(tmp_path):
+    from benchmarks.slot_cost import MAX_GATHERS, PROBE
+    from tinypolicy.export.c_codegen import HOST_CFLAGS, host_branch, host_compiler
+
+    if host_branch() not in ("AVX2", "AVX-512"):
+        pytest.skip(f"the probe is AVX2 code; this host compiles actor.c's {host_branch()} branch")
+    subprocess.run([host_compiler(), *HOST_CFLAGS, str(PROBE), "-o", str(tmp_path / "probe")], check=True)
+    timings = json.loads(subprocess.run([str(tmp_path / "probe"), "1000"], check=True, capture_output=True,
+                                        text=True).stdout)
+    assert len(timings["slot_ns"]) == MAX_GATHERS
+    assert all(t > 0 for t in [timings["fma_ns"], timings["permute_ns"], timings["slot_and_2_fma_ns"],
+                               timings["hardware_gather_slot_ns"], *timings["slot_ns"]])
