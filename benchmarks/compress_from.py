@@ -113,7 +113,7 @@ def table(folder: Path, reps: int = REPS) -> str:
               f"({FLASH_TARGET}: sparse / int8 / dense) |"),
              "|---|---|---:|---|---|---:|---|---:|---:|---|---:|---:|"]
     for key, runs in sorted(groups.items(), key=lambda kv: kv[0][:2] + kv[0][3:]):
-        env, algo, _, method, target, settings = key
+        env, algo, _, method, _, settings = key
         runs.sort(key=lambda r: r["seed"])
         teacher = runs[0]["teacher"]["mean_return"]
         returns = np.array([r["mean_return"] for r in runs])

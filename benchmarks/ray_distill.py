@@ -62,7 +62,7 @@ def measure(backend: str, workers: int, generations: int, env_id: str, populatio
         total = time.perf_counter() - started
         with (Path(out) / "fitness.csv").open() as f:
             rows = list(csv.DictReader(f))[1:]  # generation 0 includes worker start-up
-    mean = lambda key: sum(float(r[key]) for r in rows) / len(rows)  # noqa: E731
+    mean = lambda key: sum(float(r[key]) for r in rows) / len(rows)
     return {"backend": backend, "workers": workers, "seconds_per_generation": mean("seconds"),
             "bc_seconds": mean("bc_seconds"), "rollout_seconds": mean("rollout_seconds"),
             "env_steps_per_generation": (float(rows[-1]["env_steps"]) - float(rows[0]["env_steps"]))

@@ -35,8 +35,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -112,7 +112,7 @@ def process_cpu_seconds(pid: int) -> float:
 class Competitor:
     """One other busy process for the duration of a `with` block."""
 
-    def __enter__(self) -> "Competitor":
+    def __enter__(self) -> Competitor:
         self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         time.sleep(0.3)  # past its interpreter start-up, spinning
         return self

@@ -192,9 +192,9 @@ def ratio_interval(scores: np.ndarray, dense: np.ndarray, seed: int, reps: int) 
 def curve_band(runs: list[dict], seed: int, reps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Steps, IQM over seeds at each, and its 95% interval (over the steps every seed reached)."""
     seed_resampling(seed)
-    steps = sorted(set.intersection(*(set(s for s, _ in r["curve"]) for r in runs)))
+    steps = sorted(set.intersection(*({s for s, _ in r["curve"]} for r in runs)))
     values = np.array([[dict(r["curve"])[s] for s in steps] for r in runs])  # [seeds, steps]
-    per_step = lambda x: trimmed_mean(x[:, 0, :], axis=0)  # noqa: E731  (one call for every step of the curve)
+    per_step = lambda x: trimmed_mean(x[:, 0, :], axis=0)  # one call for every step of the curve
     point, ci = rly.get_interval_estimates({"x": values[:, None, :]}, per_step, reps=reps)
     return np.array(steps), point["x"], ci["x"][0], ci["x"][1]
 

@@ -36,8 +36,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -83,7 +84,7 @@ def _mlp_products(sizes: list[int], batch: int, forward: int, weight_grads: int,
     `input_grads` propagate gradients to the layer inputs (to the network's own input too
     if `first_input_grad`)."""
     shapes = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
         shapes += [(batch, n_in, n_out)] * forward
         shapes += [(n_out, batch, n_in)] * weight_grads
         if i > 0 or first_input_grad:
@@ -159,7 +160,7 @@ class HandwrittenTD3:
         def layers(sizes, ensemble):
             shape = (ensemble,) if ensemble else ()
             params = []
-            for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            for n_in, n_out in pairwise(sizes):
                 bound = 1.0 / n_in ** 0.5
                 params += [(torch.rand(*shape, n_in, n_out, generator=generator) * 2 - 1) * bound,
                            (torch.rand(*shape, 1, n_out, generator=generator) * 2 - 1) * bound]

@@ -14,8 +14,8 @@ Runtime next to PyTorch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

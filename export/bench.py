@@ -28,8 +28,9 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -97,7 +98,7 @@ def _time_python(call: Callable[[int], Any], calls: int) -> np.ndarray:
 def _stats(ns: np.ndarray) -> dict[str, float]:
     us = ns / 1000.0
     return {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
-            "mean_us": float(us.mean()), "calls": int(len(us))}
+            "mean_us": float(us.mean()), "calls": len(us)}
 
 
 def _compiler_version() -> str:

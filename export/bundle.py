@@ -31,8 +31,17 @@ from tqdm import tqdm
 from tinypolicy import __version__
 from tinypolicy.checkpoint import Checkpoint, load_checkpoint
 from tinypolicy.envs import actor_policy, evaluate_policy, require_dims, rollout
-from tinypolicy.export.c_codegen import (DENSE, HEADER, INT8, SPARSE, int8_output_step, int8_rows_apart,
-                                         int8_table_bytes, sparse_table_bytes, write_c_sources)
+from tinypolicy.export.c_codegen import (
+    DENSE,
+    HEADER,
+    INT8,
+    SPARSE,
+    int8_output_step,
+    int8_rows_apart,
+    int8_table_bytes,
+    sparse_table_bytes,
+    write_c_sources,
+)
 from tinypolicy.export.mlp import MLPPolicy, policy_from_actor
 from tinypolicy.export.prune import PruneResult, remove_dead_neurons
 from tinypolicy.export.runtimes import CKernels, ort_actions, ort_session
@@ -190,7 +199,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path,
     steps.update()
 
     rng = np.random.default_rng(seed)
-    n_extreme = int(round(parity_samples * EXTREME_FRACTION))
+    n_extreme = round(parity_samples * EXTREME_FRACTION)
     visited = rollout_observations(actor_policy(actor), ckpt.env_id, parity_samples - n_extreme, seed)
     observations = np.concatenate([visited, extreme_observations(visited, n_extreme, rng)])
     steps.update()

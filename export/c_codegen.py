@@ -350,9 +350,9 @@ def _register_block(layer: _Layer, start: str, size: int) -> str:
             f"        for (j = 0; j < {layer.inputs}; ++j, w += {n}) {{\n"
             f"            const float xj = {layer.src}[j];\n"
             + "".join(f"            a{l} += w[{l}] * xj;\n" for l in lanes)
-            + f"        }}\n"
+            + "        }\n"
             + "".join(f"        {layer.put(f'{start} + {l}', f'a{l}')}\n" for l in lanes)
-            + f"    }}\n")
+            + "    }\n")
 
 
 def _register_blocks(layer: _Layer) -> str:

@@ -76,7 +76,7 @@ class MLPPolicy:
         """Multiply-accumulates of one dense evaluation of these shapes."""
         return sum(w.size for w in self.weights)
 
-    def with_layers(self, weights, biases) -> "MLPPolicy":
+    def with_layers(self, weights, biases) -> MLPPolicy:
         return replace(self, weights=tuple(weights), biases=tuple(biases))
 
     def onnx(self, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
@@ -96,7 +96,7 @@ class MLPPolicy:
                 modules.append(TORCH_ACTIVATIONS[self.hidden_activation]())
         return nn.Sequential(*modules).float().eval()
 
-    def torch_module(self) -> "TorchPolicy":
+    def torch_module(self) -> TorchPolicy:
         return TorchPolicy(self)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:

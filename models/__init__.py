@@ -18,8 +18,21 @@ from tinypolicy.models.topology import (
 )
 
 __all__ = [
-    "SparseLinear", "sparse_layers", "weight_sparsity", "apply_masks",
-    "er_densities", "layer_nnz", "random_masks", "sparsify", "drop_fraction", "rigl_update",
-    "gmp_sparsity", "magnitude_prune", "prune_to",
-    "DeterministicActor", "GaussianActor", "TwinCritic", "make_actor",
+    "DeterministicActor",
+    "GaussianActor",
+    "SparseLinear",
+    "TwinCritic",
+    "apply_masks",
+    "drop_fraction",
+    "er_densities",
+    "gmp_sparsity",
+    "layer_nnz",
+    "magnitude_prune",
+    "make_actor",
+    "prune_to",
+    "random_masks",
+    "rigl_update",
+    "sparse_layers",
+    "sparsify",
+    "weight_sparsity",
 ]

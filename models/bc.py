@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -51,21 +52,21 @@ class BCParams:
     def tensors(self) -> list[torch.Tensor]:
         return [*self.weights, *self.biases, self.log_std]
 
-    def detach(self) -> "BCParams":
+    def detach(self) -> BCParams:
         return BCParams([w.detach().clone() for w in self.weights], [b.detach().clone() for b in self.biases],
                         self.log_std.detach().clone())
 
-    def member(self, index: int) -> "BCParams":
+    def member(self, index: int) -> BCParams:
         """Member `index` alone, as a population of one."""
         return self.take([index])
 
-    def take(self, indices) -> "BCParams":
+    def take(self, indices) -> BCParams:
         """The members at `indices` (repeats allowed), in that order."""
         pick = torch.as_tensor(indices, dtype=torch.long)
         return BCParams([w[pick] for w in self.weights], [b[pick] for b in self.biases], self.log_std[pick])
 
     @staticmethod
-    def stack(members: list["BCParams"]) -> "BCParams":
+    def stack(members: list[BCParams]) -> BCParams:
         return BCParams([torch.cat(ws) for ws in zip(*(m.weights for m in members))],
                         [torch.cat(bs) for bs in zip(*(m.biases for m in members))],
                         torch.cat([m.log_std for m in members]))
@@ -89,7 +90,7 @@ def init_params(population: int, obs_dim: int, act_dim: int, hidden: tuple[int, 
     generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
     sizes = [obs_dim, *hidden, act_dim]
     weights, biases = [], []
-    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for k, (fan_in, fan_out) in enumerate(pairwise(sizes)):
         gain = OUTPUT_GAIN if k == len(sizes) - 2 else HIDDEN_GAIN
         layer = torch.empty(population, fan_out, fan_in)
         for p in range(population):

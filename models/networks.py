@@ -5,6 +5,8 @@ exported graph needs nothing from outside the module.
 """
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -35,7 +37,7 @@ class MLP(nn.Module):
     def __init__(self, sizes: list[int], ensemble: int = 1, activation: str = "relu"):
         super().__init__()
         self.layers = nn.ModuleList(
-            SparseLinear(i, o, ensemble) for i, o in zip(sizes[:-1], sizes[1:]))
+            SparseLinear(i, o, ensemble) for i, o in pairwise(sizes))
         self.hidden_dtype: torch.dtype | None = None
         self.activation = activation
 

@@ -61,7 +61,7 @@ class BCRecipe:
             raise UserError("BC steps, learning rate, Adam eps and gradient clip must be positive and finite")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "BCRecipe":
+    def from_dict(cls, values: dict[str, Any]) -> BCRecipe:
         known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
         if "hidden" in known:
             known["hidden"] = tuple(int(h) for h in known["hidden"])

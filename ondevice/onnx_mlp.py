@@ -46,7 +46,7 @@ def policy_onnx(weights: list[np.ndarray], biases: list[np.ndarray], hidden_acti
         if k and w.shape[1] != weights[k - 1].shape[0]:
             raise ValueError(f"layer {k} takes {w.shape[1]} inputs, layer {k - 1} gives {weights[k - 1].shape[0]}")
     obs_dim, act_dim = weights[0].shape[1], weights[-1].shape[0]
-    f32 = lambda x: np.ascontiguousarray(x, dtype=np.float32)  # noqa: E731
+    f32 = lambda x: np.ascontiguousarray(x, dtype=np.float32)
     obs_mean, obs_std = f32(obs_mean).reshape(obs_dim), f32(obs_std).reshape(obs_dim)
     low, high = f32(action_low).reshape(act_dim), f32(action_high).reshape(act_dim)
 

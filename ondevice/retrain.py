@@ -39,6 +39,7 @@ import sys
 import time
 import zipfile
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ class _FlatLayout:
     """
 
     def __init__(self, sizes: list[int], act_dim: int):
-        self.shapes = [(o, i) for i, o in zip(sizes[:-1], sizes[1:])]
+        self.shapes = [(o, i) for i, o in pairwise(sizes)]
         self.act_dim = act_dim
         self.size = sum(o * i + o for o, i in self.shapes) + act_dim
 
@@ -114,7 +115,7 @@ def init_params(sizes: list[int], seed: int, masks: list[np.ndarray] | None = No
     pre-activation scale matches the dense init's despite its fewer inputs."""
     rng = np.random.default_rng(seed)
     weights, biases = [], []
-    for layer, (in_dim, out_dim) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for layer, (in_dim, out_dim) in enumerate(pairwise(sizes)):
         gain = 0.01 if layer == len(sizes) - 2 else math.sqrt(2.0)
         weight = _orthogonal(rng, out_dim, in_dim, gain)
         if masks is not None:

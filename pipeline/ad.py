@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -217,7 +217,7 @@ def collect(out_dir: Path, env_id: str = DARK_ROOM_ID, test_goals: int = ADColle
     return _collect_summary(histories, status="written")
 
 
-def _collect_summary(histories: "Histories", status: str) -> dict:
+def _collect_summary(histories: Histories, status: str) -> dict:
     states = histories.arrays["learning_states"]
     return {"status": status, "histories": len(states), "transitions_per_history": int(states.shape[1]),
             "train_goals": len(histories.train_goals), "test_goals": len(histories.test_goals), **histories.meta}
@@ -531,7 +531,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
     run("ad_train_goals", lambda: in_context_returns(step_fn, env_cls(train_subset), cfg.short_episodes, window,
                                                      cfg.seed, temperature=cfg.temperature, progress=progress,
                                                      desc="AD train goals"))
-    run("ad_window_%d" % cfg.ablation_window,
+    run(f"ad_window_{cfg.ablation_window}",
         lambda: in_context_returns(step_fn, test_env, cfg.short_episodes, cfg.ablation_window, cfg.seed,
                                    temperature=cfg.temperature, progress=progress, desc="AD short window"))
     run("ad_reset_each_episode",
@@ -566,7 +566,7 @@ def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoin
     write_curves_csv(out_dir / "curves.csv", mean)
     write_text(out_dir / "curves.md", curves_table(summary))
     title = f"{env_cls.title}, {len(test_goals)} held-out {env_cls.task_noun} x {cfg.seeds} seeds"
-    ablation = {"ad_window_%d" % cfg.ablation_window, "ad_reset_each_episode"}
+    ablation = {f"ad_window_{cfg.ablation_window}", "ad_reset_each_episode"}
     plot_curves({k: v for k, v in mean.items() if k not in ablation}, out_dir / "curves.png", title)
     plot_curves({k: v for k, v in mean.items() if k in ablation | {"ad", "optimal", "random"}},
                 out_dir / "context_ablation.png", f"Context ablation: {title}")

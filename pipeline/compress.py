@@ -25,9 +25,9 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Collection
 
 import numpy as np
 
@@ -182,7 +182,7 @@ class PipelineConfig:
 
     @classmethod
     def from_preset(cls, env_id: str, preset: dict, overrides: dict[str, dict] | None = None,
-                    source: Path | None = None) -> "PipelineConfig":
+                    source: Path | None = None) -> PipelineConfig:
         overrides = overrides or {}
         for origin, tables in (("preset", preset), ("--set overrides", overrides)):
             if not isinstance(tables, dict) or not all(isinstance(table, dict) for table in tables.values()):

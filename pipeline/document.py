@@ -55,7 +55,7 @@ class Document:
                 body.append(f"<p>{html.escape(value)}</p>")
             elif kind == "table":
                 header, rows, right = value
-                cell = lambda tag, i, text: (  # noqa: E731
+                cell = lambda tag, i, text: (
                     f"<{tag}{' class=num' if i >= right else ''}>{html.escape(text)}</{tag}>")
                 body.append("<table><tr>" + "".join(cell("th", i, h) for i, h in enumerate(header)) + "</tr>")
                 body += ["<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows]

@@ -155,7 +155,7 @@ def _read_torch(data: bytes | Path, where: str) -> Any:
     try:
         return torch.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location="cpu",
                           weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign files
+    except Exception as exc:  # torch raises many types for foreign files
         if type(exc).__name__ == "UnpicklingError":  # the weights-only unpickler met a Python object
             raise UserError(f"{where} holds pickled Python objects, which tinypolicy never unpickles: save the "
                             "actor's weights alone (torch.save(actor.state_dict(), path)) or pass a "
@@ -352,7 +352,7 @@ def read_onnx(path: Path, activation: str | None = None) -> Source:
     where = str(path)
     try:
         model = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises its own types for foreign files
+    except Exception as exc:  # protobuf raises its own types for foreign files
         raise UserError(f"cannot read {where} as an ONNX model ({type(exc).__name__})") from None
     consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     consts.update({node.output[0]: _onnx_constant(node) for node in model.graph.node if node.op_type == "Constant"})
@@ -690,7 +690,7 @@ def _check_onnx(path: Path, actor: torch.nn.Module, env_id: str, cfg: ImportConf
     rows = [obs] if batch != 1 else [obs[i:i + 1] for i in range(len(obs))]
     try:
         expected = np.concatenate([session.run([output], {name: r})[0] for r in rows])
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for a graph it cannot run
+    except Exception as exc:  # ONNX Runtime raises its own types for a graph it cannot run
         raise UserError(f"ONNX Runtime cannot run {path} on float32 observations: {str(exc).splitlines()[0]}") from None
     with torch.no_grad():
         got = actor(torch.from_numpy(obs)).numpy()

@@ -135,7 +135,7 @@ class ReplayBuffer:
         write_npz(path, {"capacity": np.int64(self.capacity), **{f: self.field(f)[idx] for f in self.FIELDS}})
 
     @classmethod
-    def load(cls, path: Path, obs_dim: int, act_dim: int, capacity: int) -> "ReplayBuffer":
+    def load(cls, path: Path, obs_dim: int, act_dim: int, capacity: int) -> ReplayBuffer:
         try:
             data = np.load(path, allow_pickle=False)
             if not isinstance(data, np.lib.npyio.NpzFile):

@@ -162,7 +162,7 @@ class PopulationEvaluator(_Evaluator):
             if process.is_alive():
                 process.terminate()
 
-    def __enter__(self) -> "PopulationEvaluator":
+    def __enter__(self) -> PopulationEvaluator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -223,7 +223,7 @@ class RayPopulationEvaluator(_Evaluator):
             self.ray.kill(worker)
         self.ray.shutdown()
 
-    def __enter__(self) -> "RayPopulationEvaluator":
+    def __enter__(self) -> RayPopulationEvaluator:
         return self
 
     def __exit__(self, *exc) -> None:

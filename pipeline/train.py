@@ -65,7 +65,7 @@ class Schedule:
     prune_interval: int
 
     @classmethod
-    def for_config(cls, cfg: TrainConfig) -> "Schedule":
+    def for_config(cls, cfg: TrainConfig) -> Schedule:
         # The warm-up and the replay floor count transitions the critic needs, so they keep the
         # paper's values instead of shrinking with the run: scaled to a 300k run (2,500 and 10,000)
         # they held HalfCheetah's dense TD3 and RLx2 near 1,400 (docs/BENCHMARKS.md, section 3).

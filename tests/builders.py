@@ -2,6 +2,7 @@
 actor and its checkpoint, a BC dataset, an exported-actor-like ONNX mask."""
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def mask_onnx(path: Path, sizes, env_id="Hopper-v5", density=0.2, seed=1) -> lis
     """An exported-actor-like mask: ReLU hidden layers, tanh head, exact zeros in the weights."""
     rng = np.random.default_rng(seed)
     weights = [(rng.normal(size=(o, i)) * (rng.random((o, i)) < density)).astype(np.float32)
-               for i, o in zip(sizes[:-1], sizes[1:])]
+               for i, o in pairwise(sizes)]
     biases = [rng.normal(size=o).astype(np.float32) for o in sizes[1:]]
     model = policy_onnx(weights, biases, "relu", "tanh", np.zeros(sizes[0]), np.ones(sizes[0]),
                         -np.ones(sizes[-1]), np.ones(sizes[-1]), {"env_id": env_id})

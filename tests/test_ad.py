@@ -39,7 +39,7 @@ LEFT, RIGHT, UP, DOWN, STAY = range(5)
 
 def test_dark_room_moves_walls_reward_and_truncation():
     env = gym.make("tinypolicy/DarkRoom-v0")
-    obs, info = env.reset(options={"goal": (6, 4)})
+    obs, _ = env.reset(options={"goal": (6, 4)})
     assert obs == cell_index(np.array(CENTRE)) == 40
     obs, reward, terminated, truncated, _ = env.step(RIGHT)
     assert (obs, reward, terminated, truncated) == (49, 0.0, False, False)

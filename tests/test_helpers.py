@@ -88,7 +88,7 @@ def _reference_returns(policy, episodes, seed):
 
 
 def test_rollout_reproduces_the_hand_written_loops():
-    policy = lambda obs: np.clip(-obs[2:3], -2, 2)  # noqa: E731
+    policy = lambda obs: np.clip(-obs[2:3], -2, 2)
     np.testing.assert_array_equal(evaluate_policy(policy, ENV, 2, seed=5), _reference_returns(policy, 2, 5))
     space = make_env(ENV, seed=5).action_space  # random actions: the space seeded as rollout seeds its own
     np.testing.assert_array_equal(random_policy_returns(ENV, 2, 5), _reference_returns(lambda obs: space.sample(), 2, 5))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from itertools import pairwise
 
 import numpy as np
 import onnxruntime as ort
@@ -15,7 +16,7 @@ from tinypolicy.ondevice.onnx_mlp import policy_onnx, read_policy_onnx, save_onn
 
 def _random_policy(rng, sizes):
     weights = [rng.normal(size=(o, i)).astype(np.float32) * (rng.random((o, i)) < 0.3)
-               for i, o in zip(sizes[:-1], sizes[1:])]
+               for i, o in pairwise(sizes)]
     biases = [rng.normal(size=o).astype(np.float32) for o in sizes[1:]]
     return weights, biases
 

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ def test_loss_curve_matches_the_torch_inner_loop(activation, masked):
     init = init_params([11, 64, 64, 3], seed=1, masks=masks)
     trained, losses = train_bc(data.states, data.actions, recipe, init, masks)
 
-    as_population = lambda arrays: [torch.tensor(a)[None] for a in arrays]  # noqa: E731
+    as_population = lambda arrays: [torch.tensor(a)[None] for a in arrays]
     torch_init = BCParams(as_population(init.weights), as_population(init.biases), torch.tensor(init.log_std)[None])
     torch_trained, torch_losses = torch_train_bc(torch.tensor(data.states), torch.tensor(data.actions), torch_init,
                                                  recipe.steps, recipe.lr, activation, recipe.adam_eps,
@@ -133,7 +134,7 @@ def test_masked_training_matches_torch_adam_on_masked_gradients():
     data = synthetic_dataset(rng)
     recipe = BCRecipe(hidden=(32, 32), activation="relu", steps=100)
     sizes = [11, 32, 32, 3]
-    masks = [rng.random((o, i)) < 0.3 for i, o in zip(sizes[:-1], sizes[1:])]
+    masks = [rng.random((o, i)) < 0.3 for i, o in pairwise(sizes)]
     init = init_params(sizes, seed=1, masks=masks)
     trained, losses = train_bc(data.states, data.actions, recipe, init, masks)
 
@@ -214,7 +215,7 @@ def test_init_file_starts_training_where_the_torch_inner_loop_starts(tmp_path, d
     assert summary["initial_loss"] == pytest.approx(float(losses[0, 0]), rel=1e-5)
     final = gaussian_nll(trained, torch.tensor(dataset.states)[None], torch.tensor(dataset.actions)[None], "tanh")
     assert summary["final_loss"] == pytest.approx(float(final[0]), abs=1e-3)
-    weights, biases, _ = read_policy_onnx(tmp_path / "policy.onnx")
+    weights, _, _ = read_policy_onnx(tmp_path / "policy.onnx")
     for ours, theirs in zip(weights, trained.weights):
         np.testing.assert_allclose(ours, theirs[0].numpy(), atol=1e-3)
 
@@ -387,7 +388,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_policy(main_module, prog, tm
     import errno
     import importlib
 
-    import tinypolicy.ondevice.onnx_mlp as onnx_mlp
+    from tinypolicy.ondevice import onnx_mlp
 
     out = tmp_path / "policy.onnx"
     out.write_bytes(b"the policy from yesterday")

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.returns import iqm, main as returns_main, report, trimmed_mean
+from benchmarks.returns import iqm, report, trimmed_mean
+from benchmarks.returns import main as returns_main
 
 pytest.importorskip("rliable")
 

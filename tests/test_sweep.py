@@ -65,7 +65,7 @@ def test_bad_configs_are_refused_before_any_folder_exists(tmp_path, capsys, fiel
     path.parent.mkdir(parents=True)
     text = CONFIG.format(out=path.parent / "out", steps=1000)
     for key, value in fields.items():
-        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.MULTILINE)
     path.write_text(text)
     assert cli.main(["sweep", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -81,7 +81,7 @@ def test_a_config_of_random_bytes_is_refused(tmp_path):
 
 
 def test_ultimate_compression_picks_the_sparsest_run_within_3_percent():
-    row = lambda method, a, score: {"env": "E", "method": method, "actor_sparsity": a,  # noqa: E731
+    row = lambda method, a, score: {"env": "E", "method": method, "actor_sparsity": a,
                                     "critic_sparsity": a, "score": score}
     rows = [row("dense", 0.0, 1000), row("dense", 0.0, 1000), row("rlx2", 0.9, 1010), row("rlx2", 0.95, 975),
             row("rlx2", 0.98, 940), row("rlx2", 0.98, 980)]
@@ -106,7 +106,7 @@ def test_ray_sweep_survives_a_killed_job(tmp_path):
         assert sweep.poll() is None and time.time() < deadline, sweep.communicate()
         time.sleep(0.5)
     os.kill(int((victim / "job.pid").read_text()), signal.SIGKILL)  # the worker dies mid-job
-    stdout, stderr = sweep.communicate(timeout=300)
+    _, stderr = sweep.communicate(timeout=300)
     assert sweep.returncode == 0, stderr[-2000:]
     for job in out.iterdir():
         if job.is_dir():

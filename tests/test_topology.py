@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -116,7 +117,7 @@ def test_layer_nnz_random_sweep():
     for _ in range(300):
         n_layers = int(rng.integers(1, 5))
         dims = [int(x) for x in rng.integers(1, 300, n_layers + 1)]
-        shapes = [(o, i) for i, o in zip(dims[:-1], dims[1:])]
+        shapes = [(o, i) for i, o in pairwise(dims)]
         sparsity = float(rng.uniform(0.0, 0.999))
         sizes = _sizes(shapes)
         d = er_densities(shapes, sparsity)
@@ -203,7 +204,7 @@ def test_drop_fraction_cosine_schedule():
     assert drop_fraction(1001, 1000, 0.5) == 0.0
     assert drop_fraction(10**7, 1000, 0.5) == 0.0
     values = [drop_fraction(t, 1000, 0.5) for t in range(0, 1001, 50)]
-    assert all(a > b for a, b in zip(values, values[1:]))
+    assert all(a > b for a, b in pairwise(values))
 
 
 # --------------------------------------------------------------------------- RigL / SET updates

@@ -600,7 +600,7 @@ def test_init_from_copies_the_weights_and_sparse_methods_keep_the_largest(tmp_pa
     assert_weights_masked(sparse.actor)
     assert_masks_shared(sparse.critic_target, sparse.critic)
     # warm-up explores around the teacher's policy, not uniformly at random
-    action, policy = sparse.explore(np.zeros(3, dtype=np.float32))
+    _, policy = sparse.explore(np.zeros(3, dtype=np.float32))
     assert torch.allclose(torch.as_tensor(policy), sparse.actor.squashed(torch.zeros(1, 3))[0])
     for t in (dense, sparse):
         t.env.close()

@@ -22,8 +22,9 @@ import dataclasses
 import numbers
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from tinypolicy.ondevice.errors import UserError
 from tinypolicy.ondevice.flags import layer_sizes, positive_float, positive_int
