@@ -492,6 +492,12 @@ def checkpoint_env(checkpoint: dict, expected: str | None, where: Path) -> type[
     return grid_env(check_env(checkpoint.get("env_id", DARK_ROOM_ID), expected, where))
 
 
+def checkpoint_env_id(path: Path, expected: str | None = None) -> str:
+    """The env the AD checkpoint at `path` was trained on (so that the CLI can pick the env's
+    evaluation defaults)."""
+    return checkpoint_env(load_ad_checkpoint(path), expected, path).env_id
+
+
 def evaluate(ad_checkpoint: Path, out_dir: Path, cfg: ADEvalConfig, ed_checkpoint: Path | None = None,
              progress: bool = True, env_id: str | None = None) -> dict:
     """Every curve of the AD benchmark; writes curves.json, curves.csv, curves.png and
@@ -619,12 +625,13 @@ def plot_curves(curves: dict[str, np.ndarray], path: Path, title: str, smooth: i
 # --------------------------------------------------------------------------- export
 
 def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.episodes,
-           seed: int = ADExportConfig.seed,
+           seed: int = ADExportConfig.seed, temperature: float = ADExportConfig.temperature,
            progress: bool = True, env_id: str | None = None) -> dict:
     """Export ad.onnx into out_dir and compare it with PyTorch on the held-out in-context
     curve (one evaluation seed per held-out task, the same uniforms for both, so the two
-    runs act alike wherever their probabilities agree); writes export.json and parity.png.
-    `env_id`, when given, must be the checkpoint's env."""
+    runs act alike wherever their probabilities agree), sampling actions at `temperature` as
+    a device would; writes export.json and parity.png. `env_id`, when given, must be the
+    checkpoint's env."""
     ckpt = load_ad_checkpoint(checkpoint_path)
     env_cls = checkpoint_env(ckpt, env_id, checkpoint_path)
     model = build_model(ckpt)
@@ -645,11 +652,12 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
         return ort_logits
 
     started = time.time()
-    torch_curve = in_context_returns(torch_fn, env_cls(goals), episodes, window, seed, progress=progress, desc="torch")
+    torch_curve = in_context_returns(torch_fn, env_cls(goals), episodes, window, seed, temperature=temperature,
+                                     progress=progress, desc="torch")
     torch_seconds = time.time() - started
     started = time.time()
-    ort_curve = in_context_returns(checked, env_cls(goals), episodes, window, seed, progress=progress,
-                                   desc="onnxruntime")
+    ort_curve = in_context_returns(checked, env_cls(goals), episodes, window, seed, temperature=temperature,
+                                   progress=progress, desc="onnxruntime")
     ort_seconds = time.time() - started
 
     latency_ms = step_latency_ms(session, window)
@@ -659,7 +667,7 @@ def export(checkpoint_path: Path, out_dir: Path, episodes: int = ADExportConfig.
         "env": env_cls.env_id, "onnx": str(onnx_path), "opset": ONNX_OPSET, "window": window,
         "inputs": input_names(model.cfg),
         "bytes": onnx_path.stat().st_size,
-        "goals": len(goals), "episodes": episodes, "seed": seed,
+        "goals": len(goals), "episodes": episodes, "seed": seed, "temperature": temperature,
         "max_abs_logit_diff": gaps[0], "greedy_action_agreement": agree[0] / max(1, total[0]),
         "torch_mean_return": float(torch_mean.mean()), "onnx_mean_return": float(ort_mean.mean()),
         "torch_last_20": float(torch_mean[-20:].mean()), "onnx_last_20": float(ort_mean[-20:].mean()),

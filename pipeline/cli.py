@@ -222,14 +222,16 @@ def _add_ad_parser(sub) -> None:
     s = _command(stages, "evaluate", "in-context curves on held-out tasks (frozen weights)",
                  "From an empty context: return per episode of AD, ED, the source, random and optimal on the "
                  "held-out tasks, AD on training tasks and the context ablations. Writes curves.json, "
-                 "curves.csv, curves.png and context_ablation.png.",
-                 inputs=(("checkpoint", "CHECKPOINT", "the AD checkpoint.pt"),), config=ADEvalConfig)
+                 f"curves.csv, curves.png and context_ablation.png. {per_env}",
+                 inputs=(("checkpoint", "CHECKPOINT", "the AD checkpoint.pt"),))
+    add_env_flags(s, ADEvalConfig, "evaluate")
     s.add_argument("--ed", type=Path, default=None, metavar="CHECKPOINT", help="the ED checkpoint.pt (optional)")
 
     e = _command(stages, "export", "ONNX step function, checked under ONNX Runtime",
                  "Export the [1, T] step function to ONNX and re-run the held-out in-context curve under ONNX "
-                 "Runtime next to PyTorch. Writes ad.onnx and export.json.",
-                 inputs=(("checkpoint", "CHECKPOINT", None),), config=ADExportConfig)
+                 f"Runtime next to PyTorch. Writes ad.onnx and export.json. {per_env}",
+                 inputs=(("checkpoint", "CHECKPOINT", None),))
+    add_env_flags(e, ADExportConfig, "export")
     for stage in (stages.choices["train"], s, e):
         stage.add_argument("--env", default=None, choices=envs,
                            help="refuse the input unless it was collected on this env (default: the input's)")
@@ -412,12 +414,14 @@ def cmd_ad(args) -> int:
         env_id = ad.histories_env(args.data, args.env)
         summary = ad.train(args.data, args.out, env_config(ADTrainConfig, env_id, "train"), progress=not args.quiet)
     elif args.ad_command == "evaluate":
-        result = ad.evaluate(args.checkpoint, args.out, _config(ADEvalConfig, args), ed_checkpoint=args.ed,
-                             progress=not args.quiet, env_id=args.env)
+        env_id = ad.checkpoint_env_id(args.checkpoint, args.env)
+        result = ad.evaluate(args.checkpoint, args.out, env_config(ADEvalConfig, env_id, "evaluate"),
+                             ed_checkpoint=args.ed, progress=not args.quiet, env_id=env_id)
         summary = {k: result[k] for k in ("return_at_episode", "mean_first_100", "mean_last_50", "eval_seconds")}
     else:
-        result = ad.export(args.checkpoint, args.out, progress=not args.quiet, env_id=args.env,
-                           **flag_values(args, ADExportConfig))
+        env_id = ad.checkpoint_env_id(args.checkpoint, args.env)
+        result = ad.export(args.checkpoint, args.out, progress=not args.quiet, env_id=env_id,
+                           **asdict(env_config(ADExportConfig, env_id, "export")))
         summary = {k: v for k, v in result.items() if k != "curves"}
     print(json.dumps(summary))
     return 0

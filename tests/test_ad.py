@@ -526,3 +526,48 @@ def test_cli_takes_key_to_door_defaults_under_the_flags_given(k2d_dir, tmp_path,
                      "--env", "tinypolicy/DarkRoom-v0", *small]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not on --env tinypolicy/DarkRoom-v0" in err and not (tmp_path / "c").exists()
+
+
+def test_cli_evaluates_and_exports_key_to_door_at_its_temperature(k2d_dir, tmp_path, capsys):
+    """`ad evaluate` and `ad export` sample at the checkpoint env's temperature unless
+    --temperature is given (evaluate), and record the one they used."""
+    k2d_temperature = AD_ENV_DEFAULTS[KEY_TO_DOOR_ID]["evaluate"]["temperature"]
+    assert k2d_temperature != ad.ADEvalConfig.temperature
+    cfg = ad.ADTrainConfig(steps=1, batch=2, window=60, dim=16, layers=1, heads=2, ff_dim=32, episode_return="yes")
+    ad.train(k2d_dir, tmp_path / "ad", cfg, progress=False)
+    checkpoint = str(tmp_path / "ad" / "checkpoint.pt")
+    short = ["--episodes", "1", "--seeds", "1", "--short-episodes", "1", "--quiet"]
+    for out, flags, expected in (("default", [], k2d_temperature), ("given", ["--temperature", "1"], 1.0)):
+        assert cli_main(["ad", "evaluate", checkpoint, "--out", str(tmp_path / out), *short, *flags]) == 0
+        assert json.loads((tmp_path / out / "curves.json").read_text())["temperature"] == expected
+    assert cli_main(["ad", "export", checkpoint, "--out", str(tmp_path / "export"), "--episodes", "1", "--quiet"]) == 0
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["temperature"] == k2d_temperature
+    capsys.readouterr()
+
+
+def test_temperature_benchmark_resumes_and_refuses_other_settings(k2d_dir, tmp_path, capsys):
+    """benchmarks.ad_temperature: curves on training tasks per temperature, resumable, with
+    another run's file refused."""
+    from benchmarks import ad_temperature
+
+    cfg = ad.ADTrainConfig(steps=1, batch=2, window=60, dim=16, layers=1, heads=2, ff_dim=32, episode_return="yes")
+    ad.train(k2d_dir, tmp_path / "ad", cfg, progress=False)
+    checkpoint, out = str(tmp_path / "ad" / "checkpoint.pt"), tmp_path / "t.json"
+    common = [checkpoint, "--pairs", "3", "--episodes", "2", "--out", str(out)]
+    assert ad_temperature.main(["run", *common, "--temperatures", "1,0"]) == 0
+    first = json.loads(out.read_text())
+    assert set(first["curves"]) == {"1", "0"} and all(len(c) == 2 for c in first["curves"].values())
+    assert first["tasks"] == 3 and first["env"] == KEY_TO_DOOR_ID
+    assert ad_temperature.main(["run", *common, "--temperatures", "0.5,1"]) == 0
+    second = json.loads(out.read_text())
+    assert set(second["curves"]) == {"1", "0", "0.5"} and second["seconds"]["1"] == first["seconds"]["1"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        ad_temperature.main(["run", checkpoint, "--pairs", "4", "--episodes", "2", "--out", str(out),
+                             "--temperatures", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "tasks: 3 -> 4" in err
+    assert json.loads(out.read_text()) == second
+    assert ad_temperature.main(["table", str(out)]) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows == ["temperature", "1", "0.5", "0"]
