@@ -25,6 +25,7 @@ import torch
 
 from tinypolicy.ondevice.artefact import check_output_file, sha256_file, write_json
 from tinypolicy.ondevice.errors import UserError
+from tinypolicy.ondevice.flags import positive_int, random_seed
 from tinypolicy.pipeline.ad import (
     build_model,
     checkpoint_env,
@@ -44,12 +45,6 @@ def temperature_list(text: str) -> list[float]:
     if not temperatures or min(temperatures) < 0 or len(set(temperatures)) != len(temperatures):
         raise argparse.ArgumentTypeError(f"temperatures must be distinct and >= 0: {text!r}")
     return temperatures
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
-    return int(text)
 
 
 def run(checkpoint_path: Path, temperatures: list[float], pairs: int, episodes: int, seed: int, out: Path) -> dict:
@@ -107,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--temperatures", type=temperature_list, required=True, metavar="T,...")
     r.add_argument("--pairs", type=positive_int, default=40, metavar="N", help="training tasks (default: 40)")
     r.add_argument("--episodes", type=positive_int, default=100, metavar="N", help="(default: 100)")
-    r.add_argument("--seed", type=int, default=7, metavar="K", help="task subset and sampling (default: 7)")
+    r.add_argument("--seed", type=random_seed, default=7, metavar="K", help="task subset and sampling (default: 7)")
     r.add_argument("--out", type=Path, required=True, metavar="FILE")
     t = commands.add_parser("table", help="print the Markdown table of a run's file")
     t.add_argument("file", type=Path, metavar="FILE")
