@@ -8,6 +8,9 @@ Two steps, so that the results page is regenerated from committed raw files alon
     python -m benchmarks.returns report docs/results/runs --out docs/results/returns
     # print the same table (the results page's section 3) and write nothing
     python -m benchmarks.returns table docs/results/runs
+    # the runs the table still lacks, one "NAME | COMMAND" line each, in priority order
+    # (benchmarks/lane.sh runs such a list in the background, resumably)
+    python -m benchmarks.returns plan --runs /work/runs --collected docs/results/runs > /work/runs/plan.txt
 
 A run is a `tinypolicy train` folder or a `benchmarks.sb3_reference` folder (label "sb3").
 Its score is the mean evaluation return over its last 10% of evaluations (one lucky
@@ -66,6 +69,56 @@ def trimmed_mean(scores: np.ndarray, axis: int = 0) -> np.ndarray:
 
 def iqm(scores: np.ndarray) -> float:
     return float(trimmed_mean(np.ravel(scores)))
+
+
+# --------------------------------------------------------------------------- plan
+
+# The runs behind the table (issue 23), in the order they are queued: per env, TD3 at 300k
+# steps and the paper's sparsities (actor, critic); seeds interleaved so that every method
+# reaches three seeds before any reaches five; SB3's reference seeds after our own.
+TABLE_RUNS = (
+    ("HalfCheetah-v5", "td3", (0.90, 0.85), ("dense", "rlx2", "prune", "sb3"), 5),
+    ("Hopper-v5", "td3", (0.98, 0.95), ("dense", "rlx2", "prune", "sb3"), 5),
+    ("Walker2d-v5", "td3", (0.97, 0.95), ("dense", "rlx2"), 3),
+    ("Ant-v5", "td3", (0.96, 0.88), ("dense", "rlx2"), 3),
+    ("Hopper-v5", "sac", (0.98, 0.95), ("dense", "rlx2"), 3),
+)
+TABLE_STEPS = 300_000
+
+
+def run_name(env: str, algo: str, method: str, sparsity: tuple[float, float], seed: int) -> str:
+    """The run folder's name: what differs between runs, at today's defaults (warm-up 25k,
+    RLx2's replay floor 100k), e.g. hopper-td3-rlx2-a98-c95-fp32-ls25k-bm100k-s0."""
+    parts = [env.split("-")[0].lower(), algo, method]
+    if method not in ("dense", "sb3"):
+        parts += [f"a{round(sparsity[0] * 100)}", f"c{round(sparsity[1] * 100)}"]
+    if method != "sb3":
+        parts.append("fp32")
+    parts.append("ls25k")
+    if method == "rlx2":
+        parts.append("bm100k")
+    return "-".join(parts + [f"s{seed}"])
+
+
+def plan(runs: Path, collected: Path, python: str) -> list[str]:
+    """One "NAME | COMMAND" line per table run not yet collected, each writing to runs/NAME."""
+    lines = []
+    for env, algo, sparsity, methods, seeds in TABLE_RUNS:
+        ours, reference = [], []
+        for seed in range(seeds):
+            for method in methods:
+                name = run_name(env, algo, method, sparsity, seed)
+                if (collected / name).is_dir():
+                    continue
+                if method == "sb3":
+                    reference.append(f"{name} | {python} -m benchmarks.sb3_reference --env {env} --algo {algo} "
+                                     f"--steps {TABLE_STEPS} --seed {seed} --out {runs / name}")
+                    continue
+                flags = "" if method == "dense" else f" --actor-sparsity {sparsity[0]} --critic-sparsity {sparsity[1]}"
+                ours.append(f"{name} | {python} -m tinypolicy train --env {env} --algo {algo} --method {method}"
+                            f"{flags} --steps {TABLE_STEPS} --seed {seed} --threads 1 --quiet --out {runs / name}")
+        lines += ours + reference
+    return lines
 
 
 # --------------------------------------------------------------------------- collect
@@ -312,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("table", help="print the table `report` writes to returns.md, writing nothing")
     p.add_argument("folder", type=Path)
+    p = sub.add_parser("plan", help="print the table's runs not yet collected, as 'NAME | COMMAND' lines")
+    p.add_argument("--runs", type=Path, required=True, help="the folder the runs write to (outside the work tree)")
+    p.add_argument("--collected", type=Path, default=Path("docs/results/runs"))
+    p.add_argument("--python", default="python", help="the interpreter the commands start, e.g. with PYTHONPATH "
+                   "set to a frozen copy of the code")
     args = parser.parse_args(argv)
     try:
         if args.command == "collect":
@@ -320,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(collect(run, args.into))
                 else:
                     print(f"skipped {run}: not finished")
+        elif args.command == "plan":
+            print("\n".join(plan(args.runs, args.collected, args.python)))
         elif args.command == "table":
             print(table(args.folder, REPS), end="")
         else:

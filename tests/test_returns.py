@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.returns import iqm, report, trimmed_mean
+from benchmarks.returns import TABLE_RUNS, iqm, plan, report, trimmed_mean
 from benchmarks.returns import main as returns_main
 
 pytest.importorskip("rliable")
@@ -167,3 +170,46 @@ def test_warm_up_and_replay_floor_off_their_defaults_are_configurations_of_their
     assert rows["dense"]["pct_of_dense"] is None and rows["dense (warm-up 2,500)"]["pct_of_dense"] is None
     assert rows["rlx2 98/95 (warm-up 2,500, buffer floor 10,000)"]["pct_of_dense"] == pytest.approx(150.0)
     assert rows["rlx2 98/95"]["pct_of_dense"] == pytest.approx(400.0)
+
+
+COMMITTED_RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs"
+
+
+def test_plan_lists_each_table_run_once_and_skips_collected_ones(tmp_path):
+    full = plan(Path("/runs"), tmp_path, "python")
+    names = [line.split(" | ")[0] for line in full]
+    assert len(names) == len(set(names)) == sum(len(methods) * seeds for *_, methods, seeds in TABLE_RUNS)
+    assert "hopper-td3-rlx2-a98-c95-fp32-ls25k-bm100k-s4" in names
+    assert "ant-td3-rlx2-a96-c88-fp32-ls25k-bm100k-s2" in names
+    hopper_td3 = [n for n in names if n.startswith("hopper-td3-")]
+    assert all("-sb3-" in n for n in hopper_td3[-5:]) and not any("-sb3-" in n for n in hopper_td3[:-5])
+    line = full[names.index("walker2d-td3-rlx2-a97-c95-fp32-ls25k-bm100k-s1")]
+    assert line.endswith("--actor-sparsity 0.97 --critic-sparsity 0.95 --steps 300000 --seed 1 --threads 1 "
+                         "--quiet --out /runs/walker2d-td3-rlx2-a97-c95-fp32-ls25k-bm100k-s1")
+    (tmp_path / names[0]).mkdir()
+    assert [line.split(" | ")[0] for line in plan(Path("/runs"), tmp_path, "python")] == names[1:]
+
+
+def test_plan_names_match_the_committed_runs():
+    # every HalfCheetah run of the table is collected: a name format drifting from the
+    # committed folders' would queue them again
+    remaining = plan(Path("/runs"), COMMITTED_RUNS, "python")
+    assert not [line for line in remaining if line.startswith("halfcheetah-")]
+
+
+def test_lane_runs_the_plan_sets_failures_aside_and_holds_back_sb3(tmp_path):
+    (tmp_path / "plan.txt").write_text("# a comment\n"
+                                       "ok | echo hello\n"
+                                       "broken | exit 3\n"
+                                       "x-sb3-s0 | true\n"
+                                       "last | pwd\n")
+    lane = Path(__file__).resolve().parents[1] / "benchmarks" / "lane.sh"
+    end = int(time.time()) + 60 * 60
+    subprocess.run(["bash", str(lane), str(tmp_path), str(end)], check=True, timeout=60,
+                   env={"MIN_SB3": "120", "PATH": "/usr/bin:/bin"})
+    assert (tmp_path / "ok" / ".done").is_file() and (tmp_path / "ok.log").read_text() == "hello\n"
+    assert (tmp_path / "broken.failed").is_file() and not (tmp_path / "broken").exists()
+    assert not (tmp_path / "x-sb3-s0").exists()  # 60 minutes left, 120 asked for
+    assert (tmp_path / "last.log").read_text().strip() == str(tmp_path)
+    log = (tmp_path / "lanes.log").read_text()
+    assert "ends broken rc=3" in log and log.rstrip().endswith("nothing left to run")
