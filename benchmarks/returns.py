@@ -102,6 +102,8 @@ def run_name(env: str, algo: str, method: str, sparsity: tuple[float, float], se
 
 def plan(runs: Path, collected: Path, python: str) -> list[str]:
     """One "NAME | COMMAND" line per table run not yet collected, each writing to runs/NAME."""
+    if not collected.is_dir():  # a wrong path would queue every run again
+        raise UserError(f"{collected} is not a folder of collected runs")
     lines = []
     for env, algo, sparsity, methods, seeds in TABLE_RUNS:
         ours, reference = [], []

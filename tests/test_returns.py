@@ -190,6 +190,13 @@ def test_plan_lists_each_table_run_once_and_skips_collected_ones(tmp_path):
     assert [line.split(" | ")[0] for line in plan(Path("/runs"), tmp_path, "python")] == names[1:]
 
 
+def test_plan_refuses_a_missing_collected_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        returns_main(["plan", "--runs", str(tmp_path), "--collected", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    assert "nowhere is not a folder of collected runs" in capsys.readouterr().err
+
+
 def test_plan_names_match_the_committed_runs():
     # every HalfCheetah run of the table is collected: a name format drifting from the
     # committed folders' would queue them again
