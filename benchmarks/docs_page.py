@@ -1,4 +1,4 @@
-"""Regenerate the tables of docs/BENCHMARKS.md from the committed raw files.
+"""Regenerate the tables of docs/BENCHMARKS.md (and of its history page) from the committed raw files.
 
 The page marks each generated block with the command that prints it:
 
@@ -7,7 +7,7 @@ The page marks each generated block with the command that prints it:
     <!-- end generated -->
 
 `python -m benchmarks.docs_page` (`make benchmarks-report`) reruns every block's command and writes
-the page back with their output; `--check` changes nothing and exits 1 naming each block whose text
+each page back with their output; `--check` changes nothing and exits 1 naming each block whose text
 is not what its command prints now. Commands may only run `benchmarks` modules, in this process
 (with their own argv, standard output captured), so that a block cannot run anything else.
 """
@@ -27,7 +27,8 @@ from pathlib import Path
 from tinypolicy.ondevice.artefact import write_text
 from tinypolicy.ondevice.errors import UserError
 
-PAGE = Path("docs/BENCHMARKS.md")
+# the results page, and the history page that superseded results move to (some still generated)
+PAGES = (Path("docs/BENCHMARKS.md"), Path("docs/benchmarks-history.md"))
 BLOCK = re.compile(r"^<!-- generated: (?P<command>.+?) -->\n(?P<body>.*?)^<!-- end generated -->$",
                    re.MULTILINE | re.DOTALL)
 PREFIX = ("python", "-m")
@@ -89,24 +90,26 @@ def regenerate(page: str) -> tuple[str, list[Block]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--page", type=Path, default=PAGE)
+    parser.add_argument("--page", type=Path, action="append", help=f"a page to regenerate (repeatable; default: "
+                        f"{', '.join(map(str, PAGES))})")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
     args = parser.parse_args(argv)
-    try:
-        if not args.page.is_file():
-            raise UserError(f"{args.page} is not a file")
-        page = args.page.read_text()
-        new_page, changed = regenerate(page)
-    except UserError as exc:
-        parser.exit(2, f"docs_page: error: {exc}\n")
-    for block in changed:
-        print(f"{args.page}:{block.line}: {'out of date' if args.check else 'regenerated'}: {block.command}")
-    if args.check:
-        return 1 if changed else 0
-    if changed:
-        write_text(args.page, new_page)
-    print(f"{args.page}: {len(blocks(new_page))} generated blocks, {len(changed)} changed")
-    return 0
+    stale = False
+    for path in args.page or PAGES:
+        try:
+            if not path.is_file():
+                raise UserError(f"{path} is not a file")
+            new_page, changed = regenerate(path.read_text())
+        except UserError as exc:
+            parser.exit(2, f"docs_page: error: {exc}\n")
+        for block in changed:
+            print(f"{path}:{block.line}: {'out of date' if args.check else 'regenerated'}: {block.command}")
+        stale |= bool(changed)
+        if changed and not args.check:
+            write_text(path, new_page)
+        if not args.check:
+            print(f"{path}: {len(blocks(new_page))} generated blocks, {len(changed)} changed")
+    return 1 if args.check and stale else 0
 
 
 if __name__ == "__main__":

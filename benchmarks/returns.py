@@ -6,8 +6,9 @@ Two steps, so that the results page is regenerated from committed raw files alon
     python -m benchmarks.returns collect /work/runs/hopper-td3-* --into docs/results/runs
     # aggregate them: returns.json, returns.md and one learning-curve plot per env
     python -m benchmarks.returns report docs/results/runs --out docs/results/returns
-    # print the same table (the results page's section 3) and write nothing
-    python -m benchmarks.returns table docs/results/runs
+    # print the same table (the results page's section 3) and write nothing; --superseded: the
+    # rows that left it (older settings of a configuration that has 3 seeds at today's defaults)
+    python -m benchmarks.returns table docs/results/runs [--superseded]
     # the runs the table still lacks, one "NAME | COMMAND" line each, in priority order
     # (benchmarks/lane.sh runs such a list in the background, resumably)
     python -m benchmarks.returns plan --runs /work/runs --collected docs/results/runs > /work/runs/plan.txt
@@ -162,9 +163,12 @@ def load_run(folder: Path) -> dict:
         if not curve:
             raise UserError(f"{folder}/metrics.csv has no evaluations")
         tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
-        run = {"name": folder.name, "env": record["env_id"], "algo": record["algo"],
-               "label": ("sb3" + schedule_suffix(record, final["steps"])
-                         if record["implementation"] == "stable-baselines3" else config_label(record)),
+        sb3 = record["implementation"] == "stable-baselines3"
+        label = "sb3" + schedule_suffix(record, final["steps"]) if sb3 else config_label(record)
+        suffix = schedule_suffix(record, final["steps"] if sb3 else record["total_steps"])
+        run = {"name": folder.name, "env": record["env_id"], "algo": record["algo"], "label": label,
+               # the configuration at today's defaults that a run with a suffix is an older version of
+               "current_label": label.removesuffix(suffix),
                # dense has no dynamic buffer: its counterpart shares the warm-up alone
                "warmup": schedule_suffix({key: record.get(key) for key in ("algo", "learning_starts")},
                                          final["steps"]),
@@ -255,7 +259,9 @@ def curve_band(runs: list[dict], seed: int, reps: int) -> tuple[np.ndarray, np.n
 
 
 def aggregate(runs: list[dict], reps: int) -> list[dict]:
-    """One row per (env, algo, configuration) with its seeds' IQM, interval and % of dense."""
+    """One row per (env, algo, configuration) with its seeds' IQM, interval and % of dense. An older
+    version of a configuration (another warm-up or replay floor) is marked superseded once the
+    configuration has MIN_SEEDS seeds at today's defaults: the page shows current results only."""
     groups = defaultdict(list)
     for r in runs:
         groups[(r["env"], r["algo"], r["label"])].append(r)
@@ -280,6 +286,8 @@ def aggregate(runs: list[dict], reps: int) -> list[dict]:
             dense_scores = np.array([r["score"] for r in dense])
             row["pct_of_dense"] = 100 * row["iqm"] / iqm(dense_scores)
             row["pct_of_dense_ci"] = [100 * v for v in ratio_interval(scores, dense_scores, seed=1, reps=reps)]
+        current = (env, algo, group[0]["current_label"])
+        row["superseded"] = current[2] != label and len(groups.get(current, ())) >= MIN_SEEDS
         rows.append(row)
     return rows
 
@@ -339,20 +347,24 @@ def load_runs(folder: Path) -> list[dict]:
     return runs
 
 
-def table(folder: Path, reps: int = REPS) -> str:
-    """The markdown table `report` writes to returns.md, computed the same way; writes nothing."""
-    return markdown(aggregate(load_runs(folder), reps))
+def table(folder: Path, reps: int = REPS, superseded: bool = False) -> str:
+    """The markdown table `report` writes to returns.md, computed the same way; writes nothing.
+    With `superseded`, the rows that left it instead (for the history page)."""
+    return markdown([row for row in aggregate(load_runs(folder), reps) if row["superseded"] == superseded])
 
 
 def report(folder: Path, out: Path, reps: int = REPS) -> str:
+    """returns.json (every row, each marked superseded or not), returns.md and the curves (current rows)."""
     runs = load_runs(folder)
     rows = aggregate(runs, reps)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown(rows)
+    table = markdown([row for row in rows if not row["superseded"]])
     write_json(out / "returns.json", {"min_seeds": MIN_SEEDS, "bootstrap_reps": reps, "rows": rows})
     write_text(out / "returns.md", table)
-    for env in sorted({r["env"] for r in runs}):
-        plot(runs, out / f"curves_{env.split('-')[0].lower()}.png", env, max(100, reps // 10))
+    gone = {(row["env"], row["algo"], row["label"]) for row in rows if row["superseded"]}
+    current = [run for run in runs if (run["env"], run["algo"], run["label"]) not in gone]
+    for env in sorted({r["env"] for r in current}):
+        plot(current, out / f"curves_{env.split('-')[0].lower()}.png", env, max(100, reps // 10))
     return table
 
 
@@ -367,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("table", help="print the table `report` writes to returns.md, writing nothing")
     p.add_argument("folder", type=Path)
+    p.add_argument("--superseded", action="store_true", help="print the rows that left the table instead: "
+                   "configurations at other warm-ups or replay floors once today's defaults have "
+                   f"{MIN_SEEDS} seeds")
     p = sub.add_parser("plan", help="print the table's runs not yet collected, as 'NAME | COMMAND' lines")
     p.add_argument("--runs", type=Path, required=True, help="the folder the runs write to (outside the work tree)")
     p.add_argument("--collected", type=Path, default=Path("docs/results/runs"))
@@ -383,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plan":
             print("\n".join(plan(args.runs, args.collected, args.python)))
         elif args.command == "table":
-            print(table(args.folder, REPS), end="")
+            print(table(args.folder, REPS, args.superseded), end="")
         else:
             print(report(args.folder, args.out), end="")
     except UserError as exc:

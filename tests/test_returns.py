@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.returns import TABLE_RUNS, iqm, plan, report, trimmed_mean
+from benchmarks.returns import TABLE_RUNS, iqm, plan, report, table, trimmed_mean
 from benchmarks.returns import main as returns_main
 
 pytest.importorskip("rliable")
@@ -170,6 +170,13 @@ def test_warm_up_and_replay_floor_off_their_defaults_are_configurations_of_their
     assert rows["dense"]["pct_of_dense"] is None and rows["dense (warm-up 2,500)"]["pct_of_dense"] is None
     assert rows["rlx2 98/95 (warm-up 2,500, buffer floor 10,000)"]["pct_of_dense"] == pytest.approx(150.0)
     assert rows["rlx2 98/95"]["pct_of_dense"] == pytest.approx(400.0)
+    # the older settings leave the page where today's defaults have 3 seeds (dense, rlx2), not before (sb3: 1)
+    assert {label for label, row in rows.items() if row["superseded"]} == {
+        "dense (warm-up 2,500)", "rlx2 98/95 (warm-up 2,500, buffer floor 10,000)"}
+    current, gone = table(runs, reps=10), table(runs, reps=10, superseded=True)
+    assert current == (tmp_path / "out" / "returns.md").read_text()
+    for label, row in rows.items():
+        assert (f"| TD3 | {label} |" in gone) == row["superseded"] != (f"| TD3 | {label} |" in current)
 
 
 COMMITTED_RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs"
