@@ -257,8 +257,11 @@ def build_stages(config: PipelineConfig, out: Path, progress: bool) -> list[Stag
 
     def run_export(folder: Path) -> dict:
         manifest = export_bundle(checkpoint, folder, progress=progress, **asdict(export_cfg))
+        parity = manifest["parity"]
         return {"widths": manifest["widths"], "macs": manifest["macs"],
-                "parity_within_1e-5": manifest["parity"]["within_tolerance"]}
+                "parity_within_1e-5": parity["within_tolerance"],
+                "parity_max_abs_error": max(parity["max_abs_error"].values()),
+                "parity_roundoff_scale": parity["roundoff_scale"]}
 
     def run_bench(folder: Path) -> dict:
         result = bench_bundle(bundle, folder, progress=progress, **asdict(bench_cfg))

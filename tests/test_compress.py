@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -235,6 +236,7 @@ def test_tiny_pipeline_survives_a_kill_and_reruns_only_what_changed(tmp_path):
     meta = json.loads((out / "distill" / "dataset.json").read_text())["meta"]
     assert meta["mode"] == "a" and meta["architectures"]["masked"] and meta["expert_return"] is not None
     assert "started from" in (out / "report" / "report.md").read_text()
+    assert re.search(r"parity (ok|within float32 round-off) \(max error \d\.\de-\d\d", resumed.stdout)
     session = ort.InferenceSession(str(out / "export" / "actor.onnx"), providers=["CPUExecutionProvider"])
     actions = session.run(["actions"], {"obs": np.zeros((4, 11), np.float32)})[0]
     assert actions.shape == (4, 3) and np.all(np.abs(actions) <= 1.0)
@@ -259,6 +261,19 @@ def test_tiny_pipeline_survives_a_kill_and_reruns_only_what_changed(tmp_path):
     assert exported.returncode == 0, exported.stderr[-3000:]
     status = stage_status(exported.stdout)
     assert status["export"] == "done" and {status[s] for s in ("train", "evaluate", "distill")} == {"up to date"}
+
+
+@pytest.mark.parametrize("summary, line", [
+    ({"parity_within_1e-5": True, "parity_max_abs_error": 3.2e-6, "parity_roundoff_scale": 4e-6},
+     "ok (max error 3.2e-06)"),
+    ({"parity_within_1e-5": False, "parity_max_abs_error": 1.07e-5, "parity_roundoff_scale": 7.7e-6},
+     "within float32 round-off (max error 1.1e-05; PyTorch itself 7.7e-06 from float64)"),
+    ({"parity_within_1e-5": False}, "within float32 round-off"),  # a stamp from before the errors were recorded
+])
+def test_the_export_summary_says_how_close_parity_came(summary, line):
+    """A stamped export passed its parity check; beyond 1e-5 it reads as round-off, not as a failure."""
+    assert cli.STAGE_RESULTS["export"]({"widths": [], "macs": {"nonzero": 1, "dense": 2}} | summary).endswith(
+        f"parity {line}")
 
 
 def test_presets_and_overrides_are_validated():
