@@ -164,8 +164,8 @@ def load_run(folder: Path) -> dict:
             raise UserError(f"{folder}/metrics.csv has no evaluations")
         tail = [value for _, value in curve[-max(1, len(curve) // 10):]]
         sb3 = record["implementation"] == "stable-baselines3"
-        label = "sb3" + schedule_suffix(record, final["steps"]) if sb3 else config_label(record)
         suffix = schedule_suffix(record, final["steps"] if sb3 else record["total_steps"])
+        label = "sb3" + suffix if sb3 else config_label(record)
         run = {"name": folder.name, "env": record["env_id"], "algo": record["algo"], "label": label,
                # the configuration at today's defaults that a run with a suffix is an older version of
                "current_label": label.removesuffix(suffix),
